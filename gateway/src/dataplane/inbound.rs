@@ -1,0 +1,170 @@
+//! UDP -> SPI lookup -> open -> anti-spoofing -> TUN.
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::batch::{BatchIo, Buffers, Received, BATCH};
+use super::{inner, socket_fd, wait_readable, TICK};
+use crate::config::Config;
+use crate::esp::{classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, SaParams, UdpPayloadKind, NEXT_HEADER_NONE};
+use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlCounters};
+use crate::prefix::Prefix;
+use crate::tun::Tun;
+
+struct Sa {
+    peer: usize,
+    sa: InboundSa,
+    counters: FlowCounters,
+}
+
+struct Peer {
+    id: String,
+    prefixes: Vec<Prefix>,
+}
+
+/// The inbound half of the data plane: inbound SAs by SPI and the prefixes
+/// each peer may send from.
+pub struct Inbound {
+    sas: HashMap<u32, Sa>,
+    peers: Vec<Peer>,
+    drops: DropCounters,
+    control: UdpControlCounters,
+    metrics: Arc<Metrics>,
+}
+
+/// What a datagram on the ESP port turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// An inner packet to write to the TUN, at this range of the buffer.
+    Packet(Range<usize>),
+    /// A NAT keepalive, non-ESP datagram or dummy packet: nothing to do.
+    Nothing,
+}
+
+impl Inbound {
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Inbound, SaError> {
+        let now = Instant::now();
+        let mut sas = HashMap::new();
+        let mut peers = Vec::new();
+        for (i, p) in config.peers.iter().enumerate() {
+            let s = &p.inbound;
+            let sa = InboundSa::new(
+                SaParams { spi: s.spi, suite: s.suite, key: s.key.clone(), esn: s.esn, backend: s.backend, lifetime: s.lifetime, replay_window: s.replay_window },
+                now,
+            )?;
+            let counters = metrics.flow(&p.id, s.spi, Direction::In, s.suite.name());
+            sas.insert(s.spi, Sa { peer: i, sa, counters });
+            peers.push(Peer { id: p.id.clone(), prefixes: p.prefixes.clone() });
+        }
+        metrics.peers.set(peers.len() as i64);
+        Ok(Inbound { sas, peers, drops: metrics.drops(), control: metrics.udp_control(), metrics: metrics.clone() })
+    }
+
+    /// Handles one UDP payload in place.
+    pub fn decapsulate(&mut self, now: Instant, datagram: &mut [u8]) -> Result<Delivery, DropReason> {
+        let spi = match classify_udp_payload(datagram) {
+            UdpPayloadKind::Esp { spi } => spi,
+            UdpPayloadKind::NatKeepalive => {
+                self.control.nat_keepalive.inc();
+                return Ok(Delivery::Nothing);
+            }
+            UdpPayloadKind::NonEsp => {
+                self.control.non_esp.inc();
+                return Ok(Delivery::Nothing);
+            }
+            UdpPayloadKind::Malformed => return Err(DropReason::Malformed),
+        };
+        let sa = self.sas.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
+        let opened = sa.sa.open(now, datagram)?;
+        if let Some(ev) = opened.event {
+            report(&self.metrics, &self.peers[sa.peer].id, &ev);
+        }
+        if opened.next_header == NEXT_HEADER_NONE {
+            // A dummy packet (RFC 4303 §2.6, traffic flow confidentiality).
+            return Ok(Delivery::Nothing);
+        }
+        let payload = &datagram[opened.inner.clone()];
+        let hdr = inner::parse(payload).ok_or(DropReason::Malformed)?;
+        if hdr.next_header != opened.next_header {
+            return Err(DropReason::Malformed);
+        }
+        // Anti-spoofing: a peer may only send from the prefixes behind it.
+        if !self.peers[sa.peer].prefixes.iter().any(|p| p.contains(hdr.src)) {
+            return Err(DropReason::Spoofed);
+        }
+        sa.counters.count(hdr.len);
+        let start = opened.inner.start;
+        Ok(Delivery::Packet(start..start + hdr.len))
+    }
+
+    pub fn poll_lifetimes(&mut self, now: Instant) {
+        for sa in self.sas.values_mut() {
+            while let Some(ev) = sa.sa.poll_lifetime(now) {
+                report(&self.metrics, &self.peers[sa.peer].id, &ev);
+            }
+        }
+    }
+
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops.count(reason);
+    }
+}
+
+fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
+    metrics.lifetime_event(peer, Direction::In, ev);
+    match ev {
+        LifetimeEvent::Soft { spi, kind } => tracing::warn!(peer, spi = format_args!("{spi:#010x}"), ?kind, "inbound SA reached its soft lifetime; rekey due"),
+        LifetimeEvent::Hard { spi, kind } => tracing::error!(peer, spi = format_args!("{spi:#010x}"), ?kind, "inbound SA reached its hard lifetime; its packets are dropped"),
+    }
+}
+
+/// The inbound loop: recvmmsg a batch, open each, write inner packets to the TUN.
+pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, size: usize) {
+    let mut bufs = Buffers::new(size);
+    let mut io = BatchIo::default();
+    let mut got = [Received::default(); BATCH];
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match io.recv(socket, &mut bufs, &mut got) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                // ICMP errors surface here as ECONNREFUSED and the like; they
+                // say nothing about our SAs, so keep going.
+                tracing::debug!("inbound: recvmmsg: {e}");
+                0
+            }
+        };
+        let now = Instant::now();
+        for (i, r) in got.iter().enumerate().take(n) {
+            if r.truncated {
+                inb.count_drop(DropReason::TooBig);
+                continue;
+            }
+            let buf = &mut bufs.get_mut(i)[..r.len];
+            match inb.decapsulate(now, buf) {
+                Ok(Delivery::Packet(range)) => {
+                    if let Err(e) = tun.write(&buf[range]) {
+                        tracing::debug!("inbound: writing to {}: {e}", tun.name());
+                    }
+                }
+                Ok(Delivery::Nothing) => {}
+                Err(reason) => inb.count_drop(reason),
+            }
+        }
+        if now.duration_since(last_tick) >= TICK {
+            inb.poll_lifetimes(now);
+            last_tick = now;
+        }
+        if n == 0 {
+            if let Err(e) = wait_readable(socket_fd(socket)) {
+                tracing::error!("inbound: poll: {e}");
+                return;
+            }
+        }
+    }
+}

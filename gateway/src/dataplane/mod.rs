@@ -1,0 +1,95 @@
+//! The data plane: inner packets from the TUN device are routed to a peer,
+//! sealed and sent as ESP-in-UDP; datagrams from the UDP socket are opened,
+//! checked against the sending peer's prefixes and written to the TUN.
+//!
+//! Each direction is one thread that owns its SAs outright (no lock on the
+//! packet path): [`Outbound`] and [`Inbound`] are the per-packet logic,
+//! free of I/O; [`run_outbound`] and [`run_inbound`] are the I/O loops.
+
+mod batch;
+pub mod inner;
+mod inbound;
+mod outbound;
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use inbound::Inbound;
+pub use outbound::Outbound;
+
+use crate::config::Config;
+use crate::esp::SaError;
+use crate::metrics::Metrics;
+use crate::tun::Tun;
+
+/// How often lifetime limits in time are checked, and how quickly the
+/// threads notice a stop request.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Buffer size for one packet: the largest inner packet plus ESP overhead.
+fn buffer_size(mtu: u16) -> usize {
+    usize::from(mtu).max(1500) + 256
+}
+
+/// The two running data-plane threads.
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Builds both directions from `config` and starts their threads.
+    pub fn start(config: &Config, tun: Arc<Tun>, socket: UdpSocket, metrics: &Arc<Metrics>) -> Result<Dataplane, SaError> {
+        let outbound = Outbound::new(config, metrics)?;
+        let inbound = Inbound::new(config, metrics)?;
+        let socket = Arc::new(socket);
+        let stop = Arc::new(AtomicBool::new(false));
+        let size = buffer_size(config.tun.mtu);
+        let mut threads = Vec::new();
+        {
+            let (tun, socket, stop) = (tun.clone(), socket.clone(), stop.clone());
+            threads.push(spawn("mg-outbound", move || outbound::run(outbound, &tun, &socket, &stop, size)));
+        }
+        {
+            let (tun, socket, stop) = (tun, socket, stop.clone());
+            threads.push(spawn("mg-inbound", move || inbound::run(inbound, &tun, &socket, &stop, size)));
+        }
+        Ok(Dataplane { stop, threads })
+    }
+
+    /// Stops both threads and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawning a data-plane thread")
+}
+
+/// Waits until `fd` is readable or `TICK` passes; true if readable.
+fn wait_readable(fd: RawFd) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as i32) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(n > 0)
+}
+
+fn socket_fd(s: &UdpSocket) -> RawFd {
+    s.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests;

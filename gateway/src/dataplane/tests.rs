@@ -1,0 +1,133 @@
+//! The per-packet logic of both directions, driven in memory: gateway A's
+//! outbound feeds gateway B's inbound, no sockets or TUN involved.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::inbound::Delivery;
+use super::*;
+use crate::esp::{DropReason, ESP_HEADER_LEN};
+
+const KEY_AB: &str = "00112233445566778899aabbccddeeff01020304";
+const KEY_BA: &str = "ffeeddccbbaa99887766554433221100a1a2a3a4";
+
+fn config(me: &str, peer: &str, peer_prefix: &str, out_key: &str, in_key: &str, out_spi: u32, in_spi: u32) -> Config {
+    let text = format!(
+        "[gateway]\nid = \"{me}\"\nlisten = \"127.0.0.1:4500\"\n[tun]\nname = \"mg0\"\n[[peers]]\nid = \"{peer}\"\nendpoint = \"127.0.0.2:4500\"\nprefixes = [\"{peer_prefix}\", \"fd00:{}::/48\"]\noutbound = {{ spi = {out_spi}, key_env = \"OUT\" }}\ninbound = {{ spi = {in_spi}, key_env = \"IN\" }}\n",
+        &peer_prefix[3..4]
+    );
+    let (out_key, in_key) = (out_key.to_string(), in_key.to_string());
+    Config::parse(Path::new("test.toml"), &text, &move |n| match n {
+        "OUT" => Some(out_key.clone()),
+        "IN" => Some(in_key.clone()),
+        _ => None,
+    })
+    .expect("test config is valid")
+}
+
+/// Gateway A (10.1/16) and B (10.2/16) with matching SAs.
+fn pair() -> (Outbound, Inbound, Arc<Metrics>) {
+    let a = config("a", "b", "10.2.0.0/16", KEY_AB, KEY_BA, 0x1001, 0x2001);
+    let b = config("b", "a", "10.1.0.0/16", KEY_BA, KEY_AB, 0x2001, 0x1001);
+    let ma = Arc::new(Metrics::new("a"));
+    let mb = Arc::new(Metrics::new("b"));
+    (Outbound::new(&a, &ma).unwrap(), Inbound::new(&b, &mb).unwrap(), mb)
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
+    let len = 20 + payload;
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    for (i, b) in p[20..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+fn ipv6(src_net: u8, dst_net: u8, payload: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + payload];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+    p[6] = 59;
+    p[8..10].copy_from_slice(&[0xfd, 0x00]);
+    p[11] = src_net;
+    p[23] = 1;
+    p[24..26].copy_from_slice(&[0xfd, 0x00]);
+    p[27] = dst_net;
+    p[39] = 1;
+    p
+}
+
+/// Seals `inner` at A and returns the ESP datagram.
+fn seal(out: &mut Outbound, inner: &[u8]) -> Result<Vec<u8>, DropReason> {
+    let mut buf = vec![0u8; 2048];
+    buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let (_, len) = out.encapsulate(Instant::now(), &mut buf, inner.len())?;
+    buf.truncate(len);
+    Ok(buf)
+}
+
+fn deliver(inb: &mut Inbound, mut datagram: Vec<u8>) -> Result<Vec<u8>, DropReason> {
+    match inb.decapsulate(Instant::now(), &mut datagram)? {
+        Delivery::Packet(r) => Ok(datagram[r].to_vec()),
+        Delivery::Nothing => Ok(Vec::new()),
+    }
+}
+
+#[test]
+fn carries_ipv4_and_ipv6_between_gateways() {
+    let (mut out, mut inb, _) = pair();
+    for size in [0, 1, 3, 100, 1380] {
+        let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], size);
+        assert_eq!(deliver(&mut inb, seal(&mut out, &p).unwrap()).unwrap(), p);
+    }
+    let p = ipv6(1, 2, 200);
+    assert_eq!(deliver(&mut inb, seal(&mut out, &p).unwrap()).unwrap(), p);
+}
+
+#[test]
+fn outbound_drops_what_it_cannot_route() {
+    let (mut out, _, _) = pair();
+    assert_eq!(seal(&mut out, &ipv4([10, 1, 1, 10], [192, 0, 2, 1], 10)), Err(DropReason::NoRoute));
+    assert_eq!(seal(&mut out, &[0x45, 0, 0]), Err(DropReason::Malformed));
+    assert_eq!(seal(&mut out, &[]), Err(DropReason::Malformed));
+    let mut small = vec![0u8; 60];
+    let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], 30);
+    small[ESP_HEADER_LEN..ESP_HEADER_LEN + p.len()].copy_from_slice(&p);
+    assert_eq!(out.encapsulate(Instant::now(), &mut small, p.len()), Err(DropReason::TooBig));
+}
+
+#[test]
+fn inbound_enforces_the_peers_prefixes() {
+    let (mut out, mut inb, _) = pair();
+    // A sends a packet claiming a source outside A's 10.1/16.
+    let spoofed = ipv4([10, 9, 9, 9], [10, 2, 1, 10], 10);
+    assert_eq!(deliver(&mut inb, seal(&mut out, &spoofed).unwrap()), Err(DropReason::Spoofed));
+    let spoofed6 = ipv6(9, 2, 8);
+    assert_eq!(deliver(&mut inb, seal(&mut out, &spoofed6).unwrap()), Err(DropReason::Spoofed));
+}
+
+#[test]
+fn inbound_drops_replays_tampering_and_unknown_spis() {
+    let (mut out, mut inb, _) = pair();
+    let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], 64);
+    let d = seal(&mut out, &p).unwrap();
+    assert!(deliver(&mut inb, d.clone()).is_ok());
+    assert_eq!(deliver(&mut inb, d.clone()), Err(DropReason::Replay));
+    let mut t = seal(&mut out, &p).unwrap();
+    let last = t.len() - 20;
+    t[last] ^= 1;
+    assert_eq!(deliver(&mut inb, t), Err(DropReason::Icv));
+    let mut u = seal(&mut out, &p).unwrap();
+    u[0..4].copy_from_slice(&0x7777u32.to_be_bytes());
+    assert_eq!(deliver(&mut inb, u), Err(DropReason::UnknownSpi));
+    assert_eq!(deliver(&mut inb, vec![0xff]).unwrap(), Vec::<u8>::new(), "NAT keepalive");
+    assert_eq!(deliver(&mut inb, vec![0, 0, 0, 0, 1, 2, 3]).unwrap(), Vec::<u8>::new(), "non-ESP marker");
+    assert_eq!(deliver(&mut inb, vec![1, 2, 3]), Err(DropReason::Malformed));
+}

@@ -1,0 +1,222 @@
+//! Reachability and throughput probes run from inside lab namespaces:
+//! ICMP echo over a raw socket and a bulk TCP transfer, so the lab needs no
+//! tools beyond the meshgate binary and iproute2.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netns::Netns;
+
+/// The outcome of a series of pings.
+#[derive(Clone, Debug, Default)]
+pub struct PingStats {
+    pub sent: u32,
+    pub received: u32,
+    pub rtts: Vec<Duration>,
+}
+
+impl PingStats {
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            return 100.0;
+        }
+        100.0 * f64::from(self.sent - self.received) / f64::from(self.sent)
+    }
+
+    pub fn avg_rtt(&self) -> Option<Duration> {
+        (!self.rtts.is_empty()).then(|| self.rtts.iter().sum::<Duration>() / self.rtts.len() as u32)
+    }
+
+    pub fn max_rtt(&self) -> Option<Duration> {
+        self.rtts.iter().max().copied()
+    }
+}
+
+/// Sends `count` ICMP echo requests from inside `ns` to `dst`, one every
+/// `interval`, and waits up to one second for the last reply.
+pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats> {
+    ns.run(move || ping_here(dst, count, interval))?
+}
+
+fn ping_here(dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats> {
+    // SAFETY: plain socket creation; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let id = (std::process::id() as u16) ^ (u32::from(dst) as u16);
+    let mut stats = PingStats::default();
+    let mut sent_at = vec![None; count as usize];
+    let start = Instant::now();
+    let deadline_last = Duration::from_secs(1);
+    let mut next_send = start;
+    let mut seq = 0u32;
+    loop {
+        let now = Instant::now();
+        if seq < count && now >= next_send {
+            let pkt = echo_request(id, seq as u16);
+            let addr = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() }, sin_zero: [0; 8] };
+            // SAFETY: pkt and addr are valid for the lengths given.
+            let rc = unsafe {
+                libc::sendto(sock.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+            };
+            stats.sent += 1;
+            if rc >= 0 {
+                sent_at[seq as usize] = Some(now);
+            }
+            seq += 1;
+            next_send += interval;
+        }
+        let wait_until = if seq < count { next_send } else { next_send - interval + deadline_last };
+        if seq >= count && (now >= wait_until || stats.received == count) {
+            break;
+        }
+        let timeout_ms = wait_until.saturating_duration_since(now).as_millis().max(1) as i32;
+        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 1500];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            continue;
+        }
+        let pkt = &buf[..n as usize];
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        if pkt.len() < ihl + 8 || pkt[ihl] != 0 || pkt[12..16] != dst.octets() {
+            continue; // not an echo reply from dst
+        }
+        let (rid, rseq) = (u16::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5]]), u16::from_be_bytes([pkt[ihl + 6], pkt[ihl + 7]]));
+        if rid != id {
+            continue;
+        }
+        if let Some(Some(t)) = sent_at.get_mut(usize::from(rseq)).map(Option::take) {
+            stats.received += 1;
+            stats.rtts.push(t.elapsed());
+        }
+    }
+    Ok(stats)
+}
+
+fn echo_request(id: u16, seq: u16) -> [u8; 64] {
+    let mut p = [0u8; 64];
+    p[0] = 8; // echo request
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in p[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let sum = internet_checksum(&p);
+    p[2..4].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// RFC 1071 checksum.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The outcome of one TCP transfer.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferStats {
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl TransferStats {
+    pub fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+/// Sends data over one TCP connection from `src` to `dst_ip:port` in `dst`
+/// for `duration`; the receiver's count and time are the result.
+pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, port: u16, duration: Duration) -> Result<TransferStats> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = dst.spawn(move || -> Result<TransferStats> {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).context("binding the TCP sink")?;
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener.accept().context("accepting")?;
+        conn.set_read_timeout(Some(duration + Duration::from_secs(10)))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut bytes = 0u64;
+        let mut first = None;
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(Instant::now);
+                    bytes += n as u64;
+                }
+                Err(e) => return Err(anyhow!("receiving: {e}")),
+            }
+        }
+        let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+        Ok(TransferStats { bytes, elapsed })
+    })?;
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| anyhow!("the TCP sink in {} did not start", dst.name()))?;
+    let sent = src.run(move || -> Result<u64> {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((dst_ip, port)), Duration::from_secs(5)).with_context(|| format!("connecting to {dst_ip}:{port}"))?;
+        conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let chunk = vec![0x5au8; 128 * 1024];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            conn.write_all(&chunk).context("sending")?;
+            sent += chunk.len() as u64;
+        }
+        conn.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the receiver to close, so the count is complete.
+        let mut sink = [0u8; 16];
+        let _ = conn.read(&mut sink);
+        Ok(sent)
+    })??;
+    let stats = server.join().map_err(|_| anyhow!("the TCP sink panicked"))???;
+    if stats.bytes != sent {
+        bail!("sent {sent} bytes but {} arrived", stats.bytes);
+    }
+    Ok(stats)
+}
+
+/// A plain HTTP/1.0 GET to `addr` from inside `ns`; returns the body.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<String> {
+    let path = path.to_string();
+    ns.run(move || -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed HTTP response"))?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_string())
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complement 220d.
+        assert_eq!(super::internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+    }
+}

@@ -1,0 +1,105 @@
+//! The lab run as a command: build, start, probe every pair, summarise,
+//! clean up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::probe::{ping, tcp_transfer, PingStats, TransferStats};
+use super::{catch_signals, check_interrupted, default_tag, Lab};
+use crate::metrics::sum_samples;
+use crate::netns::check_privileges;
+
+/// What `meshgate lab` was asked to do.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub regions: usize,
+    pub pings: u32,
+    pub transfer: Duration,
+    pub keep: bool,
+    pub binary: PathBuf,
+}
+
+struct PairResult {
+    from: usize,
+    to: usize,
+    ping: PingStats,
+    tcp: Result<TransferStats, String>,
+}
+
+/// Runs the lab; fails if any host cannot reach any other.
+pub fn run_lab(opts: &LabOptions) -> Result<()> {
+    check_privileges()?;
+    catch_signals();
+    let tag = default_tag();
+    println!("meshgate lab: {} regions in network namespaces {tag}-*", opts.regions);
+    let mut lab = Lab::build(opts.regions, &tag)?;
+    lab.write_configs()?;
+    check_interrupted()?;
+    lab.start_gateways(&opts.binary)?;
+    println!("gateways up: {}", lab.regions.iter().map(|r| format!("{} ({})", r.gateway_id(), r.underlay_ip())).collect::<Vec<_>>().join(", "));
+
+    let mut results = Vec::new();
+    for from in 0..lab.regions.len() {
+        for to in 0..lab.regions.len() {
+            if from == to {
+                continue;
+            }
+            check_interrupted()?;
+            let (src, dst) = (&lab.regions[from], &lab.regions[to]);
+            let ping = ping(&src.host, dst.host_ip(), opts.pings, Duration::from_millis(20))?;
+            let tcp = tcp_transfer(&src.host, &dst.host, dst.host_ip(), 5001, opts.transfer).map_err(|e| format!("{e:#}"));
+            results.push(PairResult { from, to, ping, tcp });
+        }
+    }
+    print_summary(&lab, &results);
+
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.ping.received == 0 || r.tcp.is_err())
+        .map(|r| format!("host-{} -> host-{}", r.from + 1, r.to + 1))
+        .collect();
+    if opts.keep {
+        println!("\nThe lab keeps running; press Ctrl-C to remove it. Try for example:");
+        println!("  ip netns exec {} ping {}", lab.regions[0].host.name(), lab.regions[1].host_ip());
+        println!("  ip netns exec {} curl -s http://{}/metrics | grep meshgate_", lab.regions[0].appliance.name(), super::ADMIN);
+        println!("  configs, keys and logs: {}", lab.dir.display());
+        while check_interrupted().is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(lab);
+    println!("lab removed");
+    if !failed.is_empty() {
+        bail!("no connectivity for: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn print_summary(lab: &Lab, results: &[PairResult]) {
+    println!();
+    println!("{:<22} {:>6} {:>10} {:>10} {:>12}", "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s");
+    for r in results {
+        let pair = format!("host-{} -> host-{}", r.from + 1, r.to + 1);
+        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+        let tcp = match &r.tcp {
+            Ok(t) => format!("{:.3}", t.gbit_per_s()),
+            Err(e) => format!("FAILED: {e}"),
+        };
+        println!("{pair:<22} {:>5.1}% {:>10} {:>10} {:>12}", r.ping.loss_percent(), ms(r.ping.avg_rtt()), ms(r.ping.max_rtt()), tcp);
+    }
+    println!();
+    println!("{:<12} {:>12} {:>12} {:>10}", "gateway", "packets out", "packets in", "drops");
+    for (i, r) in lab.regions.iter().enumerate() {
+        let text = lab.metrics(i).unwrap_or_default();
+        let sum = |name: &str, filter: &str| sum_samples(&text, name, filter) as u64;
+        println!(
+            "{:<12} {:>12} {:>12} {:>10}",
+            r.gateway_id(),
+            sum("meshgate_peer_packets_total", "direction=\"out\""),
+            sum("meshgate_peer_packets_total", "direction=\"in\""),
+            sum("meshgate_drops_total", "")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! meshgate: a multi-region VPN appliance.
+//!
+//! The crate is laid out as the architecture: [`esp`] is the sans-IO IPsec
+//! core (SAs, replay window, lifetimes), [`dataplane`] is the thin threaded
+//! shell that moves packets between the [`tun`] device and the UDP socket,
+//! [`config`] parses and validates the TOML file, [`metrics`] and [`admin`]
+//! expose counters, [`gateway`] ties them together for `meshgate run`, and
+//! [`lab`] builds a multi-region lab in network namespaces ([`netns`]).
+
+pub mod admin;
+pub mod config;
+pub mod dataplane;
+pub mod esp;
+pub mod gateway;
+pub mod lab;
+pub mod metrics;
+pub mod netns;
+pub mod prefix;
+pub mod tun;

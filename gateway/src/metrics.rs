@@ -1,0 +1,167 @@
+//! Prometheus metrics of the gateway.
+//!
+//! The data plane holds pre-resolved counter handles (one atomic each), so
+//! counting a packet is an atomic add with no label lookup and no lock.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::esp::{DropReason, LifetimeEvent};
+
+/// Every metric the gateway exports, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    peer_packets: IntCounterVec,
+    peer_bytes: IntCounterVec,
+    sa_packets: IntCounterVec,
+    sa_bytes: IntCounterVec,
+    drops: IntCounterVec,
+    lifetime_events: IntCounterVec,
+    udp_control: IntCounterVec,
+    sa_info: IntGaugeVec,
+    pub peers: IntGauge,
+}
+
+/// Direction of traffic relative to this gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// The counters of one peer in one direction, resolved once.
+#[derive(Clone)]
+pub struct FlowCounters {
+    pub peer_packets: IntCounter,
+    pub peer_bytes: IntCounter,
+    pub sa_packets: IntCounter,
+    pub sa_bytes: IntCounter,
+}
+
+impl FlowCounters {
+    /// Counts one inner packet of `len` bytes.
+    #[inline]
+    pub fn count(&self, len: usize) {
+        self.peer_packets.inc();
+        self.peer_bytes.inc_by(len as u64);
+        self.sa_packets.inc();
+        self.sa_bytes.inc_by(len as u64);
+    }
+}
+
+/// The drop counters, indexed by [`DropReason::index`].
+#[derive(Clone)]
+pub struct DropCounters([IntCounter; DropReason::ALL.len()]);
+
+impl DropCounters {
+    #[inline]
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason.index()].inc();
+    }
+}
+
+/// Datagrams on the ESP port that are not ESP (RFC 3948).
+#[derive(Clone)]
+pub struct UdpControlCounters {
+    pub nat_keepalive: IntCounter,
+    pub non_esp: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
+    registry.register(Box::new(v.clone())).expect("metric names are unique");
+    v
+}
+
+impl Metrics {
+    pub fn new(gateway_id: &str) -> Metrics {
+        let registry = Registry::new();
+        let peer_packets = counter_vec(&registry, "meshgate_peer_packets_total", "Inner packets carried to (out) or from (in) a peer.", &["peer", "direction"]);
+        let peer_bytes = counter_vec(&registry, "meshgate_peer_bytes_total", "Inner packet bytes carried to (out) or from (in) a peer.", &["peer", "direction"]);
+        let sa_packets = counter_vec(&registry, "meshgate_sa_packets_total", "Packets protected (out) or verified (in) by one SA.", &["peer", "spi", "direction"]);
+        let sa_bytes = counter_vec(&registry, "meshgate_sa_bytes_total", "Inner bytes protected (out) or verified (in) by one SA.", &["peer", "spi", "direction"]);
+        let drops = counter_vec(&registry, "meshgate_drops_total", "Packets dropped by the data plane, by reason.", &["reason"]);
+        let lifetime_events = counter_vec(
+            &registry,
+            "meshgate_sa_lifetime_events_total",
+            "SA lifetime limits reached (soft: rekey due; hard: SA unusable).",
+            &["peer", "spi", "direction", "stage", "limit"],
+        );
+        let udp_control = counter_vec(&registry, "meshgate_udp_control_total", "Non-ESP datagrams on the ESP-in-UDP port (RFC 3948).", &["kind"]);
+        let sa_info = IntGaugeVec::new(Opts::new("meshgate_sa_info", "Installed SAs (value 1)."), &["peer", "spi", "direction", "cipher"])
+            .expect("static metric definition is valid");
+        registry.register(Box::new(sa_info.clone())).expect("metric names are unique");
+        let peers = IntGauge::new("meshgate_peers", "Configured peers.").expect("static metric definition is valid");
+        registry.register(Box::new(peers.clone())).expect("metric names are unique");
+        let info = IntGaugeVec::new(Opts::new("meshgate_build_info", "Gateway version and identity (value 1)."), &["version", "gateway"])
+            .expect("static metric definition is valid");
+        registry.register(Box::new(info.clone())).expect("metric names are unique");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), gateway_id]).set(1);
+        // Zero-initialise every drop reason so dashboards see them all.
+        for r in DropReason::ALL {
+            drops.with_label_values(&[r.as_str()]);
+        }
+        Metrics { registry, peer_packets, peer_bytes, sa_packets, sa_bytes, drops, lifetime_events, udp_control, sa_info, peers }
+    }
+
+    /// Resolves the counters of `peer`'s SA `spi` in `dir` and marks the SA installed.
+    pub fn flow(&self, peer: &str, spi: u32, dir: Direction, cipher: &str) -> FlowCounters {
+        let spi = format!("{spi:#010x}");
+        let d = dir.as_str();
+        self.sa_info.with_label_values(&[peer, &spi, d, cipher]).set(1);
+        FlowCounters {
+            peer_packets: self.peer_packets.with_label_values(&[peer, d]),
+            peer_bytes: self.peer_bytes.with_label_values(&[peer, d]),
+            sa_packets: self.sa_packets.with_label_values(&[peer, &spi, d]),
+            sa_bytes: self.sa_bytes.with_label_values(&[peer, &spi, d]),
+        }
+    }
+
+    pub fn drops(&self) -> DropCounters {
+        DropCounters(DropReason::ALL.map(|r| self.drops.with_label_values(&[r.as_str()])))
+    }
+
+    pub fn udp_control(&self) -> UdpControlCounters {
+        UdpControlCounters {
+            nat_keepalive: self.udp_control.with_label_values(&["nat_keepalive"]),
+            non_esp: self.udp_control.with_label_values(&["non_esp"]),
+        }
+    }
+
+    /// Counts an SA lifetime event (off the packet path: events are rare).
+    pub fn lifetime_event(&self, peer: &str, dir: Direction, ev: &LifetimeEvent) {
+        let (stage, limit) = ev.label();
+        let spi = match ev {
+            LifetimeEvent::Soft { spi, .. } | LifetimeEvent::Hard { spi, .. } => *spi,
+        };
+        self.lifetime_events.with_label_values(&[peer, &format!("{spi:#010x}"), dir.as_str(), stage, limit]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Sums the samples of metric `name` in Prometheus text whose label set
+/// contains `filter` (an empty filter takes every sample); used by the lab
+/// summary and the tests, which read gateways the way Prometheus does.
+pub fn sum_samples(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,157 @@
+//! The Linux TUN device that carries inner packets.
+//!
+//! Opened without the packet-information header (IFF_NO_PI): each read
+//! returns exactly one IP packet and each write takes one. Addresses, MTU,
+//! link state and routes are set with iproute2, as wg-quick does, so what
+//! the gateway changes is exactly what an operator would type and see.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Command;
+
+use crate::prefix::Prefix;
+
+const TUN_PATH: &str = "/dev/net/tun";
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    #[error("{TUN_PATH} is missing: load the tun module (modprobe tun) or give the container the device")]
+    NoDevice,
+    #[error("opening {TUN_PATH} needs CAP_NET_ADMIN (run as root)")]
+    NotPermitted,
+    #[error("opening {TUN_PATH}: {0}")]
+    Open(io::Error),
+    #[error("creating TUN interface {name}: {err}")]
+    Create { name: String, err: io::Error },
+    #[error("`ip {args}` failed: {msg}")]
+    Ip { args: String, msg: String },
+}
+
+/// An open TUN interface. The fd is shared by the data-plane threads; a
+/// read and a write on it never conflict.
+#[derive(Debug)]
+pub struct Tun {
+    file: File,
+    name: String,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tun {
+    /// Creates (or attaches to) the TUN interface `name`.
+    pub fn create(name: &str) -> Result<Tun, TunError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(TUN_PATH)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => TunError::NoDevice,
+                io::ErrorKind::PermissionDenied => TunError::NotPermitted,
+                _ => TunError::Open(e),
+            })?;
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+            return Err(TunError::Create { name: name.into(), err: io::Error::from(io::ErrorKind::InvalidInput) });
+        }
+        req.name[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EPERM) => TunError::NotPermitted,
+                _ => TunError::Create { name: name.into(), err },
+            });
+        }
+        Ok(Tun { file, name: name.to_string() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Sets the MTU and addresses and brings the link up.
+    pub fn configure(&self, mtu: u16, addresses: &[Prefix]) -> Result<(), TunError> {
+        ip(&["link", "set", "dev", &self.name, "mtu", &mtu.to_string()])?;
+        for a in addresses {
+            ip(&["addr", "replace", &a.to_string(), "dev", &self.name])?;
+        }
+        ip(&["link", "set", "dev", &self.name, "up"])
+    }
+
+    /// Routes `prefix` into this device (idempotent).
+    pub fn add_route(&self, prefix: &Prefix) -> Result<(), TunError> {
+        ip(&["route", "replace", &prefix.to_string(), "dev", &self.name])
+    }
+
+    /// Reads one packet; `Ok(0)` never happens for a live TUN.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one packet.
+    pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        // SAFETY: packet is valid for packet.len() bytes.
+        let n = unsafe { libc::write(self.fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Switches the fd between blocking and non-blocking reads.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        set_nonblocking(self.fd(), on)
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ip ARGS`, turning a failure into an error that quotes the command.
+pub fn ip(args: &[&str]) -> Result<(), TunError> {
+    let out = Command::new("ip").args(args).output().map_err(|e| TunError::Ip {
+        args: args.join(" "),
+        msg: format!("cannot run ip (is iproute2 installed?): {e}"),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TunError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}

@@ -1,0 +1,155 @@
+//! Shared helpers of the integration tests: a lab with running gateways,
+//! packet capture on an underlay interface, pcap output and metric reads.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshgate::lab::Lab;
+use meshgate::netns::{check_privileges, Netns};
+
+/// A started lab of `regions` regions, unique per test. Fails (never skips)
+/// when the machine lacks root or /dev/net/tun.
+pub fn lab(regions: usize) -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    if let Err(e) = check_privileges() {
+        panic!("this test needs the real network stack: {e:#}");
+    }
+    let tag = format!("t{}{}", std::process::id() % 1000, NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut lab = Lab::build(regions, &tag).expect("building the lab");
+    lab.write_configs().expect("writing configs");
+    lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate"))).expect("starting gateways");
+    lab
+}
+
+/// Sum of every sample of `name` whose labels contain `filter`.
+pub fn metric(lab: &Lab, gateway: usize, name: &str, filter: &str) -> u64 {
+    let text = lab.metrics(gateway).expect("scraping metrics");
+    meshgate::metrics::sum_samples(&text, name, filter) as u64
+}
+
+pub fn drops(lab: &Lab, gateway: usize, reason: &str) -> u64 {
+    metric(lab, gateway, "meshgate_drops_total", &format!("reason=\"{reason}\""))
+}
+
+/// One captured IPv4 packet.
+#[derive(Clone)]
+pub struct Frame {
+    pub time: Duration,
+    pub ip: Vec<u8>,
+}
+
+impl Frame {
+    /// The UDP payload if this is IPv4/UDP with `port` at either end.
+    pub fn udp_payload(&self, port: u16) -> Option<&[u8]> {
+        let p = &self.ip;
+        if p.len() < 28 || p[0] >> 4 != 4 || p[9] != 17 {
+            return None;
+        }
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        let udp = p.get(ihl..)?;
+        let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+        (sport == port || dport == port).then(|| &udp[8..])
+    }
+}
+
+/// Captures every IPv4 packet seen on `ifname` inside a namespace, with an
+/// AF_PACKET socket, until stopped.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<std::io::Result<Vec<Frame>>>>,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, ifname: &str) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ifname = std::ffi::CString::new(ifname).unwrap();
+        let flag = stop.clone();
+        let handle = ns
+            .spawn(move || -> Vec<Frame> {
+                // SAFETY: socket + bind with a valid sockaddr_ll; the fd is owned at once.
+                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32) };
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+                let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+                assert!(index > 0, "no interface {ifname:?}");
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+                sll.sll_ifindex = index as i32;
+                let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                let _ = tx.send(());
+                let mut frames = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                        continue;
+                    }
+                    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                    if n > 0 {
+                        let time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                        frames.push(Frame { time, ip: buf[..n as usize].to_vec() });
+                    }
+                }
+                frames
+            })
+            .expect("starting the capture");
+        rx.recv_timeout(Duration::from_secs(5)).expect("capture did not start");
+        Capture { stop, thread: Some(handle) }
+    }
+
+    pub fn finish(mut self) -> Vec<Frame> {
+        // Let packets in flight arrive.
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("capture thread").expect("capture")
+    }
+}
+
+/// Writes `frames` as a pcap file of raw IPv4 packets (LINKTYPE_RAW).
+pub fn write_pcap(path: &Path, frames: &[Frame]) {
+    let mut f = std::fs::File::create(path).expect("creating pcap");
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+    hdr.extend_from_slice(&2u16.to_le_bytes());
+    hdr.extend_from_slice(&4u16.to_le_bytes());
+    hdr.extend_from_slice(&0i32.to_le_bytes());
+    hdr.extend_from_slice(&0u32.to_le_bytes());
+    hdr.extend_from_slice(&65535u32.to_le_bytes());
+    hdr.extend_from_slice(&101u32.to_le_bytes());
+    f.write_all(&hdr).unwrap();
+    for fr in frames {
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&(fr.time.as_secs() as u32).to_le_bytes());
+        rec.extend_from_slice(&fr.time.subsec_micros().to_le_bytes());
+        rec.extend_from_slice(&(fr.ip.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&(fr.ip.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&fr.ip);
+        f.write_all(&rec).unwrap();
+    }
+}
+
+/// A scratch file path unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("meshgate-test-{}-{name}", std::process::id()))
+}
+
+/// Sends each payload as one UDP datagram from inside `ns` to `dst`.
+pub fn inject(ns: &Netns, dst: std::net::SocketAddr, payloads: Vec<Vec<u8>>) {
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("binding the injector");
+        for p in payloads {
+            s.send_to(&p, dst).expect("injecting");
+        }
+    })
+    .expect("injecting");
+}
