@@ -17,12 +17,18 @@ use meshgate::netns::{check_privileges, Netns};
 /// A started lab of `regions` regions, unique per test. Fails (never skips)
 /// when the machine lacks root or /dev/net/tun.
 pub fn lab(regions: usize) -> Lab {
+    lab_with(regions, "cipher = \"aes128gcm16\"")
+}
+
+/// A started lab whose gateways' `[sa]` sections read `sa_settings`.
+pub fn lab_with(regions: usize, sa_settings: &str) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");
     }
     let tag = format!("t{}{}", std::process::id() % 1000, NEXT.fetch_add(1, Ordering::Relaxed));
     let mut lab = Lab::build(regions, &tag).expect("building the lab");
+    lab.sa_settings = sa_settings.to_string();
     lab.write_configs().expect("writing configs");
     lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate"))).expect("starting gateways");
     lab
@@ -59,8 +65,8 @@ impl Frame {
     }
 }
 
-/// Captures every IPv4 packet seen on `ifname` inside a namespace, with an
-/// AF_PACKET socket, until stopped.
+/// Captures every IPv4 packet sent or received on the Ethernet interface
+/// `ifname` inside a namespace, with an AF_PACKET socket, until stopped.
 pub struct Capture {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<std::io::Result<Vec<Frame>>>>,
@@ -75,14 +81,14 @@ impl Capture {
         let handle = ns
             .spawn(move || -> Vec<Frame> {
                 // SAFETY: socket + bind with a valid sockaddr_ll; the fd is owned at once.
-                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32) };
+                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
                 assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
                 let sock = unsafe { OwnedFd::from_raw_fd(fd) };
                 let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
                 assert!(index > 0, "no interface {ifname:?}");
                 let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+                sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
                 sll.sll_ifindex = index as i32;
                 let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
                 assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
@@ -95,9 +101,10 @@ impl Capture {
                         continue;
                     }
                     let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                    if n > 0 {
+                    // Only ETH_P_ALL sees outgoing packets too; keep IPv4 ones.
+                    if n > 14 && buf[12..14] == [0x08, 0x00] {
                         let time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-                        frames.push(Frame { time, ip: buf[..n as usize].to_vec() });
+                        frames.push(Frame { time, ip: buf[14..n as usize].to_vec() });
                     }
                 }
                 frames

@@ -283,9 +283,9 @@ fn open_with_explicit_seq_matches_vectors() {
     }
 }
 
-/// The vector packets open through the real inbound path, with the high
-/// half of each ESN inferred from a window that has seen a packet 500
-/// sequence numbers earlier (sealed by our own sender with the same key).
+/// The vector packets open through the real inbound path. With ESN the
+/// high half is inferred from a window that has seen sequence number
+/// seq - 500 (for case 1 that lies in the previous epoch).
 #[test]
 fn inbound_sa_opens_vectors() {
     let now = Instant::now();
@@ -293,11 +293,8 @@ fn inbound_sa_opens_vectors() {
         for case in CASES.iter().filter(|c| c.params(backend).spi > 255) {
             let params = case.params(backend);
             let mut sa = InboundSa::new(params.clone(), now).expect("inbound SA");
-            if case.seq() > 500 {
-                let mut out = OutboundSa::new(params, now).expect("outbound SA");
-                out.set_next_seq_for_test(case.seq() - 500);
-                let earlier = seal(&mut out, now, &inner(40)).expect("seal");
-                assert_eq!(open(&mut sa, now, &earlier).expect("earlier packet").1, case.seq() - 500);
+            if params.esn && case.seq() > 500 {
+                sa.mark_received_for_test(case.seq() - 500);
             }
 
             let mut packet = case.packet();
