@@ -36,8 +36,8 @@
 #
 # ENVIRONMENT
 #   DURATION   iperf3 test length in seconds (default 10)
-#   MODES      a subset of "plain strongswan meshgate", run in that order
-#              (default: all three)
+#   MODES      a subset of "plain strongswan meshgate", run in the order
+#              given (default: all three)
 #   MESHGATE   path to the meshgate binary (default target/release/meshgate;
 #              a relative path is taken from the repository root)
 #   KEEP_LOGS  1 = keep the work directory (configs, daemon logs, iperf3 JSON)
@@ -84,21 +84,30 @@ PIDS=()          # daemons started by this script (killed by pid on teardown)
 MADE_NS=()       # namespaces created by this script
 FAILED=1         # cleared at the very end of a successful run
 
-log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die()  { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+# fds 3 and 4 keep the script's own stdout and stderr. A trap can run while a
+# command's redirections are in effect (e.g. the iperf3 client's >JSON), so
+# messages go to these and not to whatever fds 1 and 2 point at just then.
+# Background daemons are started with 3>&- 4>&- so they don't hold them open
+# (not foreground commands: a trap runs with their redirections in effect).
+exec 3>&1 4>&2
+log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&4; }
+die()  { printf '\nERROR: %s\n' "$*" >&4; exit 1; }
 nsx()  { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
 
 # ---------------------------------------------------------------- cleanup ---
 
-kill_pid() {
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
+kill_pids() {  # TERM the given pids, give them up to 3 s together, then KILL
+    local pid i alive
+    (( $# )) || return 0
+    kill -TERM "$@" 2>/dev/null || true
     for i in $(seq 1 30); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        (( alive )) || break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL "$@" 2>/dev/null || true
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
 }
 
 teardown() {
@@ -106,11 +115,15 @@ teardown() {
     # uniquely named namespaces (e.g. children of a daemon), also by pid, and
     # then delete the namespaces.
     set +e
-    local pid ns
-    for pid in "${PIDS[@]}"; do kill_pid "$pid"; done
+    local ns
+    local -a left=()
+    kill_pids "${PIDS[@]}"
     PIDS=()
     for ns in "${MADE_NS[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill_pid "$pid"; done
+        left+=($(ip netns pids "$ns" 2>/dev/null))
+    done
+    kill_pids "${left[@]}"
+    for ns in "${MADE_NS[@]}"; do
         ip netns del "$ns" 2>/dev/null
     done
     MADE_NS=()
@@ -124,7 +137,7 @@ cleanup() {
     teardown
     if [[ -n "$WORK" && -d "$WORK" ]]; then
         if [[ "$FAILED" == 1 || "$KEEP_LOGS" == 1 ]]; then
-            printf 'work directory (configs, logs) kept: %s\n' "$WORK" >&2
+            printf 'work directory (configs, logs) kept: %s\n' "$WORK" >&4
         else
             rm -rf -- "$WORK"
         fi
@@ -141,8 +154,11 @@ trap 'log "terminated"; exit 143' TERM
 [[ "$(id -u)" == 0 ]] || die "must run as root (sudo $0)"
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || die "DURATION must be a positive integer (got '$DURATION')"
 
+seen=" "
 for m in $MODES; do
     case "$m" in plain|strongswan|meshgate) ;; *) die "unknown mode '$m' in MODES (allowed: plain strongswan meshgate)";; esac
+    [[ "$seen" != *" $m "* ]] || die "mode '$m' given twice in MODES"
+    seen+="$m "
 done
 [[ -n "${MODES// /}" ]] || die "MODES is empty"
 want() { [[ " $MODES " == *" $1 "* ]]; }
@@ -279,7 +295,7 @@ build_topology() {
 # -------------------------------------------------------------------- iperf3 ---
 
 start_iperf_server() {  # in hostB; started before the mode so the TCP probe has a target
-    nsx "$NS_HB" iperf3 -s -B 10.2.1.10 >>"$WORK/iperf3-server.log" 2>&1 &
+    nsx "$NS_HB" iperf3 -s -B 10.2.1.10 >>"$WORK/iperf3-server.log" 2>&1 3>&- 4>&- &
     PIDS+=($!)
     wait_for 10 "iperf3 server" \
         bash -c "ip netns exec '$NS_HB' ss -Hltn 'sport = :5201' | grep -q ." \
@@ -289,10 +305,16 @@ start_iperf_server() {  # in hostB; started before the mode so the TCP probe has
 # run_iperf MODE -> sets GBPS, BPS, RETR; appends to results
 declare -A R_GBPS R_RETR R_BPS
 run_iperf() {
-    local mode="$1" json="$WORK/iperf3-$1.json" bps retr
+    local mode="$1" json="$WORK/iperf3-$1.json" bps retr cpid
     log "$mode: iperf3 -c 10.2.1.10 -t $DURATION -P 1"
-    if ! nsx "$NS_HA" timeout $(( DURATION + 30 )) \
-            iperf3 -c 10.2.1.10 -t "$DURATION" -P 1 -J --connect-timeout 5000 >"$json" 2>"$WORK/iperf3-$mode.err"; then
+    # In the background plus `wait`, so that INT/TERM run the trap at once
+    # (bash defers traps until a foreground command ends).
+    nsx "$NS_HA" timeout $(( DURATION + 30 )) \
+        iperf3 -c 10.2.1.10 -t "$DURATION" -P 1 -J --connect-timeout 5000 \
+        >"$json" 2>"$WORK/iperf3-$mode.err" 3>&- 4>&- &
+    cpid=$!
+    PIDS+=("$cpid")
+    if ! wait "$cpid"; then
         die "$mode: iperf3 client failed: $(json_get "$json" .error) $(tail -n 3 "$WORK/iperf3-$mode.err" 2>/dev/null)"
     fi
     bps="$(json_get "$json" .end.sum_received.bits_per_second)"
@@ -406,7 +428,7 @@ start_charon() {  # $1 = ns, $2 = gw dir
     local ns="$1" d="$2"
     nsx "$ns" unshare -m --propagation private \
         sh -c "mount --bind '$d/run' /run && STRONGSWAN_CONF='$d/strongswan.conf' exec '$CHARON'" \
-        >"$d/charon.stdout" 2>&1 &
+        >"$d/charon.stdout" 2>&1 3>&- 4>&- &
     PIDS+=($!)
 }
 
@@ -512,7 +534,7 @@ setup_meshgate() {
 
     for i in A B; do
         ns="${PFX}gw$i"
-        nsx "$ns" "$MESHGATE" run --config "$d/gw$i.toml" >"$d/gw$i.log" 2>&1 &
+        nsx "$ns" "$MESHGATE" run --config "$d/gw$i.toml" >"$d/gw$i.log" 2>&1 3>&- 4>&- &
         MG_PID[$i]=$!
         PIDS+=($!)
     done
@@ -539,8 +561,19 @@ $(tail -n 20 "$d/gw$i.log")"
         nsx "$ns" ip route get "$dst" 2>/dev/null | grep -q 'dev mg0' \
             || log "warning: in gw$i the route to $dst does not go into mg0: $(nsx "$ns" ip route get "$dst" 2>&1 | head -n1)"
     done
-    log "meshgate: both gateways ready; gwA routes into mg0: $(nsx "$NS_GA" ip route show table all dev mg0 2>/dev/null | tr '\n' ';')"
+    log "meshgate: both gateways ready; gwA routes into mg0: $(nsx "$NS_GA" ip -4 route show table all dev mg0 2>/dev/null | tr '\n' ';')"
     check_ping 15
+}
+
+after_meshgate() {  # keep a /metrics snapshot per gateway (in the work directory)
+    local i
+    if command -v curl >/dev/null 2>&1; then
+        for i in A B; do
+            nsx "${PFX}gw$i" curl -s --max-time 2 http://127.0.0.1:9100/metrics \
+                >"$WORK/meshgate/gw$i.metrics" 2>&1 || true
+        done
+        log "meshgate: gwA SA counters after the test: $(grep -E '^meshgate_sa_(bytes|packets)_total' "$WORK/meshgate/gwA.metrics" | tr '\n' ';')"
+    fi
 }
 
 # ---------------------------------------------------------------------- main ---
@@ -560,7 +593,7 @@ echo "# cpu:      ${cpu_model:-unknown} (flags: ${cpu_flags% }), nproc=$(nproc)"
 echo "# load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the run)"
 echo "# iperf3:   $(iperf3 --version 2>/dev/null | head -n1); reachability probe: $PROBE"
 want strongswan && echo "# charon:   $(dpkg-query -W -f='strongswan-charon ${Version}' strongswan-charon 2>/dev/null || echo unknown)"
-want meshgate   && echo "# meshgate: $MESHGATE"
+want meshgate   && echo "# meshgate: $MESHGATE (sha256 $(sha256sum "$MESHGATE" 2>/dev/null | cut -c1-16), modified $(date -r "$MESHGATE" -Is 2>/dev/null))"
 echo "# test:     1 TCP flow, iperf3 -t $DURATION -P 1, hostA 10.1.1.10 -> hostB 10.2.1.10; modes: $MODES"
 echo
 

@@ -1,7 +1,9 @@
 //! The Linux TUN device that carries inner packets.
 //!
-//! Opened without the packet-information header (IFF_NO_PI): each read
-//! returns exactly one IP packet and each write takes one. Addresses, MTU,
+//! Opened without the packet-information header (IFF_NO_PI) and with a
+//! virtio_net_hdr before every packet (IFF_VNET_HDR), so the kernel can
+//! hand us TCP super-packets (TSO) and take coalesced ones (GRO): each read
+//! returns one header and one packet, each write takes one. Addresses, MTU,
 //! link state and routes are set with iproute2, as wg-quick does, so what
 //! the gateway changes is exactly what an operator would type and see.
 
@@ -16,7 +18,12 @@ use crate::prefix::Prefix;
 const TUN_PATH: &str = "/dev/net/tun";
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -60,7 +67,7 @@ impl Tun {
                 io::ErrorKind::PermissionDenied => TunError::NotPermitted,
                 _ => TunError::Open(e),
             })?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
         let bytes = name.as_bytes();
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
             return Err(TunError::Create { name: name.into(), err: io::Error::from(io::ErrorKind::InvalidInput) });
@@ -82,6 +89,18 @@ impl Tun {
         &self.name
     }
 
+    /// Asks the kernel for TCP segmentation offload: reads may then return
+    /// super-packets of up to 64 KiB with partial checksums, which the
+    /// data plane segments itself.
+    pub fn enable_offload(&self) -> io::Result<()> {
+        let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
@@ -100,7 +119,7 @@ impl Tun {
         ip(&["route", "replace", &prefix.to_string(), "dev", &self.name])
     }
 
-    /// Reads one packet; `Ok(0)` never happens for a live TUN.
+    /// Reads one virtio_net_hdr and packet; `Ok(0)` never happens for a live TUN.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for buf.len() bytes.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -111,7 +130,7 @@ impl Tun {
         }
     }
 
-    /// Writes one packet.
+    /// Writes one virtio_net_hdr and packet.
     pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
         // SAFETY: packet is valid for packet.len() bytes.
         let n = unsafe { libc::write(self.fd(), packet.as_ptr().cast(), packet.len()) };

@@ -92,6 +92,12 @@ impl Capture {
                 sll.sll_ifindex = index as i32;
                 let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
                 assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                // The gateways send UDP GSO runs, which a tap sees as one
+                // large frame; the virtio header tells us how to cut it
+                // back into the datagrams that are on the wire.
+                let on: libc::c_int = 1;
+                let rc = unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, (&on as *const libc::c_int).cast(), 4) };
+                assert_eq!(rc, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
                 let _ = tx.send(());
                 let mut frames = Vec::new();
                 let mut buf = vec![0u8; 65536];
@@ -102,9 +108,19 @@ impl Capture {
                     }
                     let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
                     // Only ETH_P_ALL sees outgoing packets too; keep IPv4 ones.
-                    if n > 14 && buf[12..14] == [0x08, 0x00] {
+                    const V: usize = 10;
+                    if n as usize > V + 14 && buf[V + 12..V + 14] == [0x08, 0x00] {
                         let time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-                        frames.push(Frame { time, ip: buf[14..n as usize].to_vec() });
+                        let gso_type = buf[1];
+                        let gso_size = usize::from(u16::from_ne_bytes([buf[4], buf[5]]));
+                        let ip = &buf[V + 14..n as usize];
+                        if gso_type == 5 && gso_size > 0 {
+                            for d in split_udp_gso(ip, gso_size) {
+                                frames.push(Frame { time, ip: d });
+                            }
+                        } else {
+                            frames.push(Frame { time, ip: ip.to_vec() });
+                        }
                     }
                 }
                 frames
@@ -120,6 +136,33 @@ impl Capture {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().expect("capture thread").expect("capture")
     }
+}
+
+/// Cuts an IPv4/UDP GSO frame into the datagrams the kernel will send.
+fn split_udp_gso(ip: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let (hdr, payload) = ip.split_at(ihl + 8);
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut d = hdr.to_vec();
+            d.extend_from_slice(chunk);
+            let total = d.len() as u16;
+            d[2..4].copy_from_slice(&total.to_be_bytes());
+            let id = u16::from_be_bytes([d[4], d[5]]).wrapping_add(i as u16);
+            d[4..6].copy_from_slice(&id.to_be_bytes());
+            d[10..12].copy_from_slice(&[0, 0]);
+            let mut sum: u32 = d[..ihl].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            d[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            d[ihl + 4..ihl + 6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            d[ihl + 6..ihl + 8].copy_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
+            d
+        })
+        .collect()
 }
 
 /// Writes `frames` as a pcap file of raw IPv4 packets (LINKTYPE_RAW).

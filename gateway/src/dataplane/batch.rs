@@ -73,19 +73,37 @@ impl RawAddr {
     }
 }
 
-/// One received datagram: its length; `truncated` when it did not fit the
-/// buffer.
+/// One received buffer: its length, whether it was cut short, and with
+/// UDP GRO the size of the datagrams coalesced into it (0: one datagram).
 #[derive(Clone, Copy, Default)]
 pub struct Received {
     pub len: usize,
     pub truncated: bool,
+    pub segment: usize,
 }
+
+/// Datagrams to send: `len` bytes at `offset` of the send buffer; with
+/// `segment > 0` a run of datagrams of that size (the last may be shorter)
+/// sent as one UDP GSO message.
+#[derive(Clone, Copy)]
+pub struct Train {
+    pub offset: usize,
+    pub len: usize,
+    pub segment: u16,
+    pub dst: RawAddr,
+}
+
+/// Room for one cmsg carrying an int, aligned as the kernel wants.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; 32]);
 
 /// Scratch space for recvmmsg/sendmmsg headers, reused across calls.
 pub struct BatchIo {
     msgs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<RawAddr>,
+    controls: Vec<Control>,
 }
 
 // The raw pointers inside point only into this struct's own vectors and the
@@ -99,12 +117,31 @@ impl Default for BatchIo {
             msgs: vec![unsafe { zeroed() }; BATCH],
             iovs: vec![unsafe { zeroed() }; BATCH],
             addrs: vec![RawAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))); BATCH],
+            controls: vec![Control([0; 32]); BATCH],
         }
     }
 }
 
+/// Turns on UDP GRO (the kernel may hand us runs of same-size datagrams of
+/// one flow as one buffer); false if the kernel does not offer it.
+pub fn enable_udp_gro(sock: &UdpSocket) -> bool {
+    setsockopt_int(sock, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// Whether this kernel accepts UDP GSO on `sock`.
+pub fn probe_udp_gso(sock: &UdpSocket) -> bool {
+    // Setting the socket-wide segment size to 0 changes nothing but fails
+    // where UDP_SEGMENT is unknown.
+    setsockopt_int(sock, libc::SOL_UDP, libc::UDP_SEGMENT, 0)
+}
+
+fn setsockopt_int(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: an int option on our own socket.
+    unsafe { libc::setsockopt(sock.as_raw_fd(), level, opt, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t) == 0 }
+}
+
 impl BatchIo {
-    /// Receives up to BATCH datagrams without blocking; returns how many
+    /// Receives up to BATCH buffers without blocking; returns how many
     /// arrived, `WouldBlock` if none.
     pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut Buffers, out: &mut [Received; BATCH]) -> io::Result<usize> {
         let size = bufs.size();
@@ -115,8 +152,8 @@ impl BatchIo {
             m.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             m.msg_iov = &mut self.iovs[i];
             m.msg_iovlen = 1;
-            m.msg_control = std::ptr::null_mut();
-            m.msg_controllen = 0;
+            m.msg_control = self.controls[i].0.as_mut_ptr().cast();
+            m.msg_controllen = self.controls[i].0.len();
             m.msg_flags = 0;
         }
         // SAFETY: every header points at live buffers sized as declared.
@@ -125,46 +162,77 @@ impl BatchIo {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for i in 0..n {
-            let m = &self.msgs[i];
-            out[i] = Received { len: m.msg_len as usize, truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 };
+        for (i, slot) in out.iter_mut().enumerate().take(n) {
+            let m = &self.msgs[i].msg_hdr;
+            *slot = Received { len: self.msgs[i].msg_len as usize, truncated: m.msg_flags & libc::MSG_TRUNC != 0, segment: gro_segment(m) };
         }
         Ok(n)
     }
 
-    /// Sends `items` (buffer index, length, destination) with as few calls
-    /// as the kernel allows. Datagrams the kernel refuses are skipped and
-    /// counted in the returned error count; the rest still go out.
-    pub fn send(&mut self, sock: &UdpSocket, bufs: &mut Buffers, items: &[(usize, usize, RawAddr)]) -> usize {
+    /// Sends `trains` from `buf` with as few calls as the kernel allows.
+    /// Messages the kernel refuses are skipped and counted in the result;
+    /// the rest still go out.
+    pub fn send(&mut self, sock: &UdpSocket, buf: &mut [u8], trains: &[Train]) -> usize {
         let mut failed = 0;
-        for (k, (i, len, dst)) in items.iter().enumerate() {
-            self.addrs[k] = *dst;
-            self.iovs[k] = libc::iovec { iov_base: bufs.ptr(*i).cast(), iov_len: *len };
-            let m = &mut self.msgs[k].msg_hdr;
-            m.msg_name = (&mut self.addrs[k].storage as *mut libc::sockaddr_storage).cast();
-            m.msg_namelen = self.addrs[k].len;
-            m.msg_iov = &mut self.iovs[k];
-            m.msg_iovlen = 1;
-            m.msg_control = std::ptr::null_mut();
-            m.msg_controllen = 0;
-            m.msg_flags = 0;
-        }
-        let mut sent = 0;
-        while sent < items.len() {
-            // SAFETY: headers [sent..len) point at live buffers and addresses.
-            let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), self.msgs[sent..].as_mut_ptr(), (items.len() - sent) as u32, 0) };
-            if n > 0 {
-                sent += n as usize;
-            } else {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+        for chunk in trains.chunks(BATCH) {
+            for (k, t) in chunk.iter().enumerate() {
+                self.addrs[k] = t.dst;
+                self.iovs[k] = libc::iovec { iov_base: buf[t.offset..].as_mut_ptr().cast(), iov_len: t.len };
+                let m = &mut self.msgs[k].msg_hdr;
+                m.msg_name = (&mut self.addrs[k].storage as *mut libc::sockaddr_storage).cast();
+                m.msg_namelen = self.addrs[k].len;
+                m.msg_iov = &mut self.iovs[k];
+                m.msg_iovlen = 1;
+                m.msg_flags = 0;
+                if t.segment > 0 && t.len > usize::from(t.segment) {
+                    let c = &mut self.controls[k];
+                    m.msg_control = c.0.as_mut_ptr().cast();
+                    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+                    m.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                    // SAFETY: the control buffer holds one cmsg of a u16.
+                    unsafe {
+                        let cm = libc::CMSG_FIRSTHDR(m);
+                        (*cm).cmsg_level = libc::SOL_UDP;
+                        (*cm).cmsg_type = libc::UDP_SEGMENT;
+                        (*cm).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), t.segment);
+                    }
+                } else {
+                    m.msg_control = std::ptr::null_mut();
+                    m.msg_controllen = 0;
                 }
-                // The first datagram failed (no route, unreachable, ...): skip it.
-                failed += 1;
-                sent += 1;
+            }
+            let mut sent = 0;
+            while sent < chunk.len() {
+                // SAFETY: headers [sent..len) point at live buffers and addresses.
+                let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), self.msgs[sent..].as_mut_ptr(), (chunk.len() - sent) as u32, 0) };
+                if n > 0 {
+                    sent += n as usize;
+                } else {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The first message failed (no route, unreachable, ...): skip it.
+                    failed += 1;
+                    sent += 1;
+                }
             }
         }
         failed
     }
+}
+
+/// The UDP_GRO segment size in a received message's control data.
+fn gro_segment(m: &libc::msghdr) -> usize {
+    // SAFETY: walking the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut cm = libc::CMSG_FIRSTHDR(m);
+        while !cm.is_null() {
+            if (*cm).cmsg_level == libc::SOL_UDP && (*cm).cmsg_type == libc::UDP_GRO {
+                return std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>()).max(0) as usize;
+            }
+            cm = libc::CMSG_NXTHDR(m, cm);
+        }
+    }
+    0
 }

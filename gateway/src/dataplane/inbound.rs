@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{BatchIo, Buffers, Received, BATCH};
+use super::offload::Coalescer;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, SaParams, UdpPayloadKind, NEXT_HEADER_NONE};
@@ -122,11 +123,20 @@ fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
     }
 }
 
-/// The inbound loop: recvmmsg a batch, open each, write inner packets to the TUN.
-pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, size: usize) {
-    let mut bufs = Buffers::new(size);
+/// The inbound loop: recvmmsg a batch (with UDP GRO, runs of datagrams
+/// per buffer), open each datagram, coalesce inner TCP segments, write to
+/// the TUN.
+pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, buffer_size: usize) {
+    let mut bufs = Buffers::new(buffer_size);
     let mut io = BatchIo::default();
     let mut got = [Received::default(); BATCH];
+    let mut gro = Coalescer::default();
+    let mut write = |pkt: &[u8]| -> Result<(), ()> {
+        if let Err(e) = tun.write(pkt) {
+            tracing::debug!("inbound: writing to {}: {e}", tun.name());
+        }
+        Ok(())
+    };
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let n = match io.recv(socket, &mut bufs, &mut got) {
@@ -145,17 +155,18 @@ pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &Atomic
                 inb.count_drop(DropReason::TooBig);
                 continue;
             }
-            let buf = &mut bufs.get_mut(i)[..r.len];
-            match inb.decapsulate(now, buf) {
-                Ok(Delivery::Packet(range)) => {
-                    if let Err(e) = tun.write(&buf[range]) {
-                        tracing::debug!("inbound: writing to {}: {e}", tun.name());
+            let seg = if r.segment > 0 { r.segment } else { r.len.max(1) };
+            for datagram in bufs.get_mut(i)[..r.len].chunks_mut(seg) {
+                match inb.decapsulate(now, datagram) {
+                    Ok(Delivery::Packet(range)) => {
+                        let _ = gro.push(&datagram[range], &mut write);
                     }
+                    Ok(Delivery::Nothing) => {}
+                    Err(reason) => inb.count_drop(reason),
                 }
-                Ok(Delivery::Nothing) => {}
-                Err(reason) => inb.count_drop(reason),
             }
         }
+        let _ = gro.flush(&mut write);
         if now.duration_since(last_tick) >= TICK {
             inb.poll_lifetimes(now);
             last_tick = now;

@@ -9,6 +9,7 @@
 mod batch;
 pub mod inner;
 mod inbound;
+pub mod offload;
 mod outbound;
 
 use std::io;
@@ -47,13 +48,25 @@ impl Dataplane {
     pub fn start(config: &Config, tun: Arc<Tun>, socket: UdpSocket, metrics: &Arc<Metrics>) -> Result<Dataplane, SaError> {
         let outbound = Outbound::new(config, metrics)?;
         let inbound = Inbound::new(config, metrics)?;
+        // Offloads: TSO from the TUN with our own segmentation, UDP GSO
+        // out and GRO in. Each is used only where the kernel offers it.
+        let tso = match tun.enable_offload() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("TUN offload unavailable ({e}); reading one packet at a time");
+                false
+            }
+        };
+        let gso = batch::probe_udp_gso(&socket);
+        let gro = batch::enable_udp_gro(&socket);
+        tracing::info!(tso, gso, gro, "data-plane offloads");
+        let size = if gro { 65_536 } else { buffer_size(config.tun.mtu) };
         let socket = Arc::new(socket);
         let stop = Arc::new(AtomicBool::new(false));
-        let size = buffer_size(config.tun.mtu);
         let mut threads = Vec::new();
         {
             let (tun, socket, stop) = (tun.clone(), socket.clone(), stop.clone());
-            threads.push(spawn("mg-outbound", move || outbound::run(outbound, &tun, &socket, &stop, size)));
+            threads.push(spawn("mg-outbound", move || outbound::run(outbound, &tun, &socket, &stop, gso)));
         }
         {
             let (tun, socket, stop) = (tun, socket, stop.clone());

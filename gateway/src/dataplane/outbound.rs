@@ -5,13 +5,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::batch::{BatchIo, Buffers, RawAddr, BATCH};
+use super::batch::{BatchIo, RawAddr, Train, BATCH};
+use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
-use crate::esp::{DropReason, LifetimeEvent, OutboundSa, SaError, SaParams, SealError, ESP_HEADER_LEN, MAX_TRAILER_LEN};
+use crate::esp::{DropReason, LifetimeEvent, OutboundSa, SaError, SaParams, SealError, ESP_HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN};
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
 use crate::prefix::PrefixMap;
 use crate::tun::Tun;
+
+/// The largest UDP payload run one GSO send may carry, and its datagram count.
+const MAX_GSO_BYTES: usize = 65_000;
+const MAX_GSO_SEGMENTS: usize = 64;
+/// The send buffer of one batch: room for several 64 KiB super-packets.
+const SEND_BUFFER: usize = 1 << 20;
+
+/// Length of the ESP packet that carries `inner` bytes: header, payload
+/// padded with pad length and next header to 4 bytes (RFC 4303 §2.4), ICV.
+fn esp_len(inner: usize) -> usize {
+    ESP_HEADER_LEN + (inner + 2).next_multiple_of(4) + ICV_LEN
+}
 
 struct Peer {
     id: String,
@@ -49,6 +62,30 @@ impl Outbound {
         Ok(Outbound { routes, peers, drops: metrics.drops(), metrics: metrics.clone() })
     }
 
+    /// The peer whose prefixes hold the inner packet's destination.
+    fn route(&self, inner_pkt: &[u8]) -> Result<(usize, inner::InnerHeader), DropReason> {
+        let hdr = inner::parse(inner_pkt).ok_or(DropReason::Malformed)?;
+        let &idx = self.routes.lookup(hdr.dst).ok_or(DropReason::NoRoute)?;
+        Ok((idx, hdr))
+    }
+
+    /// Seals `len` bytes of inner packet at `buf[ESP_HEADER_LEN..]` with
+    /// `peer`'s SA; returns the ESP packet's length.
+    fn seal(&mut self, peer: usize, now: Instant, buf: &mut [u8], len: usize, next_header: u8) -> Result<usize, DropReason> {
+        let peer = &mut self.peers[peer];
+        match peer.sa.seal(now, buf, len, next_header) {
+            Ok(sealed) => {
+                peer.counters.count(len);
+                if let Some(ev) = sealed.event {
+                    report(&self.metrics, &peer.id, &ev);
+                }
+                Ok(sealed.len)
+            }
+            Err(SealError::BufferTooSmall) => Err(DropReason::TooBig),
+            Err(_) => Err(DropReason::Expired),
+        }
+    }
+
     /// Seals the inner packet at `buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len]`
     /// in place; returns the peer it goes to and the ESP packet's length.
     pub fn encapsulate(&mut self, now: Instant, buf: &mut [u8], len: usize) -> Result<(usize, usize), DropReason> {
@@ -56,20 +93,68 @@ impl Outbound {
         if end + MAX_TRAILER_LEN > buf.len() {
             return Err(DropReason::TooBig);
         }
-        let hdr = inner::parse(&buf[ESP_HEADER_LEN..end]).ok_or(DropReason::Malformed)?;
-        let &idx = self.routes.lookup(hdr.dst).ok_or(DropReason::NoRoute)?;
-        let peer = &mut self.peers[idx];
-        match peer.sa.seal(now, buf, hdr.len, hdr.next_header) {
-            Ok(sealed) => {
-                peer.counters.count(hdr.len);
-                if let Some(ev) = sealed.event {
-                    report(&self.metrics, &peer.id, &ev);
-                }
-                Ok((idx, sealed.len))
-            }
-            Err(SealError::BufferTooSmall) => Err(DropReason::TooBig),
-            Err(_) => Err(DropReason::Expired),
+        let (idx, hdr) = self.route(&buf[ESP_HEADER_LEN..end])?;
+        let n = self.seal(idx, now, buf, hdr.len, hdr.next_header)?;
+        Ok((idx, n))
+    }
+
+    /// Bytes of send buffer that [`Outbound::process_tun_read`] needs for
+    /// this read (virtio header + packet) at most.
+    pub fn output_len(read: &[u8]) -> usize {
+        let Some(hdr) = VnetHdr::parse(read) else { return 0 };
+        let pkt = &read[VNET_HDR_LEN..];
+        match plan_segments(&hdr, pkt) {
+            Ok(plan) if hdr.is_tcp_gso() => plan.count * esp_len(plan.full_len) + MAX_TRAILER_LEN,
+            _ => ESP_HEADER_LEN + pkt.len() + MAX_TRAILER_LEN,
         }
+    }
+
+    /// Turns one TUN read (virtio header + packet, perhaps a TCP
+    /// super-packet) into ESP datagrams at `send[base..]`, appending them
+    /// to `trains` (as UDP GSO runs when `gso`); returns the bytes used.
+    pub fn process_tun_read(&mut self, now: Instant, read: &mut [u8], send: &mut [u8], base: usize, trains: &mut Vec<Train>, gso: bool) -> Result<usize, DropReason> {
+        let hdr = VnetHdr::parse(read).ok_or(DropReason::Malformed)?;
+        let pkt = &mut read[VNET_HDR_LEN..];
+        if !hdr.is_tcp_gso() {
+            complete_checksum(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
+            let out = send.get_mut(base..).ok_or(DropReason::TooBig)?;
+            let len = pkt.len();
+            if ESP_HEADER_LEN + len + MAX_TRAILER_LEN > out.len() {
+                return Err(DropReason::TooBig);
+            }
+            out[ESP_HEADER_LEN..ESP_HEADER_LEN + len].copy_from_slice(pkt);
+            let (peer, n) = self.encapsulate(now, out, len)?;
+            trains.push(Train { offset: base, len: n, segment: 0, dst: self.peers[peer].dst });
+            return Ok(n);
+        }
+        let plan = plan_segments(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
+        let (peer, ih) = self.route(pkt)?;
+        let stride = esp_len(plan.full_len);
+        if base + plan.count * stride + MAX_TRAILER_LEN > send.len() {
+            return Err(DropReason::TooBig);
+        }
+        let mut used = 0;
+        for i in 0..plan.count {
+            let seg_len = if i + 1 == plan.count { plan.last_len } else { plan.full_len };
+            let slot = &mut send[base + i * stride..];
+            write_segment(&hdr, pkt, i, &mut slot[ESP_HEADER_LEN..ESP_HEADER_LEN + seg_len]).map_err(|_| DropReason::Malformed)?;
+            let n = self.seal(peer, now, slot, seg_len, ih.next_header)?;
+            debug_assert_eq!(n, esp_len(seg_len));
+            used = i * stride + n;
+        }
+        let dst = self.peers[peer].dst;
+        // One GSO message may carry at most 64 datagrams and 64 KiB.
+        let per_msg = if gso { (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let mut first = 0;
+        while first < plan.count {
+            let last = (first + per_msg).min(plan.count);
+            let offset = first * stride;
+            let end = if last == plan.count { used } else { last * stride };
+            let segment = if last - first > 1 { stride as u16 } else { 0 };
+            trains.push(Train { offset: base + offset, len: end - offset, segment, dst });
+            first = last;
+        }
+        Ok(used)
     }
 
     /// Reports lifetime limits in time that have passed.
@@ -94,23 +179,24 @@ fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
     }
 }
 
-/// The outbound loop: drain the TUN in batches, seal, send with sendmmsg.
-pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, size: usize) {
+/// The outbound loop: drain the TUN (segmenting super-packets), seal into
+/// one send buffer, send the batch with sendmmsg and UDP GSO.
+pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, gso: bool) {
     if let Err(e) = tun.set_nonblocking(true) {
         tracing::error!("outbound: cannot make the TUN non-blocking: {e}");
         return;
     }
-    let mut bufs = Buffers::new(size);
+    let mut read = vec![0u8; VNET_HDR_LEN + 65_535];
+    let mut send = vec![0u8; SEND_BUFFER];
     let mut io = BatchIo::default();
-    let mut items: Vec<(usize, usize, RawAddr)> = Vec::with_capacity(BATCH);
+    let mut trains: Vec<Train> = Vec::with_capacity(4 * BATCH);
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        items.clear();
         let now = Instant::now();
-        for i in 0..BATCH {
-            let buf = bufs.get_mut(i);
-            let room = buf.len() - ESP_HEADER_LEN - MAX_TRAILER_LEN;
-            let n = match tun.read(&mut buf[ESP_HEADER_LEN..ESP_HEADER_LEN + room]) {
+        let mut used = 0;
+        let mut reads = 0;
+        while reads < BATCH {
+            let n = match tun.read(&mut read) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -119,26 +205,38 @@ pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &Atomi
                     break;
                 }
             };
-            match out.encapsulate(now, buf, n) {
-                Ok((peer, len)) => items.push((i, len, out.peers[peer].dst)),
+            reads += 1;
+            let read = &mut read[..n];
+            if used + Outbound::output_len(read) > send.len() {
+                flush(&mut io, socket, &mut send, &mut trains);
+                used = 0;
+            }
+            match out.process_tun_read(now, read, &mut send, used, &mut trains, gso) {
+                Ok(n) => used += n,
                 Err(reason) => out.drops.count(reason),
             }
         }
-        if !items.is_empty() {
-            let failed = io.send(socket, &mut bufs, &items);
-            if failed > 0 {
-                tracing::debug!("outbound: {failed} datagrams refused by the kernel");
-            }
-        }
+        flush(&mut io, socket, &mut send, &mut trains);
         if now.duration_since(last_tick) >= TICK {
             out.poll_lifetimes(now);
             last_tick = now;
         }
-        if items.is_empty() {
+        if reads == 0 {
             if let Err(e) = wait_readable(tun.fd()) {
                 tracing::error!("outbound: poll: {e}");
                 return;
             }
         }
     }
+}
+
+fn flush(io: &mut BatchIo, socket: &UdpSocket, send: &mut [u8], trains: &mut Vec<Train>) {
+    if trains.is_empty() {
+        return;
+    }
+    let failed = io.send(socket, send, trains);
+    if failed > 0 {
+        tracing::debug!("outbound: {failed} messages refused by the kernel");
+    }
+    trains.clear();
 }

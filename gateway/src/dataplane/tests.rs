@@ -98,7 +98,7 @@ fn outbound_drops_what_it_cannot_route() {
     assert_eq!(seal(&mut out, &[0x45, 0, 0]), Err(DropReason::Malformed));
     assert_eq!(seal(&mut out, &[]), Err(DropReason::Malformed));
     let mut small = vec![0u8; 60];
-    let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], 30);
+    let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], 10);
     small[ESP_HEADER_LEN..ESP_HEADER_LEN + p.len()].copy_from_slice(&p);
     assert_eq!(out.encapsulate(Instant::now(), &mut small, p.len()), Err(DropReason::TooBig));
 }

@@ -75,7 +75,11 @@ impl Backend {
 pub struct AeadError;
 
 /// A keyed AES-GCM instance. The nonce is built by the caller (salt || IV).
-pub enum Aead {
+pub struct Aead(Keyed);
+
+/// An enum rather than `Box<dyn>` keeps the packet path monomorphic; it is
+/// private so the backends' types stay out of meshgate's API.
+enum Keyed {
     Ring(LessSafeKey),
     Aes128(aes_gcm::Aes128Gcm),
     Aes256(aes_gcm::Aes256Gcm),
@@ -93,20 +97,20 @@ impl Aead {
         }
         let bytes = key.key();
         let wrong_len = || KeyError::length(suite, bytes.len() + 4);
-        Ok(match (backend, suite) {
-            (Backend::Ring, CipherSuite::Aes128Gcm) => {
-                Aead::Ring(LessSafeKey::new(UnboundKey::new(&AES_128_GCM, bytes).map_err(|_| wrong_len())?))
-            }
-            (Backend::Ring, CipherSuite::Aes256Gcm) => {
-                Aead::Ring(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| wrong_len())?))
-            }
+        Ok(Aead(match (backend, suite) {
+            (Backend::Ring, CipherSuite::Aes128Gcm) => Keyed::Ring(LessSafeKey::new(
+                UnboundKey::new(&AES_128_GCM, bytes).map_err(|_| wrong_len())?,
+            )),
+            (Backend::Ring, CipherSuite::Aes256Gcm) => Keyed::Ring(LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| wrong_len())?,
+            )),
             (Backend::RustCrypto, CipherSuite::Aes128Gcm) => {
-                Aead::Aes128(aes_gcm::Aes128Gcm::new_from_slice(bytes).map_err(|_| wrong_len())?)
+                Keyed::Aes128(aes_gcm::Aes128Gcm::new_from_slice(bytes).map_err(|_| wrong_len())?)
             }
             (Backend::RustCrypto, CipherSuite::Aes256Gcm) => {
-                Aead::Aes256(aes_gcm::Aes256Gcm::new_from_slice(bytes).map_err(|_| wrong_len())?)
+                Keyed::Aes256(aes_gcm::Aes256Gcm::new_from_slice(bytes).map_err(|_| wrong_len())?)
             }
-        })
+        }))
     }
 
     /// Encrypts `data` in place and writes the 16-byte tag to `tag_out`.
@@ -118,21 +122,21 @@ impl Aead {
         data: &mut [u8],
         tag_out: &mut [u8; ICV_LEN],
     ) -> Result<(), AeadError> {
-        match self {
-            Aead::Ring(key) => {
+        match &self.0 {
+            Keyed::Ring(key) => {
                 let nonce = Nonce::assume_unique_for_key(*nonce);
                 let tag = key
                     .seal_in_place_separate_tag(nonce, Aad::from(aad), data)
                     .map_err(|_| AeadError)?;
                 tag_out.copy_from_slice(tag.as_ref());
             }
-            Aead::Aes128(key) => {
+            Keyed::Aes128(key) => {
                 let tag = key
                     .encrypt_inout_detached(&(*nonce).into(), aad, data.into())
                     .map_err(|_| AeadError)?;
                 tag_out.copy_from_slice(&tag);
             }
-            Aead::Aes256(key) => {
+            Keyed::Aes256(key) => {
                 let tag = key
                     .encrypt_inout_detached(&(*nonce).into(), aad, data.into())
                     .map_err(|_| AeadError)?;
@@ -152,17 +156,17 @@ impl Aead {
         data: &mut [u8],
         tag: &[u8; ICV_LEN],
     ) -> Result<(), AeadError> {
-        match self {
-            Aead::Ring(key) => {
+        match &self.0 {
+            Keyed::Ring(key) => {
                 let nonce = Nonce::assume_unique_for_key(*nonce);
                 key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(*tag), data, 0..)
                     .map(|_| ())
                     .map_err(|_| AeadError)
             }
-            Aead::Aes128(key) => key
+            Keyed::Aes128(key) => key
                 .decrypt_inout_detached(&(*nonce).into(), aad, data.into(), &(*tag).into())
                 .map_err(|_| AeadError),
-            Aead::Aes256(key) => key
+            Keyed::Aes256(key) => key
                 .decrypt_inout_detached(&(*nonce).into(), aad, data.into(), &(*tag).into())
                 .map_err(|_| AeadError),
         }
@@ -196,7 +200,8 @@ mod tests {
     #[test]
     fn backends_agree() {
         for suite in CipherSuite::ALL {
-            let key = KeyMaterial::new(suite, &vec![0x5a; suite.key_material_len()]).expect("valid key");
+            let key =
+                KeyMaterial::new(suite, &vec![0x5a; suite.key_material_len()]).expect("valid key");
             let ring = Aead::new(suite, Backend::Ring, &key).expect("ring");
             let rc = Aead::new(suite, Backend::RustCrypto, &key).expect("rustcrypto");
             let nonce = [3u8; NONCE_LEN];
@@ -204,12 +209,16 @@ mod tests {
                 let plain: Vec<u8> = (0..len as u8).collect();
                 let (mut a, mut b) = (plain.clone(), plain.clone());
                 let (mut ta, mut tb) = ([0u8; ICV_LEN], [0u8; ICV_LEN]);
-                ring.seal_in_place(&nonce, b"aad", &mut a, &mut ta).expect("seal");
-                rc.seal_in_place(&nonce, b"aad", &mut b, &mut tb).expect("seal");
+                ring.seal_in_place(&nonce, b"aad", &mut a, &mut ta)
+                    .expect("seal");
+                rc.seal_in_place(&nonce, b"aad", &mut b, &mut tb)
+                    .expect("seal");
                 assert_eq!((&a, ta), (&b, tb), "{suite:?} len {len}");
 
-                rc.open_in_place(&nonce, b"aad", &mut a, &ta).expect("rustcrypto opens ring");
-                ring.open_in_place(&nonce, b"aad", &mut b, &tb).expect("ring opens rustcrypto");
+                rc.open_in_place(&nonce, b"aad", &mut a, &ta)
+                    .expect("rustcrypto opens ring");
+                ring.open_in_place(&nonce, b"aad", &mut b, &tb)
+                    .expect("ring opens rustcrypto");
                 assert_eq!(a, plain);
                 assert_eq!(b, plain);
 
@@ -217,10 +226,18 @@ mod tests {
                 for aead in [&ring, &rc] {
                     let mut c = plain.clone();
                     let mut t = [0u8; ICV_LEN];
-                    aead.seal_in_place(&nonce, b"aad", &mut c, &mut t).expect("seal");
-                    assert_eq!(aead.open_in_place(&nonce, b"aad", &mut c.clone(), &tb), Err(AeadError));
-                    assert_eq!(aead.open_in_place(&nonce, b"AAD", &mut c.clone(), &t), Err(AeadError));
-                    aead.open_in_place(&nonce, b"aad", &mut c, &t).expect("genuine tag");
+                    aead.seal_in_place(&nonce, b"aad", &mut c, &mut t)
+                        .expect("seal");
+                    assert_eq!(
+                        aead.open_in_place(&nonce, b"aad", &mut c.clone(), &tb),
+                        Err(AeadError)
+                    );
+                    assert_eq!(
+                        aead.open_in_place(&nonce, b"AAD", &mut c.clone(), &t),
+                        Err(AeadError)
+                    );
+                    aead.open_in_place(&nonce, b"aad", &mut c, &t)
+                        .expect("genuine tag");
                 }
             }
         }

@@ -74,7 +74,7 @@ impl KeyMaterial {
             .or_else(|| hex.strip_prefix("0X"))
             .unwrap_or(hex)
             .as_bytes();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(KeyError::OddHex {
                 digits: digits.len(),
             });
@@ -97,12 +97,12 @@ impl KeyMaterial {
     }
 
     /// The AES key alone.
-    pub fn key(&self) -> &[u8] {
+    pub(crate) fn key(&self) -> &[u8] {
         &self.bytes[..self.suite.key_len()]
     }
 
     /// The salt that prefixes every nonce (RFC 4106 §4).
-    pub fn salt(&self) -> [u8; SALT_LEN] {
+    pub(crate) fn salt(&self) -> [u8; SALT_LEN] {
         let at = self.suite.key_len();
         let mut salt = [0; SALT_LEN];
         salt.copy_from_slice(&self.bytes[at..at + SALT_LEN]);

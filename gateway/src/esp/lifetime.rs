@@ -199,17 +199,35 @@ mod tests {
     #[test]
     fn packets_then_bytes() {
         let (mut t, _) = tracker(
-            LifetimeLimits { packets: Some(2), ..Default::default() },
-            LifetimeLimits { bytes: Some(300), ..Default::default() },
+            LifetimeLimits {
+                packets: Some(2),
+                ..Default::default()
+            },
+            LifetimeLimits {
+                bytes: Some(300),
+                ..Default::default()
+            },
         );
         t.record(100);
         assert_eq!(t.take_event(), None);
         t.record(100);
-        assert_eq!(t.take_event(), Some(LifetimeEvent::Soft { spi: 7, kind: LimitKind::Packets }));
+        assert_eq!(
+            t.take_event(),
+            Some(LifetimeEvent::Soft {
+                spi: 7,
+                kind: LimitKind::Packets
+            })
+        );
         assert!(!t.is_expired());
         t.record(100);
         assert!(t.is_expired());
-        assert_eq!(t.take_event(), Some(LifetimeEvent::Hard { spi: 7, kind: LimitKind::Bytes }));
+        assert_eq!(
+            t.take_event(),
+            Some(LifetimeEvent::Hard {
+                spi: 7,
+                kind: LimitKind::Bytes
+            })
+        );
         t.record(100);
         assert_eq!(t.take_event(), None, "each event once");
     }
@@ -217,33 +235,69 @@ mod tests {
     #[test]
     fn hard_implies_soft() {
         let (mut t, t0) = tracker(
-            LifetimeLimits { time: Some(Duration::from_secs(10)), ..Default::default() },
-            LifetimeLimits { time: Some(Duration::from_secs(20)), ..Default::default() },
+            LifetimeLimits {
+                time: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            LifetimeLimits {
+                time: Some(Duration::from_secs(20)),
+                ..Default::default()
+            },
         );
         t.check_time(t0 + Duration::from_secs(25));
-        assert_eq!(t.take_event(), Some(LifetimeEvent::Hard { spi: 7, kind: LimitKind::Time }));
+        assert_eq!(
+            t.take_event(),
+            Some(LifetimeEvent::Hard {
+                spi: 7,
+                kind: LimitKind::Time
+            })
+        );
         assert_eq!(t.take_event(), None);
     }
 
     #[test]
     fn labels() {
-        let e = LifetimeEvent::Soft { spi: 1, kind: LimitKind::SequenceSpace };
+        let e = LifetimeEvent::Soft {
+            spi: 1,
+            kind: LimitKind::SequenceSpace,
+        };
         assert_eq!(e.label(), ("soft", "sequence"));
-        let e = LifetimeEvent::Hard { spi: 1, kind: LimitKind::Bytes };
+        let e = LifetimeEvent::Hard {
+            spi: 1,
+            kind: LimitKind::Bytes,
+        };
         assert_eq!(e.label(), ("hard", "bytes"));
         assert_eq!(e.spi(), 1);
     }
 
     #[test]
     fn invalid_limits() {
-        let some = |n| LifetimeLimits { packets: Some(n), ..Default::default() };
+        let some = |n| LifetimeLimits {
+            packets: Some(n),
+            ..Default::default()
+        };
         let lt = |soft, hard| Lifetime { soft, hard };
         assert_eq!(lt(some(5), some(10)).invalid_limit(), None);
         assert_eq!(lt(some(10), some(10)).invalid_limit(), None);
-        assert_eq!(lt(some(11), some(10)).invalid_limit(), Some(("soft", LimitKind::Packets)));
-        assert_eq!(lt(some(0), some(10)).invalid_limit(), Some(("soft", LimitKind::Packets)));
-        assert_eq!(lt(Default::default(), some(0)).invalid_limit(), Some(("hard", LimitKind::Packets)));
-        let time = LifetimeLimits { time: Some(Duration::ZERO), ..Default::default() };
-        assert_eq!(lt(Default::default(), time).invalid_limit(), Some(("hard", LimitKind::Time)));
+        assert_eq!(
+            lt(some(11), some(10)).invalid_limit(),
+            Some(("soft", LimitKind::Packets))
+        );
+        assert_eq!(
+            lt(some(0), some(10)).invalid_limit(),
+            Some(("soft", LimitKind::Packets))
+        );
+        assert_eq!(
+            lt(Default::default(), some(0)).invalid_limit(),
+            Some(("hard", LimitKind::Packets))
+        );
+        let time = LifetimeLimits {
+            time: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert_eq!(
+            lt(Default::default(), time).invalid_limit(),
+            Some(("hard", LimitKind::Time))
+        );
     }
 }

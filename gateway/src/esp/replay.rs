@@ -118,7 +118,10 @@ impl ReplayWindow {
 
     fn locate(&self, seq: u64) -> (usize, u64) {
         let mask = self.blocks.len() as u64 - 1;
-        (((seq / BLOCK_BITS) & mask) as usize, 1 << (seq % BLOCK_BITS))
+        (
+            ((seq / BLOCK_BITS) & mask) as usize,
+            1 << (seq % BLOCK_BITS),
+        )
     }
 }
 
@@ -180,7 +183,17 @@ mod tests {
     fn jumps_clear_stale_blocks() {
         for size in [1024u64, 4096] {
             let ring_bits = ReplayWindow::new(size as usize).blocks.len() as u64 * BLOCK_BITS;
-            for jump in [1, 63, 64, 65, size - 1, size, size + 1, ring_bits, 3 * ring_bits + 7] {
+            for jump in [
+                1,
+                63,
+                64,
+                65,
+                size - 1,
+                size,
+                size + 1,
+                ring_bits,
+                3 * ring_bits + 7,
+            ] {
                 let mut w = ReplayWindow::new(size as usize);
                 let base = 5 * size;
                 for seq in base - size + 1..=base {
@@ -189,7 +202,11 @@ mod tests {
                 let top = base + jump;
                 assert!(accept(&mut w, top));
                 for seq in top - size + 1..top {
-                    assert_eq!(w.check(seq), seq > base, "size {size} jump {jump} seq {seq}");
+                    assert_eq!(
+                        w.check(seq),
+                        seq > base,
+                        "size {size} jump {jump} seq {seq}"
+                    );
                 }
             }
         }
@@ -212,7 +229,11 @@ mod tests {
                     _ => (top + 3).saturating_sub(rng.random_range(0..64)),
                 };
                 let expected = seq != 0 && !seen.contains(&seq) && (seq > top || top - seq < size);
-                assert_eq!(accept(&mut w, seq), expected, "size {size} seq {seq} top {top}");
+                assert_eq!(
+                    accept(&mut w, seq),
+                    expected,
+                    "size {size} seq {seq} top {top}"
+                );
                 if expected {
                     seen.insert(seq);
                     top = top.max(seq);
@@ -230,10 +251,22 @@ mod tests {
     #[test]
     fn infer_case_a_same_epoch() {
         let w = window_at((5 << 32) | 0xffff_ff00);
-        assert_eq!(w.infer_seq(0xffff_ff10), (5 << 32) | 0xffff_ff10, "ahead, same epoch");
-        assert_eq!(w.infer_seq(0xffff_fb01), (5 << 32) | 0xffff_fb01, "left edge");
+        assert_eq!(
+            w.infer_seq(0xffff_ff10),
+            (5 << 32) | 0xffff_ff10,
+            "ahead, same epoch"
+        );
+        assert_eq!(
+            w.infer_seq(0xffff_fb01),
+            (5 << 32) | 0xffff_fb01,
+            "left edge"
+        );
         assert_eq!(w.infer_seq(5), (6 << 32) | 5, "ahead, next epoch");
-        assert_eq!(w.infer_seq(0xffff_fb00), (6 << 32) | 0xffff_fb00, "left of edge reads as next epoch");
+        assert_eq!(
+            w.infer_seq(0xffff_fb00),
+            (6 << 32) | 0xffff_fb00,
+            "left of edge reads as next epoch"
+        );
     }
 
     #[test]
@@ -241,16 +274,32 @@ mod tests {
         let w = window_at((1 << 32) | 10);
         assert_eq!(w.infer_seq(20), (1 << 32) | 20);
         assert_eq!(w.infer_seq(0), 1 << 32);
-        assert_eq!(w.infer_seq(0xffff_fff0), 0xffff_fff0, "late packet from before rollover");
-        assert_eq!(w.infer_seq(0xffff_fc0b), 0xffff_fc0b, "left edge in the old epoch");
-        assert_eq!(w.infer_seq(0xffff_fc0a), (1 << 32) | 0xffff_fc0a, "beyond the edge: ahead");
+        assert_eq!(
+            w.infer_seq(0xffff_fff0),
+            0xffff_fff0,
+            "late packet from before rollover"
+        );
+        assert_eq!(
+            w.infer_seq(0xffff_fc0b),
+            0xffff_fc0b,
+            "left edge in the old epoch"
+        );
+        assert_eq!(
+            w.infer_seq(0xffff_fc0a),
+            (1 << 32) | 0xffff_fc0a,
+            "beyond the edge: ahead"
+        );
     }
 
     #[test]
     fn infer_at_the_ends_of_the_space() {
         let fresh = ReplayWindow::new(1024);
         assert_eq!(fresh.infer_seq(1), 1);
-        assert_eq!(fresh.infer_seq(0xffff_ffff), 0xffff_ffff, "no epoch before 0");
+        assert_eq!(
+            fresh.infer_seq(0xffff_ffff),
+            0xffff_ffff,
+            "no epoch before 0"
+        );
         assert!(!fresh.check(fresh.infer_seq(0)));
 
         let end = window_at(u64::MAX - 5);

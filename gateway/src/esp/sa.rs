@@ -10,7 +10,9 @@ use super::aead::{Aead, AeadError, Backend, CipherSuite, NONCE_LEN};
 use super::keys::{KeyError, KeyMaterial};
 use super::lifetime::{Lifetime, LifetimeEvent, LifetimeTracker, LimitKind};
 use super::replay::{ReplayWindow, MAX_REPLAY_WINDOW, MIN_REPLAY_WINDOW};
-use super::{DropReason, ESP_HEADER_LEN, ICV_LEN, MAX_ESP_PACKET_LEN, MAX_INNER_LEN, MIN_ESP_PACKET_LEN};
+use super::{
+    DropReason, ESP_HEADER_LEN, ICV_LEN, MAX_ESP_PACKET_LEN, MAX_INNER_LEN, MIN_ESP_PACKET_LEN,
+};
 
 /// Everything needed to install one SA.
 #[derive(Clone, Debug)]
@@ -117,7 +119,13 @@ impl Transform {
     /// Writes the header and encrypts `buf[ESP_HEADER_LEN..][..payload_len]`
     /// (inner packet and trailer, already in place), appending the ICV.
     /// Returns the packet length.
-    pub(crate) fn seal_payload(&self, seq: u64, iv: [u8; 8], buf: &mut [u8], payload_len: usize) -> Result<usize, SealError> {
+    pub(crate) fn seal_payload(
+        &self,
+        seq: u64,
+        iv: [u8; 8],
+        buf: &mut [u8],
+        payload_len: usize,
+    ) -> Result<usize, SealError> {
         let len = ESP_HEADER_LEN + payload_len + ICV_LEN;
         let packet = buf.get_mut(..len).ok_or(SealError::BufferTooSmall)?;
         let (header, rest) = packet
@@ -140,12 +148,15 @@ impl Transform {
     /// for the full sequence number `seq`. The SA's own SPI goes into the
     /// AAD, so a packet steered to the wrong SA fails here.
     pub(crate) fn open_payload(&self, seq: u64, packet: &mut [u8]) -> Result<(), AeadError> {
-        let (header, rest) = packet.split_first_chunk_mut::<ESP_HEADER_LEN>().ok_or(AeadError)?;
+        let (header, rest) = packet
+            .split_first_chunk_mut::<ESP_HEADER_LEN>()
+            .ok_or(AeadError)?;
         let (payload, icv) = rest.split_last_chunk_mut::<ICV_LEN>().ok_or(AeadError)?;
         let mut iv = [0u8; 8];
         iv.copy_from_slice(&header[8..]);
         let (aad, aad_len) = self.aad(seq);
-        self.aead.open_in_place(&self.nonce(&iv), &aad[..aad_len], payload, icv)
+        self.aead
+            .open_in_place(&self.nonce(&iv), &aad[..aad_len], payload, icv)
     }
 }
 
@@ -202,7 +213,13 @@ impl OutboundSa {
     /// [`MAX_TRAILER_LEN`](super::MAX_TRAILER_LEN) bytes). The IV is the
     /// 64-bit sequence number, unique per key, so packets do not depend on
     /// the backend. Writes the ESP packet to `buf[..len]`.
-    pub fn seal(&mut self, now: Instant, buf: &mut [u8], inner_len: usize, next_header: u8) -> Result<Sealed, SealError> {
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        inner_len: usize,
+        next_header: u8,
+    ) -> Result<Sealed, SealError> {
         self.life.check_time(now);
         if self.life.is_expired() {
             return Err(SealError::Expired);
@@ -229,7 +246,9 @@ impl OutboundSa {
         trailer[pad_len] = pad_len as u8;
         trailer[pad_len + 1] = next_header;
 
-        let len = self.transform.seal_payload(seq, seq.to_be_bytes(), buf, payload_len)?;
+        let len = self
+            .transform
+            .seal_payload(seq, seq.to_be_bytes(), buf, payload_len)?;
         self.next_seq = seq.saturating_add(1);
         if seq >= self.last_seq() {
             self.life.cross_hard(LimitKind::SequenceSpace);
@@ -308,7 +327,7 @@ impl InboundSa {
         let len = packet.len();
         // RFC 4303 §2.4: the ciphertext must end 4-byte aligned.
         if !(MIN_ESP_PACKET_LEN..=MAX_ESP_PACKET_LEN).contains(&len)
-            || (len - ESP_HEADER_LEN - ICV_LEN) % 4 != 0
+            || !(len - ESP_HEADER_LEN - ICV_LEN).is_multiple_of(4)
         {
             return Err(DropReason::Malformed);
         }

@@ -18,7 +18,9 @@ pub enum UdpPayloadKind {
 
 /// The SPI of an ESP packet, for looking up its SA.
 pub fn peek_spi(packet: &[u8]) -> Option<u32> {
-    packet.first_chunk::<4>().map(|spi| u32::from_be_bytes(*spi))
+    packet
+        .first_chunk::<4>()
+        .map(|spi| u32::from_be_bytes(*spi))
 }
 
 /// Classifies a UDP payload received on the ESP-in-UDP port.
@@ -55,13 +57,35 @@ mod tests {
         assert_eq!(classify_udp_payload(&[]), Malformed);
         assert_eq!(classify_udp_payload(&[0, 0, 0]), Malformed);
         assert_eq!(classify_udp_payload(&esp(0, 4)), NonEsp);
-        assert_eq!(classify_udp_payload(&esp(0, 300)), NonEsp, "IKE after the marker");
-        assert_eq!(classify_udp_payload(&esp(0x1234_5678, 31)), Malformed, "shorter than header + ICV");
-        assert_eq!(classify_udp_payload(&esp(0x1234_5678, 32)), Esp { spi: 0x1234_5678 });
-        assert_eq!(classify_udp_payload(&esp(1, 100)), Malformed, "reserved SPI");
-        assert_eq!(classify_udp_payload(&esp(255, 100)), Malformed, "reserved SPI");
+        assert_eq!(
+            classify_udp_payload(&esp(0, 300)),
+            NonEsp,
+            "IKE after the marker"
+        );
+        assert_eq!(
+            classify_udp_payload(&esp(0x1234_5678, 31)),
+            Malformed,
+            "shorter than header + ICV"
+        );
+        assert_eq!(
+            classify_udp_payload(&esp(0x1234_5678, 32)),
+            Esp { spi: 0x1234_5678 }
+        );
+        assert_eq!(
+            classify_udp_payload(&esp(1, 100)),
+            Malformed,
+            "reserved SPI"
+        );
+        assert_eq!(
+            classify_udp_payload(&esp(255, 100)),
+            Malformed,
+            "reserved SPI"
+        );
         assert_eq!(classify_udp_payload(&esp(256, 100)), Esp { spi: 256 });
-        assert_eq!(classify_udp_payload(&esp(u32::MAX, 100)), Esp { spi: u32::MAX });
+        assert_eq!(
+            classify_udp_payload(&esp(u32::MAX, 100)),
+            Esp { spi: u32::MAX }
+        );
     }
 
     #[test]

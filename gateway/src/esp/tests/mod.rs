@@ -13,7 +13,9 @@ use super::*;
 pub(super) const SPI: u32 = 0x0000_1001;
 
 pub(super) fn params(suite: CipherSuite, backend: Backend, esn: bool) -> SaParams {
-    let key: Vec<u8> = (0..suite.key_material_len() as u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+    let key: Vec<u8> = (0..suite.key_material_len() as u8)
+        .map(|i| i.wrapping_mul(37) ^ 0x5c)
+        .collect();
     SaParams {
         spi: SPI,
         suite,
@@ -47,7 +49,11 @@ pub(super) fn seal(out: &mut OutboundSa, now: Instant, inner: &[u8]) -> Result<V
 }
 
 /// Opens a copy of `packet` and returns the inner packet and its sequence number.
-pub(super) fn open(sa: &mut InboundSa, now: Instant, packet: &[u8]) -> Result<(Vec<u8>, u64), DropReason> {
+pub(super) fn open(
+    sa: &mut InboundSa,
+    now: Instant,
+    packet: &[u8],
+) -> Result<(Vec<u8>, u64), DropReason> {
     let mut buf = packet.to_vec();
     let opened = sa.open(now, &mut buf)?;
     Ok((buf[opened.inner].to_vec(), opened.seq))
@@ -58,7 +64,16 @@ fn drop_reasons_index_and_label() {
     let labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(
         labels,
-        ["malformed", "replay", "icv", "unknown_spi", "expired", "no_route", "spoofed", "too_big"]
+        [
+            "malformed",
+            "replay",
+            "icv",
+            "unknown_spi",
+            "expired",
+            "no_route",
+            "spoofed",
+            "too_big"
+        ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(r.index(), i);
@@ -71,29 +86,73 @@ fn sa_params_are_validated() {
     let now = Instant::now();
     let base = params(CipherSuite::Aes128Gcm, Backend::Ring, false);
     for spi in [0, 1, 255] {
-        let p = SaParams { spi, ..base.clone() };
-        assert_eq!(OutboundSa::new(p.clone(), now).err(), Some(SaError::ReservedSpi(spi)));
-        assert_eq!(InboundSa::new(p, now).err(), Some(SaError::ReservedSpi(spi)));
+        let p = SaParams {
+            spi,
+            ..base.clone()
+        };
+        assert_eq!(
+            OutboundSa::new(p.clone(), now).err(),
+            Some(SaError::ReservedSpi(spi))
+        );
+        assert_eq!(
+            InboundSa::new(p, now).err(),
+            Some(SaError::ReservedSpi(spi))
+        );
     }
-    assert!(OutboundSa::new(SaParams { spi: 256, ..base.clone() }, now).is_ok());
+    assert!(OutboundSa::new(
+        SaParams {
+            spi: 256,
+            ..base.clone()
+        },
+        now
+    )
+    .is_ok());
 
-    let p = SaParams { replay_window: 1023, ..base.clone() };
-    assert_eq!(InboundSa::new(p, now).err(), Some(SaError::ReplayWindowTooSmall { got: 1023 }));
-    let p = SaParams { replay_window: MAX_REPLAY_WINDOW + 1, ..base.clone() };
-    assert!(matches!(InboundSa::new(p, now), Err(SaError::ReplayWindowTooLarge { .. })));
-    assert!(InboundSa::new(SaParams { replay_window: 4096, ..base.clone() }, now).is_ok());
+    let p = SaParams {
+        replay_window: 1023,
+        ..base.clone()
+    };
+    assert_eq!(
+        InboundSa::new(p, now).err(),
+        Some(SaError::ReplayWindowTooSmall { got: 1023 })
+    );
+    let p = SaParams {
+        replay_window: MAX_REPLAY_WINDOW + 1,
+        ..base.clone()
+    };
+    assert!(matches!(
+        InboundSa::new(p, now),
+        Err(SaError::ReplayWindowTooLarge { .. })
+    ));
+    assert!(InboundSa::new(
+        SaParams {
+            replay_window: 4096,
+            ..base.clone()
+        },
+        now
+    )
+    .is_ok());
 
     let mut p = base.clone();
     p.lifetime.soft.bytes = Some(2000);
     p.lifetime.hard.bytes = Some(1000);
     let err = OutboundSa::new(p, now).err().expect("soft above hard");
-    assert_eq!(err, SaError::InvalidLifetime { which: "soft", kind: "bytes" });
+    assert_eq!(
+        err,
+        SaError::InvalidLifetime {
+            which: "soft",
+            kind: "bytes"
+        }
+    );
     assert_eq!(
         err.to_string(),
         "soft lifetime limit on bytes must be non-zero and not above the hard limit"
     );
 
-    let p = SaParams { suite: CipherSuite::Aes256Gcm, ..base };
+    let p = SaParams {
+        suite: CipherSuite::Aes256Gcm,
+        ..base
+    };
     assert!(matches!(
         InboundSa::new(p, now),
         Err(SaError::Key(KeyError::SuiteMismatch { .. }))

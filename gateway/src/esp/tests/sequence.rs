@@ -9,16 +9,26 @@ fn replays_are_dropped_before_decryption() {
     let now = Instant::now();
     let p = params(CipherSuite::Aes128Gcm, Backend::Ring, false);
     let (mut out, mut sa) = pair(&p, now);
-    let packets: Vec<_> = (0..8).map(|_| seal(&mut out, now, &inner(50)).expect("seal")).collect();
+    let packets: Vec<_> = (0..8)
+        .map(|_| seal(&mut out, now, &inner(50)).expect("seal"))
+        .collect();
 
     assert_eq!(open(&mut sa, now, &packets[4]).map(|o| o.1), Ok(5));
-    assert_eq!(open(&mut sa, now, &packets[4]), Err(DropReason::Replay), "duplicate");
+    assert_eq!(
+        open(&mut sa, now, &packets[4]),
+        Err(DropReason::Replay),
+        "duplicate"
+    );
     // A replay with a broken ICV is a replay: the window is consulted first.
     let mut broken = packets[4].clone();
     let last = broken.len() - 1;
     broken[last] ^= 0xff;
     assert_eq!(open(&mut sa, now, &broken), Err(DropReason::Replay));
-    assert_eq!(open(&mut sa, now, &packets[2]).map(|o| o.1), Ok(3), "reordered, inside window");
+    assert_eq!(
+        open(&mut sa, now, &packets[2]).map(|o| o.1),
+        Ok(3),
+        "reordered, inside window"
+    );
 }
 
 #[test]
@@ -51,7 +61,10 @@ fn sequence_zero_is_never_accepted() {
 fn window_edges_through_the_sa() {
     let now = Instant::now();
     for window in [1024u64, 4096] {
-        let p = SaParams { replay_window: window as usize, ..params(CipherSuite::Aes128Gcm, Backend::Ring, false) };
+        let p = SaParams {
+            replay_window: window as usize,
+            ..params(CipherSuite::Aes128Gcm, Backend::Ring, false)
+        };
         let (mut out, mut sa) = pair(&p, now);
         let top = 3 * window;
         let at = |seq: u64, out: &mut OutboundSa| {
@@ -62,12 +75,23 @@ fn window_edges_through_the_sa() {
         let outside = at(top - window, &mut out);
         let head = at(top, &mut out);
         assert!(open(&mut sa, now, &head).is_ok());
-        assert_eq!(open(&mut sa, now, &outside), Err(DropReason::Replay), "window {window}");
-        assert_eq!(open(&mut sa, now, &inside).map(|o| o.1), Ok(top - window + 1));
+        assert_eq!(
+            open(&mut sa, now, &outside),
+            Err(DropReason::Replay),
+            "window {window}"
+        );
+        assert_eq!(
+            open(&mut sa, now, &inside).map(|o| o.1),
+            Ok(top - window + 1)
+        );
         assert_eq!(open(&mut sa, now, &inside), Err(DropReason::Replay));
         let far = at(top + 100 * window, &mut out);
         assert!(open(&mut sa, now, &far).is_ok());
-        assert_eq!(open(&mut sa, now, &head), Err(DropReason::Replay), "left behind by the jump");
+        assert_eq!(
+            open(&mut sa, now, &head),
+            Err(DropReason::Replay),
+            "left behind by the jump"
+        );
     }
 }
 
@@ -81,17 +105,27 @@ fn esn_rollover() {
         let (mut out, mut sa) = pair(&p, now);
         let start = (1u64 << 32) - 3;
         out.set_next_seq_for_test(start);
-        let packets: Vec<_> = (0..6).map(|i| (start + i, seal(&mut out, now, &inner(30)).expect("seal"))).collect();
+        let packets: Vec<_> = (0..6)
+            .map(|i| (start + i, seal(&mut out, now, &inner(30)).expect("seal")))
+            .collect();
         assert_eq!(out.next_seq(), (1 << 32) + 3);
         for (seq, packet) in &packets {
-            assert_eq!(packet[4..8], (*seq as u32).to_be_bytes(), "only the low half is sent");
+            assert_eq!(
+                packet[4..8],
+                (*seq as u32).to_be_bytes(),
+                "only the low half is sent"
+            );
         }
 
         let late = &packets[2]; // 2^32 - 1
         for (seq, packet) in packets.iter().filter(|(s, _)| *s != late.0) {
             assert_eq!(open(&mut sa, now, packet).map(|o| o.1), Ok(*seq));
         }
-        assert_eq!(open(&mut sa, now, &late.1).map(|o| o.1), Ok((1 << 32) - 1), "late, pre-rollover");
+        assert_eq!(
+            open(&mut sa, now, &late.1).map(|o| o.1),
+            Ok((1 << 32) - 1),
+            "late, pre-rollover"
+        );
         assert_eq!(open(&mut sa, now, &late.1), Err(DropReason::Replay));
         assert_eq!(open(&mut sa, now, &packets[5].1), Err(DropReason::Replay));
     }
@@ -105,14 +139,31 @@ fn sequence_space_without_esn_ends_at_u32_max() {
     out.set_next_seq_for_test(u64::from(u32::MAX) - 1);
     let before_last = seal(&mut out, now, &inner(10)).expect("2^32-2");
     let mut buf = vec![0u8; 64];
-    let sealed = out.seal(now, &mut buf, 10, NEXT_HEADER_IPV4).expect("2^32-1 is usable");
-    assert_eq!(sealed.event, Some(LifetimeEvent::Hard { spi: SPI, kind: LimitKind::SequenceSpace }));
+    let sealed = out
+        .seal(now, &mut buf, 10, NEXT_HEADER_IPV4)
+        .expect("2^32-1 is usable");
+    assert_eq!(
+        sealed.event,
+        Some(LifetimeEvent::Hard {
+            spi: SPI,
+            kind: LimitKind::SequenceSpace
+        })
+    );
     assert!(out.is_expired());
-    assert_eq!(out.seal(now, &mut buf, 10, NEXT_HEADER_IPV4), Err(SealError::Expired));
+    assert_eq!(
+        out.seal(now, &mut buf, 10, NEXT_HEADER_IPV4),
+        Err(SealError::Expired)
+    );
     assert_eq!(out.poll_lifetime(now), None, "reported once");
 
-    assert_eq!(open(&mut sa, now, &before_last).map(|o| o.1), Ok(u64::from(u32::MAX) - 1));
-    assert_eq!(open(&mut sa, now, &buf[..sealed.len]).map(|o| o.1), Ok(u64::from(u32::MAX)));
+    assert_eq!(
+        open(&mut sa, now, &before_last).map(|o| o.1),
+        Ok(u64::from(u32::MAX) - 1)
+    );
+    assert_eq!(
+        open(&mut sa, now, &buf[..sealed.len]).map(|o| o.1),
+        Ok(u64::from(u32::MAX))
+    );
 }
 
 #[test]
@@ -144,12 +195,24 @@ fn soft_event_at_half_the_sequence_space() {
         let (mut out, _) = pair(&p, now);
         out.set_next_seq_for_test(half - 1);
         let mut buf = vec![0u8; 64];
-        assert_eq!(out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4).map(|s| s.event), Ok(None));
         assert_eq!(
-            out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4).map(|s| s.event),
-            Ok(Some(LifetimeEvent::Soft { spi: SPI, kind: LimitKind::SequenceSpace }))
+            out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4)
+                .map(|s| s.event),
+            Ok(None)
         );
-        assert_eq!(out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4).map(|s| s.event), Ok(None));
+        assert_eq!(
+            out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4)
+                .map(|s| s.event),
+            Ok(Some(LifetimeEvent::Soft {
+                spi: SPI,
+                kind: LimitKind::SequenceSpace
+            }))
+        );
+        assert_eq!(
+            out.seal(now, &mut buf, 4, NEXT_HEADER_IPV4)
+                .map(|s| s.event),
+            Ok(None)
+        );
         assert!(!out.is_expired());
     }
 }

@@ -193,7 +193,7 @@ const CASES: &[Case] = &[
 ];
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex {s}");
+    assert!(s.len().is_multiple_of(2), "odd hex {s}");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
@@ -232,7 +232,13 @@ impl Case {
     /// The ESP packet as it travels: the high half of an ESN is not sent.
     fn packet(&self) -> Vec<u8> {
         let seq_lo = (self.seq() as u32).to_be_bytes();
-        [hex(self.spi), seq_lo.to_vec(), self.iv().to_vec(), hex(self.ctext_tag)].concat()
+        [
+            hex(self.spi),
+            seq_lo.to_vec(),
+            self.iv().to_vec(),
+            hex(self.ctext_tag),
+        ]
+        .concat()
     }
 }
 
@@ -256,7 +262,12 @@ fn seal_with_explicit_iv_matches_vectors() {
             let len = t
                 .seal_payload(case.seq(), case.iv(), &mut buf, plaintext.len())
                 .expect("seal");
-            assert_eq!(buf[..len], case.packet()[..], "case {} {backend:?}", case.number);
+            assert_eq!(
+                buf[..len],
+                case.packet()[..],
+                "case {} {backend:?}",
+                case.number
+            );
         }
     }
 }
@@ -267,9 +278,15 @@ fn open_with_explicit_seq_matches_vectors() {
         for case in CASES {
             let t = Transform::new(&case.params(backend)).expect("transform");
             let mut packet = case.packet();
-            t.open_payload(case.seq(), &mut packet).expect("ICV verifies");
+            t.open_payload(case.seq(), &mut packet)
+                .expect("ICV verifies");
             let payload = &packet[ESP_HEADER_LEN..packet.len() - ICV_LEN];
-            assert_eq!(payload, hex(case.plaintext), "case {} {backend:?}", case.number);
+            assert_eq!(
+                payload,
+                hex(case.plaintext),
+                "case {} {backend:?}",
+                case.number
+            );
 
             let mut tampered = case.packet();
             tampered[ESP_HEADER_LEN] ^= 0x80;
@@ -277,7 +294,10 @@ fn open_with_explicit_seq_matches_vectors() {
             if case.seq.len() == 16 {
                 let mut packet = case.packet();
                 let wrong_epoch = case.seq() ^ (1 << 40);
-                assert!(t.open_payload(wrong_epoch, &mut packet).is_err(), "seq_hi is authenticated");
+                assert!(
+                    t.open_payload(wrong_epoch, &mut packet).is_err(),
+                    "seq_hi is authenticated"
+                );
             }
         }
     }
@@ -298,7 +318,9 @@ fn inbound_sa_opens_vectors() {
             }
 
             let mut packet = case.packet();
-            let opened = sa.open(now, &mut packet).unwrap_or_else(|r| panic!("case {}: {r:?}", case.number));
+            let opened = sa
+                .open(now, &mut packet)
+                .unwrap_or_else(|r| panic!("case {}: {r:?}", case.number));
             let plaintext = hex(case.plaintext);
             let pad_len = usize::from(plaintext[plaintext.len() - 2]);
             let inner_len = plaintext.len() - 2 - pad_len;
@@ -307,7 +329,12 @@ fn inbound_sa_opens_vectors() {
             assert_eq!(opened.inner, ESP_HEADER_LEN..ESP_HEADER_LEN + inner_len);
             assert_eq!(packet[opened.inner], plaintext[..inner_len]);
 
-            assert_eq!(open(&mut sa, now, &case.packet()), Err(DropReason::Replay), "case {}", case.number);
+            assert_eq!(
+                open(&mut sa, now, &case.packet()),
+                Err(DropReason::Replay),
+                "case {}",
+                case.number
+            );
         }
     }
 }
