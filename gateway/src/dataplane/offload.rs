@@ -378,23 +378,29 @@ fn mergeable_ip(p: &[u8], l: TcpLayout) -> bool {
 pub const NO_OFFLOAD: VnetHdr = VnetHdr { flags: 0, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0 };
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A TCP super-packet of `payload` bytes from 10.1.1.10:1000 to 10.2.1.10:5001.
-    fn super_packet(v6: bool, payload: usize, flags: u8) -> Vec<u8> {
+    pub(crate) fn super_packet(v6: bool, payload: usize, flags: u8) -> Vec<u8> {
         let ip_len = if v6 { 40 } else { 20 };
         let mut p = vec![0u8; ip_len + 32 + payload];
+        let total = p.len();
         if v6 {
+            // fd00:1::1 -> fd00:2::1
             p[0] = 0x60;
+            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
             p[6] = 6;
             p[7] = 64;
             p[8] = 0xfd;
+            p[11] = 1;
             p[23] = 1;
             p[24] = 0xfd;
-            p[39] = 2;
+            p[27] = 2;
+            p[39] = 1;
         } else {
             p[0] = 0x45;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
             p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
             p[6] = 0x40;
             p[8] = 64;

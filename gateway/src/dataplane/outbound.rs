@@ -81,7 +81,7 @@ impl Outbound {
                 }
                 Ok(sealed.len)
             }
-            Err(SealError::BufferTooSmall) => Err(DropReason::TooBig),
+            Err(SealError::BufferTooSmall | SealError::TooLong) => Err(DropReason::TooBig),
             Err(_) => Err(DropReason::Expired),
         }
     }
