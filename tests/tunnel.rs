@@ -22,17 +22,22 @@ fn esp_payloads(frames: &[common::Frame], dst_port_is_esp: bool) -> Vec<Vec<u8>>
 }
 
 #[test]
-fn ping_and_tcp_cross_the_tunnel_and_metrics_pass_promtool() {
+fn ping_and_tcp_over_ipv4_and_ipv6_cross_the_tunnel_and_metrics_pass_promtool() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
-    let p = ping(&a.host, b.host_ip(), 20, Duration::from_millis(10)).unwrap();
+    let p = ping(&a.host, b.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
     assert_eq!(p.received, 20, "ping host-1 -> host-2 lost packets");
-    let p = ping(&b.host, a.host_ip(), 20, Duration::from_millis(10)).unwrap();
+    let p = ping(&b.host, a.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
     assert_eq!(p.received, 20, "ping host-2 -> host-1 lost packets");
-    let t = tcp_transfer(&a.host, &b.host, b.host_ip(), 5001, Duration::from_secs(1)).unwrap();
+    let t = tcp_transfer(&a.host, &b.host, b.host_ip().into(), 5001, Duration::from_secs(1)).unwrap();
     assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
-    let t = tcp_transfer(&b.host, &a.host, a.host_ip(), 5001, Duration::from_secs(1)).unwrap();
+    let t = tcp_transfer(&b.host, &a.host, a.host_ip().into(), 5001, Duration::from_secs(1)).unwrap();
     assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
+    // Inner IPv6 over the same SAs.
+    let p = ping(&a.host, b.host_ip6().into(), 20, Duration::from_millis(10)).unwrap();
+    assert_eq!(p.received, 20, "ping6 host-1 -> host-2 lost packets");
+    let t = tcp_transfer(&b.host, &a.host, a.host_ip6().into(), 5001, Duration::from_secs(1)).unwrap();
+    assert!(t.bytes > 1_000_000, "TCP over IPv6 moved only {} bytes", t.bytes);
 
     // Per-peer and per-SA counters moved, both directions, both gateways.
     for g in 0..2 {
@@ -64,7 +69,7 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let cap = Capture::start(&b.appliance, "ul0");
-    assert_eq!(ping(&a.host, b.host_ip(), 10, Duration::from_millis(10)).unwrap().received, 10);
+    assert_eq!(ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10)).unwrap().received, 10);
     let frames = cap.finish();
     // Datagrams gateway 1 sent to gateway 2 carry gateway 2's inbound SPI.
     let to_b: Vec<Vec<u8>> = esp_payloads(&frames, true).into_iter().filter(|p| p[..4] == spi(0, 1).to_be_bytes()).collect();
@@ -89,7 +94,7 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(drops(&lab, 1, "icv") - icv_before, 2);
     // Had the window jumped to 1,000,000, these would now be "replays".
-    assert_eq!(ping(&a.host, b.host_ip(), 10, Duration::from_millis(10)).unwrap().received, 10, "the tunnel still carries traffic");
+    assert_eq!(ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10)).unwrap().received, 10, "the tunnel still carries traffic");
 }
 
 #[test]
@@ -131,10 +136,10 @@ fn garbage_flood_does_not_disturb_a_running_flow() {
             }
         })
     };
-    let t = tcp_transfer(&a.host, &b.host, b.host_ip(), 5001, Duration::from_secs(2)).expect("the flow survives the flood");
+    let t = tcp_transfer(&a.host, &b.host, b.host_ip().into(), 5001, Duration::from_secs(2)).expect("the flow survives the flood");
     flood.join().expect("flood thread");
     assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
-    let p = ping(&a.host, b.host_ip(), 20, Duration::from_millis(10)).unwrap();
+    let p = ping(&a.host, b.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
     assert_eq!(p.received, 20, "pings lost after the flood");
     let counted = drops(&lab, 1, "malformed") + drops(&lab, 1, "unknown_spi") + drops(&lab, 1, "icv") + drops(&lab, 1, "replay");
     let benign = metric(&lab, 1, "meshgate_udp_control_total", "");
@@ -149,8 +154,8 @@ fn tshark_decrypts_the_stream_and_verifies_every_icv() {
     let lab = lab_with(2, "cipher = \"aes128gcm16\"\nesn = false");
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let cap = Capture::start(&a.appliance, "ul0");
-    assert_eq!(ping(&a.host, b.host_ip(), 10, Duration::from_millis(10)).unwrap().received, 10);
-    tcp_transfer(&a.host, &b.host, b.host_ip(), 5001, Duration::from_millis(300)).unwrap();
+    assert_eq!(ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10)).unwrap().received, 10);
+    tcp_transfer(&a.host, &b.host, b.host_ip().into(), 5001, Duration::from_millis(300)).unwrap();
     let frames = cap.finish();
     let esp = esp_payloads(&frames, false).len();
     assert!(esp > 20, "captured only {esp} ESP packets");

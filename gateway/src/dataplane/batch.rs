@@ -71,6 +71,31 @@ impl RawAddr {
         };
         RawAddr { storage, len: len as libc::socklen_t }
     }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    pub fn socklen(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    /// recvfrom into `buf`, storing the sender here; returns what recvfrom does.
+    pub fn recv_from(&mut self, fd: std::os::fd::RawFd, buf: &mut [u8]) -> isize {
+        self.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: buf and the storage are valid for the lengths given.
+        unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut self.storage as *mut libc::sockaddr_storage).cast(), &mut self.len) }
+    }
+
+    /// The IP address held, if any.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match i32::from(self.storage.ss_family) {
+            // SAFETY: the family says which sockaddr the storage holds.
+            libc::AF_INET => Some(u32::from_be(unsafe { (*self.as_ptr().cast::<libc::sockaddr_in>()).sin_addr.s_addr }).to_be_bytes().into()),
+            libc::AF_INET6 => Some(unsafe { (*self.as_ptr().cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr }.into()),
+            _ => None,
+        }
+    }
 }
 
 /// One received buffer: its length, whether it was cut short, and with

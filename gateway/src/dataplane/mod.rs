@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use batch::RawAddr;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 

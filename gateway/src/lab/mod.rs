@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!   host-1 10.1.1.10         host-2 10.2.1.10         host-3 10.3.1.10
+//!          fd00:1:0:1::10           fd00:2:0:1::10           fd00:3:0:1::10
 //!        |  lan                   |  lan                   |  lan
 //!   app-1 10.1.1.1            app-2 10.2.1.1           app-3 10.3.1.1
 //!   [meshgate, mg0]           [meshgate, mg0]          [meshgate, mg0]
@@ -17,7 +18,7 @@ pub mod probe;
 mod report;
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -56,8 +57,15 @@ impl Region {
     pub fn lan_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, self.number() as u8, 1, 1)
     }
-    pub fn prefix(&self) -> String {
-        format!("10.{}.0.0/16", self.number())
+    pub fn host_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, self.number() as u16, 0, 1, 0, 0, 0, 0x10)
+    }
+    pub fn lan_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, self.number() as u16, 0, 1, 0, 0, 0, 1)
+    }
+    /// The region's VPC prefixes, IPv4 and IPv6.
+    pub fn prefixes(&self) -> [String; 2] {
+        [format!("10.{}.0.0/16", self.number()), format!("fd00:{}::/48", self.number())]
     }
     pub fn gateway_id(&self) -> String {
         format!("region-{}", self.number())
@@ -108,7 +116,11 @@ impl Lab {
             r.appliance.ip(&["addr", "add", &format!("{}/24", r.lan_ip()), "dev", "lan0"])?;
             r.host.ip(&["addr", "add", &format!("{}/24", r.host_ip()), "dev", "eth0"])?;
             r.host.ip(&["route", "add", "default", "via", &r.lan_ip().to_string()])?;
+            r.appliance.ip(&["-6", "addr", "add", &format!("{}/64", r.lan_ip6()), "dev", "lan0", "nodad"])?;
+            r.host.ip(&["-6", "addr", "add", &format!("{}/64", r.host_ip6()), "dev", "eth0", "nodad"])?;
+            r.host.ip(&["-6", "route", "add", "default", "via", &r.lan_ip6().to_string()])?;
             r.appliance.sysctl("net.ipv4.ip_forward", "1")?;
+            r.appliance.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             lab.regions.push(r);
         }
         Ok(lab)
@@ -145,10 +157,11 @@ impl Lab {
             for p in self.regions.iter().filter(|p| p.index != r.index) {
                 let _ = write!(
                     cfg,
-                    "\n[[peers]]\nid = \"{id}\"\nendpoint = \"{ul}:{ESP_PORT}\"\nprefixes = [\"{prefix}\"]\noutbound = {{ spi = {out:#010x}, key_file = \"{outk}\" }}\ninbound = {{ spi = {inb:#010x}, key_file = \"{ink}\" }}\n",
+                    "\n[[peers]]\nid = \"{id}\"\nendpoint = \"{ul}:{ESP_PORT}\"\nprefixes = [\"{v4}\", \"{v6}\"]\noutbound = {{ spi = {out:#010x}, key_file = \"{outk}\" }}\ninbound = {{ spi = {inb:#010x}, key_file = \"{ink}\" }}\n",
                     id = p.gateway_id(),
                     ul = p.underlay_ip(),
-                    prefix = p.prefix(),
+                    v4 = p.prefixes()[0],
+                    v6 = p.prefixes()[1],
                     out = spi(r.index, p.index),
                     outk = self.key_path(r.index, p.index).display(),
                     inb = spi(p.index, r.index),

@@ -3,13 +3,15 @@
 //! tools beyond the meshgate binary and iproute2.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::dataplane::RawAddr;
 use crate::netns::Netns;
 
 /// The outcome of a series of pings.
@@ -37,44 +39,46 @@ impl PingStats {
     }
 }
 
-/// Sends `count` ICMP echo requests from inside `ns` to `dst`, one every
-/// `interval`, and waits up to one second for the last reply.
-pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats> {
+/// Sends `count` ICMP (or ICMPv6) echo requests from inside `ns` to
+/// `dst`, one every `interval`, and waits up to one second for the last reply.
+pub fn ping(ns: &Netns, dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
     ns.run(move || ping_here(dst, count, interval))?
 }
 
-fn ping_here(dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats> {
+fn ping_here(dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
+    let (family, proto) = match dst {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
     // SAFETY: plain socket creation; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
         bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let id = (std::process::id() as u16) ^ (u32::from(dst) as u16);
+    let to = RawAddr::new(SocketAddr::new(dst, 0));
+    let id = (std::process::id() as u16) ^ 0x4d47;
     let mut stats = PingStats::default();
     let mut sent_at = vec![None; count as usize];
-    let start = Instant::now();
-    let deadline_last = Duration::from_secs(1);
-    let mut next_send = start;
+    let mut next_send = Instant::now();
+    let mut last_sent = next_send;
     let mut seq = 0u32;
     loop {
         let now = Instant::now();
         if seq < count && now >= next_send {
-            let pkt = echo_request(id, seq as u16);
-            let addr = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() }, sin_zero: [0; 8] };
-            // SAFETY: pkt and addr are valid for the lengths given.
-            let rc = unsafe {
-                libc::sendto(sock.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
-            };
+            let pkt = echo_request(dst.is_ipv6(), id, seq as u16);
+            // SAFETY: pkt and the address are valid for the lengths given.
+            let rc = unsafe { libc::sendto(sock.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, to.as_ptr(), to.socklen()) };
             stats.sent += 1;
             if rc >= 0 {
                 sent_at[seq as usize] = Some(now);
             }
             seq += 1;
+            last_sent = now;
             next_send += interval;
         }
-        let wait_until = if seq < count { next_send } else { next_send - interval + deadline_last };
+        let wait_until = if seq < count { next_send } else { last_sent + Duration::from_secs(1) };
         if seq >= count && (now >= wait_until || stats.received == count) {
             break;
         }
@@ -85,20 +89,21 @@ fn ping_here(dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats>
             continue;
         }
         let mut buf = [0u8; 1500];
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n <= 0 {
+        let mut from = RawAddr::new(SocketAddr::new(dst, 0));
+        let n = from.recv_from(sock.as_raw_fd(), &mut buf);
+        if n <= 0 || from.ip() != Some(dst) {
             continue;
         }
-        let pkt = &buf[..n as usize];
-        let ihl = usize::from(pkt[0] & 0x0f) * 4;
-        if pkt.len() < ihl + 8 || pkt[ihl] != 0 || pkt[12..16] != dst.octets() {
-            continue; // not an echo reply from dst
-        }
-        let (rid, rseq) = (u16::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5]]), u16::from_be_bytes([pkt[ihl + 6], pkt[ihl + 7]]));
-        if rid != id {
+        // IPv4 raw sockets include the IP header; IPv6 ones do not.
+        let icmp = match dst {
+            IpAddr::V4(_) => &buf[usize::from(buf[0] & 0x0f) * 4..n as usize],
+            IpAddr::V6(_) => &buf[..n as usize],
+        };
+        let reply_type = if dst.is_ipv6() { 129 } else { 0 };
+        if icmp.len() < 8 || icmp[0] != reply_type || u16::from_be_bytes([icmp[4], icmp[5]]) != id {
             continue;
         }
+        let rseq = u16::from_be_bytes([icmp[6], icmp[7]]);
         if let Some(Some(t)) = sent_at.get_mut(usize::from(rseq)).map(Option::take) {
             stats.received += 1;
             stats.rtts.push(t.elapsed());
@@ -107,16 +112,19 @@ fn ping_here(dst: Ipv4Addr, count: u32, interval: Duration) -> Result<PingStats>
     Ok(stats)
 }
 
-fn echo_request(id: u16, seq: u16) -> [u8; 64] {
+/// An ICMP or ICMPv6 echo request (the kernel fills in the ICMPv6 checksum).
+fn echo_request(v6: bool, id: u16, seq: u16) -> [u8; 64] {
     let mut p = [0u8; 64];
-    p[0] = 8; // echo request
+    p[0] = if v6 { 128 } else { 8 };
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     for (i, b) in p[8..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    let sum = internet_checksum(&p);
-    p[2..4].copy_from_slice(&sum.to_be_bytes());
+    if !v6 {
+        let sum = internet_checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
     p
 }
 
@@ -148,12 +156,30 @@ impl TransferStats {
 
 /// Sends data over one TCP connection from `src` to `dst_ip:port` in `dst`
 /// for `duration`; the receiver's count and time are the result.
-pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, port: u16, duration: Duration) -> Result<TransferStats> {
+pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: IpAddr, port: u16, duration: Duration) -> Result<TransferStats> {
     let (ready_tx, ready_rx) = mpsc::channel();
+    // Set when the sender gives up, so the sink stops waiting and frees
+    // its port for the next transfer.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let sink_cancel = cancel.clone();
     let server = dst.spawn(move || -> Result<TransferStats> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).context("binding the TCP sink")?;
+        let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).context("binding the TCP sink")?;
+        listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let (mut conn, _) = listener.accept().context("accepting")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if sink_cancel.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        bail!("no connection arrived");
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(anyhow!("accepting: {e}")),
+            }
+        };
+        conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(duration + Duration::from_secs(10)))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
@@ -173,7 +199,7 @@ pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, port: u16, durat
     })?;
     ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| anyhow!("the TCP sink in {} did not start", dst.name()))?;
     let sent = src.run(move || -> Result<u64> {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((dst_ip, port)), Duration::from_secs(5)).with_context(|| format!("connecting to {dst_ip}:{port}"))?;
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(dst_ip, port), Duration::from_secs(5)).with_context(|| format!("connecting to {}", SocketAddr::new(dst_ip, port)))?;
         conn.set_write_timeout(Some(Duration::from_secs(10)))?;
         let chunk = vec![0x5au8; 128 * 1024];
         let start = Instant::now();
@@ -187,8 +213,14 @@ pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, port: u16, durat
         let mut sink = [0u8; 16];
         let _ = conn.read(&mut sink);
         Ok(sent)
-    })??;
-    let stats = server.join().map_err(|_| anyhow!("the TCP sink panicked"))???;
+    })
+    .and_then(|r| r);
+    if sent.is_err() {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    let received = server.join().map_err(|_| anyhow!("the TCP sink panicked"))?.map_err(anyhow::Error::from).and_then(|r| r);
+    let sent = sent?;
+    let stats = received?;
     if stats.bytes != sent {
         bail!("sent {sent} bytes but {} arrived", stats.bytes);
     }

@@ -1,6 +1,7 @@
 //! The lab run as a command: build, start, probe every pair, summarise,
 //! clean up.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub struct LabOptions {
 struct PairResult {
     from: usize,
     to: usize,
+    v6: bool,
     ping: PingStats,
     tcp: Result<TransferStats, String>,
 }
@@ -48,9 +50,14 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             }
             check_interrupted()?;
             let (src, dst) = (&lab.regions[from], &lab.regions[to]);
-            let ping = ping(&src.host, dst.host_ip(), opts.pings, Duration::from_millis(20))?;
-            let tcp = tcp_transfer(&src.host, &dst.host, dst.host_ip(), 5001, opts.transfer).map_err(|e| format!("{e:#}"));
-            results.push(PairResult { from, to, ping, tcp });
+            for dst_ip in [IpAddr::V4(dst.host_ip()), IpAddr::V6(dst.host_ip6())] {
+                // One unmeasured echo first: neighbour discovery on both
+                // LANs is not the tunnel's latency.
+                ping(&src.host, dst_ip, 1, Duration::from_millis(20))?;
+                let ping = ping(&src.host, dst_ip, opts.pings, Duration::from_millis(20))?;
+                let tcp = tcp_transfer(&src.host, &dst.host, dst_ip, 5001, opts.transfer).map_err(|e| format!("{e:#}"));
+                results.push(PairResult { from, to, v6: dst_ip.is_ipv6(), ping, tcp });
+            }
         }
     }
     print_summary(&lab, &results);
@@ -58,7 +65,7 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     let failed: Vec<String> = results
         .iter()
         .filter(|r| r.ping.received == 0 || r.tcp.is_err())
-        .map(|r| format!("host-{} -> host-{}", r.from + 1, r.to + 1))
+        .map(|r| format!("host-{} -> host-{} ({})", r.from + 1, r.to + 1, if r.v6 { "IPv6" } else { "IPv4" }))
         .collect();
     if opts.keep {
         println!("\nThe lab keeps running; press Ctrl-C to remove it. Try for example:");
@@ -79,15 +86,15 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
 
 fn print_summary(lab: &Lab, results: &[PairResult]) {
     println!();
-    println!("{:<22} {:>6} {:>10} {:>10} {:>12}", "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s");
+    println!("{:<27} {:>6} {:>10} {:>10} {:>12}", "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s");
     for r in results {
-        let pair = format!("host-{} -> host-{}", r.from + 1, r.to + 1);
+        let pair = format!("host-{} -> host-{} {}", r.from + 1, r.to + 1, if r.v6 { "IPv6" } else { "IPv4" });
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
         let tcp = match &r.tcp {
             Ok(t) => format!("{:.3}", t.gbit_per_s()),
             Err(e) => format!("FAILED: {e}"),
         };
-        println!("{pair:<22} {:>5.1}% {:>10} {:>10} {:>12}", r.ping.loss_percent(), ms(r.ping.avg_rtt()), ms(r.ping.max_rtt()), tcp);
+        println!("{pair:<27} {:>5.1}% {:>10} {:>10} {:>12}", r.ping.loss_percent(), ms(r.ping.avg_rtt()), ms(r.ping.max_rtt()), tcp);
     }
     println!();
     println!("{:<12} {:>12} {:>12} {:>10}", "gateway", "packets out", "packets in", "drops");
