@@ -15,8 +15,14 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().expect("running meshgate");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running meshgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const CONFIG: &str = "[gateway]\nid = \"a\"\nlisten = \"127.0.0.1:45000\"\n\n[tun]\nname = \"mgcli0\"\n\n[[peers]]\nid = \"b\"\nendpoint = \"127.0.0.2:4500\"\nprefixes = [\"10.2.0.0/16\"]\noutbound = { spi = 0x1001, key_file = \"k.hex\" }\ninbound = { spi = 0x2001, key_file = \"k.hex\" }\n";
@@ -24,7 +30,11 @@ const CONFIG: &str = "[gateway]\nid = \"a\"\nlisten = \"127.0.0.1:45000\"\n\n[tu
 #[test]
 fn a_bad_config_fails_at_start_naming_file_line_and_field() {
     let dir = scratch_dir("badcfg");
-    std::fs::write(dir.join("k.hex"), "00112233445566778899aabbccddeeff01020304\n").unwrap();
+    std::fs::write(
+        dir.join("k.hex"),
+        "00112233445566778899aabbccddeeff01020304\n",
+    )
+    .unwrap();
     let good = dir.join("good.toml");
     std::fs::write(&good, CONFIG).unwrap();
     let (ok, err) = run(&["check", "--config", good.to_str().unwrap()]);
@@ -36,31 +46,63 @@ fn a_bad_config_fails_at_start_naming_file_line_and_field() {
         let (ok, err) = run(&[cmd, "--config", bad.to_str().unwrap()]);
         assert!(!ok, "`meshgate {cmd}` accepted a bad prefix");
         let want = format!("{}:11:", bad.display());
-        assert!(err.contains(&want) && err.contains("peers[0].prefixes[0]") && err.contains("prefix length 40"), "`meshgate {cmd}`: {err}");
+        assert!(
+            err.contains(&want)
+                && err.contains("peers[0].prefixes[0]")
+                && err.contains("prefix length 40"),
+            "`meshgate {cmd}`: {err}"
+        );
     }
 
     std::fs::write(dir.join("k.hex"), "not hex at all").unwrap();
     let (ok, err) = run(&["check", "--config", good.to_str().unwrap()]);
-    assert!(!ok && err.contains("peers[0].outbound.key_file") && err.contains(":12:"), "{err}");
-    let (ok, err) = run(&["check", "--config", dir.join("missing.toml").to_str().unwrap()]);
-    assert!(!ok && err.contains("missing.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        !ok && err.contains("peers[0].outbound.key_file") && err.contains(":12:"),
+        "{err}"
+    );
+    let (ok, err) = run(&[
+        "check",
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("missing.toml") && err.contains("cannot read"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn missing_privileges_are_named() {
     let dir = scratch_dir("noroot");
-    std::fs::write(dir.join("k.hex"), "00112233445566778899aabbccddeeff01020304\n").unwrap();
+    std::fs::write(
+        dir.join("k.hex"),
+        "00112233445566778899aabbccddeeff01020304\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("gw.toml"), CONFIG).unwrap();
     // World-readable so the unprivileged user can read what it is given.
-    Command::new("chmod").args(["-R", "a+rX"]).arg(&dir).status().unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir)
+        .status()
+        .unwrap();
     let as_nobody = |args: &[&str]| {
         let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", BIN])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                BIN,
+            ])
             .args(args)
             .output()
             .expect("setpriv (util-linux) must be installed");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = as_nobody(&["lab"]);
     assert!(!ok && err.contains("needs root"), "lab as nobody: {err}");
@@ -72,7 +114,16 @@ fn missing_privileges_are_named() {
 #[test]
 fn the_lab_removes_everything_on_ctrl_c() {
     let mut child = Command::new(BIN)
-        .args(["lab", "--regions", "2", "--pings", "3", "--transfer-secs", "0.2", "--keep"])
+        .args([
+            "lab",
+            "--regions",
+            "2",
+            "--pings",
+            "3",
+            "--transfer-secs",
+            "0.2",
+            "--keep",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -92,20 +143,37 @@ fn the_lab_removes_everything_on_ctrl_c() {
             kept = true;
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the lab did not come up");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the lab did not come up"
+        );
     }
-    assert!(kept && !tag.is_empty(), "the lab did not reach --keep (tag {tag:?})");
+    assert!(
+        kept && !tag.is_empty(),
+        "the lab did not reach --keep (tag {tag:?})"
+    );
     let ours = || -> Vec<String> {
         let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&tag)).map(str::to_string).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&tag))
+            .map(str::to_string)
+            .collect()
     };
-    assert_eq!(ours().len(), 5, "2 appliances, 2 hosts and the underlay exist while it runs");
+    assert_eq!(
+        ours().len(),
+        5,
+        "2 appliances, 2 hosts and the underlay exist while it runs"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert!(rest.iter().any(|l| l.contains("lab removed")), "{rest:?}");
-    assert!(status.success(), "the lab exits cleanly on Ctrl-C: {status}");
+    assert!(
+        status.success(),
+        "the lab exits cleanly on Ctrl-C: {status}"
+    );
     assert!(ours().is_empty(), "namespaces left behind: {:?}", ours());
     let dir = std::env::temp_dir().join(format!("meshgate-lab-{}", tag.trim_end_matches('-')));
     assert!(!dir.exists(), "{} left behind", dir.display());

@@ -28,7 +28,13 @@ pub const MIN_REPLAY_WINDOW: usize = 1024;
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn at(file: &Path, text: &str, span: Option<Range<usize>>, field: &str, msg: impl fmt::Display) -> Self {
+    fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        field: &str,
+        msg: impl fmt::Display,
+    ) -> Self {
         let loc = match span {
             Some(span) => {
                 let (line, col) = line_col(text, span.start);
@@ -47,7 +53,10 @@ impl ConfigError {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -164,7 +173,11 @@ struct RawLimits {
 
 impl RawLimits {
     fn to_limits(self) -> LifetimeLimits {
-        LifetimeLimits { packets: self.packets, bytes: self.bytes, time: self.seconds.map(Duration::from_secs) }
+        LifetimeLimits {
+            packets: self.packets,
+            bytes: self.bytes,
+            time: self.seconds.map(Duration::from_secs),
+        }
     }
 }
 
@@ -197,16 +210,24 @@ impl Config {
     }
 
     /// Parses `text` as if read from `path`; `env` resolves `key_env` names.
-    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_raw(path, text)?;
-        Validator { file: path, text, env }.validate(raw)
+        Validator {
+            file: path,
+            text,
+            env,
+        }
+        .validate(raw)
     }
 }
 
 fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| {
-        ConfigError::at(path, text, e.span(), "", e.message())
-    })?;
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::at(path, text, e.span(), "", e.message()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
@@ -224,8 +245,17 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err<T>(&self, span: Range<usize>, field: &str, msg: impl fmt::Display) -> Result<T, ConfigError> {
-        let span = if span.is_empty() && span.start == 0 { None } else { Some(span) };
+    fn err<T>(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        msg: impl fmt::Display,
+    ) -> Result<T, ConfigError> {
+        let span = if span.is_empty() && span.start == 0 {
+            None
+        } else {
+            Some(span)
+        };
         Err(ConfigError::at(self.file, self.text, span, field, msg))
     }
 
@@ -234,7 +264,11 @@ impl Validator<'_> {
         if id.is_empty() {
             return self.err(raw.gateway.id.span(), "gateway.id", "must not be empty");
         }
-        let listen = self.socket_addr(&raw.gateway.listen, "gateway.listen", Some(DEFAULT_ESP_PORT))?;
+        let listen = self.socket_addr(
+            &raw.gateway.listen,
+            "gateway.listen",
+            Some(DEFAULT_ESP_PORT),
+        )?;
         let admin = self.socket_addr(&raw.gateway.admin, "gateway.admin", None)?;
         if !admin.ip().is_loopback() {
             return self.err(
@@ -256,14 +290,23 @@ impl Validator<'_> {
                 return self.err(p.id.span(), &at("id"), "must not be empty");
             }
             if pid == id {
-                return self.err(p.id.span(), &at("id"), format!("'{pid}' is this gateway's own id"));
+                return self.err(
+                    p.id.span(),
+                    &at("id"),
+                    format!("'{pid}' is this gateway's own id"),
+                );
             }
             if !ids.insert(pid.clone()) {
                 return self.err(p.id.span(), &at("id"), format!("duplicate peer id '{pid}'"));
             }
-            let endpoint = self.socket_addr(&p.endpoint, &at("endpoint"), Some(DEFAULT_ESP_PORT))?;
+            let endpoint =
+                self.socket_addr(&p.endpoint, &at("endpoint"), Some(DEFAULT_ESP_PORT))?;
             if p.prefixes.get_ref().is_empty() {
-                return self.err(p.prefixes.span(), &at("prefixes"), "a peer needs at least one prefix to route to it");
+                return self.err(
+                    p.prefixes.span(),
+                    &at("prefixes"),
+                    "a peer needs at least one prefix to route to it",
+                );
             }
             let mut prefixes = Vec::new();
             for (j, s) in p.prefixes.get_ref().iter().enumerate() {
@@ -278,7 +321,13 @@ impl Validator<'_> {
                     format!("inbound SPI {:#010x} is already used by another peer; inbound SPIs must be unique", inbound.spi),
                 );
             }
-            peers.push(PeerConfig { id: pid, endpoint, prefixes, outbound, inbound });
+            peers.push(PeerConfig {
+                id: pid,
+                endpoint,
+                prefixes,
+                outbound,
+                inbound,
+            });
         }
         // Overlapping prefixes between peers would make routing ambiguous and
         // anti-spoofing unsound; refuse them.
@@ -295,10 +344,21 @@ impl Validator<'_> {
                 }
             }
         }
-        Ok(Config { id, listen, admin, tun, peers })
+        Ok(Config {
+            id,
+            listen,
+            admin,
+            tun,
+            peers,
+        })
     }
 
-    fn socket_addr(&self, s: &Spanned<String>, field: &str, default_port: Option<u16>) -> Result<SocketAddr, ConfigError> {
+    fn socket_addr(
+        &self,
+        s: &Spanned<String>,
+        field: &str,
+        default_port: Option<u16>,
+    ) -> Result<SocketAddr, ConfigError> {
         let v = s.get_ref().trim();
         if let Ok(a) = v.parse::<SocketAddr>() {
             return Ok(a);
@@ -306,7 +366,13 @@ impl Validator<'_> {
         if let (Some(port), Ok(ip)) = (default_port, v.parse::<std::net::IpAddr>()) {
             return Ok(SocketAddr::new(ip, port));
         }
-        self.err(s.span(), field, format!("'{v}' is not an address:port (for example 192.0.2.1:4500 or [2001:db8::1]:4500)"))
+        self.err(
+            s.span(),
+            field,
+            format!(
+                "'{v}' is not an address:port (for example 192.0.2.1:4500 or [2001:db8::1]:4500)"
+            ),
+        )
     }
 
     fn prefix(&self, s: &Spanned<String>, field: &str) -> Result<Prefix, ConfigError> {
@@ -318,18 +384,37 @@ impl Validator<'_> {
 
     fn tun(&self, t: &RawTun) -> Result<TunConfig, ConfigError> {
         let name = t.name.get_ref().clone();
-        if name.is_empty() || name.len() > 15 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-            return self.err(t.name.span(), "tun.name", format!("'{name}' is not a valid interface name (1-15 characters of [A-Za-z0-9._-])"));
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return self.err(
+                t.name.span(),
+                "tun.name",
+                format!(
+                    "'{name}' is not a valid interface name (1-15 characters of [A-Za-z0-9._-])"
+                ),
+            );
         }
         let mtu = *t.mtu.get_ref();
         if !(576..=65535).contains(&mtu) {
-            return self.err(t.mtu.span(), "tun.mtu", format!("{mtu} is outside 576..=65535"));
+            return self.err(
+                t.mtu.span(),
+                "tun.mtu",
+                format!("{mtu} is outside 576..=65535"),
+            );
         }
         let mut addresses = Vec::new();
         for (j, a) in t.addresses.iter().enumerate() {
             addresses.push(self.prefix_host(a, &format!("tun.addresses[{j}]"))?);
         }
-        Ok(TunConfig { name, mtu: mtu as u16, addresses })
+        Ok(TunConfig {
+            name,
+            mtu: mtu as u16,
+            addresses,
+        })
     }
 
     /// Interface addresses keep their host bits (10.1.255.1/24).
@@ -346,7 +431,13 @@ impl Validator<'_> {
             Some(c) => match c.get_ref().as_str() {
                 "aes128gcm16" => CipherSuite::Aes128Gcm,
                 "aes256gcm16" => CipherSuite::Aes256Gcm,
-                other => return self.err(c.span(), "sa.cipher", format!("unknown cipher '{other}'; expected aes128gcm16 or aes256gcm16")),
+                other => {
+                    return self.err(
+                        c.span(),
+                        "sa.cipher",
+                        format!("unknown cipher '{other}'; expected aes128gcm16 or aes256gcm16"),
+                    )
+                }
             },
         };
         let backend = match &d.backend {
@@ -354,7 +445,13 @@ impl Validator<'_> {
             Some(b) => match b.get_ref().as_str() {
                 "ring" => Backend::Ring,
                 "rustcrypto" => Backend::RustCrypto,
-                other => return self.err(b.span(), "sa.backend", format!("unknown AEAD backend '{other}'; expected ring or rustcrypto")),
+                other => {
+                    return self.err(
+                        b.span(),
+                        "sa.backend",
+                        format!("unknown AEAD backend '{other}'; expected ring or rustcrypto"),
+                    )
+                }
             },
         };
         let replay_window = match &d.replay_window {
@@ -362,12 +459,19 @@ impl Validator<'_> {
             Some(w) => {
                 let v = *w.get_ref();
                 if v < MIN_REPLAY_WINDOW as u64 || v > 1 << 20 {
-                    return self.err(w.span(), "sa.replay_window", format!("{v} is outside {MIN_REPLAY_WINDOW}..=1048576 packets"));
+                    return self.err(
+                        w.span(),
+                        "sa.replay_window",
+                        format!("{v} is outside {MIN_REPLAY_WINDOW}..=1048576 packets"),
+                    );
                 }
                 v as usize
             }
         };
-        let lifetime = Lifetime { soft: d.lifetime.soft.to_limits(), hard: d.lifetime.hard.to_limits() };
+        let lifetime = Lifetime {
+            soft: d.lifetime.soft.to_limits(),
+            hard: d.lifetime.hard.to_limits(),
+        };
         for (kind, soft, hard) in [
             ("packets", lifetime.soft.packets, lifetime.hard.packets),
             ("bytes", lifetime.soft.bytes, lifetime.hard.bytes),
@@ -375,31 +479,63 @@ impl Validator<'_> {
         ] {
             if let (Some(s), Some(h)) = (soft, hard) {
                 if s >= h {
-                    return self.err(0..0, &format!("sa.lifetime.soft.{kind}"), format!("soft limit {s} must be below the hard limit {h}"));
+                    return self.err(
+                        0..0,
+                        &format!("sa.lifetime.soft.{kind}"),
+                        format!("soft limit {s} must be below the hard limit {h}"),
+                    );
                 }
             }
         }
-        Ok(SaDefaults { suite, esn: d.esn.unwrap_or(true), backend, replay_window, lifetime })
+        Ok(SaDefaults {
+            suite,
+            esn: d.esn.unwrap_or(true),
+            backend,
+            replay_window,
+            lifetime,
+        })
     }
 
     fn sa(&self, s: &Spanned<RawSa>, field: &str, d: &SaDefaults) -> Result<SaConfig, ConfigError> {
         let raw = s.get_ref();
         let spi = *raw.spi.get_ref();
         if !(256..=u32::MAX as u64).contains(&spi) {
-            return self.err(raw.spi.span(), &format!("{field}.spi"), format!("{spi} is not a usable SPI (256..=4294967295; 0-255 are reserved by RFC 4303)"));
+            return self.err(
+                raw.spi.span(),
+                &format!("{field}.spi"),
+                format!(
+                    "{spi} is not a usable SPI (256..=4294967295; 0-255 are reserved by RFC 4303)"
+                ),
+            );
         }
         let hex = match (&raw.key_file, &raw.key_env) {
             (Some(f), None) => {
                 let p = PathBuf::from(f.get_ref());
-                let p = if p.is_relative() { self.file.parent().unwrap_or(Path::new(".")).join(p) } else { p };
+                let p = if p.is_relative() {
+                    self.file.parent().unwrap_or(Path::new(".")).join(p)
+                } else {
+                    p
+                };
                 match std::fs::read_to_string(&p) {
                     Ok(t) => (t, f.span(), format!("{field}.key_file")),
-                    Err(e) => return self.err(f.span(), &format!("{field}.key_file"), format!("cannot read {}: {e}", p.display())),
+                    Err(e) => {
+                        return self.err(
+                            f.span(),
+                            &format!("{field}.key_file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        )
+                    }
                 }
             }
             (None, Some(v)) => match (self.env)(v.get_ref()) {
                 Some(t) => (t, v.span(), format!("{field}.key_env")),
-                None => return self.err(v.span(), &format!("{field}.key_env"), format!("environment variable {} is not set", v.get_ref())),
+                None => {
+                    return self.err(
+                        v.span(),
+                        &format!("{field}.key_env"),
+                        format!("environment variable {} is not set", v.get_ref()),
+                    )
+                }
             },
             _ => return self.err(s.span(), field, "give exactly one of key_file or key_env"),
         };
@@ -502,8 +638,14 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
 
         let bad = GOOD.replace("KEY_B", "SHORT");
         let e = parse(&bad).unwrap_err();
-        assert!(e.contains("peers[0].inbound.key_env") && e.contains("gw.toml:15:"), "{e}");
-        assert!(!e.contains("0011"), "key material leaked into an error: {e}");
+        assert!(
+            e.contains("peers[0].inbound.key_env") && e.contains("gw.toml:15:"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("0011"),
+            "key material leaked into an error: {e}"
+        );
 
         let bad = GOOD.replace("KEY_B", "NOPE");
         let e = parse(&bad).unwrap_err();
@@ -520,16 +662,24 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
         );
         let e = parse(&two).unwrap_err();
         assert!(e.contains("overlaps"), "{e}");
-        let dup = two.replace("10.2.128.0/17", "10.3.0.0/16").replace("0x2002", "0x2001");
+        let dup = two
+            .replace("10.2.128.0/17", "10.3.0.0/16")
+            .replace("0x2002", "0x2001");
         let e = parse(&dup).unwrap_err();
-        assert!(e.contains("peers[1].inbound.spi") && e.contains("unique"), "{e}");
+        assert!(
+            e.contains("peers[1].inbound.spi") && e.contains("unique"),
+            "{e}"
+        );
         let ok = two.replace("10.2.128.0/17", "10.3.0.0/16");
         assert_eq!(parse(&ok).unwrap().peers.len(), 2);
     }
 
     #[test]
     fn admin_must_be_loopback() {
-        let bad = GOOD.replace("listen = \"198.18.0.1:4500\"", "listen = \"198.18.0.1:4500\"\nadmin = \"0.0.0.0:9100\"");
+        let bad = GOOD.replace(
+            "listen = \"198.18.0.1:4500\"",
+            "listen = \"198.18.0.1:4500\"\nadmin = \"0.0.0.0:9100\"",
+        );
         let e = parse(&bad).unwrap_err();
         assert!(e.contains("gateway.admin") && e.contains("loopback"), "{e}");
     }
@@ -541,6 +691,9 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
         let b = Config::load(&dir.join("b.toml")).unwrap();
         assert_eq!(a.peers[0].outbound.spi, b.peers[0].inbound.spi);
         assert_eq!(a.peers[0].inbound.spi, b.peers[0].outbound.spi);
-        assert_eq!(a.peers[0].outbound.lifetime.hard.time, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            a.peers[0].outbound.lifetime.hard.time,
+            Some(Duration::from_secs(3600))
+        );
     }
 }

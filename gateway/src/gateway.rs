@@ -22,13 +22,16 @@ pub fn run(config_path: &Path) -> Result<()> {
     tun.configure(config.tun.mtu, &config.tun.addresses)?;
     for peer in &config.peers {
         for prefix in &peer.prefixes {
-            tun.add_route(prefix).with_context(|| format!("routing {prefix} of peer '{}'", peer.id))?;
+            tun.add_route(prefix)
+                .with_context(|| format!("routing {prefix} of peer '{}'", peer.id))?;
         }
     }
-    let socket = UdpSocket::bind(config.listen).with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
+    let socket = UdpSocket::bind(config.listen)
+        .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
     let metrics = Arc::new(Metrics::new(&config.id));
-    let dataplane = Dataplane::start(&config, Arc::new(tun), socket, &metrics).context("installing the SAs")?;
+    let dataplane =
+        Dataplane::start(&config, Arc::new(tun), socket, &metrics).context("installing the SAs")?;
     tracing::info!(
         id = %config.id,
         listen = %config.listen,
@@ -37,7 +40,10 @@ pub fn run(config_path: &Path) -> Result<()> {
         "gateway up"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the control runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
     let result = rt.block_on(async {
         let admin = config.admin;
         let listener = crate::admin::serve(admin, metrics.clone());
@@ -66,7 +72,10 @@ fn set_buffers(socket: &UdpSocket) {
             )
         };
         if rc != 0 {
-            tracing::warn!("cannot size the socket buffers: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                "cannot size the socket buffers: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

@@ -10,7 +10,11 @@ use meshgate::config::Config;
 use meshgate::esp::CipherSuite;
 
 #[derive(Parser)]
-#[command(name = "meshgate", version, about = "Multi-region VPN appliance: IPsec ESP gateway over TUN")]
+#[command(
+    name = "meshgate",
+    version,
+    about = "Multi-region VPN appliance: IPsec ESP gateway over TUN"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -53,21 +57,37 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run { config } => meshgate::gateway::run(&config),
-        Cmd::Check { config } => Config::load(&config).map(|c| println!("{}: ok ({} peers)", config.display(), c.peers.len())).map_err(Into::into),
+        Cmd::Check { config } => Config::load(&config)
+            .map(|c| println!("{}: ok ({} peers)", config.display(), c.peers.len()))
+            .map_err(Into::into),
         Cmd::Keygen { cipher } => {
-            let suite = if cipher == "aes256gcm16" { CipherSuite::Aes256Gcm } else { CipherSuite::Aes128Gcm };
+            let suite = if cipher == "aes256gcm16" {
+                CipherSuite::Aes256Gcm
+            } else {
+                CipherSuite::Aes128Gcm
+            };
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
-            println!("{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            println!(
+                "{}",
+                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
             Ok(())
         }
-        Cmd::Lab { regions, pings, transfer_secs, keep } => std::env::current_exe()
+        Cmd::Lab {
+            regions,
+            pings,
+            transfer_secs,
+            keep,
+        } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
                 meshgate::lab::run_lab(&meshgate::lab::LabOptions {

@@ -3,7 +3,9 @@
 //! The data plane holds pre-resolved counter handles (one atomic each), so
 //! counting a packet is an atomic add with no label lookup and no lock.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::esp::{DropReason, LifetimeEvent};
 
@@ -76,47 +78,110 @@ pub struct UdpControlCounters {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
-    registry.register(Box::new(v.clone())).expect("metric names are unique");
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("metric names are unique");
     v
 }
 
 impl Metrics {
     pub fn new(gateway_id: &str) -> Metrics {
         let registry = Registry::new();
-        let peer_packets = counter_vec(&registry, "meshgate_peer_packets_total", "Inner packets carried to (out) or from (in) a peer.", &["peer", "direction"]);
-        let peer_bytes = counter_vec(&registry, "meshgate_peer_bytes_total", "Inner packet bytes carried to (out) or from (in) a peer.", &["peer", "direction"]);
-        let sa_packets = counter_vec(&registry, "meshgate_sa_packets_total", "Packets protected (out) or verified (in) by one SA.", &["peer", "spi", "direction"]);
-        let sa_bytes = counter_vec(&registry, "meshgate_sa_bytes_total", "Inner bytes protected (out) or verified (in) by one SA.", &["peer", "spi", "direction"]);
-        let drops = counter_vec(&registry, "meshgate_drops_total", "Packets dropped by the data plane, by reason.", &["reason"]);
+        let peer_packets = counter_vec(
+            &registry,
+            "meshgate_peer_packets_total",
+            "Inner packets carried to (out) or from (in) a peer.",
+            &["peer", "direction"],
+        );
+        let peer_bytes = counter_vec(
+            &registry,
+            "meshgate_peer_bytes_total",
+            "Inner packet bytes carried to (out) or from (in) a peer.",
+            &["peer", "direction"],
+        );
+        let sa_packets = counter_vec(
+            &registry,
+            "meshgate_sa_packets_total",
+            "Packets protected (out) or verified (in) by one SA.",
+            &["peer", "spi", "direction"],
+        );
+        let sa_bytes = counter_vec(
+            &registry,
+            "meshgate_sa_bytes_total",
+            "Inner bytes protected (out) or verified (in) by one SA.",
+            &["peer", "spi", "direction"],
+        );
+        let drops = counter_vec(
+            &registry,
+            "meshgate_drops_total",
+            "Packets dropped by the data plane, by reason.",
+            &["reason"],
+        );
         let lifetime_events = counter_vec(
             &registry,
             "meshgate_sa_lifetime_events_total",
             "SA lifetime limits reached (soft: rekey due; hard: SA unusable).",
             &["peer", "spi", "direction", "stage", "limit"],
         );
-        let udp_control = counter_vec(&registry, "meshgate_udp_control_total", "Non-ESP datagrams on the ESP-in-UDP port (RFC 3948).", &["kind"]);
-        let sa_info = IntGaugeVec::new(Opts::new("meshgate_sa_info", "Installed SAs (value 1)."), &["peer", "spi", "direction", "cipher"])
+        let udp_control = counter_vec(
+            &registry,
+            "meshgate_udp_control_total",
+            "Non-ESP datagrams on the ESP-in-UDP port (RFC 3948).",
+            &["kind"],
+        );
+        let sa_info = IntGaugeVec::new(
+            Opts::new("meshgate_sa_info", "Installed SAs (value 1)."),
+            &["peer", "spi", "direction", "cipher"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(sa_info.clone()))
+            .expect("metric names are unique");
+        let peers = IntGauge::new("meshgate_peers", "Configured peers.")
             .expect("static metric definition is valid");
-        registry.register(Box::new(sa_info.clone())).expect("metric names are unique");
-        let peers = IntGauge::new("meshgate_peers", "Configured peers.").expect("static metric definition is valid");
-        registry.register(Box::new(peers.clone())).expect("metric names are unique");
-        let info = IntGaugeVec::new(Opts::new("meshgate_build_info", "Gateway version and identity (value 1)."), &["version", "gateway"])
-            .expect("static metric definition is valid");
-        registry.register(Box::new(info.clone())).expect("metric names are unique");
-        info.with_label_values(&[env!("CARGO_PKG_VERSION"), gateway_id]).set(1);
+        registry
+            .register(Box::new(peers.clone()))
+            .expect("metric names are unique");
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_build_info",
+                "Gateway version and identity (value 1).",
+            ),
+            &["version", "gateway"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(info.clone()))
+            .expect("metric names are unique");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), gateway_id])
+            .set(1);
         // Zero-initialise every drop reason so dashboards see them all.
         for r in DropReason::ALL {
             drops.with_label_values(&[r.as_str()]);
         }
-        Metrics { registry, peer_packets, peer_bytes, sa_packets, sa_bytes, drops, lifetime_events, udp_control, sa_info, peers }
+        Metrics {
+            registry,
+            peer_packets,
+            peer_bytes,
+            sa_packets,
+            sa_bytes,
+            drops,
+            lifetime_events,
+            udp_control,
+            sa_info,
+            peers,
+        }
     }
 
     /// Resolves the counters of `peer`'s SA `spi` in `dir` and marks the SA installed.
     pub fn flow(&self, peer: &str, spi: u32, dir: Direction, cipher: &str) -> FlowCounters {
         let spi = format!("{spi:#010x}");
         let d = dir.as_str();
-        self.sa_info.with_label_values(&[peer, &spi, d, cipher]).set(1);
+        self.sa_info
+            .with_label_values(&[peer, &spi, d, cipher])
+            .set(1);
         FlowCounters {
             peer_packets: self.peer_packets.with_label_values(&[peer, d]),
             peer_bytes: self.peer_bytes.with_label_values(&[peer, d]),
@@ -142,7 +207,9 @@ impl Metrics {
         let spi = match ev {
             LifetimeEvent::Soft { spi, .. } | LifetimeEvent::Hard { spi, .. } => *spi,
         };
-        self.lifetime_events.with_label_values(&[peer, &format!("{spi:#010x}"), dir.as_str(), stage, limit]).inc();
+        self.lifetime_events
+            .with_label_values(&[peer, &format!("{spi:#010x}"), dir.as_str(), stage, limit])
+            .inc();
     }
 
     /// The text exposition format.
@@ -160,7 +227,10 @@ impl Metrics {
 pub fn sum_samples(text: &str, name: &str, filter: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter(|l| l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -25,7 +25,10 @@ impl Prefix {
         let (addr, len) = split(s)?;
         let p = Prefix { addr, len };
         if len > p.max_len() {
-            return Err(format!("'{s}': prefix length {len} is longer than {}", p.max_len()));
+            return Err(format!(
+                "'{s}': prefix length {len} is longer than {}",
+                p.max_len()
+            ));
         }
         Ok(p)
     }
@@ -33,7 +36,7 @@ impl Prefix {
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
     pub fn is_ipv4(&self) -> bool {
@@ -58,8 +61,12 @@ impl Prefix {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(a) ^ u32::from(n)) & v4_mask(self.len) == 0,
-            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(a) ^ u128::from(n)) & v6_mask(self.len) == 0,
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u32::from(a) ^ u32::from(n)) & v4_mask(self.len) == 0
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                (u128::from(a) ^ u128::from(n)) & v6_mask(self.len) == 0
+            }
             _ => false,
         }
     }
@@ -86,9 +93,15 @@ fn v6_mask(len: u8) -> u128 {
 
 fn split(s: &str) -> Result<(IpAddr, u8), String> {
     let s = s.trim();
-    let (a, l) = s.split_once('/').ok_or_else(|| format!("'{s}' is not a prefix (expected address/length, for example 10.1.0.0/16)"))?;
-    let addr = a.parse::<IpAddr>().map_err(|_| format!("'{a}' is not an IP address"))?;
-    let len = l.parse::<u8>().map_err(|_| format!("'{l}' is not a prefix length"))?;
+    let (a, l) = s.split_once('/').ok_or_else(|| {
+        format!("'{s}' is not a prefix (expected address/length, for example 10.1.0.0/16)")
+    })?;
+    let addr = a
+        .parse::<IpAddr>()
+        .map_err(|_| format!("'{a}' is not an IP address"))?;
+    let len = l
+        .parse::<u8>()
+        .map_err(|_| format!("'{l}' is not a prefix length"))?;
     Ok((addr, len))
 }
 
@@ -97,7 +110,12 @@ impl FromStr for Prefix {
     fn from_str(s: &str) -> Result<Prefix, String> {
         let p = Prefix::parse_host(s)?;
         if p.network() != p.addr {
-            return Err(format!("'{}' has host bits set; did you mean {}/{}?", s.trim(), p.network(), p.len));
+            return Err(format!(
+                "'{}' has host bits set; did you mean {}/{}?",
+                s.trim(),
+                p.network(),
+                p.len
+            ));
         }
         Ok(p)
     }
@@ -121,7 +139,10 @@ pub struct PrefixMap<V> {
 
 impl<V> Default for PrefixMap<V> {
     fn default() -> Self {
-        PrefixMap { v4: Vec::new(), v6: Vec::new() }
+        PrefixMap {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
     }
 }
 
@@ -138,11 +159,15 @@ impl<V> PrefixMap<V> {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.v4.iter().find_map(|(len, m)| m.get(&(a & v4_mask(*len))))
+                self.v4
+                    .iter()
+                    .find_map(|(len, m)| m.get(&(a & v4_mask(*len))))
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.v6.iter().find_map(|(len, m)| m.get(&(a & v6_mask(*len))))
+                self.v6
+                    .iter()
+                    .find_map(|(len, m)| m.get(&(a & v6_mask(*len))))
             }
         }
     }
@@ -178,12 +203,18 @@ mod tests {
     #[test]
     fn parses_and_checks_host_bits() {
         assert_eq!(p("10.1.0.0/16").to_string(), "10.1.0.0/16");
-        assert!("10.1.0.1/16".parse::<Prefix>().unwrap_err().contains("did you mean 10.1.0.0/16"));
+        assert!("10.1.0.1/16"
+            .parse::<Prefix>()
+            .unwrap_err()
+            .contains("did you mean 10.1.0.0/16"));
         assert!("10.1.0.0/33".parse::<Prefix>().is_err());
         assert!("fd00::/129".parse::<Prefix>().is_err());
         assert!("banana/8".parse::<Prefix>().is_err());
         assert!("10.0.0.0".parse::<Prefix>().is_err());
-        assert_eq!(Prefix::parse_host("10.1.2.3/24").unwrap().network(), ip("10.1.2.0"));
+        assert_eq!(
+            Prefix::parse_host("10.1.2.3/24").unwrap().network(),
+            ip("10.1.2.0")
+        );
         assert_eq!(p("0.0.0.0/0").network(), ip("0.0.0.0"));
     }
 

@@ -67,10 +67,17 @@ impl Tun {
                 io::ErrorKind::PermissionDenied => TunError::NotPermitted,
                 _ => TunError::Open(e),
             })?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         let bytes = name.as_bytes();
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-            return Err(TunError::Create { name: name.into(), err: io::Error::from(io::ErrorKind::InvalidInput) });
+            return Err(TunError::Create {
+                name: name.into(),
+                err: io::Error::from(io::ErrorKind::InvalidInput),
+            });
         }
         req.name[..bytes.len()].copy_from_slice(bytes);
         // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
@@ -79,10 +86,16 @@ impl Tun {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {
                 Some(libc::EPERM) => TunError::NotPermitted,
-                _ => TunError::Create { name: name.into(), err },
+                _ => TunError::Create {
+                    name: name.into(),
+                    err,
+                },
             });
         }
-        Ok(Tun { file, name: name.to_string() })
+        Ok(Tun {
+            file,
+            name: name.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -95,7 +108,8 @@ impl Tun {
     pub fn enable_offload(&self) -> io::Result<()> {
         let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -154,7 +168,11 @@ pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
-        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
         if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -164,13 +182,19 @@ pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
 
 /// Runs `ip ARGS`, turning a failure into an error that quotes the command.
 pub fn ip(args: &[&str]) -> Result<(), TunError> {
-    let out = Command::new("ip").args(args).output().map_err(|e| TunError::Ip {
-        args: args.join(" "),
-        msg: format!("cannot run ip (is iproute2 installed?): {e}"),
-    })?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| TunError::Ip {
+            args: args.join(" "),
+            msg: format!("cannot run ip (is iproute2 installed?): {e}"),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(TunError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+        Err(TunError::Ip {
+            args: args.join(" "),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }

@@ -26,11 +26,16 @@ pub fn lab_with(regions: usize, sa_settings: &str) -> Lab {
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");
     }
-    let tag = format!("t{}{}", std::process::id() % 1000, NEXT.fetch_add(1, Ordering::Relaxed));
+    let tag = format!(
+        "t{}{}",
+        std::process::id() % 1000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let mut lab = Lab::build(regions, &tag).expect("building the lab");
     lab.sa_settings = sa_settings.to_string();
     lab.write_configs().expect("writing configs");
-    lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate"))).expect("starting gateways");
+    lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .expect("starting gateways");
     lab
 }
 
@@ -41,7 +46,12 @@ pub fn metric(lab: &Lab, gateway: usize, name: &str, filter: &str) -> u64 {
 }
 
 pub fn drops(lab: &Lab, gateway: usize, reason: &str) -> u64 {
-    metric(lab, gateway, "meshgate_drops_total", &format!("reason=\"{reason}\""))
+    metric(
+        lab,
+        gateway,
+        "meshgate_drops_total",
+        &format!("reason=\"{reason}\""),
+    )
 }
 
 /// One captured IPv4 packet.
@@ -60,7 +70,10 @@ impl Frame {
         }
         let ihl = usize::from(p[0] & 0x0f) * 4;
         let udp = p.get(ihl..)?;
-        let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+        let (sport, dport) = (
+            u16::from_be_bytes([udp[0], udp[1]]),
+            u16::from_be_bytes([udp[2], udp[3]]),
+        );
         (sport == port || dport == port).then(|| &udp[8..])
     }
 }
@@ -81,8 +94,18 @@ impl Capture {
         let handle = ns
             .spawn(move || -> Vec<Frame> {
                 // SAFETY: socket + bind with a valid sockaddr_ll; the fd is owned at once.
-                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
-                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_RAW,
+                        (libc::ETH_P_ALL as u16).to_be() as i32,
+                    )
+                };
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
                 let sock = unsafe { OwnedFd::from_raw_fd(fd) };
                 let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
                 assert!(index > 0, "no interface {ifname:?}");
@@ -90,27 +113,59 @@ impl Capture {
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
                 sll.sll_ifindex = index as i32;
-                let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+                let rc = unsafe {
+                    libc::bind(
+                        sock.as_raw_fd(),
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
                 assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
                 // The gateways send UDP GSO runs, which a tap sees as one
                 // large frame; the virtio header tells us how to cut it
                 // back into the datagrams that are on the wire.
                 let on: libc::c_int = 1;
-                let rc = unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, (&on as *const libc::c_int).cast(), 4) };
-                assert_eq!(rc, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+                let rc = unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        libc::PACKET_VNET_HDR,
+                        (&on as *const libc::c_int).cast(),
+                        4,
+                    )
+                };
+                assert_eq!(
+                    rc,
+                    0,
+                    "PACKET_VNET_HDR: {}",
+                    std::io::Error::last_os_error()
+                );
                 let _ = tx.send(());
                 let mut frames = Vec::new();
                 let mut buf = vec![0u8; 65536];
                 while !flag.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd: sock.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
                         continue;
                     }
-                    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                    let n = unsafe {
+                        libc::recv(
+                            sock.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_DONTWAIT,
+                        )
+                    };
                     // Only ETH_P_ALL sees outgoing packets too; keep IPv4 ones.
                     const V: usize = 10;
                     if n as usize > V + 14 && buf[V + 12..V + 14] == [0x08, 0x00] {
-                        let time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                        let time = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default();
                         let gso_type = buf[1];
                         let gso_size = usize::from(u16::from_ne_bytes([buf[4], buf[5]]));
                         let ip = &buf[V + 14..n as usize];
@@ -119,22 +174,34 @@ impl Capture {
                                 frames.push(Frame { time, ip: d });
                             }
                         } else {
-                            frames.push(Frame { time, ip: ip.to_vec() });
+                            frames.push(Frame {
+                                time,
+                                ip: ip.to_vec(),
+                            });
                         }
                     }
                 }
                 frames
             })
             .expect("starting the capture");
-        rx.recv_timeout(Duration::from_secs(5)).expect("capture did not start");
-        Capture { stop, thread: Some(handle) }
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("capture did not start");
+        Capture {
+            stop,
+            thread: Some(handle),
+        }
     }
 
     pub fn finish(mut self) -> Vec<Frame> {
         // Let packets in flight arrive.
         std::thread::sleep(Duration::from_millis(200));
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().expect("capture thread").expect("capture")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("capture thread")
+            .expect("capture")
     }
 }
 
@@ -153,7 +220,10 @@ fn split_udp_gso(ip: &[u8], size: usize) -> Vec<Vec<u8>> {
             let id = u16::from_be_bytes([d[4], d[5]]).wrapping_add(i as u16);
             d[4..6].copy_from_slice(&id.to_be_bytes());
             d[10..12].copy_from_slice(&[0, 0]);
-            let mut sum: u32 = d[..ihl].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+            let mut sum: u32 = d[..ihl]
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
             while sum > 0xffff {
                 sum = (sum & 0xffff) + (sum >> 16);
             }

@@ -17,7 +17,10 @@ pub struct Buffers {
 
 impl Buffers {
     pub fn new(size: usize) -> Buffers {
-        Buffers { data: vec![0; size * BATCH], size }
+        Buffers {
+            data: vec![0; size * BATCH],
+            size,
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -49,11 +52,15 @@ impl RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
                 size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(a) => {
@@ -61,15 +68,22 @@ impl RawAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: a.port().to_be(),
                     sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: as above, for sockaddr_in6.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
                 size_of::<libc::sockaddr_in6>()
             }
         };
-        RawAddr { storage, len: len as libc::socklen_t }
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 
     pub fn as_ptr(&self) -> *const libc::sockaddr {
@@ -84,15 +98,37 @@ impl RawAddr {
     pub fn recv_from(&mut self, fd: std::os::fd::RawFd, buf: &mut [u8]) -> isize {
         self.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: buf and the storage are valid for the lengths given.
-        unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut self.storage as *mut libc::sockaddr_storage).cast(), &mut self.len) }
+        unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&mut self.storage as *mut libc::sockaddr_storage).cast(),
+                &mut self.len,
+            )
+        }
     }
 
     /// The IP address held, if any.
     pub fn ip(&self) -> Option<std::net::IpAddr> {
         match i32::from(self.storage.ss_family) {
             // SAFETY: the family says which sockaddr the storage holds.
-            libc::AF_INET => Some(u32::from_be(unsafe { (*self.as_ptr().cast::<libc::sockaddr_in>()).sin_addr.s_addr }).to_be_bytes().into()),
-            libc::AF_INET6 => Some(unsafe { (*self.as_ptr().cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr }.into()),
+            libc::AF_INET => Some(
+                u32::from_be(unsafe {
+                    (*self.as_ptr().cast::<libc::sockaddr_in>()).sin_addr.s_addr
+                })
+                .to_be_bytes()
+                .into(),
+            ),
+            libc::AF_INET6 => Some(
+                unsafe {
+                    (*self.as_ptr().cast::<libc::sockaddr_in6>())
+                        .sin6_addr
+                        .s6_addr
+                }
+                .into(),
+            ),
             _ => None,
         }
     }
@@ -160,18 +196,39 @@ pub fn probe_udp_gso(sock: &UdpSocket) -> bool {
     setsockopt_int(sock, libc::SOL_UDP, libc::UDP_SEGMENT, 0)
 }
 
-fn setsockopt_int(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> bool {
+fn setsockopt_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> bool {
     // SAFETY: an int option on our own socket.
-    unsafe { libc::setsockopt(sock.as_raw_fd(), level, opt, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t) == 0 }
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 impl BatchIo {
     /// Receives up to BATCH buffers without blocking; returns how many
     /// arrived, `WouldBlock` if none.
-    pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut Buffers, out: &mut [Received; BATCH]) -> io::Result<usize> {
+    pub fn recv(
+        &mut self,
+        sock: &UdpSocket,
+        bufs: &mut Buffers,
+        out: &mut [Received; BATCH],
+    ) -> io::Result<usize> {
         let size = bufs.size();
         for i in 0..BATCH {
-            self.iovs[i] = libc::iovec { iov_base: bufs.ptr(i).cast(), iov_len: size };
+            self.iovs[i] = libc::iovec {
+                iov_base: bufs.ptr(i).cast(),
+                iov_len: size,
+            };
             let m = &mut self.msgs[i].msg_hdr;
             m.msg_name = (&mut self.addrs[i].storage as *mut libc::sockaddr_storage).cast();
             m.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -182,14 +239,26 @@ impl BatchIo {
             m.msg_flags = 0;
         }
         // SAFETY: every header points at live buffers sized as declared.
-        let n = unsafe { libc::recvmmsg(sock.as_raw_fd(), self.msgs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
         for (i, slot) in out.iter_mut().enumerate().take(n) {
             let m = &self.msgs[i].msg_hdr;
-            *slot = Received { len: self.msgs[i].msg_len as usize, truncated: m.msg_flags & libc::MSG_TRUNC != 0, segment: gro_segment(m) };
+            *slot = Received {
+                len: self.msgs[i].msg_len as usize,
+                truncated: m.msg_flags & libc::MSG_TRUNC != 0,
+                segment: gro_segment(m),
+            };
         }
         Ok(n)
     }
@@ -202,7 +271,10 @@ impl BatchIo {
         for chunk in trains.chunks(BATCH) {
             for (k, t) in chunk.iter().enumerate() {
                 self.addrs[k] = t.dst;
-                self.iovs[k] = libc::iovec { iov_base: buf[t.offset..].as_mut_ptr().cast(), iov_len: t.len };
+                self.iovs[k] = libc::iovec {
+                    iov_base: buf[t.offset..].as_mut_ptr().cast(),
+                    iov_len: t.len,
+                };
                 let m = &mut self.msgs[k].msg_hdr;
                 m.msg_name = (&mut self.addrs[k].storage as *mut libc::sockaddr_storage).cast();
                 m.msg_namelen = self.addrs[k].len;
@@ -213,7 +285,8 @@ impl BatchIo {
                     let c = &mut self.controls[k];
                     m.msg_control = c.0.as_mut_ptr().cast();
                     // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-                    m.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                    m.msg_controllen =
+                        unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
                     // SAFETY: the control buffer holds one cmsg of a u16.
                     unsafe {
                         let cm = libc::CMSG_FIRSTHDR(m);
@@ -230,7 +303,14 @@ impl BatchIo {
             let mut sent = 0;
             while sent < chunk.len() {
                 // SAFETY: headers [sent..len) point at live buffers and addresses.
-                let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), self.msgs[sent..].as_mut_ptr(), (chunk.len() - sent) as u32, 0) };
+                let n = unsafe {
+                    libc::sendmmsg(
+                        sock.as_raw_fd(),
+                        self.msgs[sent..].as_mut_ptr(),
+                        (chunk.len() - sent) as u32,
+                        0,
+                    )
+                };
                 if n > 0 {
                     sent += n as usize;
                 } else {
@@ -254,7 +334,8 @@ fn gro_segment(m: &libc::msghdr) -> usize {
         let mut cm = libc::CMSG_FIRSTHDR(m);
         while !cm.is_null() {
             if (*cm).cmsg_level == libc::SOL_UDP && (*cm).cmsg_type == libc::UDP_GRO {
-                return std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>()).max(0) as usize;
+                return std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>()).max(0)
+                    as usize;
             }
             cm = libc::CMSG_NXTHDR(m, cm);
         }

@@ -11,7 +11,10 @@ use super::batch::{BatchIo, Buffers, Received, BATCH};
 use super::offload::Coalescer;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::config::Config;
-use crate::esp::{classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, SaParams, UdpPayloadKind, NEXT_HEADER_NONE};
+use crate::esp::{
+    classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, SaParams, UdpPayloadKind,
+    NEXT_HEADER_NONE,
+};
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlCounters};
 use crate::prefix::Prefix;
 use crate::tun::Tun;
@@ -54,19 +57,47 @@ impl Inbound {
         for (i, p) in config.peers.iter().enumerate() {
             let s = &p.inbound;
             let sa = InboundSa::new(
-                SaParams { spi: s.spi, suite: s.suite, key: s.key.clone(), esn: s.esn, backend: s.backend, lifetime: s.lifetime, replay_window: s.replay_window },
+                SaParams {
+                    spi: s.spi,
+                    suite: s.suite,
+                    key: s.key.clone(),
+                    esn: s.esn,
+                    backend: s.backend,
+                    lifetime: s.lifetime,
+                    replay_window: s.replay_window,
+                },
                 now,
             )?;
             let counters = metrics.flow(&p.id, s.spi, Direction::In, s.suite.name());
-            sas.insert(s.spi, Sa { peer: i, sa, counters });
-            peers.push(Peer { id: p.id.clone(), prefixes: p.prefixes.clone() });
+            sas.insert(
+                s.spi,
+                Sa {
+                    peer: i,
+                    sa,
+                    counters,
+                },
+            );
+            peers.push(Peer {
+                id: p.id.clone(),
+                prefixes: p.prefixes.clone(),
+            });
         }
         metrics.peers.set(peers.len() as i64);
-        Ok(Inbound { sas, peers, drops: metrics.drops(), control: metrics.udp_control(), metrics: metrics.clone() })
+        Ok(Inbound {
+            sas,
+            peers,
+            drops: metrics.drops(),
+            control: metrics.udp_control(),
+            metrics: metrics.clone(),
+        })
     }
 
     /// Handles one UDP payload in place.
-    pub fn decapsulate(&mut self, now: Instant, datagram: &mut [u8]) -> Result<Delivery, DropReason> {
+    pub fn decapsulate(
+        &mut self,
+        now: Instant,
+        datagram: &mut [u8],
+    ) -> Result<Delivery, DropReason> {
         let spi = match classify_udp_payload(datagram) {
             UdpPayloadKind::Esp { spi } => spi,
             UdpPayloadKind::NatKeepalive => {
@@ -94,7 +125,11 @@ impl Inbound {
             return Err(DropReason::Malformed);
         }
         // Anti-spoofing: a peer may only send from the prefixes behind it.
-        if !self.peers[sa.peer].prefixes.iter().any(|p| p.contains(hdr.src)) {
+        if !self.peers[sa.peer]
+            .prefixes
+            .iter()
+            .any(|p| p.contains(hdr.src))
+        {
             return Err(DropReason::Spoofed);
         }
         sa.counters.count(hdr.len);
@@ -118,15 +153,31 @@ impl Inbound {
 fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
     metrics.lifetime_event(peer, Direction::In, ev);
     match ev {
-        LifetimeEvent::Soft { spi, kind } => tracing::warn!(peer, spi = format_args!("{spi:#010x}"), ?kind, "inbound SA reached its soft lifetime; rekey due"),
-        LifetimeEvent::Hard { spi, kind } => tracing::error!(peer, spi = format_args!("{spi:#010x}"), ?kind, "inbound SA reached its hard lifetime; its packets are dropped"),
+        LifetimeEvent::Soft { spi, kind } => tracing::warn!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "inbound SA reached its soft lifetime; rekey due"
+        ),
+        LifetimeEvent::Hard { spi, kind } => tracing::error!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "inbound SA reached its hard lifetime; its packets are dropped"
+        ),
     }
 }
 
 /// The inbound loop: recvmmsg a batch (with UDP GRO, runs of datagrams
 /// per buffer), open each datagram, coalesce inner TCP segments, write to
 /// the TUN.
-pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, buffer_size: usize) {
+pub(super) fn run(
+    mut inb: Inbound,
+    tun: &Tun,
+    socket: &UdpSocket,
+    stop: &AtomicBool,
+    buffer_size: usize,
+) {
     let mut bufs = Buffers::new(buffer_size);
     let mut io = BatchIo::default();
     let mut got = [Received::default(); BATCH];
@@ -141,7 +192,12 @@ pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &Atomic
     while !stop.load(Ordering::Relaxed) {
         let n = match io.recv(socket, &mut bufs, &mut got) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                0
+            }
             Err(e) => {
                 // ICMP errors surface here as ECONNREFUSED and the like; they
                 // say nothing about our SAs, so keep going.
@@ -155,7 +211,11 @@ pub(super) fn run(mut inb: Inbound, tun: &Tun, socket: &UdpSocket, stop: &Atomic
                 inb.count_drop(DropReason::TooBig);
                 continue;
             }
-            let seg = if r.segment > 0 { r.segment } else { r.len.max(1) };
+            let seg = if r.segment > 0 {
+                r.segment
+            } else {
+                r.len.max(1)
+            };
             for datagram in bufs.get_mut(i)[..r.len].chunks_mut(seg) {
                 match inb.decapsulate(now, datagram) {
                     Ok(Delivery::Packet(range)) => {

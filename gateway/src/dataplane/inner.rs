@@ -30,7 +30,12 @@ pub fn parse(p: &[u8]) -> Option<InnerHeader> {
             }
             let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
             let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-            Some(InnerHeader { src: src.into(), dst: dst.into(), len, next_header: NEXT_HEADER_IPV4 })
+            Some(InnerHeader {
+                src: src.into(),
+                dst: dst.into(),
+                len,
+                next_header: NEXT_HEADER_IPV4,
+            })
         }
         6 => {
             if p.len() < 40 {
@@ -45,7 +50,12 @@ pub fn parse(p: &[u8]) -> Option<InnerHeader> {
             let src = Ipv6Addr::from(a);
             a.copy_from_slice(&p[24..40]);
             let dst = Ipv6Addr::from(a);
-            Some(InnerHeader { src: src.into(), dst: dst.into(), len, next_header: NEXT_HEADER_IPV6 })
+            Some(InnerHeader {
+                src: src.into(),
+                dst: dst.into(),
+                len,
+                next_header: NEXT_HEADER_IPV6,
+            })
         }
         _ => None,
     }
@@ -63,7 +73,15 @@ mod tests {
         v4[12..16].copy_from_slice(&[10, 1, 1, 10]);
         v4[16..20].copy_from_slice(&[10, 2, 1, 10]);
         let h = parse(&v4).unwrap();
-        assert_eq!((h.src, h.dst, h.len, h.next_header), ("10.1.1.10".parse().unwrap(), "10.2.1.10".parse().unwrap(), 28, 4));
+        assert_eq!(
+            (h.src, h.dst, h.len, h.next_header),
+            (
+                "10.1.1.10".parse().unwrap(),
+                "10.2.1.10".parse().unwrap(),
+                28,
+                4
+            )
+        );
         v4.push(0); // trailing TFC padding is ignored
         assert_eq!(parse(&v4).unwrap().len, 28);
         v4[2..4].copy_from_slice(&100u16.to_be_bytes());
@@ -76,7 +94,10 @@ mod tests {
         v6[24] = 0xfd;
         v6[39] = 2;
         let h = parse(&v6).unwrap();
-        assert_eq!((h.dst, h.len, h.next_header), ("fd00::2".parse().unwrap(), 48, 41));
+        assert_eq!(
+            (h.dst, h.len, h.next_header),
+            ("fd00::2".parse().unwrap(), 48, 41)
+        );
 
         for junk in [&[][..], &[0x45][..], &[0x70; 60][..], &[0x60; 39][..]] {
             assert!(parse(junk).is_none());

@@ -7,8 +7,8 @@
 //! free of I/O; [`run_outbound`] and [`run_inbound`] are the I/O loops.
 
 mod batch;
-pub mod inner;
 mod inbound;
+pub mod inner;
 pub mod offload;
 mod outbound;
 
@@ -46,7 +46,12 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Builds both directions from `config` and starts their threads.
-    pub fn start(config: &Config, tun: Arc<Tun>, socket: UdpSocket, metrics: &Arc<Metrics>) -> Result<Dataplane, SaError> {
+    pub fn start(
+        config: &Config,
+        tun: Arc<Tun>,
+        socket: UdpSocket,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Dataplane, SaError> {
         let outbound = Outbound::new(config, metrics)?;
         let inbound = Inbound::new(config, metrics)?;
         // Offloads: TSO from the TUN with our own segmentation, UDP GSO
@@ -61,17 +66,25 @@ impl Dataplane {
         let gso = batch::probe_udp_gso(&socket);
         let gro = batch::enable_udp_gro(&socket);
         tracing::info!(tso, gso, gro, "data-plane offloads");
-        let size = if gro { 65_536 } else { buffer_size(config.tun.mtu) };
+        let size = if gro {
+            65_536
+        } else {
+            buffer_size(config.tun.mtu)
+        };
         let socket = Arc::new(socket);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
             let (tun, socket, stop) = (tun.clone(), socket.clone(), stop.clone());
-            threads.push(spawn("mg-outbound", move || outbound::run(outbound, &tun, &socket, &stop, gso)));
+            threads.push(spawn("mg-outbound", move || {
+                outbound::run(outbound, &tun, &socket, &stop, gso)
+            }));
         }
         {
             let (tun, socket, stop) = (tun, socket, stop.clone());
-            threads.push(spawn("mg-inbound", move || inbound::run(inbound, &tun, &socket, &stop, size)));
+            threads.push(spawn("mg-inbound", move || {
+                inbound::run(inbound, &tun, &socket, &stop, size)
+            }));
         }
         Ok(Dataplane { stop, threads })
     }
@@ -86,17 +99,28 @@ impl Dataplane {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawning a data-plane thread")
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a data-plane thread")
 }
 
 /// Waits until `fd` is readable or `TICK` passes; true if readable.
 fn wait_readable(fd: RawFd) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as i32) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
     Ok(n > 0)
 }

@@ -36,7 +36,14 @@ impl VnetHdr {
     pub fn parse(b: &[u8]) -> Option<VnetHdr> {
         let b = b.get(..VNET_HDR_LEN)?;
         let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        Some(VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
     }
 
     pub fn write(&self, b: &mut [u8]) {
@@ -51,7 +58,10 @@ impl VnetHdr {
     /// A packet we authenticated ourselves: the kernel need not verify its
     /// checksum again (what kernel WireGuard does after decryption).
     pub fn authenticated() -> VnetHdr {
-        VnetHdr { flags: F_DATA_VALID, ..VnetHdr::default() }
+        VnetHdr {
+            flags: F_DATA_VALID,
+            ..VnetHdr::default()
+        }
     }
 
     pub fn is_tcp_gso(&self) -> bool {
@@ -93,7 +103,11 @@ pub fn csum_fold(mut sum: u64) -> u16 {
 
 /// The TCP/UDP pseudo-header sum for `ip` (the IP header) and an L4 length.
 fn pseudo_header(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
-    let mut sum = if v6 { csum_add(0, &ip[8..40]) } else { csum_add(0, &ip[12..20]) };
+    let mut sum = if v6 {
+        csum_add(0, &ip[8..40])
+    } else {
+        csum_add(0, &ip[12..20])
+    };
     sum = csum_add(sum, &[0, proto]);
     csum_add(sum, &(l4_len as u32).to_be_bytes())
 }
@@ -152,7 +166,11 @@ impl TcpLayout {
         if tcp_len < 20 || p.len() < ip_len + tcp_len {
             return None;
         }
-        Some(TcpLayout { v6, ip_len, tcp_len })
+        Some(TcpLayout {
+            v6,
+            ip_len,
+            tcp_len,
+        })
     }
 
     fn hdr_len(&self) -> usize {
@@ -196,12 +214,21 @@ pub fn plan_segments(hdr: &VnetHdr, pkt: &[u8]) -> Result<Segments, OffloadError
     }
     let count = payload.div_ceil(mss);
     let last = payload - (count - 1) * mss;
-    Ok(Segments { count, full_len: l.hdr_len() + mss, last_len: l.hdr_len() + last })
+    Ok(Segments {
+        count,
+        full_len: l.hdr_len() + mss,
+        last_len: l.hdr_len() + last,
+    })
 }
 
 /// Writes segment `i` of the super-packet `pkt` into `out` (which must be
 /// exactly the segment's length, per [`plan_segments`]).
-pub fn write_segment(hdr: &VnetHdr, pkt: &[u8], i: usize, out: &mut [u8]) -> Result<(), OffloadError> {
+pub fn write_segment(
+    hdr: &VnetHdr,
+    pkt: &[u8],
+    i: usize,
+    out: &mut [u8],
+) -> Result<(), OffloadError> {
     let l = TcpLayout::parse(pkt).ok_or(OffloadError)?;
     let mss = usize::from(hdr.gso_size);
     let h = l.hdr_len();
@@ -218,7 +245,8 @@ pub fn write_segment(hdr: &VnetHdr, pkt: &[u8], i: usize, out: &mut [u8]) -> Res
         out[4..6].copy_from_slice(&id.to_be_bytes());
     }
     let t = l.ip_len;
-    let seq = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]]).wrapping_add((i * mss) as u32);
+    let seq = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]])
+        .wrapping_add((i * mss) as u32);
     out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
     // FIN and PSH belong to the last segment only, CWR to the first.
     let mut flags = pkt[t + 13];
@@ -253,13 +281,25 @@ pub struct Coalescer {
 
 impl Default for Coalescer {
     fn default() -> Self {
-        Coalescer { buf: vec![0; VNET_HDR_LEN + MAX_COALESCED], len: 0, layout: None, segments: 0, mss: 0, next_seq: 0, closed: false }
+        Coalescer {
+            buf: vec![0; VNET_HDR_LEN + MAX_COALESCED],
+            len: 0,
+            layout: None,
+            segments: 0,
+            mss: 0,
+            next_seq: 0,
+            closed: false,
+        }
     }
 }
 
 impl Coalescer {
     /// Adds one inner packet; `out` receives every packet that is complete.
-    pub fn push<E>(&mut self, pkt: &[u8], out: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn push<E>(
+        &mut self,
+        pkt: &[u8],
+        out: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         if self.try_merge(pkt) {
             return Ok(());
         }
@@ -275,7 +315,8 @@ impl Coalescer {
             let payload = pkt.len() - l.hdr_len();
             let t = l.ip_len;
             self.mss = payload;
-            self.next_seq = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]]).wrapping_add(payload as u32);
+            self.next_seq = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]])
+                .wrapping_add(payload as u32);
             // Only plain ACK data segments grow (PSH may end one).
             let flags = pkt[t + 13];
             self.closed = payload == 0 || flags & !0x18 != 0 || flags & 0x08 != 0;
@@ -288,8 +329,14 @@ impl Coalescer {
         if self.closed || self.len == 0 {
             return false;
         }
-        let Some(pl) = TcpLayout::parse(pkt) else { return false };
-        if pl.v6 != l.v6 || pl.ip_len != l.ip_len || pl.tcp_len != l.tcp_len || !mergeable_ip(pkt, pl) {
+        let Some(pl) = TcpLayout::parse(pkt) else {
+            return false;
+        };
+        if pl.v6 != l.v6
+            || pl.ip_len != l.ip_len
+            || pl.tcp_len != l.tcp_len
+            || !mergeable_ip(pkt, pl)
+        {
             return false;
         }
         let h = l.hdr_len();
@@ -301,7 +348,14 @@ impl Coalescer {
         let t = l.ip_len;
         // Same addresses and IP fields that must match (v4: tos, ttl, DF;
         // v6: traffic class, flow label, hop limit).
-        let same_ip = if l.v6 { cur[..4] == pkt[..4] && cur[7..40] == pkt[7..40] } else { cur[1] == pkt[1] && cur[6] & 0x40 == pkt[6] & 0x40 && cur[8..10] == pkt[8..10] && cur[12..20] == pkt[12..20] };
+        let same_ip = if l.v6 {
+            cur[..4] == pkt[..4] && cur[7..40] == pkt[7..40]
+        } else {
+            cur[1] == pkt[1]
+                && cur[6] & 0x40 == pkt[6] & 0x40
+                && cur[8..10] == pkt[8..10]
+                && cur[12..20] == pkt[12..20]
+        };
         // Ports, ack, data offset, window and options equal; flags equal
         // but for PSH on the new segment.
         let same_tcp = cur[t..t + 4] == pkt[t..t + 4]
@@ -375,7 +429,14 @@ fn mergeable_ip(p: &[u8], l: TcpLayout) -> bool {
 }
 
 /// The virtio header value that says "no offload".
-pub const NO_OFFLOAD: VnetHdr = VnetHdr { flags: 0, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0 };
+pub const NO_OFFLOAD: VnetHdr = VnetHdr {
+    flags: 0,
+    gso_type: GSO_NONE,
+    hdr_len: 0,
+    gso_size: 0,
+    csum_start: 0,
+    csum_offset: 0,
+};
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -425,16 +486,31 @@ pub(crate) mod tests {
 
     fn l4_checksum_ok(p: &[u8]) -> bool {
         let l = TcpLayout::parse(p).unwrap();
-        csum_fold(csum_add(pseudo_header(p, l.v6, 6, p.len() - l.ip_len), &p[l.ip_len..])) == 0xffff
+        csum_fold(csum_add(
+            pseudo_header(p, l.v6, 6, p.len() - l.ip_len),
+            &p[l.ip_len..],
+        )) == 0xffff
     }
 
     fn segments(v6: bool, payload: usize, mss: u16, flags: u8) -> (Vec<u8>, Vec<Vec<u8>>) {
         let p = super_packet(v6, payload, flags);
-        let hdr = VnetHdr { flags: F_NEEDS_CSUM, gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 }, gso_size: mss, ..Default::default() };
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            gso_size: mss,
+            ..Default::default()
+        };
         let plan = plan_segments(&hdr, &p).unwrap();
         let segs = (0..plan.count)
             .map(|i| {
-                let mut out = vec![0u8; if i + 1 == plan.count { plan.last_len } else { plan.full_len }];
+                let mut out = vec![
+                    0u8;
+                    if i + 1 == plan.count {
+                        plan.last_len
+                    } else {
+                        plan.full_len
+                    }
+                ];
                 write_segment(&hdr, &p, i, &mut out).unwrap();
                 out
             })
@@ -452,7 +528,11 @@ pub(crate) mod tests {
             for (i, s) in segs.iter().enumerate() {
                 assert!(l4_checksum_ok(s), "segment {i} TCP checksum");
                 if !v6 {
-                    assert_eq!(csum_fold(csum_add(0, &s[..20])), 0xffff, "IPv4 header checksum");
+                    assert_eq!(
+                        csum_fold(csum_add(0, &s[..20])),
+                        0xffff,
+                        "IPv4 header checksum"
+                    );
                     assert_eq!(u16::from_be_bytes([s[2], s[3]]) as usize, s.len());
                     assert_eq!(u16::from_be_bytes([s[4], s[5]]), 0x1234 + i as u16);
                 } else {
@@ -474,9 +554,17 @@ pub(crate) mod tests {
             let mut c = Coalescer::default();
             let mut out: Vec<Vec<u8>> = Vec::new();
             for s in &segs {
-                c.push(s, &mut |b: &[u8]| -> Result<(), ()> { out.push(b.to_vec()); Ok(()) }).unwrap();
+                c.push(s, &mut |b: &[u8]| -> Result<(), ()> {
+                    out.push(b.to_vec());
+                    Ok(())
+                })
+                .unwrap();
             }
-            c.flush(&mut |b: &[u8]| -> Result<(), ()> { out.push(b.to_vec()); Ok(()) }).unwrap();
+            c.flush(&mut |b: &[u8]| -> Result<(), ()> {
+                out.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
             assert_eq!(out.len(), 1, "one write for the whole flight");
             let hdr = VnetHdr::parse(&out[0]).unwrap();
             assert!(hdr.is_tcp_gso());
@@ -492,7 +580,14 @@ pub(crate) mod tests {
                 let plan = plan_segments(&hdr, merged).unwrap();
                 (0..plan.count)
                     .map(|i| {
-                        let mut o = vec![0u8; if i + 1 == plan.count { plan.last_len } else { plan.full_len }];
+                        let mut o = vec![
+                            0u8;
+                            if i + 1 == plan.count {
+                                plan.last_len
+                            } else {
+                                plan.full_len
+                            }
+                        ];
                         write_segment(&hdr, merged, i, &mut o).unwrap();
                         o
                     })
@@ -519,16 +614,34 @@ pub(crate) mod tests {
         c.flush(&mut sink).unwrap();
         // [0,1] merge; `other` alone; 3 does not follow 1 (gap at 2), then 3+4 merge.
         let h = 52;
-        assert_eq!(sizes, vec![(GSO_TCPV4, h + 2000), (GSO_NONE, h + 1000), (GSO_TCPV4, h + 2000)]);
+        assert_eq!(
+            sizes,
+            vec![
+                (GSO_TCPV4, h + 2000),
+                (GSO_NONE, h + 1000),
+                (GSO_TCPV4, h + 2000)
+            ]
+        );
     }
 
     #[test]
     fn non_tcp_passes_through_marked_authenticated() {
         let mut c = Coalescer::default();
-        let icmp = [0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 1, 10, 10, 2, 1, 10, 8, 0, 0, 0, 0, 0, 0, 0];
+        let icmp = [
+            0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 1, 10, 10, 2, 1, 10, 8, 0, 0, 0, 0,
+            0, 0, 0,
+        ];
         let mut out = Vec::new();
-        c.push(&icmp, &mut |b: &[u8]| -> Result<(), ()> { out.push(b.to_vec()); Ok(()) }).unwrap();
-        c.flush(&mut |b: &[u8]| -> Result<(), ()> { out.push(b.to_vec()); Ok(()) }).unwrap();
+        c.push(&icmp, &mut |b: &[u8]| -> Result<(), ()> {
+            out.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        c.flush(&mut |b: &[u8]| -> Result<(), ()> {
+            out.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(VnetHdr::parse(&out[0]).unwrap(), VnetHdr::authenticated());
         assert_eq!(&out[0][VNET_HDR_LEN..], &icmp);
@@ -540,10 +653,18 @@ pub(crate) mod tests {
         let mut p = segs[0].clone();
         let partial = csum_fold(pseudo_header(&p, false, 6, p.len() - 20));
         p[36..38].copy_from_slice(&partial.to_be_bytes());
-        let hdr = VnetHdr { flags: F_NEEDS_CSUM, csum_start: 20, csum_offset: 16, ..Default::default() };
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
         complete_checksum(&hdr, &mut p).unwrap();
         assert_eq!(p, segs[0]);
-        let bad = VnetHdr { csum_start: 2000, ..hdr };
+        let bad = VnetHdr {
+            csum_start: 2000,
+            ..hdr
+        };
         assert_eq!(complete_checksum(&bad, &mut p), Err(OffloadError));
         assert!(plan_segments(&VnetHdr { gso_size: 0, ..hdr }, &p).is_err());
         assert!(plan_segments(&hdr, &[0x45, 0, 0]).is_err());

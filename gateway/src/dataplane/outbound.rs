@@ -9,7 +9,10 @@ use super::batch::{BatchIo, RawAddr, Train, BATCH};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
-use crate::esp::{DropReason, LifetimeEvent, OutboundSa, SaError, SaParams, SealError, ESP_HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN};
+use crate::esp::{
+    DropReason, LifetimeEvent, OutboundSa, SaError, SaParams, SealError, ESP_HEADER_LEN, ICV_LEN,
+    MAX_TRAILER_LEN,
+};
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
 use crate::prefix::PrefixMap;
 use crate::tun::Tun;
@@ -53,13 +56,32 @@ impl Outbound {
             }
             let s = &p.outbound;
             let sa = OutboundSa::new(
-                SaParams { spi: s.spi, suite: s.suite, key: s.key.clone(), esn: s.esn, backend: s.backend, lifetime: s.lifetime, replay_window: s.replay_window },
+                SaParams {
+                    spi: s.spi,
+                    suite: s.suite,
+                    key: s.key.clone(),
+                    esn: s.esn,
+                    backend: s.backend,
+                    lifetime: s.lifetime,
+                    replay_window: s.replay_window,
+                },
                 now,
             )?;
             let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());
-            peers.push(Peer { id: p.id.clone(), sa, endpoint: p.endpoint, dst: RawAddr::new(p.endpoint), counters });
+            peers.push(Peer {
+                id: p.id.clone(),
+                sa,
+                endpoint: p.endpoint,
+                dst: RawAddr::new(p.endpoint),
+                counters,
+            });
         }
-        Ok(Outbound { routes, peers, drops: metrics.drops(), metrics: metrics.clone() })
+        Ok(Outbound {
+            routes,
+            peers,
+            drops: metrics.drops(),
+            metrics: metrics.clone(),
+        })
     }
 
     /// The peer whose prefixes hold the inner packet's destination.
@@ -71,7 +93,14 @@ impl Outbound {
 
     /// Seals `len` bytes of inner packet at `buf[ESP_HEADER_LEN..]` with
     /// `peer`'s SA; returns the ESP packet's length.
-    fn seal(&mut self, peer: usize, now: Instant, buf: &mut [u8], len: usize, next_header: u8) -> Result<usize, DropReason> {
+    fn seal(
+        &mut self,
+        peer: usize,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        next_header: u8,
+    ) -> Result<usize, DropReason> {
         let peer = &mut self.peers[peer];
         match peer.sa.seal(now, buf, len, next_header) {
             Ok(sealed) => {
@@ -88,7 +117,12 @@ impl Outbound {
 
     /// Seals the inner packet at `buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len]`
     /// in place; returns the peer it goes to and the ESP packet's length.
-    pub fn encapsulate(&mut self, now: Instant, buf: &mut [u8], len: usize) -> Result<(usize, usize), DropReason> {
+    pub fn encapsulate(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<(usize, usize), DropReason> {
         let end = ESP_HEADER_LEN.checked_add(len).ok_or(DropReason::TooBig)?;
         if end + MAX_TRAILER_LEN > buf.len() {
             return Err(DropReason::TooBig);
@@ -101,7 +135,9 @@ impl Outbound {
     /// Bytes of send buffer that [`Outbound::process_tun_read`] needs for
     /// this read (virtio header + packet) at most.
     pub fn output_len(read: &[u8]) -> usize {
-        let Some(hdr) = VnetHdr::parse(read) else { return 0 };
+        let Some(hdr) = VnetHdr::parse(read) else {
+            return 0;
+        };
         let pkt = &read[VNET_HDR_LEN..];
         match plan_segments(&hdr, pkt) {
             Ok(plan) if hdr.is_tcp_gso() => plan.count * esp_len(plan.full_len) + MAX_TRAILER_LEN,
@@ -112,7 +148,15 @@ impl Outbound {
     /// Turns one TUN read (virtio header + packet, perhaps a TCP
     /// super-packet) into ESP datagrams at `send[base..]`, appending them
     /// to `trains` (as UDP GSO runs when `gso`); returns the bytes used.
-    pub fn process_tun_read(&mut self, now: Instant, read: &mut [u8], send: &mut [u8], base: usize, trains: &mut Vec<Train>, gso: bool) -> Result<usize, DropReason> {
+    pub fn process_tun_read(
+        &mut self,
+        now: Instant,
+        read: &mut [u8],
+        send: &mut [u8],
+        base: usize,
+        trains: &mut Vec<Train>,
+        gso: bool,
+    ) -> Result<usize, DropReason> {
         let hdr = VnetHdr::parse(read).ok_or(DropReason::Malformed)?;
         let pkt = &mut read[VNET_HDR_LEN..];
         if !hdr.is_tcp_gso() {
@@ -124,7 +168,12 @@ impl Outbound {
             }
             out[ESP_HEADER_LEN..ESP_HEADER_LEN + len].copy_from_slice(pkt);
             let (peer, n) = self.encapsulate(now, out, len)?;
-            trains.push(Train { offset: base, len: n, segment: 0, dst: self.peers[peer].dst });
+            trains.push(Train {
+                offset: base,
+                len: n,
+                segment: 0,
+                dst: self.peers[peer].dst,
+            });
             return Ok(n);
         }
         let plan = plan_segments(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
@@ -135,23 +184,46 @@ impl Outbound {
         }
         let mut used = 0;
         for i in 0..plan.count {
-            let seg_len = if i + 1 == plan.count { plan.last_len } else { plan.full_len };
+            let seg_len = if i + 1 == plan.count {
+                plan.last_len
+            } else {
+                plan.full_len
+            };
             let slot = &mut send[base + i * stride..];
-            write_segment(&hdr, pkt, i, &mut slot[ESP_HEADER_LEN..ESP_HEADER_LEN + seg_len]).map_err(|_| DropReason::Malformed)?;
+            write_segment(
+                &hdr,
+                pkt,
+                i,
+                &mut slot[ESP_HEADER_LEN..ESP_HEADER_LEN + seg_len],
+            )
+            .map_err(|_| DropReason::Malformed)?;
             let n = self.seal(peer, now, slot, seg_len, ih.next_header)?;
             debug_assert_eq!(n, esp_len(seg_len));
             used = i * stride + n;
         }
         let dst = self.peers[peer].dst;
         // One GSO message may carry at most 64 datagrams and 64 KiB.
-        let per_msg = if gso { (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let per_msg = if gso {
+            (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS)
+        } else {
+            1
+        };
         let mut first = 0;
         while first < plan.count {
             let last = (first + per_msg).min(plan.count);
             let offset = first * stride;
-            let end = if last == plan.count { used } else { last * stride };
+            let end = if last == plan.count {
+                used
+            } else {
+                last * stride
+            };
             let segment = if last - first > 1 { stride as u16 } else { 0 };
-            trains.push(Train { offset: base + offset, len: end - offset, segment, dst });
+            trains.push(Train {
+                offset: base + offset,
+                len: end - offset,
+                segment,
+                dst,
+            });
             first = last;
         }
         Ok(used)

@@ -12,7 +12,15 @@ use crate::esp::{DropReason, ESP_HEADER_LEN};
 const KEY_AB: &str = "00112233445566778899aabbccddeeff01020304";
 const KEY_BA: &str = "ffeeddccbbaa99887766554433221100a1a2a3a4";
 
-fn config(me: &str, peer: &str, peer_prefix: &str, out_key: &str, in_key: &str, out_spi: u32, in_spi: u32) -> Config {
+fn config(
+    me: &str,
+    peer: &str,
+    peer_prefix: &str,
+    out_key: &str,
+    in_key: &str,
+    out_spi: u32,
+    in_spi: u32,
+) -> Config {
     let text = format!(
         "[gateway]\nid = \"{me}\"\nlisten = \"127.0.0.1:4500\"\n[tun]\nname = \"mg0\"\n[[peers]]\nid = \"{peer}\"\nendpoint = \"127.0.0.2:4500\"\nprefixes = [\"{peer_prefix}\", \"fd00:{}::/48\"]\noutbound = {{ spi = {out_spi}, key_env = \"OUT\" }}\ninbound = {{ spi = {in_spi}, key_env = \"IN\" }}\n",
         &peer_prefix[3..4]
@@ -32,7 +40,11 @@ fn pair() -> (Outbound, Inbound, Arc<Metrics>) {
     let b = config("b", "a", "10.1.0.0/16", KEY_BA, KEY_AB, 0x2001, 0x1001);
     let ma = Arc::new(Metrics::new("a"));
     let mb = Arc::new(Metrics::new("b"));
-    (Outbound::new(&a, &ma).unwrap(), Inbound::new(&b, &mb).unwrap(), mb)
+    (
+        Outbound::new(&a, &ma).unwrap(),
+        Inbound::new(&b, &mb).unwrap(),
+        mb,
+    )
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
@@ -94,13 +106,19 @@ fn carries_ipv4_and_ipv6_between_gateways() {
 #[test]
 fn outbound_drops_what_it_cannot_route() {
     let (mut out, _, _) = pair();
-    assert_eq!(seal(&mut out, &ipv4([10, 1, 1, 10], [192, 0, 2, 1], 10)), Err(DropReason::NoRoute));
+    assert_eq!(
+        seal(&mut out, &ipv4([10, 1, 1, 10], [192, 0, 2, 1], 10)),
+        Err(DropReason::NoRoute)
+    );
     assert_eq!(seal(&mut out, &[0x45, 0, 0]), Err(DropReason::Malformed));
     assert_eq!(seal(&mut out, &[]), Err(DropReason::Malformed));
     let mut small = vec![0u8; 60];
     let p = ipv4([10, 1, 1, 10], [10, 2, 1, 10], 10);
     small[ESP_HEADER_LEN..ESP_HEADER_LEN + p.len()].copy_from_slice(&p);
-    assert_eq!(out.encapsulate(Instant::now(), &mut small, p.len()), Err(DropReason::TooBig));
+    assert_eq!(
+        out.encapsulate(Instant::now(), &mut small, p.len()),
+        Err(DropReason::TooBig)
+    );
 }
 
 #[test]
@@ -108,9 +126,15 @@ fn inbound_enforces_the_peers_prefixes() {
     let (mut out, mut inb, _) = pair();
     // A sends a packet claiming a source outside A's 10.1/16.
     let spoofed = ipv4([10, 9, 9, 9], [10, 2, 1, 10], 10);
-    assert_eq!(deliver(&mut inb, seal(&mut out, &spoofed).unwrap()), Err(DropReason::Spoofed));
+    assert_eq!(
+        deliver(&mut inb, seal(&mut out, &spoofed).unwrap()),
+        Err(DropReason::Spoofed)
+    );
     let spoofed6 = ipv6(9, 2, 8);
-    assert_eq!(deliver(&mut inb, seal(&mut out, &spoofed6).unwrap()), Err(DropReason::Spoofed));
+    assert_eq!(
+        deliver(&mut inb, seal(&mut out, &spoofed6).unwrap()),
+        Err(DropReason::Spoofed)
+    );
 }
 
 #[test]
@@ -127,8 +151,16 @@ fn inbound_drops_replays_tampering_and_unknown_spis() {
     let mut u = seal(&mut out, &p).unwrap();
     u[0..4].copy_from_slice(&0x7777u32.to_be_bytes());
     assert_eq!(deliver(&mut inb, u), Err(DropReason::UnknownSpi));
-    assert_eq!(deliver(&mut inb, vec![0xff]).unwrap(), Vec::<u8>::new(), "NAT keepalive");
-    assert_eq!(deliver(&mut inb, vec![0, 0, 0, 0, 1, 2, 3]).unwrap(), Vec::<u8>::new(), "non-ESP marker");
+    assert_eq!(
+        deliver(&mut inb, vec![0xff]).unwrap(),
+        Vec::<u8>::new(),
+        "NAT keepalive"
+    );
+    assert_eq!(
+        deliver(&mut inb, vec![0, 0, 0, 0, 1, 2, 3]).unwrap(),
+        Vec::<u8>::new(),
+        "non-ESP marker"
+    );
     assert_eq!(deliver(&mut inb, vec![1, 2, 3]), Err(DropReason::Malformed));
 }
 
@@ -139,12 +171,21 @@ fn tso_super_packets_cross_as_gso_runs_and_coalesce_back() {
     for v6 in [false, true] {
         let pkt = super_packet(v6, 20_000, 0x18);
         let mut read = vec![0u8; VNET_HDR_LEN];
-        let hdr = VnetHdr { flags: 1, gso_type: if v6 { 4 } else { 1 }, hdr_len: 0, gso_size: 1348, csum_start: 0, csum_offset: 16 };
+        let hdr = VnetHdr {
+            flags: 1,
+            gso_type: if v6 { 4 } else { 1 },
+            hdr_len: 0,
+            gso_size: 1348,
+            csum_start: 0,
+            csum_offset: 16,
+        };
         hdr.write(&mut read);
         read.extend_from_slice(&pkt);
         let mut send = vec![0u8; 1 << 20];
         let mut trains = Vec::new();
-        let used = out.process_tun_read(Instant::now(), &mut read, &mut send, 100, &mut trains, true).expect("super-packet is sealed");
+        let used = out
+            .process_tun_read(Instant::now(), &mut read, &mut send, 100, &mut trains, true)
+            .expect("super-packet is sealed");
         // 15 segments of one flow: one UDP GSO message of equal-size datagrams.
         assert_eq!(trains.len(), 1);
         let t = trains[0];
@@ -155,22 +196,50 @@ fn tso_super_packets_cross_as_gso_runs_and_coalesce_back() {
         let mut gro = Coalescer::default();
         let mut written: Vec<Vec<u8>> = Vec::new();
         for datagram in send[t.offset..t.offset + t.len].chunks_mut(stride) {
-            match inb.decapsulate(Instant::now(), datagram).expect("every segment opens") {
-                Delivery::Packet(r) => gro.push(&datagram[r], &mut |b: &[u8]| -> Result<(), ()> { written.push(b.to_vec()); Ok(()) }).unwrap(),
+            match inb
+                .decapsulate(Instant::now(), datagram)
+                .expect("every segment opens")
+            {
+                Delivery::Packet(r) => gro
+                    .push(&datagram[r], &mut |b: &[u8]| -> Result<(), ()> {
+                        written.push(b.to_vec());
+                        Ok(())
+                    })
+                    .unwrap(),
                 Delivery::Nothing => panic!("segment carried nothing"),
             }
         }
-        gro.flush(&mut |b: &[u8]| -> Result<(), ()> { written.push(b.to_vec()); Ok(()) }).unwrap();
+        gro.flush(&mut |b: &[u8]| -> Result<(), ()> {
+            written.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(written.len(), 1, "the receiver writes one super-packet");
         let ip = if v6 { 40 } else { 20 };
-        assert_eq!(written[0][VNET_HDR_LEN + ip + 32..], pkt[ip + 32..], "payload survives segmentation, ESP and coalescing");
+        assert_eq!(
+            written[0][VNET_HDR_LEN + ip + 32..],
+            pkt[ip + 32..],
+            "payload survives segmentation, ESP and coalescing"
+        );
     }
     // Without GSO every datagram is its own message.
     let mut read = vec![0u8; VNET_HDR_LEN];
-    VnetHdr { flags: 1, gso_type: 1, hdr_len: 0, gso_size: 1000, csum_start: 0, csum_offset: 16 }.write(&mut read);
+    VnetHdr {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 0,
+        gso_size: 1000,
+        csum_start: 0,
+        csum_offset: 16,
+    }
+    .write(&mut read);
     read.extend_from_slice(&super_packet(false, 3000, 0x10));
     let mut send = vec![0u8; 1 << 16];
     let mut trains = Vec::new();
-    out.process_tun_read(Instant::now(), &mut read, &mut send, 0, &mut trains, false).unwrap();
-    assert_eq!(trains.iter().map(|t| t.segment).collect::<Vec<_>>(), vec![0, 0, 0]);
+    out.process_tun_read(Instant::now(), &mut read, &mut send, 0, &mut trains, false)
+        .unwrap();
+    assert_eq!(
+        trains.iter().map(|t| t.segment).collect::<Vec<_>>(),
+        vec![0, 0, 0]
+    );
 }

@@ -65,7 +65,10 @@ impl Region {
     }
     /// The region's VPC prefixes, IPv4 and IPv6.
     pub fn prefixes(&self) -> [String; 2] {
-        [format!("10.{}.0.0/16", self.number()), format!("fd00:{}::/48", self.number())]
+        [
+            format!("10.{}.0.0/16", self.number()),
+            format!("fd00:{}::/48", self.number()),
+        ]
     }
     pub fn gateway_id(&self) -> String {
         format!("region-{}", self.number())
@@ -104,21 +107,75 @@ impl Lab {
         let underlay = Netns::create(&format!("{tag}-ul"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
-        let mut lab = Lab { tag: tag.to_string(), dir, gateways: Vec::new(), regions: Vec::new(), underlay, sa_settings: "cipher = \"aes128gcm16\"".into() };
+        let mut lab = Lab {
+            tag: tag.to_string(),
+            dir,
+            gateways: Vec::new(),
+            regions: Vec::new(),
+            underlay,
+            sa_settings: "cipher = \"aes128gcm16\"".into(),
+        };
         for index in 0..n {
             let appliance = Netns::create(&format!("{tag}-app{}", index + 1))?;
             let host = Netns::create(&format!("{tag}-host{}", index + 1))?;
-            let r = Region { index, appliance, host };
-            veth(&r.appliance, "ul0", &lab.underlay, &format!("port{}", r.number()))?;
-            lab.underlay.ip(&["link", "set", &format!("port{}", r.number()), "master", "br0"])?;
-            r.appliance.ip(&["addr", "add", &format!("{}/24", r.underlay_ip()), "dev", "ul0"])?;
+            let r = Region {
+                index,
+                appliance,
+                host,
+            };
+            veth(
+                &r.appliance,
+                "ul0",
+                &lab.underlay,
+                &format!("port{}", r.number()),
+            )?;
+            lab.underlay.ip(&[
+                "link",
+                "set",
+                &format!("port{}", r.number()),
+                "master",
+                "br0",
+            ])?;
+            r.appliance.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", r.underlay_ip()),
+                "dev",
+                "ul0",
+            ])?;
             veth(&r.appliance, "lan0", &r.host, "eth0")?;
-            r.appliance.ip(&["addr", "add", &format!("{}/24", r.lan_ip()), "dev", "lan0"])?;
-            r.host.ip(&["addr", "add", &format!("{}/24", r.host_ip()), "dev", "eth0"])?;
-            r.host.ip(&["route", "add", "default", "via", &r.lan_ip().to_string()])?;
-            r.appliance.ip(&["-6", "addr", "add", &format!("{}/64", r.lan_ip6()), "dev", "lan0", "nodad"])?;
-            r.host.ip(&["-6", "addr", "add", &format!("{}/64", r.host_ip6()), "dev", "eth0", "nodad"])?;
-            r.host.ip(&["-6", "route", "add", "default", "via", &r.lan_ip6().to_string()])?;
+            r.appliance
+                .ip(&["addr", "add", &format!("{}/24", r.lan_ip()), "dev", "lan0"])?;
+            r.host
+                .ip(&["addr", "add", &format!("{}/24", r.host_ip()), "dev", "eth0"])?;
+            r.host
+                .ip(&["route", "add", "default", "via", &r.lan_ip().to_string()])?;
+            r.appliance.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", r.lan_ip6()),
+                "dev",
+                "lan0",
+                "nodad",
+            ])?;
+            r.host.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", r.host_ip6()),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            r.host.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &r.lan_ip6().to_string(),
+            ])?;
             r.appliance.sysctl("net.ipv4.ip_forward", "1")?;
             r.appliance.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             lab.regions.push(r);
@@ -138,7 +195,8 @@ impl Lab {
                     rng.fill_bytes(&mut key);
                     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
                     let path = self.key_path(from, to);
-                    std::fs::write(&path, hex + "\n").with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::write(&path, hex + "\n")
+                        .with_context(|| format!("writing {}", path.display()))?;
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 }
             }
@@ -187,7 +245,9 @@ impl Lab {
 
     /// The key material (hex of key and salt) of the SA `from` -> `to`.
     pub fn key_hex(&self, from: usize, to: usize) -> Result<String> {
-        Ok(std::fs::read_to_string(self.key_path(from, to))?.trim().to_string())
+        Ok(std::fs::read_to_string(self.key_path(from, to))?
+            .trim()
+            .to_string())
     }
 
     /// Starts `binary run` in every appliance and waits until each serves
@@ -210,7 +270,10 @@ impl Lab {
             .command(&binary.to_string_lossy())
             .args(["run", "--config"])
             .arg(self.config_path(i))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -229,14 +292,22 @@ impl Lab {
         loop {
             if let Some(Some(child)) = self.gateways.get_mut(i) {
                 if let Some(status) = child.try_wait()? {
-                    bail!("gateway {} exited ({status}) at start:\n{}", i + 1, self.log_tail(i));
+                    bail!(
+                        "gateway {} exited ({status}) at start:\n{}",
+                        i + 1,
+                        self.log_tail(i)
+                    );
                 }
             }
             if probe::http_get(&self.regions[i].appliance, ADMIN, "/healthz").is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("gateway {} not ready after {timeout:?}:\n{}", i + 1, self.log_tail(i));
+                bail!(
+                    "gateway {} not ready after {timeout:?}:\n{}",
+                    i + 1,
+                    self.log_tail(i)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -69,7 +69,16 @@ fn ping_here(dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
         if seq < count && now >= next_send {
             let pkt = echo_request(dst.is_ipv6(), id, seq as u16);
             // SAFETY: pkt and the address are valid for the lengths given.
-            let rc = unsafe { libc::sendto(sock.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, to.as_ptr(), to.socklen()) };
+            let rc = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    to.as_ptr(),
+                    to.socklen(),
+                )
+            };
             stats.sent += 1;
             if rc >= 0 {
                 sent_at[seq as usize] = Some(now);
@@ -78,12 +87,20 @@ fn ping_here(dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
             last_sent = now;
             next_send += interval;
         }
-        let wait_until = if seq < count { next_send } else { last_sent + Duration::from_secs(1) };
+        let wait_until = if seq < count {
+            next_send
+        } else {
+            last_sent + Duration::from_secs(1)
+        };
         if seq >= count && (now >= wait_until || stats.received == count) {
             break;
         }
         let timeout_ms = wait_until.saturating_duration_since(now).as_millis().max(1) as i32;
-        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } <= 0 {
             continue;
@@ -156,14 +173,21 @@ impl TransferStats {
 
 /// Sends data over one TCP connection from `src` to `dst_ip:port` in `dst`
 /// for `duration`; the receiver's count and time are the result.
-pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: IpAddr, port: u16, duration: Duration) -> Result<TransferStats> {
+pub fn tcp_transfer(
+    src: &Netns,
+    dst: &Netns,
+    dst_ip: IpAddr,
+    port: u16,
+    duration: Duration,
+) -> Result<TransferStats> {
     let (ready_tx, ready_rx) = mpsc::channel();
     // Set when the sender gives up, so the sink stops waiting and frees
     // its port for the next transfer.
     let cancel = Arc::new(AtomicBool::new(false));
     let sink_cancel = cancel.clone();
     let server = dst.spawn(move || -> Result<TransferStats> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).context("binding the TCP sink")?;
+        let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+            .context("binding the TCP sink")?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -197,28 +221,37 @@ pub fn tcp_transfer(src: &Netns, dst: &Netns, dst_ip: IpAddr, port: u16, duratio
         let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
         Ok(TransferStats { bytes, elapsed })
     })?;
-    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| anyhow!("the TCP sink in {} did not start", dst.name()))?;
-    let sent = src.run(move || -> Result<u64> {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(dst_ip, port), Duration::from_secs(5)).with_context(|| format!("connecting to {}", SocketAddr::new(dst_ip, port)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(10)))?;
-        let chunk = vec![0x5au8; 128 * 1024];
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < duration {
-            conn.write_all(&chunk).context("sending")?;
-            sent += chunk.len() as u64;
-        }
-        conn.shutdown(std::net::Shutdown::Write)?;
-        // Wait for the receiver to close, so the count is complete.
-        let mut sink = [0u8; 16];
-        let _ = conn.read(&mut sink);
-        Ok(sent)
-    })
-    .and_then(|r| r);
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| anyhow!("the TCP sink in {} did not start", dst.name()))?;
+    let sent = src
+        .run(move || -> Result<u64> {
+            let mut conn =
+                TcpStream::connect_timeout(&SocketAddr::new(dst_ip, port), Duration::from_secs(5))
+                    .with_context(|| format!("connecting to {}", SocketAddr::new(dst_ip, port)))?;
+            conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let chunk = vec![0x5au8; 128 * 1024];
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed() < duration {
+                conn.write_all(&chunk).context("sending")?;
+                sent += chunk.len() as u64;
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+            // Wait for the receiver to close, so the count is complete.
+            let mut sink = [0u8; 16];
+            let _ = conn.read(&mut sink);
+            Ok(sent)
+        })
+        .and_then(|r| r);
     if sent.is_err() {
         cancel.store(true, Ordering::Relaxed);
     }
-    let received = server.join().map_err(|_| anyhow!("the TCP sink panicked"))?.map_err(anyhow::Error::from).and_then(|r| r);
+    let received = server
+        .join()
+        .map_err(|_| anyhow!("the TCP sink panicked"))?
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
     let sent = sent?;
     let stats = received?;
     if stats.bytes != sent {
@@ -236,7 +269,9 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<String> {
         write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
-        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed HTTP response"))?;
+        let (head, body) = resp
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("malformed HTTP response"))?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
             bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
         }
@@ -249,6 +284,9 @@ mod tests {
     #[test]
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complement 220d.
-        assert_eq!(super::internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            super::internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 }

@@ -35,12 +35,22 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     check_privileges()?;
     catch_signals();
     let tag = default_tag();
-    println!("meshgate lab: {} regions in network namespaces {tag}-*", opts.regions);
+    println!(
+        "meshgate lab: {} regions in network namespaces {tag}-*",
+        opts.regions
+    );
     let mut lab = Lab::build(opts.regions, &tag)?;
     lab.write_configs()?;
     check_interrupted()?;
     lab.start_gateways(&opts.binary)?;
-    println!("gateways up: {}", lab.regions.iter().map(|r| format!("{} ({})", r.gateway_id(), r.underlay_ip())).collect::<Vec<_>>().join(", "));
+    println!(
+        "gateways up: {}",
+        lab.regions
+            .iter()
+            .map(|r| format!("{} ({})", r.gateway_id(), r.underlay_ip()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let mut results = Vec::new();
     for from in 0..lab.regions.len() {
@@ -55,8 +65,15 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
                 // LANs is not the tunnel's latency.
                 ping(&src.host, dst_ip, 1, Duration::from_millis(20))?;
                 let ping = ping(&src.host, dst_ip, opts.pings, Duration::from_millis(20))?;
-                let tcp = tcp_transfer(&src.host, &dst.host, dst_ip, 5001, opts.transfer).map_err(|e| format!("{e:#}"));
-                results.push(PairResult { from, to, v6: dst_ip.is_ipv6(), ping, tcp });
+                let tcp = tcp_transfer(&src.host, &dst.host, dst_ip, 5001, opts.transfer)
+                    .map_err(|e| format!("{e:#}"));
+                results.push(PairResult {
+                    from,
+                    to,
+                    v6: dst_ip.is_ipv6(),
+                    ping,
+                    tcp,
+                });
             }
         }
     }
@@ -65,12 +82,27 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     let failed: Vec<String> = results
         .iter()
         .filter(|r| r.ping.received == 0 || r.tcp.is_err())
-        .map(|r| format!("host-{} -> host-{} ({})", r.from + 1, r.to + 1, if r.v6 { "IPv6" } else { "IPv4" }))
+        .map(|r| {
+            format!(
+                "host-{} -> host-{} ({})",
+                r.from + 1,
+                r.to + 1,
+                if r.v6 { "IPv6" } else { "IPv4" }
+            )
+        })
         .collect();
     if opts.keep {
         println!("\nThe lab keeps running; press Ctrl-C to remove it. Try for example:");
-        println!("  ip netns exec {} ping {}", lab.regions[0].host.name(), lab.regions[1].host_ip());
-        println!("  ip netns exec {} curl -s http://{}/metrics | grep meshgate_", lab.regions[0].appliance.name(), super::ADMIN);
+        println!(
+            "  ip netns exec {} ping {}",
+            lab.regions[0].host.name(),
+            lab.regions[1].host_ip()
+        );
+        println!(
+            "  ip netns exec {} curl -s http://{}/metrics | grep meshgate_",
+            lab.regions[0].appliance.name(),
+            super::ADMIN
+        );
         println!("  configs, keys and logs: {}", lab.dir.display());
         while check_interrupted().is_ok() {
             std::thread::sleep(Duration::from_millis(200));
@@ -86,18 +118,39 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
 
 fn print_summary(lab: &Lab, results: &[PairResult]) {
     println!();
-    println!("{:<27} {:>6} {:>10} {:>10} {:>12}", "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s");
+    println!(
+        "{:<27} {:>6} {:>10} {:>10} {:>12}",
+        "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s"
+    );
     for r in results {
-        let pair = format!("host-{} -> host-{} {}", r.from + 1, r.to + 1, if r.v6 { "IPv6" } else { "IPv4" });
-        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+        let pair = format!(
+            "host-{} -> host-{} {}",
+            r.from + 1,
+            r.to + 1,
+            if r.v6 { "IPv6" } else { "IPv4" }
+        );
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.3} ms", d.as_secs_f64() * 1e3)
+            })
+        };
         let tcp = match &r.tcp {
             Ok(t) => format!("{:.3}", t.gbit_per_s()),
             Err(e) => format!("FAILED: {e}"),
         };
-        println!("{pair:<27} {:>5.1}% {:>10} {:>10} {:>12}", r.ping.loss_percent(), ms(r.ping.avg_rtt()), ms(r.ping.max_rtt()), tcp);
+        println!(
+            "{pair:<27} {:>5.1}% {:>10} {:>10} {:>12}",
+            r.ping.loss_percent(),
+            ms(r.ping.avg_rtt()),
+            ms(r.ping.max_rtt()),
+            tcp
+        );
     }
     println!();
-    println!("{:<12} {:>12} {:>12} {:>10}", "gateway", "packets out", "packets in", "drops");
+    println!(
+        "{:<12} {:>12} {:>12} {:>10}",
+        "gateway", "packets out", "packets in", "drops"
+    );
     for (i, r) in lab.regions.iter().enumerate() {
         let text = lab.metrics(i).unwrap_or_default();
         let sum = |name: &str, filter: &str| sum_samples(&text, name, filter) as u64;
