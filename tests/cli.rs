@@ -125,7 +125,7 @@ fn the_lab_removes_everything_on_ctrl_c() {
             "--keep",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starting the lab");
     let stdout = child.stdout.take().unwrap();
@@ -168,11 +168,14 @@ fn the_lab_removes_everything_on_ctrl_c() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(rest.iter().any(|l| l.contains("lab removed")), "{rest:?}");
     assert!(
-        status.success(),
-        "the lab exits cleanly on Ctrl-C: {status}"
+        out.status.success(),
+        "the lab exits cleanly on Ctrl-C: {}\n{}\n{}",
+        out.status,
+        rest.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(ours().is_empty(), "namespaces left behind: {:?}", ours());
     let dir = std::env::temp_dir().join(format!("meshgate-lab-{}", tag.trim_end_matches('-')));

@@ -56,11 +56,23 @@ impl Netns {
         run("ip", &full)
     }
 
-    /// Sets a sysctl inside the namespace.
+    /// Sets a sysctl inside the namespace, from a child process under
+    /// `ip netns exec` so the write lands where `sysctl` would show it.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let value = value.to_string();
-        self.run(move || std::fs::write(&path, value).with_context(|| format!("writing {path}")))?
+        let out = self
+            .command("sh")
+            .args(["-c", "echo \"$1\" > \"$2\"", "sysctl", value, &path])
+            .output()
+            .with_context(|| format!("setting {key} in {}", self.name))?;
+        if !out.status.success() {
+            bail!(
+                "setting {key}={value} in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// A command that will run inside the namespace.

@@ -105,6 +105,7 @@ impl Lab {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let underlay = Netns::create(&format!("{tag}-ul"))?;
+        underlay.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
         let mut lab = Lab {
@@ -118,6 +119,13 @@ impl Lab {
         for index in 0..n {
             let appliance = Netns::create(&format!("{tag}-app{}", index + 1))?;
             let host = Netns::create(&format!("{tag}-host{}", index + 1))?;
+            // No duplicate address detection in the lab: nothing else is on
+            // these links, and a tentative link-local address turns the
+            // first neighbour solicitation into a DAD probe that nobody
+            // answers, holding traffic back for a second.
+            for ns in [&appliance, &host] {
+                ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            }
             let r = Region {
                 index,
                 appliance,
