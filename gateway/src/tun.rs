@@ -122,6 +122,19 @@ impl Tun {
     /// Sets the MTU and addresses and brings the link up.
     pub fn configure(&self, mtu: u16, addresses: &[Prefix]) -> Result<(), TunError> {
         ip(&["link", "set", "dev", &self.name, "mtu", &mtu.to_string()])?;
+        // No IPv6 link-local address and no multicast: the tunnel carries
+        // only routed unicast, and the kernel's router solicitations and MLD
+        // reports would otherwise show up as `no_route` drops.
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &self.name,
+            "addrgenmode",
+            "none",
+            "multicast",
+            "off",
+        ])?;
         for a in addresses {
             ip(&["addr", "replace", &a.to_string(), "dev", &self.name])?;
         }

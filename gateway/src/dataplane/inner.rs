@@ -61,6 +61,18 @@ pub fn parse(p: &[u8]) -> Option<InnerHeader> {
     }
 }
 
+/// Destinations that by their scope never leave the link: IPv6 link-local
+/// unicast and interface- or link-local multicast, IPv4 224.0.0.0/24.
+pub fn is_link_scoped(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            (s[0] & 0xffc0) == 0xfe80 || (s[0] & 0xff00 == 0xff00 && (s[0] & 0x000f) <= 2)
+        }
+        IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +111,16 @@ mod tests {
             ("fd00::2".parse().unwrap(), 48, 41)
         );
 
+        for (a, local) in [
+            ("ff02::16", true),
+            ("fe80::1", true),
+            ("ff05::1", false),
+            ("fd00::1", false),
+            ("224.0.0.22", true),
+            ("239.1.1.1", false),
+        ] {
+            assert_eq!(is_link_scoped(a.parse().unwrap()), local, "{a}");
+        }
         for junk in [&[][..], &[0x45][..], &[0x70; 60][..], &[0x60; 39][..]] {
             assert!(parse(junk).is_none());
         }

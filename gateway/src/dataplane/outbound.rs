@@ -159,6 +159,12 @@ impl Outbound {
     ) -> Result<usize, DropReason> {
         let hdr = VnetHdr::parse(read).ok_or(DropReason::Malformed)?;
         let pkt = &mut read[VNET_HDR_LEN..];
+        if inner::parse(pkt).is_some_and(|h| inner::is_link_scoped(h.dst)) {
+            // The kernel's own link-scoped chatter on the TUN (MLD reports
+            // of a router, for example) never crosses a tunnel; it is not
+            // traffic we failed to route, so it is not counted as a drop.
+            return Ok(0);
+        }
         if !hdr.is_tcp_gso() {
             complete_checksum(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
             let out = send.get_mut(base..).ok_or(DropReason::TooBig)?;
