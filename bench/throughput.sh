@@ -40,6 +40,9 @@
 #              given (default: all three)
 #   MESHGATE   path to the meshgate binary (default target/release/meshgate;
 #              a relative path is taken from the repository root)
+#   SMALL_SECS seconds of the small-packet test per mode (default 5; 0 = skip):
+#              one UDP flow of 64-byte IP packets at full speed, reported as
+#              packets per second received by hostB
 #   KEEP_LOGS  1 = keep the work directory (configs, daemon logs, iperf3 JSON)
 #              even when the run succeeds. It is always kept on failure.
 #
@@ -65,6 +68,7 @@ DURATION="${DURATION:-10}"
 MODES="${MODES:-plain strongswan meshgate}"
 MESHGATE="${MESHGATE:-target/release/meshgate}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
+SMALL_SECS="${SMALL_SECS:-5}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -153,6 +157,7 @@ trap 'log "terminated"; exit 143' TERM
 
 [[ "$(id -u)" == 0 ]] || die "must run as root (sudo $0)"
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || die "DURATION must be a positive integer (got '$DURATION')"
+[[ "$SMALL_SECS" =~ ^[0-9]+$ ]] || die "SMALL_SECS must be a whole number of seconds (got '$SMALL_SECS')"
 
 seen=" "
 for m in $MODES; do
@@ -326,6 +331,29 @@ run_iperf() {
     log "$mode: ${R_GBPS[$mode]} Gbit/s, ${R_RETR[$mode]} retransmits"
     printf 'RESULT mode=%s gbps=%s bits_per_second=%.0f retransmits=%s duration_s=%s\n' \
         "$mode" "${R_GBPS[$mode]}" "$bps" "${R_RETR[$mode]}" "$DURATION"
+}
+
+# run_small_udp MODE -> small-packet forwarding rate: one UDP flow of 64-byte
+# IP packets (36-byte payload) at full speed, as received by hostB.
+declare -A R_KPPS
+run_small_udp() {
+    local mode="$1" json="$WORK/iperf3-$1-udp64.json" pkts lost secs cpid
+    log "$mode: iperf3 -u -b 0 -l 36 -t $SMALL_SECS (64-byte packets)"
+    nsx "$NS_HA" timeout $(( SMALL_SECS + 30 )) \
+        iperf3 -c 10.2.1.10 -u -b 0 -l 36 -t "$SMALL_SECS" -J --connect-timeout 5000 \
+        >"$json" 2>"$WORK/iperf3-$mode-udp64.err" 3>&- 4>&- &
+    cpid=$!
+    PIDS+=("$cpid")
+    if ! wait "$cpid"; then
+        die "$mode: iperf3 UDP client failed: $(json_get "$json" .error) $(tail -n 3 "$WORK/iperf3-$mode-udp64.err" 2>/dev/null)"
+    fi
+    pkts="$(json_get "$json" .end.sum.packets)"
+    lost="$(json_get "$json" .end.sum.lost_packets)"
+    secs="$(json_get "$json" .end.sum.seconds)"
+    [[ -n "$pkts" && -n "$lost" && -n "$secs" ]] || die "$mode: no UDP packet counts in $json"
+    R_KPPS[$mode]="$(awk -v p="$pkts" -v l="$lost" -v s="$secs" 'BEGIN { printf "%.0f", (p - l) / s / 1e3 }')"
+    log "$mode: 64-byte packets received: ${R_KPPS[$mode]} kpps (sent $pkts, lost $lost)"
+    printf 'RESULT_UDP64 mode=%s kpps_received=%s sent=%s lost=%s seconds=%s\n' "$mode" "${R_KPPS[$mode]}" "$pkts" "$lost" "$secs"
 }
 
 # --------------------------------------------------------------------- plain ---
@@ -603,6 +631,7 @@ for mode in $MODES; do
     start_iperf_server
     "setup_$mode"
     run_iperf "$mode"
+    if (( SMALL_SECS > 0 )); then run_small_udp "$mode"; fi
     if declare -F "after_$mode" >/dev/null; then "after_$mode"; fi
     log "=== $mode: tearing down"
     teardown
@@ -628,5 +657,10 @@ r_mp="$(ratio meshgate plain)"
 printf 'meshgate/strongswan: %s\n' "$r_ms"
 printf 'meshgate/plain:      %s\n' "$r_mp"
 printf 'RATIO meshgate_over_strongswan=%s meshgate_over_plain=%s\n' "$r_ms" "$r_mp"
+if (( SMALL_SECS > 0 )); then
+    echo
+    printf '%-12s %14s\n' mode "64B kpps rx"
+    for mode in $MODES; do printf '%-12s %14s\n' "$mode" "${R_KPPS[$mode]:-NA}"; done
+fi
 
 FAILED=0

@@ -152,6 +152,56 @@ pub struct Train {
     pub len: usize,
     pub segment: u16,
     pub dst: RawAddr,
+    /// Which peer `dst` belongs to: runs only ever join within one peer.
+    pub peer: usize,
+}
+
+/// The most one UDP GSO message may carry: datagrams, and payload bytes.
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Queues one datagram of `len` bytes at `offset` for `peer`. With `gso`,
+/// it joins the previous run when the kernel can send both as one GSO
+/// message: same peer, contiguous in the buffer, and no longer than the
+/// run's datagrams (a shorter one ends the run). Same-size packets of a
+/// flow — TCP segments, or a stream of small UDP packets — thus cost one
+/// send per run rather than one per datagram.
+pub fn push_datagram(
+    trains: &mut Vec<Train>,
+    offset: usize,
+    len: usize,
+    peer: usize,
+    dst: RawAddr,
+    gso: bool,
+) {
+    if gso {
+        if let Some(t) = trains.last_mut() {
+            let size = if t.segment > 0 {
+                usize::from(t.segment)
+            } else {
+                t.len
+            };
+            let open = t.len % size == 0;
+            if t.peer == peer
+                && t.offset + t.len == offset
+                && open
+                && len <= size
+                && t.len / size < MAX_GSO_SEGMENTS
+                && t.len + len <= MAX_GSO_BYTES
+            {
+                t.segment = size as u16;
+                t.len += len;
+                return;
+            }
+        }
+    }
+    trains.push(Train {
+        offset,
+        len,
+        segment: 0,
+        dst,
+        peer,
+    });
 }
 
 /// Room for one cmsg carrying an int, aligned as the kernel wants.
@@ -281,7 +331,7 @@ impl BatchIo {
                 m.msg_iov = &mut self.iovs[k];
                 m.msg_iovlen = 1;
                 m.msg_flags = 0;
-                if t.segment > 0 && t.len > usize::from(t.segment) {
+                if t.segment > 0 {
                     let c = &mut self.controls[k];
                     m.msg_control = c.0.as_mut_ptr().cast();
                     // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
@@ -341,4 +391,58 @@ fn gro_segment(m: &libc::msghdr) -> usize {
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(items: &[(usize, usize, usize)], gso: bool) -> Vec<(usize, usize, u16)> {
+        let dst = RawAddr::new(SocketAddr::from(([192, 0, 2, 1], 4500)));
+        let mut trains = Vec::new();
+        for &(offset, len, peer) in items {
+            push_datagram(&mut trains, offset, len, peer, dst, gso);
+        }
+        trains
+            .iter()
+            .map(|t| (t.offset, t.len, t.segment))
+            .collect()
+    }
+
+    #[test]
+    fn same_size_datagrams_join_into_gso_runs() {
+        // Four of 100 bytes, then a short one ends the run; the next starts anew.
+        let items = [
+            (0, 100, 0),
+            (100, 100, 0),
+            (200, 100, 0),
+            (300, 100, 0),
+            (400, 60, 0),
+            (460, 100, 0),
+        ];
+        assert_eq!(runs(&items, true), vec![(0, 460, 100), (460, 100, 0)]);
+        assert_eq!(
+            runs(&items, false).len(),
+            6,
+            "without GSO every datagram is its own message"
+        );
+        // Another peer, a gap, or a longer datagram start a new run.
+        assert_eq!(runs(&[(0, 100, 0), (100, 100, 1)], true).len(), 2);
+        assert_eq!(runs(&[(0, 100, 0), (104, 100, 0)], true).len(), 2);
+        assert_eq!(runs(&[(0, 100, 0), (100, 120, 0)], true).len(), 2);
+    }
+
+    #[test]
+    fn runs_respect_the_kernels_limits() {
+        let many: Vec<_> = (0..200).map(|i| (i * 100, 100, 0)).collect();
+        let r = runs(&many, true);
+        assert!(r
+            .iter()
+            .all(|&(_, len, seg)| len / usize::from(seg.max(1)) <= MAX_GSO_SEGMENTS));
+        assert_eq!(r.iter().map(|t| t.1).sum::<usize>(), 200 * 100);
+        let big: Vec<_> = (0..60).map(|i| (i * 1436, 1436, 0)).collect();
+        assert!(runs(&big, true)
+            .iter()
+            .all(|&(_, len, _)| len <= MAX_GSO_BYTES));
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::batch::{BatchIo, RawAddr, Train, BATCH};
+use super::batch::{push_datagram, BatchIo, RawAddr, Train, BATCH};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
@@ -17,9 +17,6 @@ use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
 use crate::prefix::PrefixMap;
 use crate::tun::Tun;
 
-/// The largest UDP payload run one GSO send may carry, and its datagram count.
-const MAX_GSO_BYTES: usize = 65_000;
-const MAX_GSO_SEGMENTS: usize = 64;
 /// The send buffer of one batch: room for several 64 KiB super-packets.
 const SEND_BUFFER: usize = 1 << 20;
 
@@ -174,12 +171,7 @@ impl Outbound {
             }
             out[ESP_HEADER_LEN..ESP_HEADER_LEN + len].copy_from_slice(pkt);
             let (peer, n) = self.encapsulate(now, out, len)?;
-            trains.push(Train {
-                offset: base,
-                len: n,
-                segment: 0,
-                dst: self.peers[peer].dst,
-            });
+            push_datagram(trains, base, n, peer, self.peers[peer].dst, gso);
             return Ok(n);
         }
         let plan = plan_segments(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
@@ -188,6 +180,8 @@ impl Outbound {
         if base + plan.count * stride + MAX_TRAILER_LEN > send.len() {
             return Err(DropReason::TooBig);
         }
+        let dst = self.peers[peer].dst;
+        let first_train = trains.len();
         let mut used = 0;
         for i in 0..plan.count {
             let seg_len = if i + 1 == plan.count {
@@ -196,41 +190,25 @@ impl Outbound {
                 plan.full_len
             };
             let slot = &mut send[base + i * stride..];
-            write_segment(
+            let sealed = write_segment(
                 &hdr,
                 pkt,
                 i,
                 &mut slot[ESP_HEADER_LEN..ESP_HEADER_LEN + seg_len],
             )
-            .map_err(|_| DropReason::Malformed)?;
-            let n = self.seal(peer, now, slot, seg_len, ih.next_header)?;
-            debug_assert_eq!(n, esp_len(seg_len));
-            used = i * stride + n;
-        }
-        let dst = self.peers[peer].dst;
-        // One GSO message may carry at most 64 datagrams and 64 KiB.
-        let per_msg = if gso {
-            (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS)
-        } else {
-            1
-        };
-        let mut first = 0;
-        while first < plan.count {
-            let last = (first + per_msg).min(plan.count);
-            let offset = first * stride;
-            let end = if last == plan.count {
-                used
-            } else {
-                last * stride
+            .map_err(|_| DropReason::Malformed)
+            .and_then(|()| self.seal(peer, now, slot, seg_len, ih.next_header));
+            let n = match sealed {
+                Ok(n) => n,
+                Err(reason) => {
+                    // Nothing of this read is sent: the caller reuses its bytes.
+                    trains.truncate(first_train);
+                    return Err(reason);
+                }
             };
-            let segment = if last - first > 1 { stride as u16 } else { 0 };
-            trains.push(Train {
-                offset: base + offset,
-                len: end - offset,
-                segment,
-                dst,
-            });
-            first = last;
+            debug_assert_eq!(n, esp_len(seg_len));
+            push_datagram(trains, base + i * stride, n, peer, dst, gso);
+            used = i * stride + n;
         }
         Ok(used)
     }
