@@ -14,6 +14,20 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Two distinct keys: one per direction.
+fn write_keys(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("k.hex"),
+        "00112233445566778899aabbccddeeff01020304\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("k2.hex"),
+        "ffeeddccbbaa99887766554433221100a1a2a3a4\n",
+    )
+    .unwrap();
+}
+
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -25,16 +39,12 @@ fn run(args: &[&str]) -> (bool, String) {
     )
 }
 
-const CONFIG: &str = "[gateway]\nid = \"a\"\nlisten = \"127.0.0.1:45000\"\n\n[tun]\nname = \"mgcli0\"\n\n[[peers]]\nid = \"b\"\nendpoint = \"127.0.0.2:4500\"\nprefixes = [\"10.2.0.0/16\"]\noutbound = { spi = 0x1001, key_file = \"k.hex\" }\ninbound = { spi = 0x2001, key_file = \"k.hex\" }\n";
+const CONFIG: &str = "[gateway]\nid = \"a\"\nlisten = \"127.0.0.1:45000\"\n\n[tun]\nname = \"mgcli0\"\n\n[[peers]]\nid = \"b\"\nendpoint = \"127.0.0.2:4500\"\nprefixes = [\"10.2.0.0/16\"]\noutbound = { spi = 0x1001, key_file = \"k.hex\" }\ninbound = { spi = 0x2001, key_file = \"k2.hex\" }\n";
 
 #[test]
 fn a_bad_config_fails_at_start_naming_file_line_and_field() {
     let dir = scratch_dir("badcfg");
-    std::fs::write(
-        dir.join("k.hex"),
-        "00112233445566778899aabbccddeeff01020304\n",
-    )
-    .unwrap();
+    write_keys(&dir);
     let good = dir.join("good.toml");
     std::fs::write(&good, CONFIG).unwrap();
     let (ok, err) = run(&["check", "--config", good.to_str().unwrap()]);
@@ -75,11 +85,7 @@ fn a_bad_config_fails_at_start_naming_file_line_and_field() {
 #[test]
 fn missing_privileges_are_named() {
     let dir = scratch_dir("noroot");
-    std::fs::write(
-        dir.join("k.hex"),
-        "00112233445566778899aabbccddeeff01020304\n",
-    )
-    .unwrap();
+    write_keys(&dir);
     std::fs::write(dir.join("gw.toml"), CONFIG).unwrap();
     // World-readable so the unprivileged user can read what it is given.
     Command::new("chmod")

@@ -19,6 +19,10 @@ use crate::prefix::Prefix;
 
 /// The default ESP-in-UDP port (RFC 3948).
 pub const DEFAULT_ESP_PORT: u16 = 4500;
+/// TUN MTU bounds: IPv6's minimum link MTU, and a jumbo-frame underlay's
+/// 9001 bytes less ESP-in-UDP overhead.
+pub const MIN_MTU: u32 = 1280;
+pub const MAX_MTU: u32 = 8900;
 /// The smallest anti-replay window we accept; the issue asks for at least 1,024.
 pub const MIN_REPLAY_WINDOW: usize = 1024;
 
@@ -154,7 +158,7 @@ struct RawSaDefaults {
     lifetime: RawLifetime,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawLifetime {
     #[serde(default)]
@@ -163,21 +167,30 @@ struct RawLifetime {
     hard: RawLimits,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    packets: Option<u64>,
-    bytes: Option<u64>,
-    seconds: Option<u64>,
+    packets: Option<Spanned<u64>>,
+    bytes: Option<Spanned<u64>>,
+    seconds: Option<Spanned<u64>>,
 }
 
 impl RawLimits {
-    fn to_limits(self) -> LifetimeLimits {
+    fn to_limits(&self) -> LifetimeLimits {
+        let v = |x: &Option<Spanned<u64>>| x.as_ref().map(|s| *s.get_ref());
         LifetimeLimits {
-            packets: self.packets,
-            bytes: self.bytes,
-            time: self.seconds.map(Duration::from_secs),
+            packets: v(&self.packets),
+            bytes: v(&self.bytes),
+            time: v(&self.seconds).map(Duration::from_secs),
         }
+    }
+
+    fn named(&self) -> [(&'static str, &Option<Spanned<u64>>); 3] {
+        [
+            ("packets", &self.packets),
+            ("bytes", &self.bytes),
+            ("seconds", &self.seconds),
+        ]
     }
 }
 
@@ -329,6 +342,57 @@ impl Validator<'_> {
                 inbound,
             });
         }
+        // The socket is of the listen address's family; a peer of the
+        // other family could never be sent to.
+        for (i, p) in peers.iter().enumerate() {
+            if p.endpoint.is_ipv4() != listen.is_ipv4() {
+                return self.err(
+                    raw.peers[i].endpoint.span(),
+                    &format!("peers[{i}].endpoint"),
+                    format!(
+                        "{} is not of the same address family as gateway.listen ({listen})",
+                        p.endpoint
+                    ),
+                );
+            }
+        }
+        // A prefix routed into the tunnel that holds a tunnel endpoint would
+        // send the ESP packets themselves into the tunnel: a routing loop.
+        for (i, p) in peers.iter().enumerate() {
+            let endpoints = peers
+                .iter()
+                .map(|q| (q.endpoint.ip(), format!("the endpoint of peer '{}'", q.id)));
+            for (ip, what) in endpoints.chain([(listen.ip(), "gateway.listen".to_string())]) {
+                if let Some(prefix) = p.prefixes.iter().find(|pr| pr.contains(ip)) {
+                    return self.err(
+                        raw.peers[i].prefixes.span(),
+                        &format!("peers[{i}].prefixes"),
+                        format!("{prefix} contains {ip}, {what}: its ESP packets would be routed into the tunnel itself"),
+                    );
+                }
+            }
+        }
+        // Two SAs with the same key start from the same sequence numbers,
+        // so AES-GCM would see the same nonces twice: refuse.
+        let sas: Vec<(usize, &str, &SaConfig)> = peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| [(i, "outbound", &p.outbound), (i, "inbound", &p.inbound)])
+            .collect();
+        for (n, (i, dir, sa)) in sas.iter().enumerate() {
+            if let Some((j, other, _)) = sas[..n].iter().find(|(_, _, o)| o.key.same_as(&sa.key)) {
+                let raw_sa = if *dir == "outbound" {
+                    &raw.peers[*i].outbound
+                } else {
+                    &raw.peers[*i].inbound
+                };
+                return self.err(
+                    raw_sa.span(),
+                    &format!("peers[{i}].{dir}"),
+                    format!("uses the same key as peers[{j}].{other}; every SA needs its own key (AES-GCM nonces would repeat)"),
+                );
+            }
+        }
         // Overlapping prefixes between peers would make routing ambiguous and
         // anti-spoofing unsound; refuse them.
         for (i, a) in peers.iter().enumerate() {
@@ -399,11 +463,11 @@ impl Validator<'_> {
             );
         }
         let mtu = *t.mtu.get_ref();
-        if !(576..=65535).contains(&mtu) {
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return self.err(
                 t.mtu.span(),
                 "tun.mtu",
-                format!("{mtu} is outside 576..=65535"),
+                format!("{mtu} is outside {MIN_MTU}..={MAX_MTU} (IPv6 needs 1280; a jumbo-frame underlay allows 9000)"),
             );
         }
         let mut addresses = Vec::new();
@@ -472,17 +536,34 @@ impl Validator<'_> {
             soft: d.lifetime.soft.to_limits(),
             hard: d.lifetime.hard.to_limits(),
         };
-        for (kind, soft, hard) in [
-            ("packets", lifetime.soft.packets, lifetime.hard.packets),
-            ("bytes", lifetime.soft.bytes, lifetime.hard.bytes),
-            ("seconds", d.lifetime.soft.seconds, d.lifetime.hard.seconds),
-        ] {
-            if let (Some(s), Some(h)) = (soft, hard) {
-                if s >= h {
+        for (stage, limits) in [("soft", &d.lifetime.soft), ("hard", &d.lifetime.hard)] {
+            for (kind, v) in limits.named() {
+                if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {
                     return self.err(
-                        0..0,
+                        v.span(),
+                        &format!("sa.lifetime.{stage}.{kind}"),
+                        "a limit of 0 would expire the SA at once; leave it out for no limit",
+                    );
+                }
+            }
+        }
+        for ((kind, soft), (_, hard)) in d
+            .lifetime
+            .soft
+            .named()
+            .into_iter()
+            .zip(d.lifetime.hard.named())
+        {
+            if let (Some(s), Some(h)) = (soft, hard) {
+                if s.get_ref() >= h.get_ref() {
+                    return self.err(
+                        s.span(),
                         &format!("sa.lifetime.soft.{kind}"),
-                        format!("soft limit {s} must be below the hard limit {h}"),
+                        format!(
+                            "soft limit {} must be below the hard limit {}",
+                            s.get_ref(),
+                            h.get_ref()
+                        ),
                     );
                 }
             }
@@ -539,13 +620,14 @@ impl Validator<'_> {
             },
             _ => return self.err(s.span(), field, "give exactly one of key_file or key_env"),
         };
-        let key = match KeyMaterial::from_hex(d.suite, hex.0.trim()) {
+        let parsed = KeyMaterial::from_hex(d.suite, hex.0.trim());
+        // The text of the key file is dropped here; wipe it, whatever the outcome.
+        let mut text = hex.0;
+        zeroize::Zeroize::zeroize(&mut text);
+        let key = match parsed {
             Ok(k) => k,
             Err(e) => return self.err(hex.1, &hex.2, e),
         };
-        // The text of the key file is dropped here; wipe it too.
-        let mut text = hex.0;
-        zeroize::Zeroize::zeroize(&mut text);
         Ok(SaConfig {
             spi: spi as u32,
             suite: d.suite,
@@ -577,6 +659,8 @@ mod tests {
         match name {
             "KEY_A" => Some(KEY_A.into()),
             "KEY_B" => Some(KEY_B.into()),
+            "KEY_C" => Some("0102030405060708090a0b0c0d0e0f1011121314".into()),
+            "KEY_D" => Some("1112131415161718191a1b1c1d1e1f2021222324".into()),
             "SHORT" => Some("0011".into()),
             _ => None,
         }
@@ -658,7 +742,7 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
     #[test]
     fn refuses_ambiguous_peers() {
         let two = format!(
-            "{GOOD}\n[[peers]]\nid = \"gw-c\"\nendpoint = \"198.18.0.3:4500\"\nprefixes = [\"10.2.128.0/17\"]\noutbound = {{ spi = 0x1002, key_env = \"KEY_A\" }}\ninbound = {{ spi = 0x2002, key_env = \"KEY_B\" }}\n"
+            "{GOOD}\n[[peers]]\nid = \"gw-c\"\nendpoint = \"198.18.0.3:4500\"\nprefixes = [\"10.2.128.0/17\"]\noutbound = {{ spi = 0x1002, key_env = \"KEY_C\" }}\ninbound = {{ spi = 0x2002, key_env = \"KEY_D\" }}\n"
         );
         let e = parse(&two).unwrap_err();
         assert!(e.contains("overlaps"), "{e}");
@@ -694,6 +778,50 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
         assert_eq!(
             a.peers[0].outbound.lifetime.hard.time,
             Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn refuses_configs_that_would_break_the_tunnel() {
+        let e = parse(&GOOD.replace("KEY_B", "KEY_A")).unwrap_err();
+        assert!(
+            e.contains("peers[0].inbound") && e.contains("same key as peers[0].outbound"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("\"10.2.0.0/16\"", "\"198.18.0.0/16\"")).unwrap_err();
+        assert!(
+            e.contains("peers[0].prefixes") && e.contains("routed into the tunnel itself"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace(
+            "endpoint = \"198.18.0.2\"",
+            "endpoint = \"[2001:db8::2]:4500\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("peers[0].endpoint") && e.contains("address family"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("mtu = 1400", "mtu = 1000")).unwrap_err();
+        assert!(e.contains("gw.toml:8:") && e.contains("tun.mtu"), "{e}");
+        let lt = GOOD.replace(
+            "mtu = 1400\n",
+            "mtu = 1400\n\n[sa]\nlifetime.soft = { packets = 0 }\n",
+        );
+        let e = parse(&lt).unwrap_err();
+        assert!(
+            e.contains("gw.toml:11:")
+                && e.contains("sa.lifetime.soft.packets")
+                && e.contains("limit of 0"),
+            "{e}"
+        );
+        let lt = GOOD.replace("mtu = 1400\n", "mtu = 1400\n\n[sa]\nlifetime.soft = { seconds = 60 }\nlifetime.hard = { seconds = 60 }\n");
+        let e = parse(&lt).unwrap_err();
+        assert!(
+            e.contains("gw.toml:11:")
+                && e.contains("sa.lifetime.soft.seconds")
+                && e.contains("below the hard limit"),
+            "{e}"
         );
     }
 }

@@ -101,6 +101,31 @@ impl KeyMaterial {
         &self.bytes[..self.suite.key_len()]
     }
 
+    /// Whether two key materials are equal (compared without early exit;
+    /// used to refuse configs that give two SAs one key).
+    pub fn same_as(&self, other: &KeyMaterial) -> bool {
+        self.suite == other.suite
+            && self
+                .bytes
+                .iter()
+                .zip(other.bytes.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// A short, non-secret name for this key: SHA-256 over a domain label
+    /// and the key, truncated. It lets state on disk (sequence-number
+    /// reservations) be tied to a key without storing the key.
+    pub fn fingerprint(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"meshgate sa key fingerprint v1\0");
+        ctx.update(&self.bytes[..self.suite.key_material_len()]);
+        ctx.finish().as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The salt that prefixes every nonce (RFC 4106 §4).
     pub(crate) fn salt(&self) -> [u8; SALT_LEN] {
         let at = self.suite.key_len();
