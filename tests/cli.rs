@@ -137,6 +137,7 @@ fn the_lab_removes_everything_on_ctrl_c() {
     let stdout = child.stdout.take().unwrap();
     let mut tag = String::new();
     let mut kept = false;
+    let mut dir = std::path::PathBuf::new();
     let start = Instant::now();
     // The reader stays alive until the lab exits, so its output has somewhere to go.
     let mut lines = BufReader::new(stdout).lines();
@@ -145,7 +146,8 @@ fn the_lab_removes_everything_on_ctrl_c() {
         if let Some(rest) = line.strip_prefix("meshgate lab: 2 regions in network namespaces ") {
             tag = rest.trim_end_matches('*').to_string();
         }
-        if line.contains("keeps running") {
+        if let Some(d) = line.trim().strip_prefix("configs, keys and logs: ") {
+            dir = std::path::PathBuf::from(d);
             kept = true;
             break;
         }
@@ -184,6 +186,5 @@ fn the_lab_removes_everything_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(ours().is_empty(), "namespaces left behind: {:?}", ours());
-    let dir = std::env::temp_dir().join(format!("meshgate-lab-{}", tag.trim_end_matches('-')));
     assert!(!dir.exists(), "{} left behind", dir.display());
 }

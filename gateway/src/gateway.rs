@@ -39,19 +39,28 @@ pub fn run(config_path: &Path) -> Result<()> {
         peers = config.peers.len(),
         "gateway up"
     );
+    // The SAs hold their own copies of the keys now; the config's are wiped.
+    let admin = config.admin;
+    drop(config);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
-        let admin = config.admin;
         let listener = crate::admin::serve(admin, metrics.clone());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let watchdog = async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            while !dataplane.has_failed() {
+                tick.tick().await;
+            }
+        };
         tokio::select! {
             r = listener => r.with_context(|| format!("admin listener {admin}")),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
+            _ = watchdog => Err(anyhow::anyhow!("the data plane stopped (see the errors above)")),
         }
     });
     tracing::info!("shutting down");
@@ -59,22 +68,48 @@ pub fn run(config_path: &Path) -> Result<()> {
     result
 }
 
+/// Sizes the socket buffers past `net.core.[rw]mem_max` where we may
+/// (SO_*BUFFORCE needs CAP_NET_ADMIN, which the TUN already required), and
+/// says what the kernel actually granted.
 fn set_buffers(socket: &UdpSocket) {
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: setsockopt with a c_int value on our own socket.
-        let rc = unsafe {
-            libc::setsockopt(
+    for (force, plain, name) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send"),
+    ] {
+        let set = |opt| {
+            // SAFETY: setsockopt with a c_int value on our own socket.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                ) == 0
+            }
+        };
+        if !set(force) && !set(plain) {
+            tracing::warn!(
+                "cannot size the socket {name} buffer: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut got: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int we own.
+        if unsafe {
+            libc::getsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
-                opt,
-                (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                plain,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
             )
-        };
-        if rc != 0 {
+        } == 0
+            && got < SOCKET_BUFFER
+        {
             tracing::warn!(
-                "cannot size the socket buffers: {}",
-                std::io::Error::last_os_error()
+                "socket {name} buffer is {got} bytes, less than the {SOCKET_BUFFER} asked for"
             );
         }
     }

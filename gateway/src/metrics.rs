@@ -104,13 +104,13 @@ impl Metrics {
         let sa_packets = counter_vec(
             &registry,
             "meshgate_sa_packets_total",
-            "Packets protected (out) or verified (in) by one SA.",
+            "Packets sent (out) or delivered (in) through one SA.",
             &["peer", "spi", "direction"],
         );
         let sa_bytes = counter_vec(
             &registry,
             "meshgate_sa_bytes_total",
-            "Inner bytes protected (out) or verified (in) by one SA.",
+            "Inner bytes sent (out) or delivered (in) through one SA.",
             &["peer", "spi", "direction"],
         );
         let drops = counter_vec(

@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// An IPv4 or IPv6 prefix. Stored as the address as a `u128` (IPv4 in the
-/// low 32 bits) so matching is one mask and compare.
+/// An IPv4 or IPv6 prefix: an address and a length; matching is one mask
+/// and compare on the address as an integer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Prefix {
     addr: IpAddr,

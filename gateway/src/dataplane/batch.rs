@@ -313,17 +313,28 @@ impl BatchIo {
         Ok(n)
     }
 
-    /// Sends `trains` from `buf` with as few calls as the kernel allows.
-    /// Messages the kernel refuses are skipped and counted in the result;
-    /// the rest still go out.
-    pub fn send(&mut self, sock: &UdpSocket, buf: &mut [u8], trains: &[Train]) -> usize {
+    /// Sends `trains` from `buf` with as few calls as the kernel allows;
+    /// returns how many datagrams the kernel refused (the rest still go
+    /// out). A GSO message refused with EIO or EINVAL (an egress device
+    /// without checksum offload, a segment the path cannot carry) turns
+    /// `gso` off for good and is resent one datagram at a time, as
+    /// quinn-udp does.
+    pub fn send(
+        &mut self,
+        sock: &UdpSocket,
+        buf: &mut [u8],
+        trains: &[Train],
+        gso: &mut bool,
+    ) -> usize {
         let mut failed = 0;
         for chunk in trains.chunks(BATCH) {
             for (k, t) in chunk.iter().enumerate() {
+                // A train outside the buffer is a bug; send nothing of it.
+                let bytes = buf.get_mut(t.offset..t.offset + t.len).unwrap_or_default();
                 self.addrs[k] = t.dst;
                 self.iovs[k] = libc::iovec {
-                    iov_base: buf[t.offset..].as_mut_ptr().cast(),
-                    iov_len: t.len,
+                    iov_base: bytes.as_mut_ptr().cast(),
+                    iov_len: bytes.len(),
                 };
                 let m = &mut self.msgs[k].msg_hdr;
                 m.msg_name = (&mut self.addrs[k].storage as *mut libc::sockaddr_storage).cast();
@@ -363,18 +374,59 @@ impl BatchIo {
                 };
                 if n > 0 {
                     sent += n as usize;
-                } else {
-                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // The first message failed (no route, unreachable, ...): skip it.
-                    failed += 1;
-                    sent += 1;
+                    continue;
                 }
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The first remaining message failed: skip it, or resend it
+                // datagram by datagram if GSO was the problem.
+                let t = &chunk[sent];
+                if t.segment > 0 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    if *gso {
+                        tracing::warn!("UDP GSO refused by the kernel ({err}); sending one datagram per call from now on");
+                    }
+                    *gso = false;
+                    failed += send_one_by_one(sock, buf, t);
+                } else {
+                    tracing::debug!("sendmmsg: {err}");
+                    failed += if t.segment > 0 {
+                        t.len.div_ceil(usize::from(t.segment))
+                    } else {
+                        1
+                    };
+                }
+                sent += 1;
             }
         }
         failed
     }
+}
+
+/// Sends each datagram of a GSO run on its own; returns how many failed.
+fn send_one_by_one(sock: &UdpSocket, buf: &[u8], t: &Train) -> usize {
+    let Some(bytes) = buf.get(t.offset..t.offset + t.len) else {
+        return 1;
+    };
+    let mut failed = 0;
+    for d in bytes.chunks(usize::from(t.segment).max(1)) {
+        // SAFETY: d and the address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                d.as_ptr().cast(),
+                d.len(),
+                0,
+                t.dst.as_ptr(),
+                t.dst.socklen(),
+            )
+        };
+        if n < 0 {
+            failed += 1;
+        }
+    }
+    failed
 }
 
 /// The UDP_GRO segment size in a received message's control data.

@@ -182,8 +182,10 @@ pub(super) fn run(
     let mut io = BatchIo::default();
     let mut got = [Received::default(); BATCH];
     let mut gro = Coalescer::default();
+    let tun_failed = inb.drops.clone();
     let mut write = |pkt: &[u8]| -> Result<(), ()> {
         if let Err(e) = tun.write(pkt) {
+            tun_failed.count(DropReason::TunWriteFailed);
             tracing::debug!("inbound: writing to {}: {e}", tun.name());
         }
         Ok(())
@@ -233,7 +235,7 @@ pub(super) fn run(
         }
         if n == 0 {
             if let Err(e) = wait_readable(socket_fd(socket)) {
-                tracing::error!("inbound: poll: {e}");
+                tracing::error!("inbound: poll: {e}; the data plane stops");
                 return;
             }
         }

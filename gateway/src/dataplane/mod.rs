@@ -41,7 +41,26 @@ fn buffer_size(mtu: u16) -> usize {
 /// The two running data-plane threads.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Raises `failed` when a data-plane thread ends (returns or panics)
+/// without having been asked to stop, so the process can exit rather than
+/// keep answering health checks with a dead data plane.
+struct ExitGuard {
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            tracing::error!("data-plane thread {} ended unexpectedly", self.name);
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Dataplane {
@@ -73,20 +92,38 @@ impl Dataplane {
         };
         let socket = Arc::new(socket);
         let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicBool::new(false));
+        let guard = |name| ExitGuard {
+            name,
+            stop: stop.clone(),
+            failed: failed.clone(),
+        };
         let mut threads = Vec::new();
         {
-            let (tun, socket, stop) = (tun.clone(), socket.clone(), stop.clone());
+            let (tun, socket, stop, g) =
+                (tun.clone(), socket.clone(), stop.clone(), guard("outbound"));
             threads.push(spawn("mg-outbound", move || {
+                let _g = g;
                 outbound::run(outbound, &tun, &socket, &stop, gso)
             }));
         }
         {
-            let (tun, socket, stop) = (tun, socket, stop.clone());
+            let (stop, g) = (stop.clone(), guard("inbound"));
             threads.push(spawn("mg-inbound", move || {
+                let _g = g;
                 inbound::run(inbound, &tun, &socket, &stop, size)
             }));
         }
-        Ok(Dataplane { stop, threads })
+        Ok(Dataplane {
+            stop,
+            failed,
+            threads,
+        })
+    }
+
+    /// Whether a data-plane thread has died.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Stops both threads and waits for them.

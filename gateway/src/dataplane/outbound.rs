@@ -181,7 +181,10 @@ impl Outbound {
             return Err(DropReason::TooBig);
         }
         let dst = self.peers[peer].dst;
+        // What to restore if sealing fails half-way: the trains queued so
+        // far must not cover bytes the caller will reuse.
         let first_train = trains.len();
+        let previous = trains.last().map(|t| (t.len, t.segment));
         let mut used = 0;
         for i in 0..plan.count {
             let seg_len = if i + 1 == plan.count {
@@ -203,6 +206,9 @@ impl Outbound {
                 Err(reason) => {
                     // Nothing of this read is sent: the caller reuses its bytes.
                     trains.truncate(first_train);
+                    if let (Some(t), Some((len, segment))) = (trains.last_mut(), previous) {
+                        (t.len, t.segment) = (len, segment);
+                    }
                     return Err(reason);
                 }
             };
@@ -236,8 +242,15 @@ fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
 }
 
 /// The outbound loop: drain the TUN (segmenting super-packets), seal into
-/// one send buffer, send the batch with sendmmsg and UDP GSO.
-pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &AtomicBool, gso: bool) {
+/// one send buffer, send the batch with sendmmsg and UDP GSO. Returns only
+/// when stopped or on an error the TUN will not recover from.
+pub(super) fn run(
+    mut out: Outbound,
+    tun: &Tun,
+    socket: &UdpSocket,
+    stop: &AtomicBool,
+    mut gso: bool,
+) {
     if let Err(e) = tun.set_nonblocking(true) {
         tracing::error!("outbound: cannot make the TUN non-blocking: {e}");
         return;
@@ -257,14 +270,22 @@ pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &Atomi
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::error!("outbound: reading {}: {e}", tun.name());
-                    break;
+                    tracing::error!(
+                        "outbound: reading {}: {e}; the data plane stops",
+                        tun.name()
+                    );
+                    return;
                 }
             };
             reads += 1;
-            let read = &mut read[..n];
+            // The kernel reports a packet's full length even when it had to
+            // cut it to fit the buffer.
+            let Some(read) = read.get_mut(..n) else {
+                out.drops.count(DropReason::TooBig);
+                continue;
+            };
             if used + Outbound::output_len(read) > send.len() {
-                flush(&mut io, socket, &mut send, &mut trains);
+                flush(&mut out, &mut io, socket, &mut send, &mut trains, &mut gso);
                 used = 0;
             }
             match out.process_tun_read(now, read, &mut send, used, &mut trains, gso) {
@@ -272,27 +293,34 @@ pub(super) fn run(mut out: Outbound, tun: &Tun, socket: &UdpSocket, stop: &Atomi
                 Err(reason) => out.drops.count(reason),
             }
         }
-        flush(&mut io, socket, &mut send, &mut trains);
+        flush(&mut out, &mut io, socket, &mut send, &mut trains, &mut gso);
         if now.duration_since(last_tick) >= TICK {
             out.poll_lifetimes(now);
             last_tick = now;
         }
         if reads == 0 {
             if let Err(e) = wait_readable(tun.fd()) {
-                tracing::error!("outbound: poll: {e}");
+                tracing::error!("outbound: poll: {e}; the data plane stops");
                 return;
             }
         }
     }
 }
 
-fn flush(io: &mut BatchIo, socket: &UdpSocket, send: &mut [u8], trains: &mut Vec<Train>) {
+fn flush(
+    out: &mut Outbound,
+    io: &mut BatchIo,
+    socket: &UdpSocket,
+    send: &mut [u8],
+    trains: &mut Vec<Train>,
+    gso: &mut bool,
+) {
     if trains.is_empty() {
         return;
     }
-    let failed = io.send(socket, send, trains);
-    if failed > 0 {
-        tracing::debug!("outbound: {failed} messages refused by the kernel");
+    let failed = io.send(socket, send, trains, gso);
+    for _ in 0..failed {
+        out.drops.count(DropReason::SendFailed);
     }
     trains.clear();
 }

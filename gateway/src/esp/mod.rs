@@ -66,11 +66,15 @@ pub enum DropReason {
     Spoofed,
     /// The packet does not fit the path MTU.
     TooBig,
+    /// The kernel refused to send the ESP datagram on the underlay.
+    SendFailed,
+    /// The kernel refused the inner packet on the TUN device.
+    TunWriteFailed,
 }
 
 impl DropReason {
     /// Every reason, in `index` order, so counters can be pre-registered.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Replay,
         DropReason::Icv,
@@ -79,6 +83,8 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::Spoofed,
         DropReason::TooBig,
+        DropReason::SendFailed,
+        DropReason::TunWriteFailed,
     ];
 
     /// The value of the drop counter's `reason` label.
@@ -92,6 +98,8 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::Spoofed => "spoofed",
             DropReason::TooBig => "too_big",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TunWriteFailed => "tun_write_failed",
         }
     }
 
@@ -106,6 +114,8 @@ impl DropReason {
             DropReason::NoRoute => 5,
             DropReason::Spoofed => 6,
             DropReason::TooBig => 7,
+            DropReason::SendFailed => 8,
+            DropReason::TunWriteFailed => 9,
         }
     }
 }

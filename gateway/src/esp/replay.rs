@@ -8,7 +8,7 @@
 /// Smallest window an SA accepts: a lossy, reordering WAN path with batched
 /// I/O easily reorders past the RFC's 32/64-packet defaults.
 pub const MIN_REPLAY_WINDOW: usize = 1024;
-/// Largest window an SA accepts (128 KiB of bitmap).
+/// Largest window an SA accepts: 2^20 bits, a ring of up to 256 KiB.
 pub const MAX_REPLAY_WINDOW: usize = 1 << 20;
 
 const BLOCK_BITS: u64 = 64;

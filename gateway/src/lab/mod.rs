@@ -19,7 +19,7 @@ mod report;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,10 +100,16 @@ impl Lab {
         if !(2..=50).contains(&n) {
             bail!("a lab has 2 to 50 regions, not {n}");
         }
-        let dir = std::env::temp_dir().join(format!("meshgate-lab-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // A fresh, unguessable directory created by us alone (mode 0700,
+        // failing if the name exists): it holds keys, and we run as root.
+        let suffix: String = (0..8)
+            .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("meshgate-lab-{tag}-{suffix}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let underlay = Netns::create(&format!("{tag}-ul"))?;
         underlay.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -203,9 +209,15 @@ impl Lab {
                     rng.fill_bytes(&mut key);
                     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
                     let path = self.key_path(from, to);
-                    std::fs::write(&path, hex + "\n")
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(&mut f, (hex + "\n").as_bytes())
+                        })
                         .with_context(|| format!("writing {}", path.display()))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 }
             }
         }

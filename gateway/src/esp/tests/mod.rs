@@ -72,7 +72,9 @@ fn drop_reasons_index_and_label() {
             "expired",
             "no_route",
             "spoofed",
-            "too_big"
+            "too_big",
+            "send_failed",
+            "tun_write_failed"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
