@@ -522,6 +522,7 @@ write_meshgate_conf() {
 id = "$2"
 listen = "$3"
 admin = "127.0.0.1:9100"
+state_dir = "$(dirname "$1")"
 
 [tun]
 name = "mg0"

@@ -17,6 +17,8 @@ use toml::Spanned;
 use crate::esp::{Backend, CipherSuite, KeyMaterial, Lifetime, LifetimeLimits};
 use crate::prefix::Prefix;
 
+/// Where sequence-number state lives unless `gateway.state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/meshgate";
 /// The default ESP-in-UDP port (RFC 3948).
 pub const DEFAULT_ESP_PORT: u16 = 4500;
 /// TUN MTU bounds: IPv6's minimum link MTU, and a jumbo-frame underlay's
@@ -70,8 +72,17 @@ pub struct Config {
     pub id: String,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Where the sequence-number state of the SAs lives (see `seqstate`).
+    pub state_dir: PathBuf,
     pub tun: TunConfig,
     pub peers: Vec<PeerConfig>,
+}
+
+impl Config {
+    /// The file that keeps this gateway's SA sequence numbers across restarts.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.seq", self.id))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +134,7 @@ struct RawGateway {
     listen: Spanned<String>,
     #[serde(default = "default_admin")]
     admin: Spanned<String>,
+    state_dir: Option<Spanned<String>>,
 }
 
 fn default_admin() -> Spanned<String> {
@@ -408,13 +420,34 @@ impl Validator<'_> {
                 }
             }
         }
+        let state_dir = match &raw.gateway.state_dir {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(d) => self.relative_path(d.get_ref()),
+        };
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return self.err(raw.gateway.id.span(), "gateway.id", format!("'{id}' may hold only letters, digits, '-', '_' and '.' (it names the state file)"));
+        }
         Ok(Config {
             id,
             listen,
             admin,
+            state_dir,
             tun,
             peers,
         })
+    }
+
+    /// A path from the config, relative to the config file's folder.
+    fn relative_path(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_relative() {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        } else {
+            p
+        }
     }
 
     fn socket_addr(
@@ -591,12 +624,7 @@ impl Validator<'_> {
         }
         let hex = match (&raw.key_file, &raw.key_env) {
             (Some(f), None) => {
-                let p = PathBuf::from(f.get_ref());
-                let p = if p.is_relative() {
-                    self.file.parent().unwrap_or(Path::new(".")).join(p)
-                } else {
-                    p
-                };
+                let p = self.relative_path(f.get_ref());
                 match std::fs::read_to_string(&p) {
                     Ok(t) => (t, f.span(), format!("{field}.key_file")),
                     Err(e) => {

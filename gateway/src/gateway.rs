@@ -30,8 +30,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
     let metrics = Arc::new(Metrics::new(&config.id));
-    let dataplane =
-        Dataplane::start(&config, Arc::new(tun), socket, &metrics).context("installing the SAs")?;
+    let dataplane = Dataplane::start(&config, Arc::new(tun), socket, &metrics)?;
     tracing::info!(
         id = %config.id,
         listen = %config.listen,

@@ -16,4 +16,5 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod prefix;
+pub mod seqstate;
 pub mod tun;

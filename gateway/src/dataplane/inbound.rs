@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::batch::{BatchIo, Buffers, Received, BATCH};
 use super::offload::Coalescer;
+use super::persist::StateMsg;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
@@ -17,12 +18,18 @@ use crate::esp::{
 };
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlCounters};
 use crate::prefix::Prefix;
+use crate::seqstate::{Half, SeqFile};
 use crate::tun::Tun;
+use std::sync::mpsc::Sender;
 
 struct Sa {
     peer: usize,
     sa: InboundSa,
     counters: FlowCounters,
+    /// Names the SA's key in the state file.
+    fingerprint: String,
+    /// The window top last sent to the state thread.
+    reported_top: u64,
 }
 
 struct Peer {
@@ -38,6 +45,8 @@ pub struct Inbound {
     drops: DropCounters,
     control: UdpControlCounters,
     metrics: Arc<Metrics>,
+    /// Reports to the state thread, once attached.
+    state: Option<Sender<StateMsg>>,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -75,6 +84,8 @@ impl Inbound {
                     peer: i,
                     sa,
                     counters,
+                    fingerprint: s.key.fingerprint(),
+                    reported_top: 0,
                 },
             );
             peers.push(Peer {
@@ -89,7 +100,24 @@ impl Inbound {
             drops: metrics.drops(),
             control: metrics.udp_control(),
             metrics: metrics.clone(),
+            state: None,
         })
+    }
+
+    /// Starts every SA's replay window above what an earlier run accepted
+    /// (per the state file).
+    pub(super) fn resume(&mut self, file: &SeqFile) {
+        for (spi, sa) in &mut self.sas {
+            if let Some(top) = file.get(Half::In, *spi, &sa.fingerprint) {
+                sa.sa.resume_after(top);
+                sa.reported_top = top;
+            }
+        }
+    }
+
+    /// Connects the SAs to the state thread, which keeps their windows.
+    pub(super) fn attach_state(&mut self, reports: Sender<StateMsg>) {
+        self.state = Some(reports);
     }
 
     /// Handles one UDP payload in place.
@@ -137,10 +165,24 @@ impl Inbound {
         Ok(Delivery::Packet(start..start + hdr.len))
     }
 
+    /// Timer work: lifetime limits in time, and window tops to persist.
     pub fn poll_lifetimes(&mut self, now: Instant) {
-        for sa in self.sas.values_mut() {
+        for (spi, sa) in &mut self.sas {
             while let Some(ev) = sa.sa.poll_lifetime(now) {
                 report(&self.metrics, &self.peers[sa.peer].id, &ev);
+            }
+            let top = sa.sa.window_top();
+            if let Some(state) = &self.state {
+                if top != sa.reported_top {
+                    let msg = StateMsg::InboundTop {
+                        spi: *spi,
+                        fingerprint: sa.fingerprint.clone(),
+                        top,
+                    };
+                    if state.send(msg).is_ok() {
+                        sa.reported_top = top;
+                    }
+                }
             }
         }
     }
@@ -240,4 +282,6 @@ pub(super) fn run(
             }
         }
     }
+    // Report the final window tops, so a restart refuses everything seen.
+    inb.poll_lifetimes(Instant::now());
 }

@@ -11,6 +11,7 @@ mod inbound;
 pub mod inner;
 pub mod offload;
 mod outbound;
+mod persist;
 
 use std::io;
 use std::net::UdpSocket;
@@ -27,7 +28,9 @@ pub use outbound::Outbound;
 use crate::config::Config;
 use crate::esp::SaError;
 use crate::metrics::Metrics;
+use crate::seqstate::{SeqFile, StateError};
 use crate::tun::Tun;
+use std::sync::mpsc;
 
 /// How often lifetime limits in time are checked, and how quickly the
 /// threads notice a stop request.
@@ -38,7 +41,16 @@ fn buffer_size(mtu: u16) -> usize {
     usize::from(mtu).max(1500) + 256
 }
 
-/// The two running data-plane threads.
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("installing the SAs: {0}")]
+    Sa(#[from] SaError),
+    #[error("sequence-number state: {0}")]
+    State(#[from] StateError),
+}
+
+/// The running data-plane threads.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
@@ -64,15 +76,34 @@ impl Drop for ExitGuard {
 }
 
 impl Dataplane {
-    /// Builds both directions from `config` and starts their threads.
+    /// Builds both directions from `config`, resumes their sequence
+    /// numbers from the state file (persisting the first reservations
+    /// before any packet moves), and starts their threads.
     pub fn start(
         config: &Config,
         tun: Arc<Tun>,
         socket: UdpSocket,
         metrics: &Arc<Metrics>,
-    ) -> Result<Dataplane, SaError> {
-        let outbound = Outbound::new(config, metrics)?;
-        let inbound = Inbound::new(config, metrics)?;
+    ) -> Result<Dataplane, StartError> {
+        let mut outbound = Outbound::new(config, metrics)?;
+        let mut inbound = Inbound::new(config, metrics)?;
+        let state_file = config.state_file();
+        if let Some(dir) = state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StartError::State(StateError::Io {
+                    path: dir.display().to_string(),
+                    msg: e.to_string(),
+                })
+            })?;
+        }
+        let mut file = SeqFile::load(&state_file)?;
+        outbound.resume(&mut file);
+        inbound.resume(&file);
+        file.save(true)?;
+        let (requests_tx, requests_rx) = mpsc::channel();
+        let (granted_tx, granted_rx) = mpsc::channel();
+        outbound.attach_state(requests_tx.clone(), granted_rx);
+        inbound.attach_state(requests_tx);
         // Offloads: TSO from the TUN with our own segmentation, UDP GSO
         // out and GRO in. Each is used only where the kernel offers it.
         let tso = match tun.enable_offload() {
@@ -99,6 +130,13 @@ impl Dataplane {
             failed: failed.clone(),
         };
         let mut threads = Vec::new();
+        {
+            let g = guard("state");
+            threads.push(spawn("mg-state", move || {
+                let _g = g;
+                persist::run(file, requests_rx, granted_tx)
+            }));
+        }
         {
             let (tun, socket, stop, g) =
                 (tun.clone(), socket.clone(), stop.clone(), guard("outbound"));

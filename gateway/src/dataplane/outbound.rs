@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::batch::{push_datagram, BatchIo, RawAddr, Train, BATCH};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
+use super::persist::StateMsg;
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
@@ -15,7 +16,9 @@ use crate::esp::{
 };
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
 use crate::prefix::PrefixMap;
+use crate::seqstate::{Half, SeqFile, BLOCK};
 use crate::tun::Tun;
+use std::sync::mpsc::{Receiver, Sender};
 
 /// The send buffer of one batch: room for several 64 KiB super-packets.
 const SEND_BUFFER: usize = 1 << 20;
@@ -29,10 +32,18 @@ fn esp_len(inner: usize) -> usize {
 struct Peer {
     id: String,
     sa: OutboundSa,
+    /// Names the SA's key in the state file.
+    fingerprint: String,
+    /// A reservation request is on its way to the state thread.
+    reserving: bool,
     endpoint: SocketAddr,
     dst: RawAddr,
     counters: FlowCounters,
 }
+
+/// Reservation requests to the state thread, and the (peer, resume point)
+/// grants coming back.
+type StateLink = (Sender<StateMsg>, Receiver<(usize, u64)>);
 
 /// The outbound half of the data plane: routing table and outbound SAs.
 pub struct Outbound {
@@ -40,6 +51,8 @@ pub struct Outbound {
     peers: Vec<Peer>,
     drops: DropCounters,
     metrics: Arc<Metrics>,
+    /// Requests to and grants from the state thread, once attached.
+    state: Option<StateLink>,
 }
 
 impl Outbound {
@@ -68,6 +81,8 @@ impl Outbound {
             peers.push(Peer {
                 id: p.id.clone(),
                 sa,
+                fingerprint: s.key.fingerprint(),
+                reserving: false,
                 endpoint: p.endpoint,
                 dst: RawAddr::new(p.endpoint),
                 counters,
@@ -78,7 +93,58 @@ impl Outbound {
             peers,
             drops: metrics.drops(),
             metrics: metrics.clone(),
+            state: None,
         })
+    }
+
+    /// Resumes every SA above what an earlier run may have used (per the
+    /// state file) and reserves each its first block; the caller persists
+    /// `file` before any packet is sealed.
+    pub(super) fn resume(&mut self, file: &mut SeqFile) {
+        for p in &mut self.peers {
+            if let Some(start) = file.get(Half::Out, p.sa.spi(), &p.fingerprint) {
+                p.sa.resume_at(start);
+            }
+            let resume = p.sa.next_seq().saturating_add(BLOCK);
+            p.sa.set_seq_limit(resume - 1);
+            file.set(Half::Out, p.sa.spi(), &p.fingerprint, resume);
+        }
+    }
+
+    /// Connects the SAs to the state thread for further reservations.
+    pub(super) fn attach_state(
+        &mut self,
+        requests: Sender<StateMsg>,
+        granted: Receiver<(usize, u64)>,
+    ) {
+        self.state = Some((requests, granted));
+    }
+
+    /// Asks for the next block of sequence numbers once half of the
+    /// current one is used, and applies the blocks granted so far.
+    fn renew_reservations(&mut self) {
+        let Some((requests, granted)) = &self.state else {
+            return;
+        };
+        while let Ok((peer, resume)) = granted.try_recv() {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.sa.set_seq_limit(resume - 1);
+                p.reserving = false;
+            }
+        }
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            let left = p.sa.seq_limit().saturating_sub(p.sa.next_seq());
+            if !p.reserving && left < BLOCK / 2 && p.sa.seq_limit() < u64::MAX {
+                let resume = p.sa.seq_limit().saturating_add(1).saturating_add(BLOCK);
+                let msg = StateMsg::Reserve {
+                    peer: i,
+                    spi: p.sa.spi(),
+                    fingerprint: p.fingerprint.clone(),
+                    resume,
+                };
+                p.reserving = requests.send(msg).is_ok();
+            }
+        }
     }
 
     /// The peer whose prefixes hold the inner packet's destination.
@@ -108,6 +174,7 @@ impl Outbound {
                 Ok(sealed.len)
             }
             Err(SealError::BufferTooSmall | SealError::TooLong) => Err(DropReason::TooBig),
+            Err(SealError::NotReserved) => Err(DropReason::SeqNotReserved),
             Err(_) => Err(DropReason::Expired),
         }
     }
@@ -219,8 +286,9 @@ impl Outbound {
         Ok(used)
     }
 
-    /// Reports lifetime limits in time that have passed.
+    /// Timer work: lifetime limits in time, and sequence reservations.
     pub fn poll_lifetimes(&mut self, now: Instant) {
+        self.renew_reservations();
         for p in &mut self.peers {
             while let Some(ev) = p.sa.poll_lifetime(now) {
                 report(&self.metrics, &p.id, &ev);

@@ -70,11 +70,14 @@ pub enum DropReason {
     SendFailed,
     /// The kernel refused the inner packet on the TUN device.
     TunWriteFailed,
+    /// The SA's sequence numbers are not yet persisted (the state
+    /// directory cannot keep up or cannot be written): fail closed.
+    SeqNotReserved,
 }
 
 impl DropReason {
     /// Every reason, in `index` order, so counters can be pre-registered.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Replay,
         DropReason::Icv,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::SendFailed,
         DropReason::TunWriteFailed,
+        DropReason::SeqNotReserved,
     ];
 
     /// The value of the drop counter's `reason` label.
@@ -100,6 +104,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::SendFailed => "send_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
+            DropReason::SeqNotReserved => "seq_not_reserved",
         }
     }
 
@@ -116,6 +121,7 @@ impl DropReason {
             DropReason::TooBig => 7,
             DropReason::SendFailed => 8,
             DropReason::TunWriteFailed => 9,
+            DropReason::SeqNotReserved => 10,
         }
     }
 }

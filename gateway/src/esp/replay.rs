@@ -88,6 +88,26 @@ impl ReplayWindow {
         self.blocks[block] |= bit;
     }
 
+    /// Restarts the window at `top`, taking every sequence number up to it
+    /// as seen: a receiver that restarts cannot know which of them arrived,
+    /// so it must refuse them all (fail closed).
+    pub fn resume_at(&mut self, top: u64) {
+        if top == 0 {
+            return;
+        }
+        self.blocks.fill(u64::MAX);
+        let (block, _) = self.locate(top);
+        let bit = top % BLOCK_BITS;
+        // In top's own block only the bits up to top are seen; the ones
+        // above are still to come, and `update` will not clear them.
+        self.blocks[block] = if bit == BLOCK_BITS - 1 {
+            u64::MAX
+        } else {
+            (1u64 << (bit + 1)) - 1
+        };
+        self.top = top;
+    }
+
     /// The full 64-bit sequence number for a received low half, per RFC 4303
     /// Appendix A: the candidate closest to the window, preferring the
     /// current epoch unless the low half falls left of the window's edge.
@@ -122,6 +142,36 @@ impl ReplayWindow {
             ((seq / BLOCK_BITS) & mask) as usize,
             1 << (seq % BLOCK_BITS),
         )
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_window_refuses_everything_up_to_its_top() {
+        for top in [1u64, 63, 64, 65, 127, 5000, (1 << 32) + 7] {
+            let mut w = ReplayWindow::new(1024);
+            w.resume_at(top);
+            for seq in [1, top.saturating_sub(1000), top.saturating_sub(1), top] {
+                if seq > 0 {
+                    assert!(!w.check(seq), "top {top}: {seq} must count as seen");
+                }
+            }
+            for seq in [top + 1, top + 2, top + 64, top + 1000] {
+                assert!(w.check(seq), "top {top}: {seq} is new");
+            }
+            w.update(top + 2);
+            assert!(
+                w.check(top + 1),
+                "top {top}: the gap left behind is still open"
+            );
+            assert!(!w.check(top + 2));
+        }
+        let mut w = ReplayWindow::new(1024);
+        w.resume_at(0);
+        assert!(w.check(1), "resuming at 0 is a fresh window");
     }
 }
 

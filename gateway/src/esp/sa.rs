@@ -52,6 +52,8 @@ pub enum SaError {
 pub enum SealError {
     #[error("SA has reached a hard lifetime limit")]
     Expired,
+    #[error("sequence numbers beyond the persisted reservation")]
+    NotReserved,
     #[error("buffer too small for the ESP header, trailer and ICV")]
     BufferTooSmall,
     #[error("inner packet longer than {MAX_INNER_LEN} bytes")]
@@ -177,6 +179,9 @@ fn validate(params: &SaParams) -> Result<(), SaError> {
 pub struct OutboundSa {
     transform: Transform,
     next_seq: u64,
+    /// The highest sequence number that may be used before more are
+    /// reserved (persisted) by the caller; `u64::MAX` when not tracked.
+    seq_limit: u64,
     life: LifetimeTracker,
 }
 
@@ -186,6 +191,7 @@ impl OutboundSa {
         Ok(OutboundSa {
             transform: Transform::new(&params)?,
             next_seq: 1,
+            seq_limit: u64::MAX,
             life: LifetimeTracker::new(params.spi, params.lifetime, now),
         })
     }
@@ -229,6 +235,9 @@ impl OutboundSa {
             self.life.cross_hard(LimitKind::SequenceSpace);
             return Err(SealError::Expired);
         }
+        if seq > self.seq_limit {
+            return Err(SealError::NotReserved);
+        }
         if inner_len > MAX_INNER_LEN {
             return Err(SealError::TooLong);
         }
@@ -267,6 +276,23 @@ impl OutboundSa {
     pub fn poll_lifetime(&mut self, now: Instant) -> Option<LifetimeEvent> {
         self.life.check_time(now);
         self.life.take_event()
+    }
+
+    /// Continues from `next_seq` (never backwards): after a restart with
+    /// the same key, from above every number an earlier run may have used,
+    /// so no (key, nonce) pair repeats.
+    pub fn resume_at(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+    }
+
+    /// Caps the sequence numbers `seal` may use at `limit` (fail closed:
+    /// beyond it `seal` refuses) until the caller has persisted more.
+    pub fn set_seq_limit(&mut self, limit: u64) {
+        self.seq_limit = limit;
+    }
+
+    pub fn seq_limit(&self) -> u64 {
+        self.seq_limit
     }
 
     /// The sequence number the next `seal` will use.
@@ -381,6 +407,17 @@ impl InboundSa {
 
     pub fn is_expired(&self) -> bool {
         self.life.is_expired()
+    }
+
+    /// Refuses every sequence number up to `top`: after a restart, the
+    /// highest one an earlier run had accepted.
+    pub fn resume_after(&mut self, top: u64) {
+        self.window.resume_at(top);
+    }
+
+    /// The highest sequence number accepted so far.
+    pub fn window_top(&self) -> u64 {
+        self.window.top()
     }
 
     /// Marks `seq` as received, so tests can start the window in a far ESN

@@ -74,7 +74,8 @@ fn drop_reasons_index_and_label() {
             "spoofed",
             "too_big",
             "send_failed",
-            "tun_write_failed"
+            "tun_write_failed",
+            "seq_not_reserved"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -216,3 +216,36 @@ fn soft_event_at_half_the_sequence_space() {
         assert!(!out.is_expired());
     }
 }
+
+#[test]
+fn sealing_stops_at_the_reserved_limit_and_resumes_forward_only() {
+    let now = Instant::now();
+    let p = params(CipherSuite::Aes128Gcm, Backend::Ring, true);
+    let (mut out, mut sa) = pair(&p, now);
+    out.set_seq_limit(3);
+    for _ in 0..3 {
+        seal(&mut out, now, &inner(20)).expect("within the reservation");
+    }
+    assert_eq!(
+        seal(&mut out, now, &inner(20)).err(),
+        Some(SealError::NotReserved),
+        "fails closed past the limit"
+    );
+    assert_eq!(out.next_seq(), 4, "a refused seal uses no sequence number");
+    out.set_seq_limit(100);
+    out.resume_at(50);
+    assert_eq!(out.next_seq(), 50);
+    out.resume_at(10);
+    assert_eq!(out.next_seq(), 50, "never backwards");
+    let p50 = seal(&mut out, now, &inner(20)).unwrap();
+    // A receiver resumed above 50 refuses it; one resumed below takes it.
+    sa.resume_after(50);
+    assert_eq!(
+        open(&mut sa, now, &p50).map(|o| o.1),
+        Err(DropReason::Replay)
+    );
+    let (_, mut fresh) = pair(&p, now);
+    fresh.resume_after(49);
+    assert_eq!(open(&mut fresh, now, &p50).map(|o| o.1), Ok(50));
+    assert_eq!(fresh.window_top(), 50);
+}
