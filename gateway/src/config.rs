@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::esp::{Backend, CipherSuite, KeyMaterial, Lifetime, LifetimeLimits};
+use crate::esp::{Backend, CipherSuite, KeyMaterial, Lifetime, LifetimeLimits, SaParams};
 use crate::prefix::Prefix;
 
 /// Where sequence-number state lives unless `gateway.state_dir` says otherwise.
@@ -98,20 +98,8 @@ pub struct PeerConfig {
     pub id: String,
     pub endpoint: SocketAddr,
     pub prefixes: Vec<Prefix>,
-    pub outbound: SaConfig,
-    pub inbound: SaConfig,
-}
-
-/// Everything needed to build one SA; the key is zeroized on drop.
-#[derive(Debug, Clone)]
-pub struct SaConfig {
-    pub spi: u32,
-    pub suite: CipherSuite,
-    pub key: KeyMaterial,
-    pub esn: bool,
-    pub backend: Backend,
-    pub lifetime: Lifetime,
-    pub replay_window: usize,
+    pub outbound: SaParams,
+    pub inbound: SaParams,
 }
 
 // ---- the file as written -------------------------------------------------
@@ -386,7 +374,7 @@ impl Validator<'_> {
         }
         // Two SAs with the same key start from the same sequence numbers,
         // so AES-GCM would see the same nonces twice: refuse.
-        let sas: Vec<(usize, &str, &SaConfig)> = peers
+        let sas: Vec<(usize, &str, &SaParams)> = peers
             .iter()
             .enumerate()
             .flat_map(|(i, p)| [(i, "outbound", &p.outbound), (i, "inbound", &p.inbound)])
@@ -610,7 +598,7 @@ impl Validator<'_> {
         })
     }
 
-    fn sa(&self, s: &Spanned<RawSa>, field: &str, d: &SaDefaults) -> Result<SaConfig, ConfigError> {
+    fn sa(&self, s: &Spanned<RawSa>, field: &str, d: &SaDefaults) -> Result<SaParams, ConfigError> {
         let raw = s.get_ref();
         let spi = *raw.spi.get_ref();
         if !(256..=u32::MAX as u64).contains(&spi) {
@@ -656,7 +644,7 @@ impl Validator<'_> {
             Ok(k) => k,
             Err(e) => return self.err(hex.1, &hex.2, e),
         };
-        Ok(SaConfig {
+        Ok(SaParams {
             spi: spi as u32,
             suite: d.suite,
             key,

@@ -13,7 +13,7 @@ use super::persist::StateMsg;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
-    classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, SaParams, UdpPayloadKind,
+    classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, UdpPayloadKind,
     NEXT_HEADER_NONE,
 };
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlCounters};
@@ -65,18 +65,7 @@ impl Inbound {
         let mut peers = Vec::new();
         for (i, p) in config.peers.iter().enumerate() {
             let s = &p.inbound;
-            let sa = InboundSa::new(
-                SaParams {
-                    spi: s.spi,
-                    suite: s.suite,
-                    key: s.key.clone(),
-                    esn: s.esn,
-                    backend: s.backend,
-                    lifetime: s.lifetime,
-                    replay_window: s.replay_window,
-                },
-                now,
-            )?;
+            let sa = InboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::In, s.suite.name());
             sas.insert(
                 s.spi,

@@ -11,7 +11,7 @@ use super::persist::StateMsg;
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
-    DropReason, LifetimeEvent, OutboundSa, SaError, SaParams, SealError, ESP_HEADER_LEN, ICV_LEN,
+    DropReason, LifetimeEvent, OutboundSa, SaError, SealError, ESP_HEADER_LEN, ICV_LEN,
     MAX_TRAILER_LEN,
 };
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
@@ -65,18 +65,7 @@ impl Outbound {
                 routes.insert(*prefix, i);
             }
             let s = &p.outbound;
-            let sa = OutboundSa::new(
-                SaParams {
-                    spi: s.spi,
-                    suite: s.suite,
-                    key: s.key.clone(),
-                    esn: s.esn,
-                    backend: s.backend,
-                    lifetime: s.lifetime,
-                    replay_window: s.replay_window,
-                },
-                now,
-            )?;
+            let sa = OutboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());
             peers.push(Peer {
                 id: p.id.clone(),
