@@ -1,0 +1,85 @@
+//! `full-mesh`: every member holds a tunnel to every other present member
+//! and routes each one's prefixes straight to it.
+
+use meshgate_sdk::{NextHops, Peer, Policy, Route, View};
+
+use crate::{peer, present};
+
+pub struct FullMesh;
+
+impl Policy for FullMesh {
+    fn peers(view: &View) -> Vec<Peer> {
+        view.others()
+            .filter(|(_, m)| present(m))
+            .filter_map(|(i, _)| peer(view, i))
+            .collect()
+    }
+
+    fn routes(view: &View) -> Vec<Route> {
+        let routes = view
+            .others()
+            .filter(|(_, m)| present(m))
+            .flat_map(|(i, m)| {
+                m.prefixes.iter().map(move |p| Route {
+                    prefix: *p,
+                    next_hops: NextHops::Ordered(vec![i]),
+                    metric: 10,
+                })
+            })
+            .collect();
+        crate::merge_routes(&crate::failover::decide(view), routes)
+    }
+
+    fn failover(view: &View) -> Vec<meshgate_sdk::Failover> {
+        crate::failover::decide(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_sdk::testing::{peer_ids, route_table, ViewBuilder};
+    use meshgate_sdk::{Role, State};
+
+    fn view() -> View {
+        ViewBuilder::new()
+            .member("eu", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .endpoint("internet", "192.0.2.1:4500")
+            .member(
+                "us",
+                "us-east-1",
+                Role::Edge,
+                &["10.2.0.0/16", "fd00:2::/48"],
+            )
+            .endpoint("internet", "192.0.2.2:4500")
+            .member("ap", "ap-south-1", Role::Edge, &["10.3.0.0/16"])
+            .endpoint("internet", "192.0.2.3:4500")
+            .state(State::Dead)
+            .member("sa", "sa-east-1", Role::Edge, &["10.4.0.0/16"])
+            .endpoint("internet", "192.0.2.4:4500")
+            .state(State::Suspect)
+            .local("eu")
+            .build()
+    }
+
+    #[test]
+    fn holds_tunnels_to_every_present_member() {
+        let v = view();
+        assert_eq!(
+            peer_ids(&v, &FullMesh::peers(&v)),
+            ["sa", "us"],
+            "the dead one is dropped, the suspect one kept"
+        );
+    }
+
+    #[test]
+    fn routes_each_prefix_to_its_owner() {
+        let v = view();
+        let t = route_table(&v, &FullMesh::routes(&v));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t["10.2.0.0/16"], ["us"]);
+        assert_eq!(t["fd00:2::/48"], ["us"]);
+        assert_eq!(t["10.4.0.0/16"], ["sa"]);
+        assert!(!t.contains_key("10.1.0.0/16"), "no route to our own prefix");
+    }
+}

@@ -1,0 +1,77 @@
+//! meshgate's built-in policies. Natively they are a library the gateway's
+//! tests and tools can call; for `wasm32-unknown-unknown` one of them is
+//! exported per build (feature `export-<name>`), and that module becomes
+//! the component the gateway embeds.
+
+pub mod failover;
+pub mod full_mesh;
+pub mod hub_spoke;
+pub mod mesh_with_leaves;
+
+pub use full_mesh::FullMesh;
+pub use hub_spoke::HubSpoke;
+pub use mesh_with_leaves::MeshWithLeaves;
+
+use meshgate_sdk::{Failover, Member, MemberIndex, NextHops, Peer, Route, View};
+
+/// Members that count as present: alive, or suspected but not yet dead
+/// (SWIM may refute a suspicion; tearing tunnels down early would flap).
+pub(crate) fn present(m: &Member) -> bool {
+    m.state != meshgate_sdk::State::Dead
+}
+
+/// A tunnel to `member` over its preferred endpoint: the first whose label
+/// is the operator's `underlay` parameter, else the first it has.
+pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
+    let m = &view.members[index as usize];
+    if m.endpoints.is_empty() {
+        return None;
+    }
+    let endpoint = view
+        .param("underlay")
+        .and_then(|label| view.endpoint_labelled(m, label))
+        .unwrap_or(0);
+    Some(Peer {
+        member: index,
+        endpoint,
+    })
+}
+
+/// One route per prefix: routes to the same prefix (redundant members
+/// announcing it) are merged, next hops in order of first appearance with
+/// active members of redundancy groups first, the best metric kept.
+pub(crate) fn merge_routes(decisions: &[Failover], routes: Vec<Route>) -> Vec<Route> {
+    let mut merged: Vec<Route> = Vec::with_capacity(routes.len());
+    for r in routes {
+        match merged.iter_mut().find(|m| m.prefix == r.prefix) {
+            Some(m) => {
+                let mut hops = m.next_hops.members().to_vec();
+                for h in r.next_hops.members() {
+                    if !hops.contains(h) {
+                        hops.push(*h);
+                    }
+                }
+                m.next_hops = NextHops::Ordered(hops);
+                m.metric = m.metric.min(r.metric);
+            }
+            None => merged.push(r),
+        }
+    }
+    for m in &mut merged {
+        if let NextHops::Ordered(hops) = &m.next_hops {
+            let is_active = |i: &MemberIndex| decisions.iter().any(|d| d.active == Some(*i));
+            let mut hops = hops.clone();
+            // Stable: keeps the policy's order among equals.
+            hops.sort_by_key(|i| !is_active(i));
+            m.next_hops = NextHops::Ordered(hops);
+        }
+    }
+    merged
+}
+
+#[cfg(feature = "export-full-mesh")]
+meshgate_sdk::export_policy!(FullMesh);
+#[cfg(feature = "export-hub-spoke")]
+meshgate_sdk::export_policy!(HubSpoke);
+#[cfg(feature = "export-mesh-with-leaves")]
+meshgate_sdk::export_policy!(MeshWithLeaves);

@@ -1,0 +1,280 @@
+//! The view a policy sees and the decisions it returns: the Rust side of
+//! `wit/policy.wit`, field for field, with helpers.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Index of a member in [`View::members`].
+pub type MemberIndex = u32;
+/// Index of a string in [`View::names`].
+pub type NameIndex = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A region's appliance in the inter-region mesh.
+    Edge,
+    /// A VPC attached to its region's edge.
+    Leaf,
+    /// A transit hub.
+    Hub,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        Prefix { addr, len }
+    }
+
+    /// Parses `addr/len`; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Prefix> {
+        let (a, l) = s.split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let len: u8 = l.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some(Prefix { addr, len })
+    }
+
+    /// The address as a 128-bit number (IPv4 in the low 32 bits), as the
+    /// contract carries it.
+    pub fn bits(&self) -> u128 {
+        addr_bits(self.addr)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let shift = width - u32::from(self.len);
+        shift >= width || (addr_bits(ip) >> shift) == (self.bits() >> shift)
+    }
+}
+
+pub(crate) fn addr_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) fn addr_from_bits(v6: bool, bits: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(bits))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(bits as u32))
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An underlay address of a member, labelled (`internet`, `dx`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub label: NameIndex,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// What the membership protocol measured of a member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub rtt_us: u32,
+    pub loss_ppm: u32,
+    pub load_permille: u32,
+    pub changed_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Stable across evaluations.
+    pub handle: u64,
+    pub id: NameIndex,
+    pub region: NameIndex,
+    pub zone: NameIndex,
+    pub account: NameIndex,
+    pub role: Role,
+    pub state: State,
+    /// The redundancy group it belongs to, if any.
+    pub group: Option<NameIndex>,
+    pub prefixes: Vec<Prefix>,
+    pub endpoints: Vec<Endpoint>,
+    pub health: Health,
+    pub policy_version: u32,
+}
+
+impl Member {
+    pub fn is_alive(&self) -> bool {
+        self.state == State::Alive
+    }
+}
+
+/// A redundancy group as the gateway currently runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: NameIndex,
+    /// The member now active, if any.
+    pub active: Option<MemberIndex>,
+    /// Since when (ms since the epoch).
+    pub since_ms: u64,
+}
+
+/// Everything a policy decides from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub names: Vec<String>,
+    /// The member this gateway is.
+    pub local: MemberIndex,
+    pub members: Vec<Member>,
+    /// Operator parameters from the gateway's config.
+    pub params: Vec<(String, String)>,
+    /// The redundancy groups and who is active in each now.
+    pub groups: Vec<Group>,
+    pub now_ms: u64,
+}
+
+impl View {
+    /// The string `index` names ("" if out of range).
+    pub fn name(&self, index: NameIndex) -> &str {
+        self.names.get(index as usize).map_or("", String::as_str)
+    }
+
+    /// The index of `name` in the name table, if present.
+    pub fn name_index(&self, name: &str) -> Option<NameIndex> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| i as NameIndex)
+    }
+
+    /// This gateway's own member record.
+    pub fn local(&self) -> &Member {
+        &self.members[self.local as usize]
+    }
+
+    /// Every member but this gateway, with its index.
+    pub fn others(&self) -> impl Iterator<Item = (MemberIndex, &Member)> {
+        let local = self.local;
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i as MemberIndex, m))
+            .filter(move |(i, _)| *i != local)
+    }
+
+    /// An operator parameter.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The member whose id is `id`.
+    pub fn member_by_id(&self, id: &str) -> Option<(MemberIndex, &Member)> {
+        let n = self.name_index(id)?;
+        self.members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.id == n)
+            .map(|(i, m)| (i as MemberIndex, m))
+    }
+
+    /// The group named `name`, if the gateway runs one.
+    pub fn group(&self, name: NameIndex) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// An operator parameter parsed as a number, or `default`.
+    pub fn param_u64(&self, key: &str, default: u64) -> u64 {
+        self.param(key)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// An operator parameter read as a switch (`true`/`yes`/`on`/`1`), or `default`.
+    pub fn param_bool(&self, key: &str, default: bool) -> bool {
+        self.param(key)
+            .map_or(default, |v| matches!(v.trim(), "true" | "yes" | "on" | "1"))
+    }
+
+    /// The index of the first endpoint of `member` labelled `label`.
+    pub fn endpoint_labelled(&self, member: &Member, label: &str) -> Option<u32> {
+        let l = self.name_index(label)?;
+        member
+            .endpoints
+            .iter()
+            .position(|e| e.label == l)
+            .map(|i| i as u32)
+    }
+}
+
+/// Hold a tunnel to `member` over its endpoint number `endpoint`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer {
+    pub member: MemberIndex,
+    pub endpoint: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHops {
+    /// Use the first alive one; the rest are backups, in order.
+    Ordered(Vec<MemberIndex>),
+    /// Spread flows over all of them.
+    Ecmp(Vec<MemberIndex>),
+}
+
+impl NextHops {
+    pub fn members(&self) -> &[MemberIndex] {
+        match self {
+            NextHops::Ordered(m) | NextHops::Ecmp(m) => m,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: Prefix,
+    pub next_hops: NextHops,
+    pub metric: u32,
+}
+
+/// For one redundancy group: which member is active, and whether it should
+/// claim the cloud routes now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failover {
+    pub group: NameIndex,
+    pub active: Option<MemberIndex>,
+    pub claim_routes: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
