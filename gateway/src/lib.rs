@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod policy;
 pub mod prefix;
 pub mod seqstate;
 pub mod tun;

@@ -1,0 +1,26 @@
+//! Routing policies: WebAssembly components of the `meshgate:policy`
+//! contract (sdk/wit) that make every routing, peer-selection and failover
+//! decision.
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_policies.rs"));
+}
+
+pub use builtin::BUILTIN;
+
+/// The component bytes of the built-in policy `name`.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_builtin_policies_are_embedded_as_components() {
+        for name in ["full-mesh", "hub-spoke", "mesh-with-leaves"] {
+            let bytes = super::builtin(name).unwrap_or_else(|| panic!("{name} missing"));
+            // A component's preamble: magic, then version 0x0d and layer 1.
+            assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{name} is not a component");
+        }
+    }
+}
