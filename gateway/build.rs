@@ -6,28 +6,58 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (name in configs, feature of the policies crate)
-const POLICIES: [(&str, &str); 3] = [
-    ("full-mesh", "export-full-mesh"),
-    ("hub-spoke", "export-hub-spoke"),
-    ("mesh-with-leaves", "export-mesh-with-leaves"),
+/// (name in configs, feature of the policies crate, built in)
+const POLICIES: [(&str, &str, bool); 7] = [
+    ("full-mesh", "export-full-mesh", true),
+    ("hub-spoke", "export-hub-spoke", true),
+    ("mesh-with-leaves", "export-mesh-with-leaves", true),
+    // Misbehaving policies for the tests of containment; not built in.
+    ("test-trap", "test-trap", false),
+    ("test-loop", "test-loop", false),
+    ("test-oom", "test-oom", false),
+    ("test-invalid", "test-invalid", false),
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("gateway/ lies in the workspace").to_path_buf();
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest_dir
+        .parent()
+        .expect("gateway/ lies in the workspace")
+        .to_path_buf();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for dep in ["policies/src", "policies/Cargo.toml", "sdk/src", "sdk/wit", "sdk/Cargo.toml", "Cargo.lock"] {
+    for dep in [
+        "policies/src",
+        "policies/Cargo.toml",
+        "sdk/src",
+        "sdk/wit",
+        "sdk/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dep).display());
     }
     // A target directory of its own: the outer build holds the lock on ours.
     let target_dir = out.join("policy-target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut list = String::new();
-    for (name, feature) in POLICIES {
+    for (name, feature, builtin) in POLICIES {
         let status = Command::new(&cargo)
             .current_dir(&root)
-            .args(["build", "--quiet", "--locked", "-p", "meshgate-policies", "--lib", "--target", "wasm32-unknown-unknown", "--profile", "policy", "--features", feature])
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "meshgate-policies",
+                "--lib",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--profile",
+                "policy",
+                "--features",
+                feature,
+            ])
             .arg("--target-dir")
             .arg(&target_dir)
             // The outer build's flags are for the host, not for wasm32.
@@ -44,13 +74,19 @@ fn main() {
             );
         }
         let module_path = target_dir.join("wasm32-unknown-unknown/policy/meshgate_policies.wasm");
-        let module = std::fs::read(&module_path).unwrap_or_else(|e| panic!("reading {}: {e}", module_path.display()));
+        let module = std::fs::read(&module_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", module_path.display()));
         let component = wit_component::ComponentEncoder::default()
             .module(&module)
             .and_then(|e| e.validate(true).encode())
             .unwrap_or_else(|e| panic!("making the {name} policy a component: {e:#}"));
         write(&out.join(format!("{name}.wasm")), &component);
-        list.push_str(&format!("    (\"{name}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{name}.wasm\"))),\n"));
+        if !builtin {
+            continue;
+        }
+        list.push_str(&format!(
+            "    (\"{name}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{name}.wasm\"))),\n"
+        ));
     }
     write(&out.join("builtin_policies.rs"), format!("/// The built-in policies: (name, component bytes).\npub const BUILTIN: &[(&str, &[u8])] = &[\n{list}];\n").as_bytes());
 }

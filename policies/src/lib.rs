@@ -7,6 +7,13 @@ pub mod failover;
 pub mod full_mesh;
 pub mod hub_spoke;
 pub mod mesh_with_leaves;
+#[cfg(any(
+    feature = "test-trap",
+    feature = "test-loop",
+    feature = "test-oom",
+    feature = "test-invalid"
+))]
+pub mod misbehaving;
 
 pub use full_mesh::FullMesh;
 pub use hub_spoke::HubSpoke;
@@ -75,3 +82,11 @@ meshgate_sdk::export_policy!(FullMesh);
 meshgate_sdk::export_policy!(HubSpoke);
 #[cfg(feature = "export-mesh-with-leaves")]
 meshgate_sdk::export_policy!(MeshWithLeaves);
+#[cfg(feature = "test-trap")]
+meshgate_sdk::export_policy!(misbehaving::Traps);
+#[cfg(feature = "test-loop")]
+meshgate_sdk::export_policy!(misbehaving::Loops);
+#[cfg(feature = "test-oom")]
+meshgate_sdk::export_policy!(misbehaving::Hogs);
+#[cfg(feature = "test-invalid")]
+meshgate_sdk::export_policy!(misbehaving::Lies);

@@ -2,6 +2,12 @@
 //! contract (sdk/wit) that make every routing, peer-selection and failover
 //! decision.
 
+mod convert;
+pub mod host;
+pub mod validate;
+
+pub use host::{Decisions, Limits, PolicyEngine, PolicyError, PolicyModule, TrapKind};
+
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_policies.rs"));
 }
@@ -13,14 +19,28 @@ pub fn builtin(name: &str) -> Option<&'static [u8]> {
     BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
 }
 
+/// A misbehaving test policy's component bytes (not built in).
 #[cfg(test)]
-mod tests {
+pub(crate) fn test_module(name: &str) -> Vec<u8> {
+    std::fs::read(concat!(env!("OUT_DIR"), "/").to_string() + name + ".wasm")
+        .expect("built by build.rs")
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod embed_tests {
     #[test]
     fn the_builtin_policies_are_embedded_as_components() {
         for name in ["full-mesh", "hub-spoke", "mesh-with-leaves"] {
             let bytes = super::builtin(name).unwrap_or_else(|| panic!("{name} missing"));
             // A component's preamble: magic, then version 0x0d and layer 1.
-            assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{name} is not a component");
+            assert_eq!(
+                &bytes[..8],
+                b"\0asm\x0d\0\x01\0",
+                "{name} is not a component"
+            );
         }
     }
 }

@@ -1,0 +1,296 @@
+//! Running a policy component: wasmtime with the component model, a
+//! memory bound (ResourceLimiter) and a time bound (epoch deadline) per
+//! call, logging attributed to the module. An instance is reused across
+//! evaluations and rebuilt from its `InstancePre` after a trap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshgate_sdk as sdk;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use super::convert;
+
+wasmtime::component::bindgen!({
+    world: "policy",
+    path: "../sdk/wit",
+});
+
+use meshgate::policy::types as wit;
+
+/// How often the epoch advances; call deadlines are counted in these.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Bounds on one policy call.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            call_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a policy module was refused or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {name}: not a valid WebAssembly component: {reason}")]
+    NotAComponent { name: String, reason: String },
+    #[error("policy {name}: does not implement meshgate:policy@0.1.0: {reason}")]
+    Contract { name: String, reason: String },
+    #[error("policy {name} ({hash}): {kind} in {call}: {reason}")]
+    Trapped {
+        name: String,
+        hash: String,
+        call: &'static str,
+        kind: TrapKind,
+        reason: String,
+    },
+}
+
+/// How a call ended abnormally; the `kind` label of the traps counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// Ran past its time bound.
+    Timeout,
+    /// Asked for more memory than its bound.
+    OutOfMemory,
+    /// Any other trap (unreachable, panic, bad memory access, ...).
+    Trap,
+}
+
+impl TrapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Timeout => "timeout",
+            TrapKind::OutOfMemory => "out_of_memory",
+            TrapKind::Trap => "trap",
+        }
+    }
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a policy call may touch: its log and its limits.
+pub struct HostState {
+    module: String,
+    limits: StoreLimits,
+}
+
+impl PolicyImports for HostState {
+    fn log(&mut self, level: wit::Level, message: String) {
+        let m = self.module.as_str();
+        match level {
+            wit::Level::Debug => tracing::debug!(policy = m, "{message}"),
+            wit::Level::Info => tracing::info!(policy = m, "{message}"),
+            wit::Level::Warn => tracing::warn!(policy = m, "{message}"),
+            wit::Level::Error => tracing::error!(policy = m, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl wit::Host for HostState {}
+
+/// The wasmtime engine policies run in, with its epoch ticker.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl PolicyEngine {
+    pub fn new(limits: Limits) -> anyhow::Result<PolicyEngine> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("mg-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(PolicyEngine {
+            engine,
+            linker,
+            limits,
+            stop,
+        })
+    }
+
+    /// Compiles and links `bytes` as the policy `name`, checking that it is
+    /// a component of our contract. Nothing runs yet.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, PolicyError> {
+        let started = Instant::now();
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PolicyError::NotAComponent {
+                name: name.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let compile_time = started.elapsed();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyError::Contract {
+                name: name.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = PolicyPre::new(pre).map_err(|e| PolicyError::Contract {
+            name: name.into(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(PolicyModule {
+            name: name.into(),
+            hash: hash_of(bytes),
+            size: bytes.len(),
+            compile_time,
+            pre,
+            instance: None,
+            limits: self.limits,
+            engine: self.engine.clone(),
+        })
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A short content hash naming a module version in logs and metrics.
+pub fn hash_of(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a policy decided for one view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decisions {
+    pub peers: Vec<sdk::Peer>,
+    pub routes: Vec<sdk::Route>,
+    pub failover: Vec<sdk::Failover>,
+}
+
+/// A loaded policy, ready to evaluate.
+pub struct PolicyModule {
+    pub name: String,
+    pub hash: String,
+    pub size: usize,
+    pub compile_time: Duration,
+    pre: PolicyPre<HostState>,
+    instance: Option<(Store<HostState>, Policy)>,
+    limits: Limits,
+    engine: Engine,
+}
+
+impl PolicyModule {
+    fn instance(&mut self) -> Result<&mut (Store<HostState>, Policy), PolicyError> {
+        if self.instance.is_none() {
+            let state = HostState {
+                module: self.name.clone(),
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            };
+            let mut store = Store::new(&self.engine, state);
+            store.limiter(|s| &mut s.limits);
+            store.set_epoch_deadline(ticks(self.limits.call_timeout));
+            let policy = self
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| self.trapped("instantiate", &e))?;
+            self.instance = Some((store, policy));
+        }
+        Ok(self.instance.as_mut().expect("just set"))
+    }
+
+    fn trapped(&self, call: &'static str, e: &wasmtime::Error) -> PolicyError {
+        let kind = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapKind::Timeout,
+            _ if format!("{e:#}").contains("growing memory") => TrapKind::OutOfMemory,
+            _ => TrapKind::Trap,
+        };
+        PolicyError::Trapped {
+            name: self.name.clone(),
+            hash: self.hash.clone(),
+            call,
+            kind,
+            reason: format!("{e:#}"),
+        }
+    }
+
+    /// Runs `peers`, `routes` and `failover` on `view`. After a trap the
+    /// instance is dropped and the next call starts a fresh one.
+    pub fn evaluate(&mut self, view: &sdk::View) -> Result<Decisions, PolicyError> {
+        let wview = convert::view_out(view);
+        let timeout = ticks(self.limits.call_timeout);
+        self.instance()?;
+        let (store, policy) = self.instance.as_mut().expect("instantiated above");
+        match call_all(store, policy, &wview, timeout) {
+            Ok(d) => Ok(d),
+            Err((call, e)) => {
+                let err = self.trapped(call, &e);
+                self.instance = None;
+                Err(err)
+            }
+        }
+    }
+}
+
+fn call_all(
+    store: &mut Store<HostState>,
+    policy: &Policy,
+    view: &wit::View,
+    timeout: u64,
+) -> Result<Decisions, (&'static str, wasmtime::Error)> {
+    store.set_epoch_deadline(timeout);
+    let peers = policy
+        .call_peers(&mut *store, view)
+        .map_err(|e| ("peers", e))?;
+    store.set_epoch_deadline(timeout);
+    let routes = policy
+        .call_routes(&mut *store, view)
+        .map_err(|e| ("routes", e))?;
+    store.set_epoch_deadline(timeout);
+    let failover = policy
+        .call_failover(&mut *store, view)
+        .map_err(|e| ("failover", e))?;
+    Ok(Decisions {
+        peers: peers.into_iter().map(convert::peer_in).collect(),
+        routes: routes.into_iter().map(convert::route_in).collect(),
+        failover: failover.into_iter().map(convert::failover_in).collect(),
+    })
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}

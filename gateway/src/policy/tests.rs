@@ -1,0 +1,171 @@
+//! The host against real components built from the SDK: the built-ins
+//! decide exactly as their native builds do, and bad modules are refused
+//! or contained with the module and the reason named.
+
+use meshgate_policies::{FullMesh, HubSpoke, MeshWithLeaves};
+use meshgate_sdk::testing::ViewBuilder;
+use meshgate_sdk::{Policy, Role, State, View};
+
+use super::*;
+
+fn views() -> Vec<View> {
+    let base = || {
+        ViewBuilder::new()
+            .member("hub-a", "eu-west-1", Role::Hub, &["10.100.0.0/16"])
+            .group("hubs")
+            .endpoint("internet", "192.0.2.10:4500")
+            .member("hub-b", "eu-west-1", Role::Hub, &["10.100.0.0/16"])
+            .group("hubs")
+            .endpoint("internet", "192.0.2.11:4500")
+            .endpoint("dx", "[2001:db8::11]:4500")
+            .member(
+                "us-edge",
+                "us-east-1",
+                Role::Edge,
+                &["10.1.0.0/16", "fd00:1::/48"],
+            )
+            .endpoint("internet", "192.0.2.1:4500")
+            .member("ap-edge", "ap-south-1", Role::Edge, &["10.2.0.0/16"])
+            .endpoint("internet", "192.0.2.2:4500")
+            .state(State::Suspect)
+            .member("us-leaf", "us-east-1", Role::Leaf, &["10.3.0.0/16"])
+            .endpoint("internet", "192.0.2.3:4500")
+            .now_ms(1_000_000)
+            .param("underlay", "dx")
+    };
+    vec![
+        base().local("us-edge").build(),
+        base().local("hub-a").build(),
+        base().local("us-leaf").build(),
+    ]
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::new(Limits {
+        memory_bytes: 16 << 20,
+        call_timeout: std::time::Duration::from_millis(200),
+    })
+    .unwrap()
+}
+
+fn native<P: Policy>(v: &View) -> Decisions {
+    Decisions {
+        peers: P::peers(v),
+        routes: P::routes(v),
+        failover: P::failover(v),
+    }
+}
+
+#[test]
+fn builtins_decide_in_wasm_exactly_as_natively() {
+    let engine = engine();
+    for (name, f) in [
+        ("full-mesh", native::<FullMesh> as fn(&View) -> Decisions),
+        ("hub-spoke", native::<HubSpoke>),
+        ("mesh-with-leaves", native::<MeshWithLeaves>),
+    ] {
+        let mut m = engine.load(name, builtin(name).unwrap()).unwrap();
+        for v in views() {
+            let d = m.evaluate(&v).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(d, f(&v), "{name} for {}", v.name(v.local().id));
+            assert!(
+                validate::problems(&v, &d).is_empty(),
+                "{name}: {:?}",
+                validate::problems(&v, &d)
+            );
+        }
+    }
+}
+
+#[test]
+fn modules_that_are_not_our_contract_are_refused_by_name() {
+    let engine = engine();
+    let e = engine
+        .load("junk.wasm", b"not wasm at all")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("junk.wasm") && e.contains("not a valid WebAssembly component"),
+        "{e}"
+    );
+    // A core module is not a component.
+    let e = engine
+        .load("core.wasm", b"\0asm\x01\0\0\0")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("core.wasm") && e.contains("not a valid WebAssembly component"),
+        "{e}"
+    );
+    // An empty component exports nothing of the contract.
+    let e = engine
+        .load("empty.wasm", b"\0asm\x0d\0\x01\0")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("empty.wasm") && e.contains("does not implement meshgate:policy@0.1.0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn traps_loops_and_memory_hogs_are_contained_and_named() {
+    let engine = engine();
+    let v = &views()[0];
+    for (name, kind) in [
+        ("test-trap", TrapKind::Trap),
+        ("test-loop", TrapKind::Timeout),
+        ("test-oom", TrapKind::OutOfMemory),
+    ] {
+        let bytes = test_module(name);
+        let mut m = engine.load(name, &bytes).unwrap();
+        let started = std::time::Instant::now();
+        match m.evaluate(v) {
+            Err(PolicyError::Trapped {
+                kind: k,
+                call,
+                name: n,
+                hash,
+                ..
+            }) => {
+                assert_eq!(k, kind, "{name}");
+                assert_eq!(call, "routes");
+                assert_eq!(n, name);
+                assert_eq!(hash, host::hash_of(&bytes));
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{name} was not stopped in time"
+        );
+        // The next evaluation starts from a fresh instance and fails the same way.
+        assert!(m.evaluate(v).is_err());
+    }
+}
+
+#[test]
+fn invalid_decisions_are_caught_before_use() {
+    let engine = engine();
+    let mut m = engine
+        .load("test-invalid", &test_module("test-invalid"))
+        .unwrap();
+    let v = &views()[0];
+    let d = m.evaluate(v).unwrap();
+    let problems = validate::problems(v, &d);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("peers[0] names member 9999")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("routes[0] (10.9.0.0/16) names member 9999")),
+        "{problems:?}"
+    );
+}

@@ -1,0 +1,67 @@
+//! Policies that misbehave on purpose, for the gateway's tests of how it
+//! contains them (built only with a `test-*` feature, never embedded).
+
+use meshgate_sdk::{NextHops, Peer, Policy, Prefix, Route, View};
+
+/// Panics (a trap) in `routes`.
+pub struct Traps;
+impl Policy for Traps {
+    fn peers(_: &View) -> Vec<Peer> {
+        Vec::new()
+    }
+    fn routes(view: &View) -> Vec<Route> {
+        panic!(
+            "misbehaving policy: {} members is too many",
+            view.members.len()
+        )
+    }
+}
+
+/// Never returns from `routes`.
+pub struct Loops;
+impl Policy for Loops {
+    fn peers(_: &View) -> Vec<Peer> {
+        Vec::new()
+    }
+    #[allow(clippy::empty_loop)]
+    fn routes(_: &View) -> Vec<Route> {
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
+}
+
+/// Allocates without bound in `routes`.
+pub struct Hogs;
+impl Policy for Hogs {
+    fn peers(_: &View) -> Vec<Peer> {
+        Vec::new()
+    }
+    fn routes(_: &View) -> Vec<Route> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
+            std::hint::black_box(&hoard);
+        }
+    }
+}
+
+/// Routes to a member that does not exist.
+pub struct Lies;
+impl Policy for Lies {
+    fn peers(_: &View) -> Vec<Peer> {
+        vec![Peer {
+            member: 9999,
+            endpoint: 0,
+        }]
+    }
+    fn routes(_: &View) -> Vec<Route> {
+        let prefix = Prefix::parse("10.9.0.0/16").expect("valid");
+        vec![Route {
+            prefix,
+            next_hops: NextHops::Ordered(vec![9999]),
+            metric: 1,
+        }]
+    }
+}
