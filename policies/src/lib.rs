@@ -19,7 +19,7 @@ pub use full_mesh::FullMesh;
 pub use hub_spoke::HubSpoke;
 pub use mesh_with_leaves::MeshWithLeaves;
 
-use meshgate_sdk::{Failover, Member, MemberIndex, NextHops, Peer, Route, View};
+use meshgate_sdk::{Failover, Member, MemberIndex, NextHops, Peer, Prefix, Route, View};
 
 /// Members that count as present: alive, or suspected but not yet dead
 /// (SWIM may refute a suspicion; tearing tunnels down early would flap).
@@ -49,9 +49,11 @@ pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
 /// active members of redundancy groups first, the best metric kept.
 pub(crate) fn merge_routes(decisions: &[Failover], routes: Vec<Route>) -> Vec<Route> {
     let mut merged: Vec<Route> = Vec::with_capacity(routes.len());
+    let mut slot: std::collections::BTreeMap<Prefix, usize> = std::collections::BTreeMap::new();
     for r in routes {
-        match merged.iter_mut().find(|m| m.prefix == r.prefix) {
-            Some(m) => {
+        match slot.get(&r.prefix) {
+            Some(&k) => {
+                let m = &mut merged[k];
                 let mut hops = m.next_hops.members().to_vec();
                 for h in r.next_hops.members() {
                     if !hops.contains(h) {
@@ -61,16 +63,19 @@ pub(crate) fn merge_routes(decisions: &[Failover], routes: Vec<Route>) -> Vec<Ro
                 m.next_hops = NextHops::Ordered(hops);
                 m.metric = m.metric.min(r.metric);
             }
-            None => merged.push(r),
+            None => {
+                slot.insert(r.prefix, merged.len());
+                merged.push(r);
+            }
         }
     }
-    for m in &mut merged {
-        if let NextHops::Ordered(hops) = &m.next_hops {
-            let is_active = |i: &MemberIndex| decisions.iter().any(|d| d.active == Some(*i));
-            let mut hops = hops.clone();
-            // Stable: keeps the policy's order among equals.
-            hops.sort_by_key(|i| !is_active(i));
-            m.next_hops = NextHops::Ordered(hops);
+    if decisions.iter().any(|d| d.active.is_some()) {
+        let is_active = |i: &MemberIndex| decisions.iter().any(|d| d.active == Some(*i));
+        for m in &mut merged {
+            if let NextHops::Ordered(hops) = &mut m.next_hops {
+                // Stable: keeps the policy's order among equals.
+                hops.sort_by_key(|i| !is_active(i));
+            }
         }
     }
     merged
