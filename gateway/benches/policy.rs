@@ -17,21 +17,38 @@ fn view(n: usize) -> View {
     let mut b = ViewBuilder::new();
     for i in 0..n {
         let prefix = format!("10.{}.{}.0/24", i / 256, i % 256);
-        b = b.member(&format!("gw-{i}"), &format!("region-{}", i % 20), Role::Edge, &[&prefix]).endpoint("internet", &format!("192.0.2.{}:4500", i % 250 + 1));
+        b = b
+            .member(
+                &format!("gw-{i}"),
+                &format!("region-{}", i % 20),
+                Role::Edge,
+                &[&prefix],
+            )
+            .endpoint("internet", &format!("192.0.2.{}:4500", i % 250 + 1));
     }
     b.local("gw-0").now_ms(1_000_000).build()
 }
 
 fn evaluate(c: &mut Criterion) {
     let engine = PolicyEngine::new(Limits::default()).expect("engine");
-    let mut module = engine.load("full-mesh", builtin("full-mesh").expect("embedded")).expect("loads");
+    let mut module = engine
+        .load("full-mesh", builtin("full-mesh").expect("embedded"))
+        .expect("loads");
     let mut group = c.benchmark_group("evaluate");
     group.measurement_time(Duration::from_secs(3));
     for n in [10, 1000] {
         let v = view(n);
-        group.bench_with_input(BenchmarkId::new("wasm", n), &v, |b, v| b.iter(|| module.evaluate(black_box(v)).expect("evaluates")));
+        group.bench_with_input(BenchmarkId::new("wasm", n), &v, |b, v| {
+            b.iter(|| module.evaluate(black_box(v)).expect("evaluates"))
+        });
         group.bench_with_input(BenchmarkId::new("native", n), &v, |b, v| {
-            b.iter(|| (FullMesh::peers(black_box(v)), FullMesh::routes(black_box(v)), FullMesh::failover(black_box(v))))
+            b.iter(|| {
+                (
+                    FullMesh::peers(black_box(v)),
+                    FullMesh::routes(black_box(v)),
+                    FullMesh::failover(black_box(v)),
+                )
+            })
         });
     }
     group.finish();

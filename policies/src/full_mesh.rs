@@ -20,7 +20,7 @@ impl Policy for FullMesh {
             .others()
             .filter(|(_, m)| present(m))
             .flat_map(|(i, m)| {
-                m.prefixes.iter().map(move |p| Route {
+                view.prefixes_of(m).iter().map(move |p| Route {
                     prefix: *p,
                     next_hops: NextHops::Ordered(vec![i]),
                     metric: 10,

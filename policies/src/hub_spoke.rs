@@ -40,7 +40,7 @@ impl Policy for HubSpoke {
                 continue;
             }
             let metric = if next_hops == [i] { 10 } else { 20 };
-            routes.extend(m.prefixes.iter().map(|p| Route {
+            routes.extend(view.prefixes_of(m).iter().map(|p| Route {
                 prefix: *p,
                 next_hops: NextHops::Ordered(next_hops.clone()),
                 metric,

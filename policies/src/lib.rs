@@ -31,7 +31,7 @@ pub(crate) fn present(m: &Member) -> bool {
 /// is the operator's `underlay` parameter, else the first it has.
 pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
     let m = &view.members[index as usize];
-    if m.endpoints.is_empty() {
+    if view.endpoints_of(m).is_empty() {
         return None;
     }
     let endpoint = view

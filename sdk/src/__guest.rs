@@ -15,12 +15,15 @@ pub use bindings::{export_raw, Guest};
 
 use crate::types::{addr_bits, addr_from_bits};
 use crate::{
-    Endpoint, Failover, Group, Health, Member, NextHops, Peer, Policy, Prefix, Role, Route, State,
-    View,
+    Endpoint, Failover, Group, Health, Member, Names, NextHops, Peer, Policy, Prefix, Role, Route,
+    Span, State, View,
 };
 use bindings::meshgate::policy::types as wit;
 
-pub use wit::{Failover as WitFailover, Peer as WitPeer, Route as WitRoute, View as WitView};
+pub use wit::{
+    Decisions as WitDecisions, Failover as WitFailover, Peer as WitPeer, Route as WitRoute,
+    View as WitView,
+};
 
 fn split(bits: u128) -> (u64, u64) {
     ((bits >> 64) as u64, bits as u64)
@@ -65,16 +68,14 @@ fn member_in(m: wit::Member) -> Member {
             wit::State::Dead => State::Dead,
         },
         group: m.group,
-        prefixes: m.prefixes.into_iter().map(prefix_in).collect(),
-        endpoints: m
-            .endpoints
-            .into_iter()
-            .map(|e| Endpoint {
-                label: e.label,
-                addr: addr_from_bits(e.v6, join(e.hi, e.lo)),
-                port: e.port,
-            })
-            .collect(),
+        prefixes: Span {
+            first: m.prefixes.first,
+            count: m.prefixes.count,
+        },
+        endpoints: Span {
+            first: m.endpoints.first,
+            count: m.endpoints.count,
+        },
         health: Health {
             rtt_us: m.health.rtt_us,
             loss_ppm: m.health.loss_ppm,
@@ -87,9 +88,22 @@ fn member_in(m: wit::Member) -> Member {
 
 fn view_in(v: wit::View) -> View {
     View {
-        names: v.names,
+        names: Names {
+            text: v.names,
+            ends: v.name_ends,
+        },
         local: v.local,
         members: v.members.into_iter().map(member_in).collect(),
+        prefixes: v.prefixes.into_iter().map(prefix_in).collect(),
+        endpoints: v
+            .endpoints
+            .into_iter()
+            .map(|e| Endpoint {
+                label: e.label,
+                addr: addr_from_bits(e.v6, join(e.hi, e.lo)),
+                port: e.port,
+            })
+            .collect(),
         params: v.params.into_iter().map(|p| (p.key, p.value)).collect(),
         groups: v
             .groups
@@ -104,45 +118,59 @@ fn view_in(v: wit::View) -> View {
     }
 }
 
+fn peer_out(p: Peer) -> wit::Peer {
+    wit::Peer {
+        member: p.member,
+        endpoint: p.endpoint,
+    }
+}
+
+fn route_out(r: Route) -> wit::Route {
+    wit::Route {
+        prefix: prefix_out(r.prefix),
+        next_hops: match r.next_hops {
+            NextHops::Ordered(m) => wit::NextHops::Ordered(m),
+            NextHops::Ecmp(m) => wit::NextHops::Ecmp(m),
+        },
+        metric: r.metric,
+    }
+}
+
+fn failover_out(f: Failover) -> wit::Failover {
+    wit::Failover {
+        group: f.group,
+        active: f.active,
+        claim_routes: f.claim_routes,
+    }
+}
+
+pub fn decide<P: Policy>(v: wit::View) -> wit::Decisions {
+    let d = P::decide(&view_in(v));
+    wit::Decisions {
+        peers: d.peers.into_iter().map(peer_out).collect(),
+        routes: d.routes.into_iter().map(route_out).collect(),
+        failover: d.failover.into_iter().map(failover_out).collect(),
+    }
+}
+
 pub fn peers<P: Policy>(v: wit::View) -> Vec<wit::Peer> {
-    P::peers(&view_in(v))
-        .into_iter()
-        .map(|p: Peer| wit::Peer {
-            member: p.member,
-            endpoint: p.endpoint,
-        })
-        .collect()
+    P::peers(&view_in(v)).into_iter().map(peer_out).collect()
 }
 
 pub fn routes<P: Policy>(v: wit::View) -> Vec<wit::Route> {
-    P::routes(&view_in(v))
-        .into_iter()
-        .map(|r: Route| wit::Route {
-            prefix: prefix_out(r.prefix),
-            next_hops: match r.next_hops {
-                NextHops::Ordered(m) => wit::NextHops::Ordered(m),
-                NextHops::Ecmp(m) => wit::NextHops::Ecmp(m),
-            },
-            metric: r.metric,
-        })
-        .collect()
+    P::routes(&view_in(v)).into_iter().map(route_out).collect()
 }
 
 pub fn failover<P: Policy>(v: wit::View) -> Vec<wit::Failover> {
     P::failover(&view_in(v))
         .into_iter()
-        .map(|f: Failover| wit::Failover {
-            group: f.group,
-            active: f.active,
-            claim_routes: f.claim_routes,
-        })
+        .map(failover_out)
         .collect()
 }
 
 pub fn on_timer<P: Policy>(v: wit::View) -> Option<u32> {
     P::on_timer(&view_in(v))
 }
-
 /// The contract's log level for the SDK's.
 pub fn wit_level(level: crate::Level) -> wit::Level {
     match level {

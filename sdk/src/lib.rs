@@ -21,7 +21,7 @@
 //! impl Policy for FullMesh {
 //!     fn peers(view: &View) -> Vec<Peer> {
 //!         view.others()
-//!             .filter(|(_, m)| m.is_alive() && !m.endpoints.is_empty())
+//!             .filter(|(_, m)| m.is_alive() && !view.endpoints_of(m).is_empty())
 //!             .map(|(member, _)| Peer { member, endpoint: 0 })
 //!             .collect()
 //!     }
@@ -29,7 +29,7 @@
 //!     fn routes(view: &View) -> Vec<Route> {
 //!         view.others()
 //!             .filter(|(_, m)| m.is_alive())
-//!             .flat_map(|(i, m)| m.prefixes.iter().map(move |p| Route {
+//!             .flat_map(|(i, m)| view.prefixes_of(m).iter().map(move |p| Route {
 //!                 prefix: *p,
 //!                 next_hops: NextHops::Ordered(vec![i]),
 //!                 metric: 10,
@@ -70,6 +70,15 @@ pub trait Policy {
     fn failover(view: &View) -> Vec<Failover> {
         let _ = view;
         Vec::new()
+    }
+
+    /// All three decisions at once; what the gateway calls.
+    fn decide(view: &View) -> Decisions {
+        Decisions {
+            peers: Self::peers(view),
+            routes: Self::routes(view),
+            failover: Self::failover(view),
+        }
     }
 
     /// Called on the policy's timer; returns milliseconds until the next
@@ -123,6 +132,9 @@ macro_rules! export_policy {
                     view: $crate::__guest::WitView,
                 ) -> ::std::vec::Vec<$crate::__guest::WitFailover> {
                     $crate::__guest::failover::<$policy>(view)
+                }
+                fn decide(view: $crate::__guest::WitView) -> $crate::__guest::WitDecisions {
+                    $crate::__guest::decide::<$policy>(view)
                 }
                 fn on_timer(view: $crate::__guest::WitView) -> ::std::option::Option<u32> {
                     $crate::__guest::on_timer::<$policy>(view)

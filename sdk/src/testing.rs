@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    Endpoint, Failover, Group, Health, Member, NameIndex, Peer, Prefix, Role, Route, State, View,
+    Endpoint, Failover, Group, Health, Member, NameIndex, Peer, Prefix, Role, Route, Span, State,
+    View,
 };
 
 /// Builds a [`View`]: each `member` call adds a member (alive, in zone
@@ -33,13 +34,7 @@ impl ViewBuilder {
     }
 
     fn name(&mut self, s: &str) -> NameIndex {
-        match self.view.name_index(s) {
-            Some(i) => i,
-            None => {
-                self.view.names.push(s.to_string());
-                (self.view.names.len() - 1) as NameIndex
-            }
-        }
+        self.view.names.intern(s)
     }
 
     fn last(&mut self) -> &mut Member {
@@ -52,6 +47,15 @@ impl ViewBuilder {
         let zone = self.name(&format!("{region}a"));
         let account = self.name("000000000000");
         let handle = self.view.members.len() as u64 + 1;
+        let prefix_span = Span {
+            first: self.view.prefixes.len() as u32,
+            count: prefixes.len() as u32,
+        };
+        for p in prefixes {
+            self.view
+                .prefixes
+                .push(Prefix::parse(p).unwrap_or_else(|| panic!("bad prefix {p}")));
+        }
         self.view.members.push(Member {
             handle,
             id: id_n,
@@ -61,11 +65,11 @@ impl ViewBuilder {
             role,
             state: State::Alive,
             group: None,
-            prefixes: prefixes
-                .iter()
-                .map(|p| Prefix::parse(p).unwrap_or_else(|| panic!("bad prefix {p}")))
-                .collect(),
-            endpoints: Vec::new(),
+            prefixes: prefix_span,
+            endpoints: Span {
+                first: self.view.endpoints.len() as u32,
+                count: 0,
+            },
             health: Health::default(),
             policy_version: 1,
         });
@@ -95,11 +99,19 @@ impl ViewBuilder {
         let sa: std::net::SocketAddr = addr
             .parse()
             .unwrap_or_else(|_| panic!("bad endpoint {addr}"));
-        self.last().endpoints.push(Endpoint {
+        // A member's endpoints are one run: they follow their member.
+        let m = self.view.members.last().expect("add a member first");
+        assert_eq!(
+            (m.endpoints.first + m.endpoints.count) as usize,
+            self.view.endpoints.len(),
+            "add endpoints right after their member"
+        );
+        self.view.endpoints.push(Endpoint {
             label: l,
             addr: sa.ip(),
             port: sa.port(),
         });
+        self.last().endpoints.count += 1;
         self
     }
 

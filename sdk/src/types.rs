@@ -108,6 +108,63 @@ pub struct Health {
     pub changed_ms: u64,
 }
 
+/// A run of entries in one of the view's flat lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.first as usize..(self.first as usize + self.count as usize)
+    }
+}
+
+/// The view's name table: every string once, referred to by index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    /// All names concatenated.
+    pub text: String,
+    /// Where each name ends in `text`.
+    pub ends: Vec<u32>,
+}
+
+impl Names {
+    /// The name at `index` ("" if out of range or malformed).
+    pub fn get(&self, index: NameIndex) -> &str {
+        let i = index as usize;
+        let Some(&end) = self.ends.get(i) else {
+            return "";
+        };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start as usize..end as usize).unwrap_or("")
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The index of `name`, if present.
+    pub fn index_of(&self, name: &str) -> Option<NameIndex> {
+        (0..self.ends.len() as NameIndex).find(|&i| self.get(i) == name)
+    }
+
+    /// Adds `name` (or finds it) and returns its index.
+    pub fn intern(&mut self, name: &str) -> NameIndex {
+        if let Some(i) = self.index_of(name) {
+            return i;
+        }
+        self.text.push_str(name);
+        self.ends.push(self.text.len() as u32);
+        (self.ends.len() - 1) as NameIndex
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Stable across evaluations.
@@ -120,8 +177,10 @@ pub struct Member {
     pub state: State,
     /// The redundancy group it belongs to, if any.
     pub group: Option<NameIndex>,
-    pub prefixes: Vec<Prefix>,
-    pub endpoints: Vec<Endpoint>,
+    /// Its entries in [`View::prefixes`]; see [`View::prefixes_of`].
+    pub prefixes: Span,
+    /// Its entries in [`View::endpoints`]; see [`View::endpoints_of`].
+    pub endpoints: Span,
     pub health: Health,
     pub policy_version: u32,
 }
@@ -145,10 +204,14 @@ pub struct Group {
 /// Everything a policy decides from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct View {
-    pub names: Vec<String>,
+    pub names: Names,
     /// The member this gateway is.
     pub local: MemberIndex,
     pub members: Vec<Member>,
+    /// Every member's prefixes, one run per member.
+    pub prefixes: Vec<Prefix>,
+    /// Every member's endpoints, one run per member.
+    pub endpoints: Vec<Endpoint>,
     /// Operator parameters from the gateway's config.
     pub params: Vec<(String, String)>,
     /// The redundancy groups and who is active in each now.
@@ -159,15 +222,22 @@ pub struct View {
 impl View {
     /// The string `index` names ("" if out of range).
     pub fn name(&self, index: NameIndex) -> &str {
-        self.names.get(index as usize).map_or("", String::as_str)
+        self.names.get(index)
     }
 
     /// The index of `name` in the name table, if present.
     pub fn name_index(&self, name: &str) -> Option<NameIndex> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| i as NameIndex)
+        self.names.index_of(name)
+    }
+
+    /// `member`'s prefixes (empty if its span is out of range).
+    pub fn prefixes_of(&self, member: &Member) -> &[Prefix] {
+        self.prefixes.get(member.prefixes.range()).unwrap_or(&[])
+    }
+
+    /// `member`'s underlay endpoints (empty if its span is out of range).
+    pub fn endpoints_of(&self, member: &Member) -> &[Endpoint] {
+        self.endpoints.get(member.endpoints.range()).unwrap_or(&[])
     }
 
     /// This gateway's own member record.
@@ -224,12 +294,19 @@ impl View {
     /// The index of the first endpoint of `member` labelled `label`.
     pub fn endpoint_labelled(&self, member: &Member, label: &str) -> Option<u32> {
         let l = self.name_index(label)?;
-        member
-            .endpoints
+        self.endpoints_of(member)
             .iter()
             .position(|e| e.label == l)
             .map(|i| i as u32)
     }
+}
+
+/// All of a policy's decisions for one view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decisions {
+    pub peers: Vec<Peer>,
+    pub routes: Vec<Route>,
+    pub failover: Vec<Failover>,
 }
 
 /// Hold a tunnel to `member` over its endpoint number `endpoint`.

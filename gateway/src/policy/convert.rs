@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use meshgate_sdk as sdk;
 
-use super::host::meshgate::policy::types as wit;
+use super::host::bindings::meshgate::policy::types as wit;
 
 fn bits(ip: IpAddr) -> (bool, u64, u64) {
     let v: u128 = match ip {
@@ -53,8 +53,32 @@ fn member_out(m: &sdk::Member) -> wit::Member {
             sdk::State::Dead => wit::State::Dead,
         },
         group: m.group,
-        prefixes: m.prefixes.iter().map(prefix_out).collect(),
-        endpoints: m
+        prefixes: wit::Span {
+            first: m.prefixes.first,
+            count: m.prefixes.count,
+        },
+        endpoints: wit::Span {
+            first: m.endpoints.first,
+            count: m.endpoints.count,
+        },
+        health: wit::Health {
+            rtt_us: m.health.rtt_us,
+            loss_ppm: m.health.loss_ppm,
+            load_permille: m.health.load_permille,
+            changed_ms: m.health.changed_ms,
+        },
+        policy_version: m.policy_version,
+    }
+}
+
+pub(super) fn view_out(v: &sdk::View) -> wit::View {
+    wit::View {
+        names: v.names.text.clone(),
+        name_ends: v.names.ends.clone(),
+        local: v.local,
+        members: v.members.iter().map(member_out).collect(),
+        prefixes: v.prefixes.iter().map(prefix_out).collect(),
+        endpoints: v
             .endpoints
             .iter()
             .map(|e| {
@@ -68,21 +92,6 @@ fn member_out(m: &sdk::Member) -> wit::Member {
                 }
             })
             .collect(),
-        health: wit::Health {
-            rtt_us: m.health.rtt_us,
-            loss_ppm: m.health.loss_ppm,
-            load_permille: m.health.load_permille,
-            changed_ms: m.health.changed_ms,
-        },
-        policy_version: m.policy_version,
-    }
-}
-
-pub(super) fn view_out(v: &sdk::View) -> wit::View {
-    wit::View {
-        names: v.names.clone(),
-        local: v.local,
-        members: v.members.iter().map(member_out).collect(),
         params: v
             .params
             .iter()
@@ -127,5 +136,13 @@ pub(super) fn failover_in(f: wit::Failover) -> sdk::Failover {
         group: f.group,
         active: f.active,
         claim_routes: f.claim_routes,
+    }
+}
+
+pub(super) fn decisions_in(d: wit::Decisions) -> sdk::Decisions {
+    sdk::Decisions {
+        peers: d.peers.into_iter().map(peer_in).collect(),
+        routes: d.routes.into_iter().map(route_in).collect(),
+        failover: d.failover.into_iter().map(failover_in).collect(),
     }
 }

@@ -13,12 +13,15 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::convert;
 
-wasmtime::component::bindgen!({
-    world: "policy",
-    path: "../sdk/wit",
-});
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "policy",
+        path: "../sdk/wit",
+    });
+}
 
-use meshgate::policy::types as wit;
+use bindings::meshgate::policy::types as wit;
+use bindings::{Policy, PolicyImports, PolicyPre};
 
 /// How often the epoch advances; call deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -192,12 +195,7 @@ pub fn hash_of(bytes: &[u8]) -> String {
 }
 
 /// What a policy decided for one view.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Decisions {
-    pub peers: Vec<sdk::Peer>,
-    pub routes: Vec<sdk::Route>,
-    pub failover: Vec<sdk::Failover>,
-}
+pub use sdk::Decisions;
 
 /// A loaded policy, ready to evaluate.
 pub struct PolicyModule {
@@ -273,22 +271,10 @@ fn call_all(
     timeout: u64,
 ) -> Result<Decisions, (&'static str, wasmtime::Error)> {
     store.set_epoch_deadline(timeout);
-    let peers = policy
-        .call_peers(&mut *store, view)
-        .map_err(|e| ("peers", e))?;
-    store.set_epoch_deadline(timeout);
-    let routes = policy
-        .call_routes(&mut *store, view)
-        .map_err(|e| ("routes", e))?;
-    store.set_epoch_deadline(timeout);
-    let failover = policy
-        .call_failover(&mut *store, view)
-        .map_err(|e| ("failover", e))?;
-    Ok(Decisions {
-        peers: peers.into_iter().map(convert::peer_in).collect(),
-        routes: routes.into_iter().map(convert::route_in).collect(),
-        failover: failover.into_iter().map(convert::failover_in).collect(),
-    })
+    let d = policy
+        .call_decide(&mut *store, view)
+        .map_err(|e| ("decide", e))?;
+    Ok(convert::decisions_in(d))
 }
 
 fn ticks(d: Duration) -> u64 {

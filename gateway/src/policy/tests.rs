@@ -132,7 +132,7 @@ fn traps_loops_and_memory_hogs_are_contained_and_named() {
                 ..
             }) => {
                 assert_eq!(k, kind, "{name}");
-                assert_eq!(call, "routes");
+                assert_eq!(call, "decide");
                 assert_eq!(n, name);
                 assert_eq!(hash, host::hash_of(&bytes));
             }

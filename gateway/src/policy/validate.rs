@@ -24,11 +24,11 @@ pub fn problems(view: &View, d: &Decisions) -> Vec<String> {
     for (k, p) in d.peers.iter().enumerate() {
         if member(p.member, &format!("peers[{k}]"), &mut out) {
             let m = &view.members[p.member as usize];
-            if p.endpoint as usize >= m.endpoints.len() {
+            if p.endpoint as usize >= view.endpoints_of(m).len() {
                 out.push(format!(
                     "peers[{k}]: member {} has {} endpoints, not {}",
                     view.name(m.id),
-                    m.endpoints.len(),
+                    view.endpoints_of(m).len(),
                     p.endpoint + 1
                 ));
             }
