@@ -1,6 +1,7 @@
 //! One policy evaluation (peers, routes and failover, marshalling in and
 //! out included) of the built-in `full-mesh` component, at 10 and 1,000
-//! members, beside the same policy compiled natively.
+//! members, beside the same policy compiled natively, and a policy that
+//! ignores its view (so the cost of passing the view shows on its own).
 //!
 //! `cargo bench -p meshgate --bench policy`
 
@@ -50,6 +51,14 @@ fn evaluate(c: &mut Criterion) {
                 )
             })
         });
+    }
+    // A policy that ignores the view (the misbehaving test module that
+    // returns two fixed decisions): what marshalling the view costs alone.
+    let bytes = std::fs::read(concat!(env!("OUT_DIR"), "/test-invalid.wasm")).expect("built by build.rs");
+    let mut fixed = engine.load("fixed-answer", &bytes).expect("loads");
+    for n in [10, 1000] {
+        let v = view(n);
+        group.bench_with_input(BenchmarkId::new("wasm-view-only", n), &v, |b, v| b.iter(|| fixed.evaluate(black_box(v)).expect("evaluates")));
     }
     group.finish();
 }

@@ -19,7 +19,7 @@ pub use full_mesh::FullMesh;
 pub use hub_spoke::HubSpoke;
 pub use mesh_with_leaves::MeshWithLeaves;
 
-use meshgate_sdk::{Failover, Member, MemberIndex, NextHops, Peer, Prefix, Route, View};
+use meshgate_sdk::{Failover, Member, MemberIndex, NextHops, Peer, Route, View};
 
 /// Members that count as present: alive, or suspected but not yet dead
 /// (SWIM may refute a suspicion; tearing tunnels down early would flap).
@@ -47,38 +47,53 @@ pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
 /// One route per prefix: routes to the same prefix (redundant members
 /// announcing it) are merged, next hops in order of first appearance with
 /// active members of redundancy groups first, the best metric kept.
-pub(crate) fn merge_routes(decisions: &[Failover], routes: Vec<Route>) -> Vec<Route> {
-    let mut merged: Vec<Route> = Vec::with_capacity(routes.len());
-    let mut slot: std::collections::BTreeMap<Prefix, usize> = std::collections::BTreeMap::new();
-    for r in routes {
-        match slot.get(&r.prefix) {
-            Some(&k) => {
-                let m = &mut merged[k];
-                let mut hops = m.next_hops.members().to_vec();
-                for h in r.next_hops.members() {
-                    if !hops.contains(h) {
-                        hops.push(*h);
+pub(crate) fn merge_routes(decisions: &[Failover], mut routes: Vec<Route>) -> Vec<Route> {
+    // Sort positions by prefix (integer keys: cheap to compare) to find
+    // routes to the same prefix; most views have none, and then nothing is
+    // merged or moved.
+    let key = |r: &Route| (r.prefix.addr.is_ipv6(), r.prefix.bits(), r.prefix.len);
+    let mut order: Vec<usize> = (0..routes.len()).collect();
+    order.sort_by_key(|&i| key(&routes[i]));
+    let duplicated = order.windows(2).any(|w| key(&routes[w[0]]) == key(&routes[w[1]]));
+    if duplicated {
+        let mut keep = vec![true; routes.len()];
+        let mut k = 0;
+        while k < order.len() {
+            let first = order[k..].iter().take_while(|&&i| key(&routes[i]) == key(&routes[order[k]])).count();
+            // Merge into the earliest route of the run, keeping the policy's order.
+            let mut run: Vec<usize> = order[k..k + first].to_vec();
+            run.sort_unstable();
+            let (head, rest) = (run[0], &run[1..]);
+            for &i in rest {
+                let (hops, metric) = (routes[i].next_hops.members().to_vec(), routes[i].metric);
+                let mut merged = routes[head].next_hops.members().to_vec();
+                for h in hops {
+                    if !merged.contains(&h) {
+                        merged.push(h);
                     }
                 }
-                m.next_hops = NextHops::Ordered(hops);
-                m.metric = m.metric.min(r.metric);
+                routes[head].next_hops = NextHops::Ordered(merged);
+                routes[head].metric = routes[head].metric.min(metric);
+                keep[i] = false;
             }
-            None => {
-                slot.insert(r.prefix, merged.len());
-                merged.push(r);
-            }
+            k += first;
         }
+        let mut i = 0;
+        routes.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
     }
     if decisions.iter().any(|d| d.active.is_some()) {
         let is_active = |i: &MemberIndex| decisions.iter().any(|d| d.active == Some(*i));
-        for m in &mut merged {
-            if let NextHops::Ordered(hops) = &mut m.next_hops {
+        for r in &mut routes {
+            if let NextHops::Ordered(hops) = &mut r.next_hops {
                 // Stable: keeps the policy's order among equals.
                 hops.sort_by_key(|i| !is_active(i));
             }
         }
     }
-    merged
+    routes
 }
 
 #[cfg(feature = "export-full-mesh")]
