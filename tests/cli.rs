@@ -188,3 +188,38 @@ fn the_lab_removes_everything_on_ctrl_c() {
     assert!(ours().is_empty(), "namespaces left behind: {:?}", ours());
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn policy_check_accepts_the_builtins_and_names_what_it_refuses() {
+    for name in ["full-mesh", "hub-spoke", "mesh-with-leaves"] {
+        let out = Command::new(BIN)
+            .args(["policy", "check", name])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("meshgate:policy@0.1.0 component") && text.contains("decisions valid"),
+            "{text}"
+        );
+    }
+    let dir = scratch_dir("policycheck");
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    let (ok, err) = run(&["policy", "check", junk.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("junk.wasm") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
+    let looping = concat!(env!("OUT_DIR"), "/test-loop.wasm");
+    let (ok, err) = run(&["policy", "check", looping]);
+    assert!(
+        !ok && err.contains("test-loop.wasm") && err.contains("timeout in decide"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

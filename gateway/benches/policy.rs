@@ -54,11 +54,14 @@ fn evaluate(c: &mut Criterion) {
     }
     // A policy that ignores the view (the misbehaving test module that
     // returns two fixed decisions): what marshalling the view costs alone.
-    let bytes = std::fs::read(concat!(env!("OUT_DIR"), "/test-invalid.wasm")).expect("built by build.rs");
+    let bytes =
+        std::fs::read(concat!(env!("OUT_DIR"), "/test-invalid.wasm")).expect("built by build.rs");
     let mut fixed = engine.load("fixed-answer", &bytes).expect("loads");
     for n in [10, 1000] {
         let v = view(n);
-        group.bench_with_input(BenchmarkId::new("wasm-view-only", n), &v, |b, v| b.iter(|| fixed.evaluate(black_box(v)).expect("evaluates")));
+        group.bench_with_input(BenchmarkId::new("wasm-view-only", n), &v, |b, v| {
+            b.iter(|| fixed.evaluate(black_box(v)).expect("evaluates"))
+        });
     }
     group.finish();
 }

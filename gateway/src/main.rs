@@ -32,6 +32,11 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with routing policies (WebAssembly components).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// Print fresh random key material (key and salt, hex) for a manual SA.
     Keygen {
         #[arg(long, default_value = "aes128gcm16", value_parser = ["aes128gcm16", "aes256gcm16"])]
@@ -55,6 +60,17 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Check that FILE (or a built-in name such as full-mesh) is a policy
+    /// component of our contract, and that it runs within the limits on a
+    /// sample view; prints its hash, size, compile time and one evaluation.
+    Check {
+        /// A .wasm component, or the name of a built-in policy.
+        file: String,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -68,6 +84,9 @@ fn main() -> ExitCode {
         Cmd::Check { config } => Config::load(&config)
             .map(|c| println!("{}: ok ({} peers)", config.display(), c.peers.len()))
             .map_err(Into::into),
+        Cmd::Policy {
+            command: PolicyCmd::Check { file },
+        } => meshgate::policy::check::run(&file),
         Cmd::Keygen { cipher } => {
             let suite = if cipher == "aes256gcm16" {
                 CipherSuite::Aes256Gcm

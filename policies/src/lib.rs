@@ -54,12 +54,17 @@ pub(crate) fn merge_routes(decisions: &[Failover], mut routes: Vec<Route>) -> Ve
     let key = |r: &Route| (r.prefix.addr.is_ipv6(), r.prefix.bits(), r.prefix.len);
     let mut order: Vec<usize> = (0..routes.len()).collect();
     order.sort_by_key(|&i| key(&routes[i]));
-    let duplicated = order.windows(2).any(|w| key(&routes[w[0]]) == key(&routes[w[1]]));
+    let duplicated = order
+        .windows(2)
+        .any(|w| key(&routes[w[0]]) == key(&routes[w[1]]));
     if duplicated {
         let mut keep = vec![true; routes.len()];
         let mut k = 0;
         while k < order.len() {
-            let first = order[k..].iter().take_while(|&&i| key(&routes[i]) == key(&routes[order[k]])).count();
+            let first = order[k..]
+                .iter()
+                .take_while(|&&i| key(&routes[i]) == key(&routes[order[k]]))
+                .count();
             // Merge into the earliest route of the run, keeping the policy's order.
             let mut run: Vec<usize> = order[k..k + first].to_vec();
             run.sort_unstable();

@@ -153,7 +153,7 @@ impl PolicyEngine {
         let component =
             Component::new(&self.engine, bytes).map_err(|e| PolicyError::NotAComponent {
                 name: name.into(),
-                reason: format!("{e:#}"),
+                reason: brief(&e),
             })?;
         let compile_time = started.elapsed();
         let pre = self
@@ -183,6 +183,21 @@ impl PolicyEngine {
 impl Drop for PolicyEngine {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An error and its root cause on one line (wasmtime's causes can carry
+/// multi-line dumps).
+fn brief(e: &wasmtime::Error) -> String {
+    let first_line = |s: String| s.lines().next().unwrap_or_default().to_string();
+    let (top, root) = (
+        first_line(e.to_string()),
+        first_line(e.root_cause().to_string()),
+    );
+    if top == root || top.starts_with("error while executing") {
+        root
+    } else {
+        format!("{top}: {root}")
     }
 }
 
@@ -242,7 +257,7 @@ impl PolicyModule {
             hash: self.hash.clone(),
             call,
             kind,
-            reason: format!("{e:#}"),
+            reason: brief(e),
         }
     }
 

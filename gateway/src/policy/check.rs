@@ -1,0 +1,84 @@
+//! `meshgate policy check FILE`: is this a policy we can run, and how does
+//! it behave on a sample view?
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use meshgate_sdk::testing::ViewBuilder;
+use meshgate_sdk::{Role, View};
+
+use super::{builtin, validate, Limits, PolicyEngine};
+
+/// A small view of the kinds of members every topology has.
+fn sample_view() -> View {
+    ViewBuilder::new()
+        .member("edge-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+        .group("edges-eu")
+        .endpoint("internet", "192.0.2.1:4500")
+        .member("edge-b", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+        .group("edges-eu")
+        .zone("eu-west-1b")
+        .endpoint("internet", "192.0.2.2:4500")
+        .member("edge-us", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+        .endpoint("internet", "192.0.2.3:4500")
+        .endpoint("dx", "198.51.100.3:4500")
+        .member("hub", "us-east-1", Role::Hub, &["10.100.0.0/16"])
+        .endpoint("internet", "192.0.2.4:4500")
+        .member("leaf-eu", "eu-west-1", Role::Leaf, &["10.11.0.0/16"])
+        .endpoint("internet", "192.0.2.5:4500")
+        .local("edge-a")
+        .now_ms(1_700_000_000_000)
+        .build()
+}
+
+pub fn run(file: &str) -> Result<()> {
+    let (name, bytes) = match builtin(file) {
+        Some(b) => (format!("built-in {file}"), b.to_vec()),
+        None => (
+            file.to_string(),
+            std::fs::read(file).with_context(|| format!("reading {file}"))?,
+        ),
+    };
+    let limits = Limits::default();
+    let engine = PolicyEngine::new(limits)?;
+    let mut module = engine.load(&name, &bytes)?;
+    println!("{name}: a meshgate:policy@0.1.0 component");
+    println!(
+        "  hash {}  size {} bytes  compiled in {:.1} ms",
+        module.hash,
+        module.size,
+        module.compile_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "  limits: {} MiB of memory, {} ms per call",
+        limits.memory_bytes >> 20,
+        limits.call_timeout.as_millis()
+    );
+    let view = sample_view();
+    let started = Instant::now();
+    let d = module.evaluate(&view)?;
+    let took = started.elapsed();
+    println!("  sample view of {} members (as edge-a): first evaluation, instantiation included, {:.1} µs", view.members.len(), took.as_secs_f64() * 1e6);
+    println!(
+        "  peers: {}",
+        meshgate_sdk::testing::peer_ids(&view, &d.peers).join(", ")
+    );
+    for (prefix, hops) in meshgate_sdk::testing::route_table(&view, &d.routes) {
+        println!("  route {prefix} -> {}", hops.join(", "));
+    }
+    for (group, active) in meshgate_sdk::testing::active_ids(&view, &d.failover) {
+        println!(
+            "  group {group}: active {}",
+            active.as_deref().unwrap_or("none")
+        );
+    }
+    let problems = validate::problems(&view, &d);
+    if !problems.is_empty() {
+        bail!(
+            "{name} returned invalid decisions:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    println!("  decisions valid");
+    Ok(())
+}
