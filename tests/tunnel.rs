@@ -415,3 +415,58 @@ fn restarts_reuse_no_nonce_and_reopen_no_replay_window() {
         "and live traffic still flows"
     );
 }
+
+#[test]
+fn hub_spoke_policy_sends_spoke_to_spoke_traffic_through_the_hub() {
+    // Region 1 is the hub, regions 2 and 3 are spokes.
+    let lab = common::lab_policy(3, "hub-spoke");
+    let (s2, s3) = (&lab.regions[1], &lab.regions[2]);
+    let p = ping(&s2.host, s3.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
+    assert_eq!(p.received, 20, "spoke-to-spoke pings lost");
+    let t = tcp_transfer(
+        &s3.host,
+        &s2.host,
+        s2.host_ip().into(),
+        5001,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
+
+    let out_to = |g: usize, peer: &str| {
+        metric(
+            &lab,
+            g,
+            "meshgate_peer_packets_total",
+            &format!("direction=\"out\",peer=\"{peer}\""),
+        )
+    };
+    let in_from = |g: usize, peer: &str| {
+        metric(
+            &lab,
+            g,
+            "meshgate_peer_packets_total",
+            &format!("direction=\"in\",peer=\"{peer}\""),
+        )
+    };
+    // The spokes hold no direct path: everything went to the hub...
+    assert_eq!(out_to(1, "region-3"), 0, "spoke 2 sent straight to spoke 3");
+    assert_eq!(out_to(2, "region-2"), 0, "spoke 3 sent straight to spoke 2");
+    assert!(out_to(1, "region-1") >= 20 && out_to(2, "region-1") >= 20);
+    // ...which relayed it: in from one spoke, out to the other.
+    assert!(
+        in_from(0, "region-2") >= 20 && out_to(0, "region-3") >= 20,
+        "the hub relayed nothing"
+    );
+    assert!(
+        in_from(2, "region-1") >= 20,
+        "spoke 3 received the relayed traffic from the hub"
+    );
+    for g in 0..3 {
+        assert_eq!(
+            metric(&lab, g, "meshgate_drops_total", ""),
+            0,
+            "transit through the hub passes anti-spoofing at gateway {g}"
+        );
+    }
+}

@@ -74,6 +74,9 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Where the sequence-number state of the SAs lives (see `seqstate`).
     pub state_dir: PathBuf,
+    /// Where this gateway stands in the mesh, as its policy sees it.
+    pub placement: Placement,
+    pub policy: PolicyConfig,
     pub tun: TunConfig,
     pub peers: Vec<PeerConfig>,
 }
@@ -84,6 +87,35 @@ impl Config {
         self.state_dir.join(format!("{}.seq", self.id))
     }
 }
+
+/// Where a member stands: what policies decide by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub region: String,
+    pub zone: String,
+    pub account: String,
+    pub role: meshgate_sdk::Role,
+    /// Its redundancy group, if it is one of an active/passive pair.
+    pub group: Option<String>,
+}
+
+/// Which policy module runs, and its operator parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub module: PolicySource,
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A policy embedded in the binary, by name.
+    Builtin(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+/// The policy a config without `[policy]` runs.
+pub const DEFAULT_POLICY: &str = "full-mesh";
 
 #[derive(Debug, Clone)]
 pub struct TunConfig {
@@ -96,6 +128,7 @@ pub struct TunConfig {
 #[derive(Debug)]
 pub struct PeerConfig {
     pub id: String,
+    pub placement: Placement,
     pub endpoint: SocketAddr,
     pub prefixes: Vec<Prefix>,
     pub outbound: SaParams,
@@ -112,6 +145,8 @@ struct RawConfig {
     #[serde(default)]
     sa: RawSaDefaults,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     peers: Vec<RawPeer>,
 }
 
@@ -123,6 +158,19 @@ struct RawGateway {
     #[serde(default = "default_admin")]
     admin: Spanned<String>,
     state_dir: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    zone: Option<Spanned<String>>,
+    account: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    module: Option<Spanned<String>>,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 fn default_admin() -> Spanned<String> {
@@ -199,6 +247,11 @@ impl RawLimits {
 struct RawPeer {
     id: Spanned<String>,
     endpoint: Spanned<String>,
+    region: Option<Spanned<String>>,
+    zone: Option<Spanned<String>>,
+    account: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
     prefixes: Spanned<Vec<Spanned<String>>>,
     outbound: Spanned<RawSa>,
     inbound: Spanned<RawSa>,
@@ -334,8 +387,11 @@ impl Validator<'_> {
                     format!("inbound SPI {:#010x} is already used by another peer; inbound SPIs must be unique", inbound.spi),
                 );
             }
+            let placement =
+                self.placement(&at(""), &p.region, &p.zone, &p.account, &p.role, &p.group)?;
             peers.push(PeerConfig {
                 id: pid,
+                placement,
                 endpoint,
                 prefixes,
                 outbound,
@@ -418,14 +474,81 @@ impl Validator<'_> {
         {
             return self.err(raw.gateway.id.span(), "gateway.id", format!("'{id}' may hold only letters, digits, '-', '_' and '.' (it names the state file)"));
         }
+        let g = &raw.gateway;
+        let placement = self.placement(
+            "gateway.", &g.region, &g.zone, &g.account, &g.role, &g.group,
+        )?;
+        let policy = self.policy(&raw.policy)?;
         Ok(Config {
             id,
             listen,
             admin,
             state_dir,
+            placement,
+            policy,
             tun,
             peers,
         })
+    }
+
+    /// Region, zone, account, role and group of the gateway or a peer.
+    #[allow(clippy::too_many_arguments)]
+    fn placement(
+        &self,
+        field: &str,
+        region: &Option<Spanned<String>>,
+        zone: &Option<Spanned<String>>,
+        account: &Option<Spanned<String>>,
+        role: &Option<Spanned<String>>,
+        group: &Option<Spanned<String>>,
+    ) -> Result<Placement, ConfigError> {
+        let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().trim().to_string());
+        let role = match role {
+            None => meshgate_sdk::Role::Edge,
+            Some(r) => match r.get_ref().as_str() {
+                "edge" => meshgate_sdk::Role::Edge,
+                "leaf" => meshgate_sdk::Role::Leaf,
+                "hub" => meshgate_sdk::Role::Hub,
+                other => {
+                    return self.err(
+                        r.span(),
+                        &format!("{field}role"),
+                        format!("unknown role '{other}'; expected edge, leaf or hub"),
+                    )
+                }
+            },
+        };
+        let region = text(region).unwrap_or_default();
+        Ok(Placement {
+            zone: text(zone).unwrap_or_else(|| region.clone()),
+            region,
+            account: text(account).unwrap_or_default(),
+            role,
+            group: text(group).filter(|g| !g.is_empty()),
+        })
+    }
+
+    fn policy(&self, p: &RawPolicy) -> Result<PolicyConfig, ConfigError> {
+        let module = match &p.module {
+            None => PolicySource::Builtin(DEFAULT_POLICY.to_string()),
+            Some(m) => {
+                let v = m.get_ref().trim();
+                if v.ends_with(".wasm") || v.contains('/') {
+                    PolicySource::File(self.relative_path(v))
+                } else if crate::policy::builtin(v).is_some() {
+                    PolicySource::Builtin(v.to_string())
+                } else {
+                    let names: Vec<&str> = crate::policy::BUILTIN.iter().map(|(n, _)| *n).collect();
+                    return self.err(m.span(), "policy.module", format!("no built-in policy '{v}' (built in: {}; a file needs a path ending in .wasm)", names.join(", ")));
+                }
+            }
+        };
+        let params = p
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect();
+        Ok(PolicyConfig { module, params })
     }
 
     /// A path from the config, relative to the config file's folder.

@@ -7,10 +7,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
+use crate::config::{Config, PolicySource};
 use crate::dataplane::Dataplane;
 use crate::metrics::Metrics;
+use crate::policy::{self, Limits, PolicyEngine};
 use crate::tun::Tun;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Socket buffers sized for bursts of a few thousand full-size packets.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
@@ -18,19 +25,45 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Runs the gateway described by `config_path` until SIGINT or SIGTERM.
 pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
+    // The policy decides the routes before any packet moves; a policy that
+    // fails or answers nonsense stops the start (fail closed).
+    let engine = PolicyEngine::new(Limits::default())?;
+    let (name, bytes) = match &config.policy.module {
+        PolicySource::Builtin(n) => (
+            n.clone(),
+            policy::builtin(n).map(<[u8]>::to_vec).unwrap_or_default(),
+        ),
+        PolicySource::File(p) => (
+            p.display().to_string(),
+            std::fs::read(p).with_context(|| format!("reading policy {}", p.display()))?,
+        ),
+    };
+    let mut module = engine.load(&name, &bytes)?;
+    let view = policy::view::from_config(&config, now_ms());
+    let decisions = module.evaluate(&view)?;
+    let problems = policy::validate::problems(&view, &decisions);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "policy {name} ({}) returned invalid decisions:\n  {}",
+            module.hash,
+            problems.join("\n  ")
+        );
+    }
+    let tables = policy::view::tables(&decisions);
+    tracing::info!(policy = %name, hash = %module.hash, routes = tables.prefixes.len(), "policy in force");
+
     let tun = Tun::create(&config.tun.name)?;
     tun.configure(config.tun.mtu, &config.tun.addresses)?;
-    for peer in &config.peers {
-        for prefix in &peer.prefixes {
-            tun.add_route(prefix)
-                .with_context(|| format!("routing {prefix} of peer '{}'", peer.id))?;
-        }
+    for prefix in &tables.prefixes {
+        tun.add_route(prefix)
+            .with_context(|| format!("routing {prefix} into {}", config.tun.name))?;
     }
+    let tables = Arc::new(arc_swap::ArcSwap::from_pointee(tables));
     let socket = UdpSocket::bind(config.listen)
         .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
     let metrics = Arc::new(Metrics::new(&config.id));
-    let dataplane = Dataplane::start(&config, Arc::new(tun), socket, &metrics)?;
+    let dataplane = Dataplane::start(&config, Arc::new(tun), socket, &metrics, tables)?;
     tracing::info!(
         id = %config.id,
         listen = %config.listen,

@@ -57,6 +57,11 @@ enum Cmd {
         /// Keep the lab running after the checks, until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// The built-in policy the gateways run: full-mesh, hub-spoke
+        /// (region 1 is the hub; with 4+ regions regions 1 and 2 are an
+        /// active/passive hub pair) or mesh-with-leaves.
+        #[arg(long, default_value = "full-mesh", value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
+        policy: String,
     },
 }
 
@@ -72,6 +77,10 @@ enum PolicyCmd {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when a reader such as
+    // `head` closes the pipe.
+    // SAFETY: setting a signal disposition at start, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
             pings,
             transfer_secs,
             keep,
+            policy,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -115,6 +125,7 @@ fn main() -> ExitCode {
                     transfer: Duration::from_secs_f64(transfer_secs.clamp(0.1, 600.0)),
                     keep,
                     binary,
+                    policy,
                 })
             }),
     };

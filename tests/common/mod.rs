@@ -22,6 +22,15 @@ pub fn lab(regions: usize) -> Lab {
 
 /// A started lab whose gateways' `[sa]` sections read `sa_settings`.
 pub fn lab_with(regions: usize, sa_settings: &str) -> Lab {
+    lab_configured(regions, sa_settings, meshgate::config::DEFAULT_POLICY)
+}
+
+/// A started lab whose gateways run the built-in `policy`.
+pub fn lab_policy(regions: usize, policy: &str) -> Lab {
+    lab_configured(regions, "cipher = \"aes128gcm16\"", policy)
+}
+
+fn lab_configured(regions: usize, sa_settings: &str, policy: &str) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");
@@ -33,6 +42,7 @@ pub fn lab_with(regions: usize, sa_settings: &str) -> Lab {
     );
     let mut lab = Lab::build(regions, &tag).expect("building the lab");
     lab.sa_settings = sa_settings.to_string();
+    lab.policy = policy.to_string();
     lab.write_configs().expect("writing configs");
     lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate")))
         .expect("starting gateways");

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::batch::{BatchIo, Buffers, Received, BATCH};
 use super::offload::Coalescer;
 use super::persist::StateMsg;
+use super::tables::SharedTables;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
@@ -47,6 +48,8 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     /// Reports to the state thread, once attached.
     state: Option<Sender<StateMsg>>,
+    /// The routes, for the reverse-path check of transit traffic.
+    tables: SharedTables,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -59,7 +62,11 @@ pub enum Delivery {
 }
 
 impl Inbound {
-    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Inbound, SaError> {
+    pub fn new(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        tables: SharedTables,
+    ) -> Result<Inbound, SaError> {
         let now = Instant::now();
         let mut sas = HashMap::new();
         let mut peers = Vec::new();
@@ -90,6 +97,7 @@ impl Inbound {
             control: metrics.udp_control(),
             metrics: metrics.clone(),
             state: None,
+            tables,
         })
     }
 
@@ -141,12 +149,13 @@ impl Inbound {
         if hdr.next_header != opened.next_header {
             return Err(DropReason::Malformed);
         }
-        // Anti-spoofing: a peer may only send from the prefixes behind it.
-        if !self.peers[sa.peer]
+        // Anti-spoofing: a peer may send from the prefixes behind it, or
+        // from those our routes reach through it (transit).
+        let own = self.peers[sa.peer]
             .prefixes
             .iter()
-            .any(|p| p.contains(hdr.src))
-        {
+            .any(|p| p.contains(hdr.src));
+        if !own && !self.tables.load().source_allowed(hdr.src, sa.peer) {
             return Err(DropReason::Spoofed);
         }
         sa.counters.count(hdr.len);

@@ -12,6 +12,7 @@ pub mod inner;
 pub mod offload;
 mod outbound;
 mod persist;
+pub mod tables;
 
 use std::io;
 use std::net::UdpSocket;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use batch::RawAddr;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
+pub use tables::{SharedTables, Tables};
 
 use crate::config::Config;
 use crate::esp::SaError;
@@ -84,9 +86,10 @@ impl Dataplane {
         tun: Arc<Tun>,
         socket: UdpSocket,
         metrics: &Arc<Metrics>,
+        tables: SharedTables,
     ) -> Result<Dataplane, StartError> {
-        let mut outbound = Outbound::new(config, metrics)?;
-        let mut inbound = Inbound::new(config, metrics)?;
+        let mut outbound = Outbound::new(config, metrics, tables.clone())?;
+        let mut inbound = Inbound::new(config, metrics, tables)?;
         let state_file = config.state_file();
         if let Some(dir) = state_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::batch::{push_datagram, BatchIo, RawAddr, Train, BATCH};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::persist::StateMsg;
+use super::tables::SharedTables;
 use super::{inner, wait_readable, TICK};
 use crate::config::Config;
 use crate::esp::{
@@ -15,7 +16,6 @@ use crate::esp::{
     MAX_TRAILER_LEN,
 };
 use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
-use crate::prefix::PrefixMap;
 use crate::seqstate::{Half, SeqFile, BLOCK};
 use crate::tun::Tun;
 use std::sync::mpsc::{Receiver, Sender};
@@ -47,7 +47,8 @@ type StateLink = (Sender<StateMsg>, Receiver<(usize, u64)>);
 
 /// The outbound half of the data plane: routing table and outbound SAs.
 pub struct Outbound {
-    routes: PrefixMap<usize>,
+    /// Where inner destinations go; swapped whole by the control plane.
+    tables: SharedTables,
     peers: Vec<Peer>,
     drops: DropCounters,
     metrics: Arc<Metrics>,
@@ -56,14 +57,14 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Outbound, SaError> {
-        let mut routes = PrefixMap::default();
+    pub fn new(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        tables: SharedTables,
+    ) -> Result<Outbound, SaError> {
         let mut peers = Vec::with_capacity(config.peers.len());
         let now = Instant::now();
-        for (i, p) in config.peers.iter().enumerate() {
-            for prefix in &p.prefixes {
-                routes.insert(*prefix, i);
-            }
+        for p in &config.peers {
             let s = &p.outbound;
             let sa = OutboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());
@@ -78,7 +79,7 @@ impl Outbound {
             });
         }
         Ok(Outbound {
-            routes,
+            tables,
             peers,
             drops: metrics.drops(),
             metrics: metrics.clone(),
@@ -139,7 +140,11 @@ impl Outbound {
     /// The peer whose prefixes hold the inner packet's destination.
     fn route(&self, inner_pkt: &[u8]) -> Result<(usize, inner::InnerHeader), DropReason> {
         let hdr = inner::parse(inner_pkt).ok_or(DropReason::Malformed)?;
-        let &idx = self.routes.lookup(hdr.dst).ok_or(DropReason::NoRoute)?;
+        let tables = self.tables.load();
+        let idx = tables
+            .lookup(hdr.dst)
+            .ok_or(DropReason::NoRoute)?
+            .pick(hdr.src, hdr.dst);
         Ok((idx, hdr))
     }
 

@@ -34,15 +34,23 @@ fn config(
     .expect("test config is valid")
 }
 
+fn shared(t: Tables) -> SharedTables {
+    Arc::new(arc_swap::ArcSwap::from_pointee(t))
+}
+
 /// Gateway A (10.1/16) and B (10.2/16) with matching SAs.
 fn pair() -> (Outbound, Inbound, Arc<Metrics>) {
     let a = config("a", "b", "10.2.0.0/16", KEY_AB, KEY_BA, 0x1001, 0x2001);
     let b = config("b", "a", "10.1.0.0/16", KEY_BA, KEY_AB, 0x2001, 0x1001);
     let ma = Arc::new(Metrics::new("a"));
     let mb = Arc::new(Metrics::new("b"));
+    let (ta, tb) = (
+        shared(Tables::from_config(&a)),
+        shared(Tables::from_config(&b)),
+    );
     (
-        Outbound::new(&a, &ma).unwrap(),
-        Inbound::new(&b, &mb).unwrap(),
+        Outbound::new(&a, &ma, ta).unwrap(),
+        Inbound::new(&b, &mb, tb).unwrap(),
         mb,
     )
 }

@@ -20,6 +20,8 @@ pub struct LabOptions {
     pub transfer: Duration,
     pub keep: bool,
     pub binary: PathBuf,
+    /// The built-in policy every gateway runs.
+    pub policy: String,
 }
 
 struct PairResult {
@@ -40,6 +42,7 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         opts.regions
     );
     let mut lab = Lab::build(opts.regions, &tag)?;
+    lab.policy = opts.policy.clone();
     lab.write_configs()?;
     check_interrupted()?;
     lab.start_gateways(&opts.binary)?;

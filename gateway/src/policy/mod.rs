@@ -6,6 +6,7 @@ pub mod check;
 mod convert;
 pub mod host;
 pub mod validate;
+pub mod view;
 
 pub use host::{Decisions, Limits, PolicyEngine, PolicyError, PolicyModule, TrapKind};
 
