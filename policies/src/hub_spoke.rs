@@ -2,7 +2,7 @@
 //! active/passive pair (one redundancy group); spoke-to-spoke traffic
 //! crosses the active hub, with the passive one as the backup next hop.
 
-use meshgate_sdk::{Failover, NextHops, Peer, Policy, Role, Route, View};
+use meshgate_sdk::{Failover, Peer, Policy, Role, Route, View};
 
 use crate::failover::{active_first, decide};
 use crate::{peer, present};
@@ -36,15 +36,7 @@ impl Policy for HubSpoke {
             } else {
                 via_hubs.clone()
             };
-            if next_hops.is_empty() {
-                continue;
-            }
-            let metric = if next_hops == [i] { 10 } else { 20 };
-            routes.extend(view.prefixes_of(m).iter().map(|p| Route {
-                prefix: *p,
-                next_hops: NextHops::Ordered(next_hops.clone()),
-                metric,
-            }));
+            crate::route_prefixes(view, i, m, next_hops, &mut routes);
         }
         crate::merge_routes(&decisions, routes)
     }

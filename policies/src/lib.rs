@@ -44,6 +44,26 @@ pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
     })
 }
 
+/// Routes `member`'s prefixes over `next_hops` (none if there are none):
+/// metric 10 straight to the member, 20 through others.
+pub(crate) fn route_prefixes(
+    view: &View,
+    index: MemberIndex,
+    member: &Member,
+    next_hops: Vec<MemberIndex>,
+    out: &mut Vec<Route>,
+) {
+    if next_hops.is_empty() {
+        return;
+    }
+    let metric = if next_hops == [index] { 10 } else { 20 };
+    out.extend(view.prefixes_of(member).iter().map(|p| Route {
+        prefix: *p,
+        next_hops: NextHops::Ordered(next_hops.clone()),
+        metric,
+    }));
+}
+
 /// One route per prefix: routes to the same prefix (redundant members
 /// announcing it) are merged, next hops in order of first appearance with
 /// active members of redundancy groups first, the best metric kept.

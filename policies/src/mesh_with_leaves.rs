@@ -3,7 +3,7 @@
 //! regions goes leaf -> edge -> edge -> leaf. Edges of one region that share
 //! a redundancy group are used active first.
 
-use meshgate_sdk::{Failover, MemberIndex, NextHops, Peer, Policy, Role, Route, View};
+use meshgate_sdk::{Failover, MemberIndex, Peer, Policy, Role, Route, View};
 
 use crate::failover::{active_first, decide};
 use crate::{peer, present};
@@ -51,15 +51,7 @@ impl Policy for MeshWithLeaves {
                 // Another region's leaf: through that region's edges.
                 active_first(view, &decisions, edges_of(view, m.region))
             };
-            if next_hops.is_empty() {
-                continue;
-            }
-            let metric = if next_hops == [i] { 10 } else { 20 };
-            routes.extend(view.prefixes_of(m).iter().map(|p| Route {
-                prefix: *p,
-                next_hops: NextHops::Ordered(next_hops.clone()),
-                metric,
-            }));
+            crate::route_prefixes(view, i, m, next_hops, &mut routes);
         }
         crate::merge_routes(&decisions, routes)
     }
