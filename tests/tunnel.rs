@@ -470,3 +470,127 @@ fn hub_spoke_policy_sends_spoke_to_spoke_traffic_through_the_hub() {
         );
     }
 }
+
+#[test]
+fn a_hundred_policy_reloads_lose_no_packet() {
+    let lab = lab(2);
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let admin = meshgate::lab::ADMIN;
+    std::thread::scope(|s| {
+        // A continuous 10 ms ping and a TCP flow, across 100 reloads of
+        // gateway 1's policy.
+        let pings = s.spawn(|| ping(&a.host, b.host_ip().into(), 300, Duration::from_millis(10)));
+        let flow = s.spawn(|| {
+            tcp_transfer(
+                &b.host,
+                &a.host,
+                a.host_ip().into(),
+                5001,
+                Duration::from_secs(2),
+            )
+        });
+        for i in 0..100 {
+            let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload")
+                .unwrap_or_else(|e| panic!("reload {i}: {e:#}"));
+            assert!(report.contains("in force"), "{report}");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let p = pings.join().unwrap().unwrap();
+        assert_eq!(p.received, p.sent, "pings lost across reloads");
+        let t = flow
+            .join()
+            .unwrap()
+            .expect("the TCP flow survives the reloads");
+        assert!(t.bytes > 1_000_000);
+    });
+    assert_eq!(
+        metric(&lab, 0, "meshgate_policy_reloads_total", "outcome=\"ok\""),
+        100
+    );
+    assert_eq!(
+        metric(&lab, 0, "meshgate_policy_evaluations_total", ""),
+        101
+    );
+    assert!(lab
+        .metrics(0)
+        .unwrap()
+        .contains("meshgate_policy_info{hash="));
+    for g in 0..2 {
+        assert_eq!(metric(&lab, g, "meshgate_drops_total", ""), 0);
+    }
+}
+
+#[test]
+fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
+    let mut lab = common::lab_unstarted(2);
+    // Gateway 1 runs a policy from a file, which we then replace.
+    let policy = lab.dir.join("policy.wasm");
+    std::fs::write(&policy, meshgate::policy::builtin("full-mesh").unwrap()).unwrap();
+    let cfg = lab.config_path(0);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "module = \"full-mesh\"",
+        &format!("module = \"{}\"", policy.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .unwrap();
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let admin = meshgate::lab::ADMIN;
+    for (what, bytes) in [
+        ("junk", b"definitely not wasm".to_vec()),
+        (
+            "a looping policy",
+            std::fs::read(concat!(env!("OUT_DIR"), "/test-loop.wasm")).unwrap(),
+        ),
+        (
+            "a trapping policy",
+            std::fs::read(concat!(env!("OUT_DIR"), "/test-trap.wasm")).unwrap(),
+        ),
+        (
+            "a memory hog",
+            std::fs::read(concat!(env!("OUT_DIR"), "/test-oom.wasm")).unwrap(),
+        ),
+        (
+            "invalid decisions",
+            std::fs::read(concat!(env!("OUT_DIR"), "/test-invalid.wasm")).unwrap(),
+        ),
+    ] {
+        std::fs::write(&policy, &bytes).unwrap();
+        let err = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload")
+            .expect_err(what)
+            .to_string();
+        assert!(
+            err.contains("422") && err.contains("policy.wasm") && err.contains("stays"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            ping(&a.host, b.host_ip().into(), 5, Duration::from_millis(10))
+                .unwrap()
+                .received,
+            5,
+            "forwarding after refusing {what}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &lab,
+            0,
+            "meshgate_policy_reloads_total",
+            "outcome=\"refused\""
+        ),
+        5
+    );
+    assert!(metric(&lab, 0, "meshgate_policy_traps_total", "kind=\"timeout\"") >= 1);
+    assert!(
+        metric(
+            &lab,
+            0,
+            "meshgate_policy_traps_total",
+            "kind=\"out_of_memory\""
+        ) >= 1
+    );
+    // A good module again is taken.
+    std::fs::write(&policy, meshgate::policy::builtin("hub-spoke").unwrap()).unwrap();
+    let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload").unwrap();
+    assert!(report.contains("in force"), "{report}");
+}

@@ -1,4 +1,5 @@
-//! The admin listener: Prometheus metrics and a health check, on loopback.
+//! The admin listener, on loopback: Prometheus metrics, a health check,
+//! and the policy (`GET /policy`, `POST /policy/reload`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,22 +7,75 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
-use crate::metrics::Metrics;
+use std::sync::Mutex;
 
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+use crate::metrics::Metrics;
+use crate::policy::runtime::PolicyRuntime;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    policy: Arc<Mutex<PolicyRuntime>>,
+}
+
+/// Serves the admin API on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    policy: Arc<Mutex<PolicyRuntime>>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics);
+        .route("/policy", get(policy_handler))
+        .route("/policy/reload", post(reload_handler))
+        .with_state(AppState { metrics, policy });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
+    match s.policy.lock() {
+        Ok(p) => (
+            StatusCode::OK,
+            format!("policy {} ({}) in force\n", p.name(), p.hash()),
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "policy state unavailable\n".to_string(),
+        ),
+    }
+}
+
+/// Reloads the policy from its configured source: 200 with what changed,
+/// or 422 with why the new one was refused (the old one stays in force).
+async fn reload_handler(State(s): State<AppState>) -> impl IntoResponse {
+    let policy = s.policy.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        policy
+            .lock()
+            .map_err(|_| "policy state unavailable".to_string())
+            .and_then(|mut p| p.reload())
+    })
+    .await;
+    match result {
+        Ok(Ok(report)) => (StatusCode::OK, report.to_string()),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused; the policy in force stays: {e}\n"),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}\n"),
+        ),
+    }
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    let metrics = s.metrics;
     (
         StatusCode::OK,
         [(
@@ -30,4 +84,29 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
         )],
         metrics.render(),
     )
+}
+
+/// A plain HTTP/1.0 request to the admin listener at `addr`; returns the
+/// status code and the body. Used by `meshgate policy reload` and the lab.
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(30);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin listener at {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP status from {addr}"))?;
+    Ok((status, body.to_string()))
 }

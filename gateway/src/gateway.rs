@@ -10,8 +10,34 @@ use anyhow::{Context, Result};
 use crate::config::{Config, PolicySource};
 use crate::dataplane::Dataplane;
 use crate::metrics::Metrics;
+use crate::policy::runtime::PolicyRuntime;
 use crate::policy::{self, Limits, PolicyEngine};
 use crate::tun::Tun;
+
+/// Reloads the policy when its file changes (polled each second: robust
+/// to editors that replace files by renaming). Never returns.
+async fn watch_policy_file(
+    path: Option<std::path::PathBuf>,
+    runtime: Arc<std::sync::Mutex<PolicyRuntime>>,
+) {
+    let Some(path) = path else {
+        return std::future::pending().await;
+    };
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now != last && now.is_some() {
+            last = now;
+            tracing::info!("{} changed; reloading the policy", path.display());
+            if let Ok(mut r) = runtime.lock() {
+                let _ = r.reload();
+            }
+        }
+    }
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -25,45 +51,30 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Runs the gateway described by `config_path` until SIGINT or SIGTERM.
 pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
+    let metrics = Arc::new(Metrics::new(&config.id));
+    let tun = Arc::new(Tun::create(&config.tun.name)?);
+    tun.configure(config.tun.mtu, &config.tun.addresses)?;
     // The policy decides the routes before any packet moves; a policy that
     // fails or answers nonsense stops the start (fail closed).
-    let engine = PolicyEngine::new(Limits::default())?;
-    let (name, bytes) = match &config.policy.module {
-        PolicySource::Builtin(n) => (
-            n.clone(),
-            policy::builtin(n).map(<[u8]>::to_vec).unwrap_or_default(),
-        ),
-        PolicySource::File(p) => (
-            p.display().to_string(),
-            std::fs::read(p).with_context(|| format!("reading policy {}", p.display()))?,
-        ),
-    };
-    let mut module = engine.load(&name, &bytes)?;
     let view = policy::view::from_config(&config, now_ms());
-    let decisions = module.evaluate(&view)?;
-    let problems = policy::validate::problems(&view, &decisions);
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "policy {name} ({}) returned invalid decisions:\n  {}",
-            module.hash,
-            problems.join("\n  ")
-        );
-    }
-    let tables = policy::view::tables(&decisions);
-    tracing::info!(policy = %name, hash = %module.hash, routes = tables.prefixes.len(), "policy in force");
-
-    let tun = Tun::create(&config.tun.name)?;
-    tun.configure(config.tun.mtu, &config.tun.addresses)?;
+    let (mut runtime, tables) = PolicyRuntime::start(
+        PolicyEngine::new(Limits::default())?,
+        config.policy.module.clone(),
+        view,
+        metrics.clone(),
+        tun.clone(),
+    )?;
+    tracing::info!(policy = %runtime.name(), hash = %runtime.hash(), routes = tables.prefixes.len(), "policy in force");
     for prefix in &tables.prefixes {
         tun.add_route(prefix)
             .with_context(|| format!("routing {prefix} into {}", config.tun.name))?;
     }
     let tables = Arc::new(arc_swap::ArcSwap::from_pointee(tables));
+    runtime.attach(tables.clone());
     let socket = UdpSocket::bind(config.listen)
         .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
-    let metrics = Arc::new(Metrics::new(&config.id));
-    let dataplane = Dataplane::start(&config, Arc::new(tun), socket, &metrics, tables)?;
+    let dataplane = Dataplane::start(&config, tun, socket, &metrics, tables)?;
     tracing::info!(
         id = %config.id,
         listen = %config.listen,
@@ -73,14 +84,20 @@ pub fn run(config_path: &Path) -> Result<()> {
     );
     // The SAs hold their own copies of the keys now; the config's are wiped.
     let admin = config.admin;
+    let watched = match &config.policy.module {
+        PolicySource::File(p) => Some(p.clone()),
+        PolicySource::Builtin(_) => None,
+    };
     drop(config);
+    let runtime = Arc::new(std::sync::Mutex::new(runtime));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
-        let listener = crate::admin::serve(admin, metrics.clone());
+        let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone());
+        let watcher = watch_policy_file(watched, runtime.clone());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let watchdog = async {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -93,6 +110,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
             _ = watchdog => Err(anyhow::anyhow!("the data plane stopped (see the errors above)")),
+            _ = watcher => Ok(()),
         }
     });
     tracing::info!("shutting down");

@@ -74,6 +74,13 @@ enum PolicyCmd {
         /// A .wasm component, or the name of a built-in policy.
         file: String,
     },
+    /// Reload the policy of the running gateway (from its configured
+    /// module) through its admin listener; prints what changed, or why the
+    /// new policy was refused (the old one then stays in force).
+    Reload {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +103,18 @@ fn main() -> ExitCode {
         Cmd::Policy {
             command: PolicyCmd::Check { file },
         } => meshgate::policy::check::run(&file),
+        Cmd::Policy {
+            command: PolicyCmd::Reload { admin },
+        } => {
+            meshgate::admin::request(admin, "POST", "/policy/reload").and_then(|(status, body)| {
+                print!("{body}");
+                if status == 200 {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("reload refused (HTTP {status})"))
+                }
+            })
+        }
         Cmd::Keygen { cipher } => {
             let suite = if cipher == "aes256gcm16" {
                 CipherSuite::Aes256Gcm

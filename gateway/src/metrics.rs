@@ -21,6 +21,11 @@ pub struct Metrics {
     udp_control: IntCounterVec,
     sa_info: IntGaugeVec,
     pub peers: IntGauge,
+    policy_evaluations: IntCounter,
+    policy_latency: prometheus::Histogram,
+    policy_reloads: IntCounterVec,
+    policy_traps: IntCounterVec,
+    policy_info: IntGaugeVec,
 }
 
 /// Direction of traffic relative to this gateway.
@@ -161,8 +166,63 @@ impl Metrics {
         for r in DropReason::ALL {
             drops.with_label_values(&[r.as_str()]);
         }
+        let policy_evaluations = IntCounter::new(
+            "meshgate_policy_evaluations_total",
+            "Policy evaluations (each a call to the policy's decide export).",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(policy_evaluations.clone()))
+            .expect("metric names are unique");
+        let policy_latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "meshgate_policy_evaluation_seconds",
+                "Time of one policy evaluation, marshalling included.",
+            )
+            .buckets(vec![
+                1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(policy_latency.clone()))
+            .expect("metric names are unique");
+        let policy_reloads = counter_vec(
+            &registry,
+            "meshgate_policy_reloads_total",
+            "Policy reloads, by outcome (ok: in force; refused: the old one stays).",
+            &["outcome"],
+        );
+        let policy_traps = counter_vec(
+            &registry,
+            "meshgate_policy_traps_total",
+            "Policy calls that trapped, by kind.",
+            &["kind"],
+        );
+        for k in ["timeout", "out_of_memory", "trap"] {
+            policy_traps.with_label_values(&[k]);
+        }
+        for o in ["ok", "refused"] {
+            policy_reloads.with_label_values(&[o]);
+        }
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_policy_info",
+                "The policy in force (value 1): its name and content hash.",
+            ),
+            &["name", "hash"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(policy_info.clone()))
+            .expect("metric names are unique");
         Metrics {
             registry,
+            policy_evaluations,
+            policy_latency,
+            policy_reloads,
+            policy_traps,
+            policy_info,
             peer_packets,
             peer_bytes,
             sa_packets,
@@ -210,6 +270,25 @@ impl Metrics {
         self.lifetime_events
             .with_label_values(&[peer, &format!("{spi:#010x}"), dir.as_str(), stage, limit])
             .inc();
+    }
+
+    pub fn policy_evaluated(&self, took: std::time::Duration) {
+        self.policy_evaluations.inc();
+        self.policy_latency.observe(took.as_secs_f64());
+    }
+
+    pub fn policy_reload(&self, outcome: &str) {
+        self.policy_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn policy_trap(&self, kind: &str) {
+        self.policy_traps.with_label_values(&[kind]).inc();
+    }
+
+    /// Marks `name` at `hash` as the one policy in force.
+    pub fn policy_in_force(&self, name: &str, hash: &str) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[name, hash]).set(1);
     }
 
     /// The text exposition format.

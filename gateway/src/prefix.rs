@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 /// An IPv4 or IPv6 prefix: an address and a length; matching is one mask
 /// and compare on the address as an integer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Prefix {
     addr: IpAddr,
     len: u8,
@@ -152,6 +152,22 @@ impl<V> PrefixMap<V> {
         match prefix.network() {
             IpAddr::V4(a) => slot(&mut self.v4, prefix.len).insert(u32::from(a), value),
             IpAddr::V6(a) => slot(&mut self.v6, prefix.len).insert(u128::from(a), value),
+        }
+    }
+
+    /// The value stored for exactly `prefix`.
+    pub fn get(&self, prefix: &Prefix) -> Option<&V> {
+        match prefix.network() {
+            IpAddr::V4(a) => self
+                .v4
+                .iter()
+                .find(|(l, _)| *l == prefix.len)
+                .and_then(|(_, m)| m.get(&u32::from(a))),
+            IpAddr::V6(a) => self
+                .v6
+                .iter()
+                .find(|(l, _)| *l == prefix.len)
+                .and_then(|(_, m)| m.get(&u128::from(a))),
         }
     }
 

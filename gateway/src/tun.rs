@@ -146,6 +146,11 @@ impl Tun {
         ip(&["route", "replace", &prefix.to_string(), "dev", &self.name])
     }
 
+    /// Removes the route for `prefix` into this device.
+    pub fn del_route(&self, prefix: &Prefix) -> Result<(), TunError> {
+        ip(&["route", "del", &prefix.to_string(), "dev", &self.name])
+    }
+
     /// Reads one virtio_net_hdr and packet; `Ok(0)` never happens for a live TUN.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for buf.len() bytes.

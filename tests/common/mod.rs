@@ -30,17 +30,34 @@ pub fn lab_policy(regions: usize, policy: &str) -> Lab {
     lab_configured(regions, "cipher = \"aes128gcm16\"", policy)
 }
 
-fn lab_configured(regions: usize, sa_settings: &str, policy: &str) -> Lab {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// A lab with configs written but no gateway started, to edit them first.
+pub fn lab_unstarted(regions: usize) -> Lab {
+    check();
+    let lab = Lab::build(regions, &tag()).expect("building the lab");
+    lab.write_configs().expect("writing configs");
+    lab
+}
+
+fn check() {
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");
     }
-    let tag = format!(
-        "t{}{}",
+}
+
+/// Namespace names unique to this process and lab ("t<pid>x<n>", the `x`
+/// keeping pid 17's lab 0 apart from pid 1's lab 70).
+fn tag() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}x{}",
         std::process::id() % 1000,
         NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut lab = Lab::build(regions, &tag).expect("building the lab");
+    )
+}
+
+fn lab_configured(regions: usize, sa_settings: &str, policy: &str) -> Lab {
+    check();
+    let mut lab = Lab::build(regions, &tag()).expect("building the lab");
     lab.sa_settings = sa_settings.to_string();
     lab.policy = policy.to_string();
     lab.write_configs().expect("writing configs");

@@ -262,21 +262,17 @@ pub fn tcp_transfer(
 
 /// A plain HTTP/1.0 GET to `addr` from inside `ns`; returns the body.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<String> {
-    let path = path.to_string();
-    ns.run(move || -> Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let (head, body) = resp
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-        }
-        Ok(body.to_string())
-    })?
+    http(ns, addr, "GET", path)
+}
+
+/// An HTTP request from inside `ns`; fails unless the answer is 200.
+pub fn http(ns: &Netns, addr: SocketAddr, method: &str, path: &str) -> Result<String> {
+    let (method, path) = (method.to_string(), path.to_string());
+    let (status, body) = ns.run(move || crate::admin::request(addr, &method, &path))??;
+    if status != 200 {
+        bail!("{status}: {}", body.trim());
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

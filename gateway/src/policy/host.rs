@@ -118,6 +118,10 @@ pub struct PolicyEngine {
     linker: Linker<HostState>,
     limits: Limits,
     stop: Arc<AtomicBool>,
+    /// Compiled components by content hash: loading the same module again
+    /// (a reload that changes only parameters, or back to an earlier
+    /// version) does not compile it again.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
 
 impl PolicyEngine {
@@ -143,6 +147,7 @@ impl PolicyEngine {
             linker,
             limits,
             stop,
+            compiled: Default::default(),
         })
     }
 
@@ -150,11 +155,27 @@ impl PolicyEngine {
     /// a component of our contract. Nothing runs yet.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, PolicyError> {
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PolicyError::NotAComponent {
-                name: name.into(),
-                reason: brief(&e),
-            })?;
+        let hash = hash_of(bytes);
+        let cached = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&hash).cloned());
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes).map_err(|e| {
+                    PolicyError::NotAComponent {
+                        name: name.into(),
+                        reason: brief(&e),
+                    }
+                })?;
+                if let Ok(mut cache) = self.compiled.lock() {
+                    cache.insert(hash.clone(), c.clone());
+                }
+                c
+            }
+        };
         let compile_time = started.elapsed();
         let pre = self
             .linker
@@ -169,7 +190,7 @@ impl PolicyEngine {
         })?;
         Ok(PolicyModule {
             name: name.into(),
-            hash: hash_of(bytes),
+            hash,
             size: bytes.len(),
             compile_time,
             pre,

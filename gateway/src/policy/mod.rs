@@ -5,6 +5,7 @@
 pub mod check;
 mod convert;
 pub mod host;
+pub mod runtime;
 pub mod validate;
 pub mod view;
 

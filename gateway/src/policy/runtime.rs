@@ -1,0 +1,240 @@
+//! The policy in force on a running gateway, and replacing it.
+//!
+//! A reload compiles the new module, evaluates it on the current view (a
+//! dry run), validates its decisions and diffs them against the tables in
+//! force; only then are new kernel routes added, the tables swapped
+//! atomically (the packet threads see the old or the new, never a mix),
+//! and withdrawn kernel routes removed. Any failure before the swap leaves
+//! the running policy and its tables in force, and says why.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshgate_sdk::{Decisions, View};
+
+use super::{builtin, validate, view, PolicyEngine, PolicyModule};
+use crate::config::PolicySource;
+use crate::dataplane::SharedTables;
+use crate::metrics::Metrics;
+use crate::prefix::Prefix;
+use crate::tun::Tun;
+
+/// What a reload did, for the operator.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub name: String,
+    pub hash: String,
+    pub compile: Duration,
+    pub evaluate: Duration,
+    /// From validated decisions to tables in force (the swap itself).
+    pub swap: Duration,
+    pub added: Vec<Prefix>,
+    pub withdrawn: Vec<Prefix>,
+    /// Prefixes still routed, but over other next hops.
+    pub changed: Vec<Prefix>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[Prefix]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        writeln!(f, "policy {} ({}) in force", self.name, self.hash)?;
+        writeln!(
+            f,
+            "compile {:.1} ms, evaluate {:.1} µs, swap {:.1} µs",
+            self.compile.as_secs_f64() * 1e3,
+            self.evaluate.as_secs_f64() * 1e6,
+            self.swap.as_secs_f64() * 1e6
+        )?;
+        writeln!(f, "routes added: {}", list(&self.added))?;
+        writeln!(f, "routes withdrawn: {}", list(&self.withdrawn))?;
+        writeln!(f, "routes with new next hops: {}", list(&self.changed))
+    }
+}
+
+/// The control plane's policy state.
+pub struct PolicyRuntime {
+    engine: PolicyEngine,
+    source: PolicySource,
+    module: PolicyModule,
+    view: View,
+    decisions: Decisions,
+    tables: SharedTables,
+    tun: Arc<Tun>,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads the module a source names.
+pub fn read_source(source: &PolicySource) -> Result<(String, Vec<u8>), String> {
+    match source {
+        PolicySource::Builtin(n) => builtin(n)
+            .map(|b| (n.clone(), b.to_vec()))
+            .ok_or_else(|| format!("no built-in policy {n}")),
+        PolicySource::File(p) => std::fs::read(p)
+            .map(|b| (p.display().to_string(), b))
+            .map_err(|e| format!("reading policy {}: {e}", p.display())),
+    }
+}
+
+/// Loads and evaluates a module on `view`, refusing invalid decisions.
+fn prepare(
+    engine: &PolicyEngine,
+    name: &str,
+    bytes: &[u8],
+    view: &View,
+) -> Result<(PolicyModule, Decisions, Duration), String> {
+    let mut module = engine.load(name, bytes).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let decisions = module.evaluate(view).map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let problems = validate::problems(view, &decisions);
+    if !problems.is_empty() {
+        return Err(format!(
+            "policy {name} ({}) returned invalid decisions:\n  {}",
+            module.hash,
+            problems.join("\n  ")
+        ));
+    }
+    Ok((module, decisions, took))
+}
+
+impl PolicyRuntime {
+    /// The first policy: evaluated and validated before the data plane
+    /// starts (fail closed). Returns the runtime and the initial tables.
+    pub fn start(
+        engine: PolicyEngine,
+        source: PolicySource,
+        view: View,
+        metrics: Arc<Metrics>,
+        tun: Arc<Tun>,
+    ) -> anyhow::Result<(PolicyRuntime, crate::dataplane::Tables)> {
+        let (name, bytes) = read_source(&source).map_err(anyhow::Error::msg)?;
+        let (module, decisions, took) =
+            prepare(&engine, &name, &bytes, &view).map_err(anyhow::Error::msg)?;
+        metrics.policy_evaluated(took);
+        metrics.policy_in_force(&module.name, &module.hash);
+        let tables = view::tables(&decisions);
+        let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::dataplane::Tables::default(),
+        ));
+        Ok((
+            PolicyRuntime {
+                engine,
+                source,
+                module,
+                view,
+                decisions,
+                tables: shared,
+                tun,
+                metrics,
+            },
+            tables,
+        ))
+    }
+
+    /// Hands the runtime the tables the data plane was started with.
+    pub fn attach(&mut self, tables: SharedTables) {
+        self.tables = tables;
+    }
+
+    pub fn name(&self) -> &str {
+        &self.module.name
+    }
+
+    pub fn hash(&self) -> &str {
+        &self.module.hash
+    }
+
+    /// Reads the configured source again and replaces the policy in force
+    /// if the new one compiles, runs and answers validly.
+    pub fn reload(&mut self) -> Result<ReloadReport, String> {
+        let result = self.try_reload();
+        self.metrics
+            .policy_reload(if result.is_ok() { "ok" } else { "refused" });
+        if let Err(e) = &result {
+            tracing::warn!(
+                "policy reload refused, {} ({}) stays in force: {e}",
+                self.module.name,
+                self.module.hash
+            );
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, String> {
+        let (name, bytes) = read_source(&self.source)?;
+        let started = Instant::now();
+        let (module, decisions, took) = prepare(&self.engine, &name, &bytes, &self.view)
+            .inspect_err(|e| {
+                if let Some(kind) = trap_kind(e) {
+                    self.metrics.policy_trap(kind);
+                }
+            })?;
+        let compile = started.elapsed().saturating_sub(took);
+        self.metrics.policy_evaluated(took);
+        let new = view::tables(&decisions);
+        let old = self.tables.load_full();
+        let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
+            old.prefixes.iter().copied().collect(),
+            new.prefixes.iter().copied().collect(),
+        );
+        let added: Vec<Prefix> = new_set.difference(&old_set).copied().collect();
+        let withdrawn: Vec<Prefix> = old_set.difference(&new_set).copied().collect();
+        let changed: Vec<Prefix> = new_set
+            .intersection(&old_set)
+            .filter(|p| old.routes.get(p) != new.routes.get(p))
+            .copied()
+            .collect();
+        // New kernel routes first, so nothing the new tables route is
+        // dropped by the kernel; the swap; then the withdrawals.
+        for p in &added {
+            self.tun
+                .add_route(p)
+                .map_err(|e| format!("routing {p} into {}: {e}", self.tun.name()))?;
+        }
+        let swap_started = Instant::now();
+        self.tables.store(Arc::new(new));
+        let swap = swap_started.elapsed();
+        for p in &withdrawn {
+            if let Err(e) = self.tun.del_route(p) {
+                tracing::warn!("withdrawing {p}: {e}");
+            }
+        }
+        self.module = module;
+        self.decisions = decisions;
+        self.metrics
+            .policy_in_force(&self.module.name, &self.module.hash);
+        let report = ReloadReport {
+            name,
+            hash: self.module.hash.clone(),
+            compile,
+            evaluate: took,
+            swap,
+            added,
+            withdrawn,
+            changed,
+        };
+        tracing::info!("{}", report.to_string().trim_end().replace('\n', "; "));
+        Ok(report)
+    }
+
+    /// The decisions in force.
+    pub fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+}
+
+fn trap_kind(message: &str) -> Option<&'static str> {
+    ["timeout", "out_of_memory", "trap"]
+        .into_iter()
+        .find(|k| message.contains(&format!(": {k} in ")))
+}
