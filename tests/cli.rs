@@ -223,3 +223,56 @@ fn policy_check_accepts_the_builtins_and_names_what_it_refuses() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn policy_test_replays_a_scenario_and_fails_on_a_broken_expectation() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/scenarios/hub-failover.toml"
+    );
+    let out = Command::new(BIN)
+        .args(["policy", "test", "hub-spoke", "--scenario", example])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("== step 2: hub-a dies")
+            && text.contains("active hubs hub-b")
+            && text.contains("all 3 steps as expected"),
+        "{text}"
+    );
+
+    // With preempt on, hub-a takes over again in step 3, so the example's
+    // expectation no longer holds, and the command says where.
+    let dir = scratch_dir("scenario");
+    let preempt = dir.join("preempt.toml");
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace(
+            "\"failover.preempt\" = \"false\"",
+            "\"failover.preempt\" = \"true\"",
+        )
+        .replace(
+            "\"failover.hold_down_ms\" = \"30000\"",
+            "\"failover.hold_down_ms\" = \"0\"",
+        );
+    std::fs::write(&preempt, text).unwrap();
+    let (ok, err) = run(&[
+        "policy",
+        "test",
+        "hub-spoke",
+        "--scenario",
+        preempt.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("step 3")
+            && err.contains("active in hubs is Some(\"hub-a\"), expected hub-b"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,15 @@ enum PolicyCmd {
         /// A .wasm component, or the name of a built-in policy.
         file: String,
     },
+    /// Replay a scenario of membership and health events (TOML) against a
+    /// policy, print its decisions after each step, and fail when an
+    /// expectation in the scenario does not hold.
+    Test {
+        /// A .wasm component, or the name of a built-in policy.
+        file: String,
+        #[arg(long)]
+        scenario: PathBuf,
+    },
     /// Reload the policy of the running gateway (from its configured
     /// module) through its admin listener; prints what changed, or why the
     /// new policy was refused (the old one then stays in force).
@@ -103,6 +112,9 @@ fn main() -> ExitCode {
         Cmd::Policy {
             command: PolicyCmd::Check { file },
         } => meshgate::policy::check::run(&file),
+        Cmd::Policy {
+            command: PolicyCmd::Test { file, scenario },
+        } => meshgate::policy::scenario::run(&file, &scenario),
         Cmd::Policy {
             command: PolicyCmd::Reload { admin },
         } => {

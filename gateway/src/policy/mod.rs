@@ -6,6 +6,7 @@ pub mod check;
 mod convert;
 pub mod host;
 pub mod runtime;
+pub mod scenario;
 pub mod validate;
 pub mod view;
 
