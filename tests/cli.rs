@@ -209,7 +209,7 @@ fn policy_check_accepts_the_builtins_and_names_what_it_refuses() {
     }
     let dir = scratch_dir("policycheck");
     let junk = dir.join("junk.wasm");
-    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0 not really").unwrap();
     let (ok, err) = run(&["policy", "check", junk.to_str().unwrap()]);
     assert!(
         !ok && err.contains("junk.wasm") && err.contains("not a valid WebAssembly component"),

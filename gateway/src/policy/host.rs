@@ -155,6 +155,18 @@ impl PolicyEngine {
     /// a component of our contract. Nothing runs yet.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, PolicyError> {
         let started = Instant::now();
+        // A policy fresh from `cargo build --target wasm32-unknown-unknown`
+        // is a core module carrying its WIT: make it a component here.
+        let wrapped;
+        let bytes = if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            wrapped = wit_component::ComponentEncoder::default()
+                .module(bytes)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| PolicyError::NotAComponent { name: name.into(), reason: format!("a core module that cannot be made a policy component: {}", e.root_cause()) })?;
+            &wrapped[..]
+        } else {
+            bytes
+        };
         let hash = hash_of(bytes);
         let cached = self
             .compiled
