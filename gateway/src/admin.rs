@@ -50,15 +50,19 @@ async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Reloads the policy from its configured source: 200 with what changed,
-/// or 422 with why the new one was refused (the old one stays in force).
-async fn reload_handler(State(s): State<AppState>) -> impl IntoResponse {
+/// Reloads the policy from its configured source, or from the module file
+/// whose path is the request body: 200 with what changed, or 422 with why
+/// the new one was refused (the old one stays in force).
+async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
     let policy = s.policy.clone();
+    let source = Some(body.trim())
+        .filter(|b| !b.is_empty())
+        .map(|p| crate::config::PolicySource::File(p.into()));
     let result = tokio::task::spawn_blocking(move || {
         policy
             .lock()
             .map_err(|_| "policy state unavailable".to_string())
-            .and_then(|mut p| p.reload())
+            .and_then(|mut p| p.reload_from(source))
     })
     .await;
     match result {
@@ -89,15 +93,22 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 /// A plain HTTP/1.0 request to the admin listener at `addr`; returns the
 /// status code and the body. Used by `meshgate policy reload` and the lab.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request_with_body(addr, method, path, "")
+}
+
+/// As [`request`], with a plain-text body.
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(30);
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
         .map_err(|e| anyhow::anyhow!("cannot reach the admin listener at {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp

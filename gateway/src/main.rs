@@ -89,7 +89,25 @@ enum PolicyCmd {
     Reload {
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
+        /// Load this module file instead (it stays the source for later reloads).
+        #[arg(long)]
+        module: Option<PathBuf>,
     },
+}
+
+/// `meshgate policy reload`: asks the admin listener, prints its answer.
+fn reload(admin: std::net::SocketAddr, module: Option<PathBuf>) -> anyhow::Result<()> {
+    let module = match module {
+        Some(m) => std::path::absolute(&m)?.display().to_string(),
+        None => String::new(),
+    };
+    let (status, body) =
+        meshgate::admin::request_with_body(admin, "POST", "/policy/reload", &module)?;
+    print!("{body}");
+    if status != 200 {
+        anyhow::bail!("reload refused (HTTP {status})");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -116,17 +134,8 @@ fn main() -> ExitCode {
             command: PolicyCmd::Test { file, scenario },
         } => meshgate::policy::scenario::run(&file, &scenario),
         Cmd::Policy {
-            command: PolicyCmd::Reload { admin },
-        } => {
-            meshgate::admin::request(admin, "POST", "/policy/reload").and_then(|(status, body)| {
-                print!("{body}");
-                if status == 200 {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("reload refused (HTTP {status})"))
-                }
-            })
-        }
+            command: PolicyCmd::Reload { admin, module },
+        } => reload(admin, module),
         Cmd::Keygen { cipher } => {
             let suite = if cipher == "aes256gcm16" {
                 CipherSuite::Aes256Gcm

@@ -162,7 +162,13 @@ impl PolicyEngine {
             wrapped = wit_component::ComponentEncoder::default()
                 .module(bytes)
                 .and_then(|e| e.validate(true).encode())
-                .map_err(|e| PolicyError::NotAComponent { name: name.into(), reason: format!("a core module that cannot be made a policy component: {}", e.root_cause()) })?;
+                .map_err(|e| PolicyError::NotAComponent {
+                    name: name.into(),
+                    reason: format!(
+                        "a core module that cannot be made a policy component: {}",
+                        e.root_cause()
+                    ),
+                })?;
             &wrapped[..]
         } else {
             bytes

@@ -157,7 +157,17 @@ impl PolicyRuntime {
     /// Reads the configured source again and replaces the policy in force
     /// if the new one compiles, runs and answers validly.
     pub fn reload(&mut self) -> Result<ReloadReport, String> {
+        self.reload_from(None)
+    }
+
+    /// As [`reload`](Self::reload), from `source` when given; once that
+    /// module is in force, later reloads read it.
+    pub fn reload_from(&mut self, source: Option<PolicySource>) -> Result<ReloadReport, String> {
+        let previous = source.map(|s| std::mem::replace(&mut self.source, s));
         let result = self.try_reload();
+        if let (Err(_), Some(p)) = (&result, previous) {
+            self.source = p;
+        }
         self.metrics
             .policy_reload(if result.is_ok() { "ok" } else { "refused" });
         if let Err(e) = &result {

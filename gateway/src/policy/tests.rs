@@ -90,8 +90,15 @@ fn modules_that_are_not_our_contract_are_refused_by_name() {
         "{e}"
     );
     // A core module without the contract's exports is wrapped, then refused.
-    let e = engine.load("core.wasm", b"\0asm\x01\0\0\0").err().unwrap().to_string();
-    assert!(e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.1.0"), "{e}");
+    let e = engine
+        .load("core.wasm", b"\0asm\x01\0\0\0")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.1.0"),
+        "{e}"
+    );
     // An empty component exports nothing of the contract.
     let e = engine
         .load("empty.wasm", b"\0asm\x0d\0\x01\0")
