@@ -58,7 +58,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     // fails or answers nonsense stops the start (fail closed).
     let view = policy::view::from_config(&config, now_ms());
     let (mut runtime, tables) = PolicyRuntime::start(
-        PolicyEngine::new(Limits::default())?,
+        PolicyEngine::new(Limits::default())?.with_cache_dir(config.state_dir.join("policy-cache")),
         config.policy.module.clone(),
         view,
         metrics.clone(),

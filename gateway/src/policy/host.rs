@@ -122,6 +122,8 @@ pub struct PolicyEngine {
     /// (a reload that changes only parameters, or back to an earlier
     /// version) does not compile it again.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
+    /// Where compiled components are kept across restarts, if anywhere.
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 impl PolicyEngine {
@@ -148,7 +150,71 @@ impl PolicyEngine {
             limits,
             stop,
             compiled: Default::default(),
+            cache_dir: None,
         })
+    }
+
+    /// Keeps compiled components in `dir` (created, mode 0700), so a
+    /// restart loads them instead of compiling again.
+    pub fn with_cache_dir(mut self, dir: std::path::PathBuf) -> PolicyEngine {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            Ok(()) => self.cache_dir = Some(dir),
+            Err(e) => tracing::warn!("no policy cache at {}: {e}", dir.display()),
+        }
+        self
+    }
+
+    /// The cache file for content `hash` under this engine's settings:
+    /// artifacts are tied to the wasmtime version and configuration.
+    fn cache_path(&self, hash: &str) -> Option<std::path::PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(
+            self.cache_dir
+                .as_ref()?
+                .join(format!("{hash}-{:016x}.cwasm", h.finish())),
+        )
+    }
+
+    fn load_cached(&self, hash: &str) -> Option<Component> {
+        let path = self.cache_path(hash)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: only files this gateway wrote (into its own 0700 state
+        // directory, named for the module's content hash and this engine's
+        // compatibility hash) are deserialized.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("ignoring policy cache file {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn store_cached(&self, hash: &str, component: &Component) {
+        let Some(path) = self.cache_path(hash) else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|b| std::fs::write(&tmp, b).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(
+                "cannot cache the compiled policy at {}: {e}",
+                path.display()
+            );
+        }
     }
 
     /// Compiles and links `bytes` as the policy `name`, checking that it is
@@ -182,12 +248,19 @@ impl PolicyEngine {
         let component = match cached {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, bytes).map_err(|e| {
-                    PolicyError::NotAComponent {
-                        name: name.into(),
-                        reason: brief(&e),
+                let c = match self.load_cached(&hash) {
+                    Some(c) => c,
+                    None => {
+                        let c = Component::new(&self.engine, bytes).map_err(|e| {
+                            PolicyError::NotAComponent {
+                                name: name.into(),
+                                reason: brief(&e),
+                            }
+                        })?;
+                        self.store_cached(&hash, &c);
+                        c
                     }
-                })?;
+                };
                 if let Ok(mut cache) = self.compiled.lock() {
                     cache.insert(hash.clone(), c.clone());
                 }

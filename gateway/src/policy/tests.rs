@@ -169,3 +169,35 @@ fn invalid_decisions_are_caught_before_use() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn compiled_policies_are_cached_on_disk_across_engines() {
+    let dir = std::env::temp_dir().join(format!("meshgate-policy-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = engine().with_cache_dir(dir.clone());
+    let m = first
+        .load("full-mesh", builtin("full-mesh").unwrap())
+        .unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(files.len(), 1, "one artifact written");
+    assert!(files[0].file_name().to_string_lossy().starts_with(&m.hash));
+    // A new engine (a restarted gateway) loads it instead of compiling.
+    let second = engine().with_cache_dir(dir.clone());
+    let mut again = second
+        .load("full-mesh", builtin("full-mesh").unwrap())
+        .unwrap();
+    assert!(
+        again.compile_time * 4 < m.compile_time,
+        "loading {:?} vs compiling {:?}",
+        again.compile_time,
+        m.compile_time
+    );
+    assert_eq!(
+        again.evaluate(&views()[0]).unwrap(),
+        native::<FullMesh>(&views()[0])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
