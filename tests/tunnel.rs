@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{drops, inject, lab, lab_with, metric, scratch, write_pcap, Capture};
+use common::{drops, inject, lab, lab_with, metric, ping_ok, scratch, tcp_ok, write_pcap, Capture};
 use meshgate::lab::probe::{ping, tcp_transfer};
 use meshgate::lab::{spi, ESP_PORT};
 
@@ -25,31 +25,27 @@ fn esp_payloads(frames: &[common::Frame], dst_port_is_esp: bool) -> Vec<Vec<u8>>
 fn ping_and_tcp_over_ipv4_and_ipv6_cross_the_tunnel_and_metrics_pass_promtool() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
-    let p = ping(&a.host, b.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
-    assert_eq!(p.received, 20, "ping host-1 -> host-2 lost packets");
-    let p = ping(&b.host, a.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
-    assert_eq!(p.received, 20, "ping host-2 -> host-1 lost packets");
-    let t = tcp_transfer(
+    ping_ok(
         &a.host,
-        &b.host,
         b.host_ip().into(),
-        5001,
-        Duration::from_secs(1),
-    )
-    .unwrap();
-    assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
-    let t = tcp_transfer(
+        20,
+        "ping host-1 -> host-2 lost packets",
+    );
+    ping_ok(
         &b.host,
-        &a.host,
         a.host_ip().into(),
-        5001,
-        Duration::from_secs(1),
-    )
-    .unwrap();
-    assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
+        20,
+        "ping host-2 -> host-1 lost packets",
+    );
+    tcp_ok(&a.host, &b.host, b.host_ip().into(), Duration::from_secs(1));
+    tcp_ok(&b.host, &a.host, a.host_ip().into(), Duration::from_secs(1));
     // Inner IPv6 over the same SAs.
-    let p = ping(&a.host, b.host_ip6().into(), 20, Duration::from_millis(10)).unwrap();
-    assert_eq!(p.received, 20, "ping6 host-1 -> host-2 lost packets");
+    ping_ok(
+        &a.host,
+        b.host_ip6().into(),
+        20,
+        "ping6 host-1 -> host-2 lost packets",
+    );
     let t = tcp_transfer(
         &b.host,
         &a.host,
@@ -204,8 +200,12 @@ fn garbage_flood_does_not_disturb_a_running_flow() {
     .expect("the flow survives the flood");
     flood.join().expect("flood thread");
     assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
-    let p = ping(&a.host, b.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
-    assert_eq!(p.received, 20, "pings lost after the flood");
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        20,
+        "pings lost after the flood",
+    );
     let counted = drops(&lab, 1, "malformed")
         + drops(&lab, 1, "unknown_spi")
         + drops(&lab, 1, "icv")
@@ -421,17 +421,18 @@ fn hub_spoke_policy_sends_spoke_to_spoke_traffic_through_the_hub() {
     // Region 1 is the hub, regions 2 and 3 are spokes.
     let lab = common::lab_policy(3, "hub-spoke");
     let (s2, s3) = (&lab.regions[1], &lab.regions[2]);
-    let p = ping(&s2.host, s3.host_ip().into(), 20, Duration::from_millis(10)).unwrap();
-    assert_eq!(p.received, 20, "spoke-to-spoke pings lost");
-    let t = tcp_transfer(
+    ping_ok(
+        &s2.host,
+        s3.host_ip().into(),
+        20,
+        "spoke-to-spoke pings lost",
+    );
+    tcp_ok(
         &s3.host,
         &s2.host,
         s2.host_ip().into(),
-        5001,
         Duration::from_millis(500),
-    )
-    .unwrap();
-    assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
+    );
 
     let out_to = |g: usize, peer: &str| {
         metric(
@@ -571,14 +572,19 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             "forwarding after refusing {what}"
         );
     }
-    assert_eq!(
+    // Five refused on request; the file watch may have tried one of the bad
+    // files as well, and refused it too. None was taken.
+    assert!(
         metric(
             &lab,
             0,
             "meshgate_policy_reloads_total",
             "outcome=\"refused\""
-        ),
-        5
+        ) >= 5
+    );
+    assert_eq!(
+        metric(&lab, 0, "meshgate_policy_reloads_total", "outcome=\"ok\""),
+        0
     );
     assert!(metric(&lab, 0, "meshgate_policy_traps_total", "kind=\"timeout\"") >= 1);
     assert!(

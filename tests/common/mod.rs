@@ -66,6 +66,27 @@ fn lab_configured(regions: usize, sa_settings: &str, policy: &str) -> Lab {
     lab
 }
 
+/// Pings `dst` from `src` `count` times at 10 ms; every echo must return.
+pub fn ping_ok(src: &Netns, dst: std::net::IpAddr, count: u32, what: &str) {
+    let p =
+        meshgate::lab::probe::ping(src, dst, count, Duration::from_millis(10)).expect("pinging");
+    assert_eq!(p.received, count, "{what}");
+}
+
+/// A TCP transfer from `src` to `dst_ip` in `dst` for `duration` that must
+/// move at least a megabyte, every byte arriving.
+pub fn tcp_ok(
+    src: &Netns,
+    dst: &Netns,
+    dst_ip: std::net::IpAddr,
+    duration: Duration,
+) -> meshgate::lab::probe::TransferStats {
+    let t = meshgate::lab::probe::tcp_transfer(src, dst, dst_ip, 5001, duration)
+        .expect("the TCP transfer");
+    assert!(t.bytes > 1_000_000, "TCP moved only {} bytes", t.bytes);
+    t
+}
+
 /// Sum of every sample of `name` whose labels contain `filter`.
 pub fn metric(lab: &Lab, gateway: usize, name: &str, filter: &str) -> u64 {
     let text = lab.metrics(gateway).expect("scraping metrics");
