@@ -101,12 +101,7 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let cap = Capture::start(&b.appliance, "ul0");
-    assert_eq!(
-        ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10))
-            .unwrap()
-            .received,
-        10
-    );
+    ping_ok(&a.host, b.host_ip().into(), 10, "pings lost");
     let frames = cap.finish();
     // Datagrams gateway 1 sent to gateway 2 carry gateway 2's inbound SPI.
     let to_b: Vec<Vec<u8>> = esp_payloads(&frames, true)
@@ -142,12 +137,11 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(drops(&lab, 1, "icv") - icv_before, 2);
     // Had the window jumped to 1,000,000, these would now be "replays".
-    assert_eq!(
-        ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10))
-            .unwrap()
-            .received,
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
         10,
-        "the tunnel still carries traffic"
+        "the tunnel still carries traffic",
     );
 }
 
@@ -225,12 +219,7 @@ fn tshark_decrypts_the_stream_and_verifies_every_icv() {
     let lab = lab_with(2, "cipher = \"aes128gcm16\"\nesn = false");
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let cap = Capture::start(&a.appliance, "ul0");
-    assert_eq!(
-        ping(&a.host, b.host_ip().into(), 10, Duration::from_millis(10))
-            .unwrap()
-            .received,
-        10
-    );
+    ping_ok(&a.host, b.host_ip().into(), 10, "pings lost");
     tcp_transfer(
         &a.host,
         &b.host,
@@ -336,17 +325,7 @@ fn restarts_reuse_no_nonce_and_reopen_no_replay_window() {
     let target = SocketAddr::from((lab.regions[1].underlay_ip(), ESP_PORT));
 
     let cap = Capture::start(&lab.regions[1].appliance, "ul0");
-    assert_eq!(
-        ping(
-            &lab.regions[0].host,
-            b_ip.into(),
-            10,
-            Duration::from_millis(10)
-        )
-        .unwrap()
-        .received,
-        10
-    );
+    ping_ok(&lab.regions[0].host, b_ip.into(), 10, "pings lost");
     let before = cap.finish();
     let before_ivs = ivs(&before, a_to_b);
     assert!(before_ivs.len() >= 10);
@@ -357,17 +336,11 @@ fn restarts_reuse_no_nonce_and_reopen_no_replay_window() {
     lab.start_gateway(bin, 0).unwrap();
     lab.wait_ready(0, Duration::from_secs(10)).unwrap();
     let cap = Capture::start(&lab.regions[1].appliance, "ul0");
-    assert_eq!(
-        ping(
-            &lab.regions[0].host,
-            b_ip.into(),
-            10,
-            Duration::from_millis(10)
-        )
-        .unwrap()
-        .received,
+    ping_ok(
+        &lab.regions[0].host,
+        b_ip.into(),
         10,
-        "traffic flows right after the sender restarts"
+        "traffic flows right after the sender restarts",
     );
     let after_ivs = ivs(&cap.finish(), a_to_b);
     let (max_before, min_after) = (
@@ -402,17 +375,11 @@ fn restarts_reuse_no_nonce_and_reopen_no_replay_window() {
         0,
         "none of them was delivered"
     );
-    assert_eq!(
-        ping(
-            &lab.regions[0].host,
-            b_ip.into(),
-            10,
-            Duration::from_millis(10)
-        )
-        .unwrap()
-        .received,
+    ping_ok(
+        &lab.regions[0].host,
+        b_ip.into(),
         10,
-        "and live traffic still flows"
+        "and live traffic still flows",
     );
 }
 
@@ -564,12 +531,11 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             err.contains("422") && err.contains("policy.wasm") && err.contains("stays"),
             "{what}: {err}"
         );
-        assert_eq!(
-            ping(&a.host, b.host_ip().into(), 5, Duration::from_millis(10))
-                .unwrap()
-                .received,
+        ping_ok(
+            &a.host,
+            b.host_ip().into(),
             5,
-            "forwarding after refusing {what}"
+            &format!("forwarding after refusing {what}"),
         );
     }
     // Five refused on request; the file watch may have tried one of the bad
