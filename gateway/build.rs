@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (name in configs, feature of the policies crate, built in)
-const POLICIES: [(&str, &str, bool); 7] = [
+const POLICIES: [(&str, &str, bool); 8] = [
     ("full-mesh", "export-full-mesh", true),
     ("hub-spoke", "export-hub-spoke", true),
     ("mesh-with-leaves", "export-mesh-with-leaves", true),
@@ -16,6 +16,7 @@ const POLICIES: [(&str, &str, bool); 7] = [
     ("test-loop", "test-loop", false),
     ("test-oom", "test-oom", false),
     ("test-invalid", "test-invalid", false),
+    ("test-malformed", "test-malformed", false),
 ];
 
 fn main() {
@@ -34,6 +35,7 @@ fn main() {
         "sdk/wit",
         "sdk/Cargo.toml",
         "Cargo.lock",
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dep).display());
     }

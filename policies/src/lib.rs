@@ -11,7 +11,8 @@ pub mod mesh_with_leaves;
     feature = "test-trap",
     feature = "test-loop",
     feature = "test-oom",
-    feature = "test-invalid"
+    feature = "test-invalid",
+    feature = "test-malformed"
 ))]
 pub mod misbehaving;
 

@@ -65,3 +65,46 @@ impl Policy for Lies {
         }]
     }
 }
+
+/// Speaks the contract without the SDK's encoder and returns peer records
+/// that do not decode (3 bytes, where records are 8).
+#[cfg(all(feature = "test-malformed", target_arch = "wasm32"))]
+mod malformed {
+    use meshgate_sdk::__guest::bindings::meshgate::policy::types as wit;
+    use meshgate_sdk::__guest::Guest;
+
+    struct Malformed;
+
+    impl Guest for Malformed {
+        fn decide(_: wit::View) -> wit::Decisions {
+            wit::Decisions {
+                peers: vec![1, 2, 3],
+                routes: Self::routes_empty(),
+                failover: Vec::new(),
+            }
+        }
+        fn peers(_: wit::View) -> Vec<u8> {
+            vec![1, 2, 3]
+        }
+        fn routes(_: wit::View) -> wit::RouteTable {
+            Self::routes_empty()
+        }
+        fn failover(_: wit::View) -> Vec<wit::Failover> {
+            Vec::new()
+        }
+        fn on_timer(_: wit::View) -> Option<u32> {
+            None
+        }
+    }
+
+    impl Malformed {
+        fn routes_empty() -> wit::RouteTable {
+            wit::RouteTable {
+                routes: Vec::new(),
+                hops: Vec::new(),
+            }
+        }
+    }
+
+    meshgate_sdk::__guest::export_raw!(Malformed with_types_in meshgate_sdk::__guest::bindings);
+}

@@ -10,7 +10,7 @@
 //! The same code compiles natively, so a policy is unit-tested with plain
 //! `cargo test` and the [`testing`] helpers, and for `wasm32-unknown-unknown`,
 //! where [`export_policy!`] turns it into a WebAssembly component of the
-//! contract in `wit/policy.wit` (`meshgate:policy@0.1.0`).
+//! contract in `wit/policy.wit` (`meshgate:policy@0.2.0`).
 //!
 //! ```
 //! use meshgate_sdk::{export_policy, NextHops, Peer, Policy, Route, View};
@@ -50,13 +50,14 @@
 //! ```
 
 mod types;
+pub mod wire;
 
 pub mod testing;
 
 pub use types::*;
 
 /// The version of the contract this SDK implements.
-pub const CONTRACT: &str = "meshgate:policy@0.1.0";
+pub const CONTRACT: &str = "meshgate:policy@0.2.0";
 
 /// A routing policy. Every method is a pure function of the view.
 pub trait Policy {
@@ -118,14 +119,10 @@ macro_rules! export_policy {
         const _: () = {
             struct MeshgateGuest;
             impl $crate::__guest::Guest for MeshgateGuest {
-                fn peers(
-                    view: $crate::__guest::WitView,
-                ) -> ::std::vec::Vec<$crate::__guest::WitPeer> {
+                fn peers(view: $crate::__guest::WitView) -> ::std::vec::Vec<u8> {
                     $crate::__guest::peers::<$policy>(view)
                 }
-                fn routes(
-                    view: $crate::__guest::WitView,
-                ) -> ::std::vec::Vec<$crate::__guest::WitRoute> {
+                fn routes(view: $crate::__guest::WitView) -> $crate::__guest::WitRouteTable {
                     $crate::__guest::routes::<$policy>(view)
                 }
                 fn failover(

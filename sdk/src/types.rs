@@ -2,7 +2,7 @@
 //! `wit/policy.wit`, field for field, with helpers.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// Index of a member in [`View::members`].
 pub type MemberIndex = u32;
@@ -70,15 +70,6 @@ pub(crate) fn addr_bits(ip: IpAddr) -> u128 {
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-pub(crate) fn addr_from_bits(v6: bool, bits: u128) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(bits))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(bits as u32))
-    }
-}
-
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -116,8 +107,10 @@ pub struct Span {
 }
 
 impl Span {
-    fn range(self) -> std::ops::Range<usize> {
-        self.first as usize..(self.first as usize + self.count as usize)
+    /// The entries it covers, as indexes.
+    pub fn range(self) -> std::ops::Range<usize> {
+        let first = self.first as usize;
+        first..first.saturating_add(self.count as usize)
     }
 }
 

@@ -42,7 +42,7 @@ pub fn run(file: &str) -> Result<()> {
     let limits = Limits::default();
     let engine = PolicyEngine::new(limits)?;
     let mut module = engine.load(&name, &bytes)?;
-    println!("{name}: a meshgate:policy@0.1.0 component");
+    println!("{name}: a {} component", meshgate_sdk::CONTRACT);
     println!(
         "  hash {}  size {} bytes  compiled in {:.1} ms",
         module.hash,
@@ -63,7 +63,7 @@ pub fn run(file: &str) -> Result<()> {
         "  peers: {}",
         meshgate_sdk::testing::peer_ids(&view, &d.peers).join(", ")
     );
-    for (prefix, hops) in meshgate_sdk::testing::route_table(&view, &d.routes) {
+    for (prefix, hops) in meshgate_sdk::testing::route_table(&view, &d.to_sdk().routes) {
         println!("  route {prefix} -> {}", hops.join(", "));
     }
     for (group, active) in meshgate_sdk::testing::active_ids(&view, &d.failover) {

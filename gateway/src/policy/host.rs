@@ -47,8 +47,16 @@ impl Default for Limits {
 pub enum PolicyError {
     #[error("policy {name}: not a valid WebAssembly component: {reason}")]
     NotAComponent { name: String, reason: String },
-    #[error("policy {name}: does not implement meshgate:policy@0.1.0: {reason}")]
+    #[error("policy {name}: does not implement {}: {reason}", sdk::CONTRACT)]
     Contract { name: String, reason: String },
+    /// Returned records that do not decode (a policy not built with the
+    /// SDK, or a broken one).
+    #[error("policy {name} ({hash}): malformed decisions: {reason}")]
+    Malformed {
+        name: String,
+        hash: String,
+        reason: String,
+    },
     #[error("policy {name} ({hash}): {kind} in {call}: {reason}")]
     Trapped {
         name: String,
@@ -286,6 +294,7 @@ impl PolicyEngine {
             compile_time,
             pre,
             instance: None,
+            scratch: convert::empty_view(),
             limits: self.limits,
             engine: self.engine.clone(),
         })
@@ -322,7 +331,7 @@ pub fn hash_of(bytes: &[u8]) -> String {
 }
 
 /// What a policy decided for one view.
-pub use sdk::Decisions;
+pub use super::decisions::Decisions;
 
 /// A loaded policy, ready to evaluate.
 pub struct PolicyModule {
@@ -332,6 +341,8 @@ pub struct PolicyModule {
     pub compile_time: Duration,
     pre: PolicyPre<HostState>,
     instance: Option<(Store<HostState>, Policy)>,
+    /// The view as last encoded, its buffers reused by the next evaluation.
+    scratch: wit::View,
     limits: Limits,
     engine: Engine,
 }
@@ -376,12 +387,16 @@ impl PolicyModule {
     /// Runs `peers`, `routes` and `failover` on `view`. After a trap the
     /// instance is dropped and the next call starts a fresh one.
     pub fn evaluate(&mut self, view: &sdk::View) -> Result<Decisions, PolicyError> {
-        let wview = convert::view_out(view);
+        convert::view_out(view, &mut self.scratch);
         let timeout = ticks(self.limits.call_timeout);
         self.instance()?;
         let (store, policy) = self.instance.as_mut().expect("instantiated above");
-        match call_all(store, policy, &wview, timeout) {
-            Ok(d) => Ok(d),
+        match call_all(store, policy, &self.scratch, timeout) {
+            Ok(d) => Decisions::from_wit(d).map_err(|e| PolicyError::Malformed {
+                name: self.name.clone(),
+                hash: self.hash.clone(),
+                reason: e.to_string(),
+            }),
             Err((call, e)) => {
                 let err = self.trapped(call, &e);
                 self.instance = None;
@@ -396,12 +411,11 @@ fn call_all(
     policy: &Policy,
     view: &wit::View,
     timeout: u64,
-) -> Result<Decisions, (&'static str, wasmtime::Error)> {
+) -> Result<wit::Decisions, (&'static str, wasmtime::Error)> {
     store.set_epoch_deadline(timeout);
-    let d = policy
+    policy
         .call_decide(&mut *store, view)
-        .map_err(|e| ("decide", e))?;
-    Ok(convert::decisions_in(d))
+        .map_err(|e| ("decide", e))
 }
 
 fn ticks(d: Duration) -> u64 {

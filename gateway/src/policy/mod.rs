@@ -4,6 +4,7 @@
 
 pub mod check;
 mod convert;
+pub mod decisions;
 pub mod host;
 pub mod runtime;
 pub mod scenario;

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_sdk::{Decisions, View};
+use meshgate_sdk::View;
 
-use super::{builtin, validate, view, PolicyEngine, PolicyModule};
+use super::{builtin, validate, view, Decisions, PolicyEngine, PolicyModule};
 use crate::config::PolicySource;
 use crate::dataplane::SharedTables;
 use crate::metrics::Metrics;

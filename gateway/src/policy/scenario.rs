@@ -191,7 +191,7 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
         for p in &peers {
             println!("peer {p}");
         }
-        let routes = route_table(&view, &d.routes);
+        let routes = route_table(&view, &d.to_sdk().routes);
         for (prefix, hops) in &routes {
             println!("route {prefix} -> {}", hops.join(" "));
         }

@@ -48,8 +48,8 @@ fn engine() -> PolicyEngine {
     .unwrap()
 }
 
-fn native<P: Policy>(v: &View) -> Decisions {
-    Decisions {
+fn native<P: Policy>(v: &View) -> meshgate_sdk::Decisions {
+    meshgate_sdk::Decisions {
         peers: P::peers(v),
         routes: P::routes(v),
         failover: P::failover(v),
@@ -60,14 +60,17 @@ fn native<P: Policy>(v: &View) -> Decisions {
 fn builtins_decide_in_wasm_exactly_as_natively() {
     let engine = engine();
     for (name, f) in [
-        ("full-mesh", native::<FullMesh> as fn(&View) -> Decisions),
+        (
+            "full-mesh",
+            native::<FullMesh> as fn(&View) -> meshgate_sdk::Decisions,
+        ),
         ("hub-spoke", native::<HubSpoke>),
         ("mesh-with-leaves", native::<MeshWithLeaves>),
     ] {
         let mut m = engine.load(name, builtin(name).unwrap()).unwrap();
         for v in views() {
             let d = m.evaluate(&v).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(d, f(&v), "{name} for {}", v.name(v.local().id));
+            assert_eq!(d.to_sdk(), f(&v), "{name} for {}", v.name(v.local().id));
             assert!(
                 validate::problems(&v, &d).is_empty(),
                 "{name}: {:?}",
@@ -96,7 +99,7 @@ fn modules_that_are_not_our_contract_are_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.1.0"),
+        e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.2.0"),
         "{e}"
     );
     // An empty component exports nothing of the contract.
@@ -106,7 +109,7 @@ fn modules_that_are_not_our_contract_are_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("empty.wasm") && e.contains("does not implement meshgate:policy@0.1.0"),
+        e.contains("empty.wasm") && e.contains("does not implement meshgate:policy@0.2.0"),
         "{e}"
     );
 }
@@ -145,6 +148,21 @@ fn traps_loops_and_memory_hogs_are_contained_and_named() {
         // The next evaluation starts from a fresh instance and fails the same way.
         assert!(m.evaluate(v).is_err());
     }
+}
+
+#[test]
+fn decisions_that_do_not_decode_are_refused_by_name() {
+    let bytes = test_module("test-malformed");
+    let mut m = engine().load("test-malformed", &bytes).unwrap();
+    let e = m.evaluate(&views()[0]).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "policy test-malformed ({}): malformed decisions: \
+             peers: 3 bytes is not a whole number of 8-byte records",
+            host::hash_of(&bytes)
+        )
+    );
 }
 
 #[test]
@@ -196,7 +214,7 @@ fn compiled_policies_are_cached_on_disk_across_engines() {
         m.compile_time
     );
     assert_eq!(
-        again.evaluate(&views()[0]).unwrap(),
+        again.evaluate(&views()[0]).unwrap().to_sdk(),
         native::<FullMesh>(&views()[0])
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -54,10 +54,10 @@ pub fn problems(view: &View, d: &Decisions) -> Vec<String> {
         if !prefixes.insert(r.prefix) {
             out.push(format!("routes[{k}]: {} is routed twice", r.prefix));
         }
-        if r.next_hops.members().is_empty() {
+        if d.next_hops(r).is_empty() {
             out.push(format!("routes[{k}]: {} has no next hop", r.prefix));
         }
-        for h in r.next_hops.members() {
+        for h in d.next_hops(r) {
             member(*h, &format!("routes[{k}] ({})", r.prefix), &mut out);
         }
     }

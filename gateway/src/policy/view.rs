@@ -11,6 +11,8 @@ use crate::config::{Config, Placement};
 use crate::dataplane::tables::{NextHops, Tables};
 use crate::prefix::Prefix;
 
+use super::Decisions;
+
 fn member(
     names: &mut Names,
     view: &mut View,
@@ -93,15 +95,14 @@ pub fn from_config(config: &Config, now_ms: u64) -> View {
 
 /// The data-plane tables for validated decisions on a view built by
 /// [`from_config`] (member i + 1 is peer i).
-pub fn tables(decisions: &meshgate_sdk::Decisions) -> Tables {
+pub fn tables(decisions: &Decisions) -> Tables {
     let mut t = Tables::default();
     for r in &decisions.routes {
         let Some(prefix) = Prefix::new(r.prefix.addr, r.prefix.len) else {
             continue;
         };
-        let peers: Box<[usize]> = r
-            .next_hops
-            .members()
+        let peers: Box<[usize]> = decisions
+            .next_hops(r)
             .iter()
             .filter(|&&m| m > 0)
             .map(|&m| m as usize - 1)
@@ -113,7 +114,7 @@ pub fn tables(decisions: &meshgate_sdk::Decisions) -> Tables {
             prefix,
             NextHops {
                 peers,
-                ecmp: matches!(r.next_hops, meshgate_sdk::NextHops::Ecmp(_)),
+                ecmp: r.ecmp,
             },
         );
     }
