@@ -566,3 +566,118 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
     let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload").unwrap();
     assert!(report.contains("in force"), "{report}");
 }
+
+/// Polls `cond` every 100 ms for up to `within`; says `what` if it never holds.
+fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(std::time::Instant::now() < until, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_policy_that_traps_on_an_event_keeps_the_last_good_tables_and_recovers() {
+    let mut lab = common::lab_unstarted(2);
+    // Gateway 1 runs a policy that decides as full-mesh while its parameter
+    // `trap` is "no", and traps otherwise.
+    let policy = lab.dir.join("policy.wasm");
+    let bytes = std::fs::read(concat!(env!("OUT_DIR"), "/test-trap.wasm")).unwrap();
+    std::fs::write(&policy, &bytes).unwrap();
+    let hash = meshgate::policy::host::hash_of(&bytes);
+    let cfg = lab.config_path(0);
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let with_trap = |value: &str| {
+        original
+            .lines()
+            .map(|l| {
+                if l.starts_with("module =") {
+                    format!(
+                        "module = \"{}\"\nparams = {{ trap = \"{value}\" }}",
+                        policy.display()
+                    )
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(&cfg, with_trap("no")).unwrap();
+    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .unwrap();
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        5,
+        "forwarding under the policy",
+    );
+    let count = |name: &str, filter: &str| metric(&lab, 0, name, filter);
+
+    // A config change is an event: the policy is evaluated again, traps,
+    // and the tables it last answered stay in force.
+    std::fs::write(&cfg, with_trap("yes")).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "no failed evaluation after the change",
+        || {
+            count(
+                "meshgate_policy_event_evaluations_total",
+                "outcome=\"failed\"",
+            ) >= 1
+        },
+    );
+    assert_eq!(
+        count("meshgate_policy_events_total", "trigger=\"config\""),
+        1
+    );
+    assert!(count("meshgate_policy_traps_total", "kind=\"trap\"") >= 1);
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        20,
+        "forwarding on the last good tables",
+    );
+    let log = std::fs::read_to_string(lab.log_path(0)).unwrap();
+    assert!(
+        log.contains(&format!("policy.wasm ({hash})"))
+            && log.contains("trap in decide")
+            && log.contains("the last good tables stay in force"),
+        "the log names the policy, its hash and the trap:\n{log}"
+    );
+
+    // A config that does not load changes nothing, and says why.
+    std::fs::write(&cfg, "[gateway]\nid = 7\n").unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the broken config was not refused",
+        || {
+            std::fs::read_to_string(lab.log_path(0))
+                .unwrap()
+                .contains("config changed but is refused")
+        },
+    );
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        5,
+        "forwarding after a broken config",
+    );
+
+    // Fixed: the next event is evaluated (after the backoff) and succeeds.
+    std::fs::write(&cfg, with_trap("no")).unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "no successful evaluation after the fix",
+        || count("meshgate_policy_event_evaluations_total", "outcome=\"ok\"") >= 1,
+    );
+    assert_eq!(
+        count("meshgate_policy_events_total", "trigger=\"config\""),
+        2
+    );
+    ping_ok(&a.host, b.host_ip().into(), 5, "forwarding after recovery");
+    for g in 0..2 {
+        assert_eq!(metric(&lab, g, "meshgate_drops_total", ""), 0);
+    }
+}

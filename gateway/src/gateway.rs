@@ -14,27 +14,61 @@ use crate::policy::runtime::PolicyRuntime;
 use crate::policy::{self, Limits, PolicyEngine};
 use crate::tun::Tun;
 
-/// Reloads the policy when its file changes (polled each second: robust
-/// to editors that replace files by renaming). Never returns.
-async fn watch_policy_file(
-    path: Option<std::path::PathBuf>,
+/// The modification time of `path`, if it can be read.
+fn stamp(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Watches the files the gateway runs from (polled each second: robust to
+/// editors that replace files by renaming). A changed policy file is
+/// reloaded; a changed config file has its `[policy] params` applied, which
+/// re-evaluates the policy. A config that does not load is refused with
+/// the reason and changes nothing. Never returns.
+async fn watch_files(
+    config_path: std::path::PathBuf,
+    policy_path: Option<std::path::PathBuf>,
+    mut params: Vec<(String, String)>,
     runtime: Arc<std::sync::Mutex<PolicyRuntime>>,
+    events: policy::driver::EventSender,
 ) {
-    let Some(path) = path else {
-        return std::future::pending().await;
-    };
-    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = stamp(&path);
+    let mut config_stamp = stamp(&config_path);
+    let mut policy_stamp = policy_path.as_deref().and_then(stamp);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let now = stamp(&path);
-        if now != last && now.is_some() {
-            last = now;
-            tracing::info!("{} changed; reloading the policy", path.display());
-            if let Ok(mut r) = runtime.lock() {
-                let _ = r.reload();
+        if let Some(path) = &policy_path {
+            let now = stamp(path);
+            if now != policy_stamp && now.is_some() {
+                policy_stamp = now;
+                tracing::info!("{} changed; reloading the policy", path.display());
+                if let Ok(mut r) = runtime.lock() {
+                    let _ = r.reload();
+                }
             }
+        }
+        let now = stamp(&config_path);
+        if now == config_stamp || now.is_none() {
+            continue;
+        }
+        config_stamp = now;
+        match Config::load(&config_path) {
+            Err(e) => tracing::warn!("config changed but is refused, nothing changes: {e:#}"),
+            Ok(new) if new.policy.params != params => {
+                tracing::info!(
+                    "{} changed; new policy parameters, re-evaluating (other changes take effect on restart)",
+                    config_path.display()
+                );
+                params = new.policy.params.clone();
+                let update = new.policy.params.clone();
+                let _ = events.send(policy::driver::PolicyEvent::new(
+                    policy::schedule::Trigger::Config,
+                    move |view| view.params = update,
+                ));
+            }
+            Ok(_) => tracing::info!(
+                "{} changed; the policy parameters did not (other changes take effect on restart)",
+                config_path.display()
+            ),
         }
     }
 }
@@ -88,8 +122,12 @@ pub fn run(config_path: &Path) -> Result<()> {
         PolicySource::File(p) => Some(p.clone()),
         PolicySource::Builtin(_) => None,
     };
+    let params = config.policy.params.clone();
     drop(config);
     let runtime = Arc::new(std::sync::Mutex::new(runtime));
+    // Membership and health events join this channel with the signalling
+    // layer; the config watch sends configuration changes.
+    let (events, event_rx) = policy::driver::channel();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,7 +135,19 @@ pub fn run(config_path: &Path) -> Result<()> {
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
         let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone());
-        let watcher = watch_policy_file(watched, runtime.clone());
+        let watcher = watch_files(
+            config_path.to_path_buf(),
+            watched,
+            params,
+            runtime.clone(),
+            events,
+        );
+        let driver = policy::driver::drive(
+            runtime.clone(),
+            event_rx,
+            metrics.clone(),
+            policy::schedule::Settings::default(),
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let watchdog = async {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -111,6 +161,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             _ = term.recv() => Ok(()),
             _ = watchdog => Err(anyhow::anyhow!("the data plane stopped (see the errors above)")),
             _ = watcher => Ok(()),
+            _ = driver => Ok(()),
         }
     });
     tracing::info!("shutting down");

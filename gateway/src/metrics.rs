@@ -25,6 +25,8 @@ pub struct Metrics {
     policy_latency: prometheus::Histogram,
     policy_reloads: IntCounterVec,
     policy_traps: IntCounterVec,
+    policy_events: IntCounterVec,
+    policy_event_evaluations: IntCounterVec,
     policy_info: IntGaugeVec,
 }
 
@@ -205,6 +207,24 @@ impl Metrics {
         for o in ["ok", "refused"] {
             policy_reloads.with_label_values(&[o]);
         }
+        let policy_events = counter_vec(
+            &registry,
+            "meshgate_policy_events_total",
+            "Events that call for a policy evaluation, by trigger (several may be coalesced into one evaluation).",
+            &["trigger"],
+        );
+        for t in crate::policy::schedule::Trigger::ALL {
+            policy_events.with_label_values(&[t.as_str()]);
+        }
+        let policy_event_evaluations = counter_vec(
+            &registry,
+            "meshgate_policy_event_evaluations_total",
+            "Evaluations on events, by outcome (failed: trap, timeout, out of memory or invalid decisions; the last good tables stay in force).",
+            &["outcome"],
+        );
+        for o in ["ok", "failed"] {
+            policy_event_evaluations.with_label_values(&[o]);
+        }
         let policy_info = IntGaugeVec::new(
             Opts::new(
                 "meshgate_policy_info",
@@ -221,6 +241,8 @@ impl Metrics {
             policy_evaluations,
             policy_latency,
             policy_reloads,
+            policy_events,
+            policy_event_evaluations,
             policy_traps,
             policy_info,
             peer_packets,
@@ -279,6 +301,18 @@ impl Metrics {
 
     pub fn policy_reload(&self, outcome: &str) {
         self.policy_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn policy_event(&self, trigger: crate::policy::schedule::Trigger) {
+        self.policy_events
+            .with_label_values(&[trigger.as_str()])
+            .inc();
+    }
+
+    pub fn policy_event_evaluation(&self, outcome: &str) {
+        self.policy_event_evaluations
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     pub fn policy_trap(&self, kind: &str) {

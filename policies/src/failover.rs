@@ -70,6 +70,23 @@ pub fn decide(view: &View) -> Vec<Failover> {
         .collect()
 }
 
+/// Milliseconds until the earliest hold-down in a redundancy group runs
+/// out, when that member becomes eligible and the decision may change; the
+/// built-ins return it from `on_timer`, so the gateway evaluates again then
+/// even if nothing else happens. `None` when no hold-down is running.
+pub fn next_change_ms(view: &View) -> Option<u32> {
+    let hold_down = view.param_u64("failover.hold_down_ms", DEFAULT_HOLD_DOWN_MS);
+    view.members
+        .iter()
+        .filter(|m| m.group.is_some() && m.state == State::Alive)
+        .filter_map(|m| {
+            let steady_at = m.health.changed_ms.saturating_add(hold_down);
+            (steady_at > view.now_ms).then(|| steady_at - view.now_ms)
+        })
+        .min()
+        .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX))
+}
+
 fn priority(view: &View, i: MemberIndex) -> u64 {
     let id = view.name(view.members[i as usize].id);
     view.param_u64(&format!("priority.{id}"), 100)
@@ -218,5 +235,25 @@ mod tests {
             ..v
         };
         assert_eq!(active(&v), None);
+    }
+
+    #[test]
+    fn the_timer_runs_to_the_earliest_hold_down_end() {
+        // hub-b came back 10 s ago: eligible in 20 s.
+        let v = pair(State::Alive, NOW - 10_000)
+            .now_ms(NOW)
+            .local("hub-a")
+            .build();
+        assert_eq!(next_change_ms(&v), Some(20_000));
+        let v = pair(State::Alive, NOW - 40_000)
+            .now_ms(NOW)
+            .local("hub-a")
+            .build();
+        assert_eq!(next_change_ms(&v), None, "both steady: no timer");
+        let v = pair(State::Dead, NOW - 10_000)
+            .now_ms(NOW)
+            .local("hub-a")
+            .build();
+        assert_eq!(next_change_ms(&v), None, "a dead member is not waited for");
     }
 }

@@ -33,6 +33,11 @@ impl Policy for FullMesh {
     fn failover(view: &View) -> Vec<meshgate_sdk::Failover> {
         crate::failover::decide(view)
     }
+
+    /// Evaluate again when a redundancy group's hold-down runs out.
+    fn on_timer(view: &View) -> Option<u32> {
+        crate::failover::next_change_ms(view)
+    }
 }
 
 #[cfg(test)]

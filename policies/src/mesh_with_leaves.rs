@@ -59,6 +59,11 @@ impl Policy for MeshWithLeaves {
     fn failover(view: &View) -> Vec<Failover> {
         decide(view)
     }
+
+    /// Evaluate again when a redundancy group's hold-down runs out.
+    fn on_timer(view: &View) -> Option<u32> {
+        crate::failover::next_change_ms(view)
+    }
 }
 
 #[cfg(test)]

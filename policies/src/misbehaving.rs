@@ -3,17 +3,22 @@
 
 use meshgate_sdk::{NextHops, Peer, Policy, Prefix, Route, View};
 
-/// Panics (a trap) in `routes`.
+/// Panics (a trap) in `routes`, unless the parameter `trap` is `no`: then
+/// it decides as `full-mesh`, so a test can put it in force and make it
+/// trap later with a configuration change.
 pub struct Traps;
 impl Policy for Traps {
-    fn peers(_: &View) -> Vec<Peer> {
-        Vec::new()
+    fn peers(view: &View) -> Vec<Peer> {
+        crate::FullMesh::peers(view)
     }
     fn routes(view: &View) -> Vec<Route> {
-        panic!(
-            "misbehaving policy: {} members is too many",
-            view.members.len()
-        )
+        if view.param("trap") != Some("no") {
+            panic!(
+                "misbehaving policy: {} members is too many",
+                view.members.len()
+            )
+        }
+        crate::FullMesh::routes(view)
     }
 }
 

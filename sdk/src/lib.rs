@@ -82,8 +82,10 @@ pub trait Policy {
         }
     }
 
-    /// Called on the policy's timer; returns milliseconds until the next
-    /// call, or `None` for no timer (the default).
+    /// The policy's timer: asked after each evaluation, it returns the
+    /// milliseconds until the gateway should evaluate again even if nothing
+    /// changes (a hold-down running out, say; at least 100 ms), or `None`
+    /// for no timer (the default).
     fn on_timer(view: &View) -> Option<u32> {
         let _ = view;
         None

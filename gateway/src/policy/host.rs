@@ -404,6 +404,32 @@ impl PolicyModule {
             }
         }
     }
+
+    /// Asks the policy when it wants to be evaluated again (its `on-timer`
+    /// export), in milliseconds; `None` for no timer.
+    pub fn on_timer(&mut self, view: &sdk::View) -> Result<Option<u32>, PolicyError> {
+        convert::view_out(view, &mut self.scratch);
+        let timeout = ticks(self.limits.call_timeout);
+        self.instance()?;
+        let (store, policy) = self.instance.as_mut().expect("instantiated above");
+        call_on_timer(store, policy, &self.scratch, timeout).map_err(|(call, e)| {
+            let err = self.trapped(call, &e);
+            self.instance = None;
+            err
+        })
+    }
+}
+
+fn call_on_timer(
+    store: &mut Store<HostState>,
+    policy: &Policy,
+    view: &wit::View,
+    timeout: u64,
+) -> Result<Option<u32>, (&'static str, wasmtime::Error)> {
+    store.set_epoch_deadline(timeout);
+    policy
+        .call_on_timer(&mut *store, view)
+        .map_err(|e| ("on-timer", e))
 }
 
 fn call_all(

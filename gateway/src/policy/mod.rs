@@ -5,9 +5,11 @@
 pub mod check;
 mod convert;
 pub mod decisions;
+pub mod driver;
 pub mod host;
 pub mod runtime;
 pub mod scenario;
+pub mod schedule;
 pub mod validate;
 pub mod view;
 

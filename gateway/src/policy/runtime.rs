@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use meshgate_sdk::View;
 
-use super::{builtin, validate, view, Decisions, PolicyEngine, PolicyModule};
+use super::{builtin, validate, view, Decisions, PolicyEngine, PolicyError, PolicyModule};
 use crate::config::PolicySource;
 use crate::dataplane::SharedTables;
 use crate::metrics::Metrics;
@@ -61,6 +61,17 @@ impl std::fmt::Display for ReloadReport {
     }
 }
 
+/// What putting new decisions into force changed.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The swap of the data plane's tables itself.
+    pub swap: Duration,
+    pub added: Vec<Prefix>,
+    pub withdrawn: Vec<Prefix>,
+    /// Prefixes still routed, but over other next hops.
+    pub changed: Vec<Prefix>,
+}
+
 /// The control plane's policy state.
 pub struct PolicyRuntime {
     engine: PolicyEngine,
@@ -71,6 +82,8 @@ pub struct PolicyRuntime {
     tables: SharedTables,
     tun: Arc<Tun>,
     metrics: Arc<Metrics>,
+    /// Told after each reload, so the driver asks the new policy for its timer.
+    reloaded: Arc<tokio::sync::Notify>,
 }
 
 /// Reads the module a source names.
@@ -126,19 +139,19 @@ impl PolicyRuntime {
         let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::dataplane::Tables::default(),
         ));
-        Ok((
-            PolicyRuntime {
-                engine,
-                source,
-                module,
-                view,
-                decisions,
-                tables: shared,
-                tun,
-                metrics,
-            },
-            tables,
-        ))
+        let mut runtime = PolicyRuntime {
+            engine,
+            source,
+            module,
+            view,
+            decisions: Decisions::default(),
+            tables: shared,
+            tun,
+            metrics,
+            reloaded: Arc::new(tokio::sync::Notify::new()),
+        };
+        runtime.hold(decisions);
+        Ok((runtime, tables))
     }
 
     /// Hands the runtime the tables the data plane was started with.
@@ -170,6 +183,9 @@ impl PolicyRuntime {
         }
         self.metrics
             .policy_reload(if result.is_ok() { "ok" } else { "refused" });
+        if result.is_ok() {
+            self.reloaded.notify_one();
+        }
         if let Err(e) = &result {
             tracing::warn!(
                 "policy reload refused, {} ({}) stays in force: {e}",
@@ -191,7 +207,30 @@ impl PolicyRuntime {
             })?;
         let compile = started.elapsed().saturating_sub(took);
         self.metrics.policy_evaluated(took);
-        let new = view::tables(&decisions);
+        let changes = self.apply(&decisions)?;
+        self.module = module;
+        self.hold(decisions);
+        self.metrics
+            .policy_in_force(&self.module.name, &self.module.hash);
+        let report = ReloadReport {
+            name,
+            hash: self.module.hash.clone(),
+            compile,
+            evaluate: took,
+            swap: changes.swap,
+            added: changes.added,
+            withdrawn: changes.withdrawn,
+            changed: changes.changed,
+        };
+        tracing::info!("{}", report.to_string().trim_end().replace('\n', "; "));
+        Ok(report)
+    }
+
+    /// Puts validated decisions into force: new kernel routes first, so
+    /// nothing the new tables route is dropped by the kernel; the atomic
+    /// swap of the data plane's tables; then the withdrawals.
+    fn apply(&mut self, decisions: &Decisions) -> Result<Changes, String> {
+        let new = view::tables(decisions);
         let old = self.tables.load_full();
         let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
             old.prefixes.iter().copied().collect(),
@@ -204,8 +243,6 @@ impl PolicyRuntime {
             .filter(|p| old.routes.get(p) != new.routes.get(p))
             .copied()
             .collect();
-        // New kernel routes first, so nothing the new tables route is
-        // dropped by the kernel; the swap; then the withdrawals.
         for p in &added {
             self.tun
                 .add_route(p)
@@ -219,22 +256,102 @@ impl PolicyRuntime {
                 tracing::warn!("withdrawing {p}: {e}");
             }
         }
-        self.module = module;
-        self.decisions = decisions;
-        self.metrics
-            .policy_in_force(&self.module.name, &self.module.hash);
-        let report = ReloadReport {
-            name,
-            hash: self.module.hash.clone(),
-            compile,
-            evaluate: took,
+        Ok(Changes {
             swap,
             added,
             withdrawn,
             changed,
-        };
-        tracing::info!("{}", report.to_string().trim_end().replace('\n', "; "));
-        Ok(report)
+        })
+    }
+
+    /// Keeps `decisions` as those in force, and the failover decisions in
+    /// the view (who is active in each group, since when), so the next
+    /// evaluation can hold an active member rather than flap.
+    fn hold(&mut self, decisions: Decisions) {
+        let now = self.view.now_ms;
+        let previous = std::mem::take(&mut self.view.groups);
+        self.view.groups = decisions
+            .failover
+            .iter()
+            .map(|f| {
+                let since_ms = previous
+                    .iter()
+                    .find(|g| g.name == f.group && g.active == f.active)
+                    .map_or(now, |g| g.since_ms);
+                meshgate_sdk::Group {
+                    name: f.group,
+                    active: f.active,
+                    since_ms,
+                }
+            })
+            .collect();
+        self.decisions = decisions;
+    }
+
+    /// Notified after each reload that put a new policy in force.
+    pub fn reloaded(&self) -> Arc<tokio::sync::Notify> {
+        self.reloaded.clone()
+    }
+
+    /// The view the policy decides from; event sources change it, then
+    /// ask for an evaluation.
+    pub fn view_mut(&mut self) -> &mut View {
+        &mut self.view
+    }
+
+    /// Evaluates the policy in force on the current view (something in it
+    /// changed) and puts the answer into force. If the policy traps, runs
+    /// out of time or memory, or answers invalidly, the last good tables
+    /// stay in force and the error names the policy and its hash.
+    pub fn evaluate(&mut self, now_ms: u64) -> Result<Changes, String> {
+        self.view.now_ms = now_ms;
+        let started = Instant::now();
+        let result = self.module.evaluate(&self.view);
+        let took = started.elapsed();
+        let outcome = result
+            .map_err(|e| {
+                if let PolicyError::Trapped { kind, .. } = &e {
+                    self.metrics.policy_trap(kind.as_str());
+                }
+                e.to_string()
+            })
+            .and_then(|d| {
+                self.metrics.policy_evaluated(took);
+                let problems = validate::problems(&self.view, &d);
+                if problems.is_empty() {
+                    Ok(d)
+                } else {
+                    Err(format!(
+                        "policy {} ({}) returned invalid decisions:\n  {}",
+                        self.module.name,
+                        self.module.hash,
+                        problems.join("\n  ")
+                    ))
+                }
+            });
+        let decisions = outcome.inspect_err(|e| {
+            self.metrics.policy_event_evaluation("failed");
+            tracing::warn!("policy evaluation failed, the last good tables stay in force: {e}");
+        })?;
+        let changes = self.apply(&decisions)?;
+        self.hold(decisions);
+        self.metrics.policy_event_evaluation("ok");
+        Ok(changes)
+    }
+
+    /// When the policy wants to be evaluated again (its timer), asked after
+    /// each evaluation; `None` if it does not, or if asking failed (logged).
+    pub fn timer(&mut self) -> Option<Duration> {
+        match self.module.on_timer(&self.view) {
+            Ok(ms) => ms.map(|ms| Duration::from_millis(u64::from(ms))),
+            Err(e) => {
+                if let PolicyError::Trapped { kind, .. } = &e {
+                    self.metrics.policy_trap(kind.as_str());
+                }
+                tracing::warn!("policy timer: {e}");
+                None
+            }
+        }
     }
 
     /// The decisions in force.
