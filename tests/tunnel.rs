@@ -440,6 +440,87 @@ fn hub_spoke_policy_sends_spoke_to_spoke_traffic_through_the_hub() {
 }
 
 #[test]
+fn reloading_full_mesh_to_hub_spoke_moves_the_paths_without_losing_a_packet() {
+    // Region 1 is the hub by placement, regions 2 and 3 spokes, but every
+    // gateway starts on full-mesh: the spokes talk directly.
+    let mut lab = common::lab_unstarted_placed(3, "hub-spoke");
+    for g in 0..3 {
+        let cfg = lab.config_path(g);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("module = \"hub-spoke\"", "module = \"full-mesh\"");
+        std::fs::write(&cfg, text).unwrap();
+    }
+    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .unwrap();
+    let (hub, s2, s3) = (&lab.regions[0], &lab.regions[1], &lab.regions[2]);
+    let out_to = |g: usize, peer: &str| {
+        metric(
+            &lab,
+            g,
+            "meshgate_peer_packets_total",
+            &format!("direction=\"out\",peer=\"{peer}\""),
+        )
+    };
+    ping_ok(
+        &s2.host,
+        s3.host_ip().into(),
+        5,
+        "spoke-to-spoke on full-mesh",
+    );
+    assert!(out_to(1, "region-3") >= 5, "full-mesh goes straight");
+    let admin = meshgate::lab::ADMIN;
+    std::thread::scope(|s| {
+        let pings = s.spawn(|| {
+            ping(
+                &s2.host,
+                s3.host_ip().into(),
+                150,
+                Duration::from_millis(10),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // The hub first, then the spokes, one by one under the ping.
+        for g in [hub, s2, s3] {
+            let report = meshgate::lab::probe::http_with_body(
+                &g.appliance,
+                admin,
+                "POST",
+                "/policy/reload",
+                "hub-spoke",
+            )
+            .unwrap();
+            assert!(report.contains("policy hub-spoke"), "{report}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let p = pings.join().unwrap().unwrap();
+        assert_eq!(p.received, p.sent, "pings lost while the policy rolled out");
+    });
+    // Now the spokes send to each other only through the hub.
+    let (direct, via_hub) = (out_to(1, "region-3"), out_to(1, "region-1"));
+    ping_ok(
+        &s2.host,
+        s3.host_ip().into(),
+        20,
+        "spoke-to-spoke on hub-spoke",
+    );
+    assert_eq!(
+        out_to(1, "region-3"),
+        direct,
+        "spoke 2 still sends straight to spoke 3"
+    );
+    assert!(out_to(1, "region-1") >= via_hub + 20);
+    assert!(out_to(0, "region-3") >= 20, "the hub relays");
+    for g in 0..3 {
+        assert_eq!(
+            metric(&lab, g, "meshgate_drops_total", ""),
+            0,
+            "drops at {g}"
+        );
+    }
+}
+
+#[test]
 fn a_hundred_policy_reloads_lose_no_packet() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);

@@ -50,14 +50,19 @@ async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Reloads the policy from its configured source, or from the module file
-/// whose path is the request body: 200 with what changed, or 422 with why
-/// the new one was refused (the old one stays in force).
+/// Reloads the policy from its configured source, or from the module the
+/// request body names (a built-in's name, or a file's path): 200 with what
+/// changed, or 422 with why the new one was refused (the old one stays in
+/// force).
 async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
     let policy = s.policy.clone();
-    let source = Some(body.trim())
-        .filter(|b| !b.is_empty())
-        .map(|p| crate::config::PolicySource::File(p.into()));
+    let source =
+        Some(body.trim())
+            .filter(|b| !b.is_empty())
+            .map(|m| match crate::policy::builtin(m) {
+                Some(_) => crate::config::PolicySource::Builtin(m.to_string()),
+                None => crate::config::PolicySource::File(m.into()),
+            });
     let result = tokio::task::spawn_blocking(move || {
         policy
             .lock()

@@ -89,15 +89,20 @@ enum PolicyCmd {
     Reload {
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
-        /// Load this module file instead (it stays the source for later reloads).
+        /// Load this module instead: a .wasm file, or a built-in's name
+        /// (full-mesh, hub-spoke, mesh-with-leaves). It stays the source
+        /// for later reloads.
         #[arg(long)]
-        module: Option<PathBuf>,
+        module: Option<String>,
     },
 }
 
 /// `meshgate policy reload`: asks the admin listener, prints its answer.
-fn reload(admin: std::net::SocketAddr, module: Option<PathBuf>) -> anyhow::Result<()> {
+fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result<()> {
     let module = match module {
+        // A built-in by name; anything else is a file, sent as an absolute
+        // path (the gateway runs elsewhere).
+        Some(m) if meshgate::policy::builtin(&m).is_some() => m,
         Some(m) => std::path::absolute(&m)?.display().to_string(),
         None => String::new(),
     };

@@ -32,8 +32,15 @@ pub fn lab_policy(regions: usize, policy: &str) -> Lab {
 
 /// A lab with configs written but no gateway started, to edit them first.
 pub fn lab_unstarted(regions: usize) -> Lab {
+    lab_unstarted_placed(regions, meshgate::config::DEFAULT_POLICY)
+}
+
+/// As [`lab_unstarted`], with members placed (roles, groups) as `policy`
+/// expects, and `policy` in the configs.
+pub fn lab_unstarted_placed(regions: usize, policy: &str) -> Lab {
     check();
-    let lab = Lab::build(regions, &tag()).expect("building the lab");
+    let mut lab = Lab::build(regions, &tag()).expect("building the lab");
+    lab.policy = policy.to_string();
     lab.write_configs().expect("writing configs");
     lab
 }

@@ -48,6 +48,11 @@ pub struct Tables {
     pub routes: PrefixMap<NextHops>,
     /// Every prefix in `routes`, for the kernel's routes into the TUN.
     pub prefixes: Vec<Prefix>,
+    /// Peers in the hub role: transit carriers, which may send from any
+    /// prefix the mesh routes, whatever the policy in force routes through
+    /// them (so relayed traffic is accepted while a new policy rolls out
+    /// gateway by gateway).
+    pub transit: Vec<usize>,
 }
 
 impl Tables {
@@ -81,11 +86,46 @@ impl Tables {
 
     /// Whether `peer` may send packets from `src`: the route back to `src`
     /// goes through it (feasible-path reverse-path check, so transit
-    /// through a hub passes and a failover to the backup hop does too).
+    /// through a hub passes and a failover to the backup hop does too), or
+    /// `peer` is a hub and `src` is a prefix the mesh routes.
     pub fn source_allowed(&self, src: IpAddr, peer: usize) -> bool {
-        self.lookup(src).is_some_and(|h| h.peers.contains(&peer))
+        self.lookup(src)
+            .is_some_and(|h| h.peers.contains(&peer) || self.transit.contains(&peer))
     }
 }
 
 /// The tables, shared between the control plane and the packet threads.
 pub type SharedTables = Arc<ArcSwap<Tables>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_pass_through_their_next_hops_or_a_hub_only() {
+        let mut t = Tables {
+            transit: vec![0],
+            ..Tables::default()
+        };
+        for (prefix, peer) in [("10.2.0.0/16", 1), ("10.3.0.0/16", 2)] {
+            t.insert(
+                prefix.parse().unwrap(),
+                NextHops {
+                    peers: Box::new([peer]),
+                    ecmp: false,
+                },
+            );
+        }
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(t.source_allowed(ip("10.2.0.9"), 1), "the route back");
+        assert!(
+            !t.source_allowed(ip("10.3.0.9"), 1),
+            "another peer's prefix"
+        );
+        assert!(t.source_allowed(ip("10.3.0.9"), 0), "a hub carries transit");
+        assert!(
+            !t.source_allowed(ip("192.0.2.9"), 0),
+            "but only from prefixes the mesh routes"
+        );
+    }
+}

@@ -267,8 +267,20 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<String> {
 
 /// An HTTP request from inside `ns`; fails unless the answer is 200.
 pub fn http(ns: &Netns, addr: SocketAddr, method: &str, path: &str) -> Result<String> {
-    let (method, path) = (method.to_string(), path.to_string());
-    let (status, body) = ns.run(move || crate::admin::request(addr, &method, &path))??;
+    http_with_body(ns, addr, method, path, "")
+}
+
+/// As [`http`], sending `body`.
+pub fn http_with_body(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String> {
+    let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+    let (status, body) =
+        ns.run(move || crate::admin::request_with_body(addr, &method, &path, &body))??;
     if status != 200 {
         bail!("{status}: {}", body.trim());
     }

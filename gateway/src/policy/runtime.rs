@@ -135,7 +135,7 @@ impl PolicyRuntime {
             prepare(&engine, &name, &bytes, &view).map_err(anyhow::Error::msg)?;
         metrics.policy_evaluated(took);
         metrics.policy_in_force(&module.name, &module.hash);
-        let tables = view::tables(&decisions);
+        let tables = view::tables(&view, &decisions);
         let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::dataplane::Tables::default(),
         ));
@@ -230,7 +230,7 @@ impl PolicyRuntime {
     /// nothing the new tables route is dropped by the kernel; the atomic
     /// swap of the data plane's tables; then the withdrawals.
     fn apply(&mut self, decisions: &Decisions) -> Result<Changes, String> {
-        let new = view::tables(decisions);
+        let new = view::tables(&self.view, decisions);
         let old = self.tables.load_full();
         let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
             old.prefixes.iter().copied().collect(),

@@ -95,8 +95,14 @@ pub fn from_config(config: &Config, now_ms: u64) -> View {
 
 /// The data-plane tables for validated decisions on a view built by
 /// [`from_config`] (member i + 1 is peer i).
-pub fn tables(decisions: &Decisions) -> Tables {
-    let mut t = Tables::default();
+pub fn tables(view: &View, decisions: &Decisions) -> Tables {
+    let mut t = Tables {
+        transit: (1..view.members.len())
+            .filter(|&i| view.members[i].role == meshgate_sdk::Role::Hub)
+            .map(|i| i - 1)
+            .collect(),
+        ..Tables::default()
+    };
     for r in &decisions.routes {
         let Some(prefix) = Prefix::new(r.prefix.addr, r.prefix.len) else {
             continue;
