@@ -443,14 +443,7 @@ fn hub_spoke_policy_sends_spoke_to_spoke_traffic_through_the_hub() {
 fn reloading_full_mesh_to_hub_spoke_moves_the_paths_without_losing_a_packet() {
     // Region 1 is the hub by placement, regions 2 and 3 spokes, but every
     // gateway starts on full-mesh: the spokes talk directly.
-    let mut lab = common::lab_unstarted_placed(3, "hub-spoke");
-    for g in 0..3 {
-        let cfg = lab.config_path(g);
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("module = \"hub-spoke\"", "module = \"full-mesh\"");
-        std::fs::write(&cfg, text).unwrap();
-    }
+    let mut lab = common::lab_unstarted_placed(3, "full-mesh", "hub-spoke");
     lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
         .unwrap();
     let (hub, s2, s3) = (&lab.regions[0], &lab.regions[1], &lab.regions[2]);
@@ -603,6 +596,10 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             "invalid decisions",
             std::fs::read(concat!(env!("OUT_DIR"), "/test-invalid.wasm")).unwrap(),
         ),
+        (
+            "malformed decisions",
+            std::fs::read(concat!(env!("OUT_DIR"), "/test-malformed.wasm")).unwrap(),
+        ),
     ] {
         std::fs::write(&policy, &bytes).unwrap();
         let err = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload")
@@ -619,7 +616,7 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             &format!("forwarding after refusing {what}"),
         );
     }
-    // Five refused on request; the file watch may have tried one of the bad
+    // Six refused on request; the file watch may have tried one of the bad
     // files as well, and refused it too. None was taken.
     assert!(
         metric(
@@ -627,7 +624,7 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             0,
             "meshgate_policy_reloads_total",
             "outcome=\"refused\""
-        ) >= 5
+        ) >= 6
     );
     assert_eq!(
         metric(&lab, 0, "meshgate_policy_reloads_total", "outcome=\"ok\""),

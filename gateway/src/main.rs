@@ -62,6 +62,13 @@ enum Cmd {
         /// active/passive hub pair) or mesh-with-leaves.
         #[arg(long, default_value = "full-mesh", value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
         policy: String,
+        /// Place the members (roles, groups) for this topology rather than
+        /// the policy's, to start on one policy and reload another on the
+        /// running lab (for example `--policy full-mesh --placement
+        /// hub-spoke`, then `meshgate policy reload --module hub-spoke` on
+        /// each appliance).
+        #[arg(long, value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
+        placement: Option<String>,
     },
 }
 
@@ -161,6 +168,7 @@ fn main() -> ExitCode {
             transfer_secs,
             keep,
             policy,
+            placement,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -171,6 +179,7 @@ fn main() -> ExitCode {
                     keep,
                     binary,
                     policy,
+                    placement,
                 })
             }),
     };

@@ -32,15 +32,17 @@ pub fn lab_policy(regions: usize, policy: &str) -> Lab {
 
 /// A lab with configs written but no gateway started, to edit them first.
 pub fn lab_unstarted(regions: usize) -> Lab {
-    lab_unstarted_placed(regions, meshgate::config::DEFAULT_POLICY)
+    let policy = meshgate::config::DEFAULT_POLICY;
+    lab_unstarted_placed(regions, policy, policy)
 }
 
-/// As [`lab_unstarted`], with members placed (roles, groups) as `policy`
-/// expects, and `policy` in the configs.
-pub fn lab_unstarted_placed(regions: usize, policy: &str) -> Lab {
+/// As [`lab_unstarted`], the gateways running `policy` with the members
+/// placed (roles, groups) for the topology `placement`.
+pub fn lab_unstarted_placed(regions: usize, policy: &str, placement: &str) -> Lab {
     check();
     let mut lab = Lab::build(regions, &tag()).expect("building the lab");
     lab.policy = policy.to_string();
+    lab.placement = Some(placement.to_string());
     lab.write_configs().expect("writing configs");
     lab
 }

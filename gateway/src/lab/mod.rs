@@ -87,6 +87,10 @@ pub struct Lab {
     pub sa_settings: String,
     /// The policy every gateway runs (a built-in name).
     pub policy: String,
+    /// The topology whose roles and groups the members get (see
+    /// [`placement`]); `None`: the one `policy` builds. Differing lets a
+    /// lab start on one policy and be reloaded into another.
+    pub placement: Option<String>,
 }
 
 /// A region's place in a topology: its role and redundancy group. With
@@ -140,6 +144,7 @@ impl Lab {
             underlay,
             sa_settings: "cipher = \"aes128gcm16\"".into(),
             policy: crate::config::DEFAULT_POLICY.into(),
+            placement: None,
         };
         for index in 0..n {
             let appliance = Netns::create(&format!("{tag}-app{}", index + 1))?;
@@ -257,8 +262,8 @@ impl Lab {
                 ul = r.underlay_ip(),
                 state = self.dir.display(),
                 region = r.gateway_id(),
-                role = placement(&self.policy, n, r.index).0,
-                group = placement(&self.policy, n, r.index).1.map_or(String::new(), |g| format!("group = \"{g}\"\n")),
+                role = placement(self.placed_as(), n, r.index).0,
+                group = placement(self.placed_as(), n, r.index).1.map_or(String::new(), |g| format!("group = \"{g}\"\n")),
                 policy = self.policy,
                 sa = self.sa_settings
             );
@@ -268,8 +273,8 @@ impl Lab {
                     "\n[[peers]]\nid = \"{id}\"\nendpoint = \"{ul}:{ESP_PORT}\"\nregion = \"{id}\"\nrole = \"{role}\"\n{group}prefixes = [\"{v4}\", \"{v6}\"]\noutbound = {{ spi = {out:#010x}, key_file = \"{outk}\" }}\ninbound = {{ spi = {inb:#010x}, key_file = \"{ink}\" }}\n",
                     id = p.gateway_id(),
                     ul = p.underlay_ip(),
-                    role = placement(&self.policy, n, p.index).0,
-                    group = placement(&self.policy, n, p.index).1.map_or(String::new(), |g| format!("group = \"{g}\"\n")),
+                    role = placement(self.placed_as(), n, p.index).0,
+                    group = placement(self.placed_as(), n, p.index).1.map_or(String::new(), |g| format!("group = \"{g}\"\n")),
                     v4 = p.prefixes()[0],
                     v6 = p.prefixes()[1],
                     out = spi(r.index, p.index),
@@ -283,6 +288,11 @@ impl Lab {
             paths.push(path);
         }
         Ok(paths)
+    }
+
+    /// The topology the members are placed for.
+    pub fn placed_as(&self) -> &str {
+        self.placement.as_deref().unwrap_or(&self.policy)
     }
 
     pub fn key_path(&self, from: usize, to: usize) -> PathBuf {

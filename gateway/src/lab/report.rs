@@ -22,6 +22,8 @@ pub struct LabOptions {
     pub binary: PathBuf,
     /// The built-in policy every gateway runs.
     pub policy: String,
+    /// The topology the members are placed for, if not `policy`'s.
+    pub placement: Option<String>,
 }
 
 struct PairResult {
@@ -43,6 +45,7 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     );
     let mut lab = Lab::build(opts.regions, &tag)?;
     lab.policy = opts.policy.clone();
+    lab.placement = opts.placement.clone();
     lab.write_configs()?;
     check_interrupted()?;
     lab.start_gateways(&opts.binary)?;
