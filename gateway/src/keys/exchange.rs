@@ -1,0 +1,624 @@
+//! Negotiating the ESP SAs of a pair of appliances: three messages over the
+//! signalling channel, which has already authenticated the peer (mutual
+//! TLS with the mesh CA) and tells us who it is.
+//!
+//! 1. init, initiator -> responder: a fresh X25519 public key, a nonce, the
+//!    epoch, and the SPI the initiator will receive on.
+//! 2. response: the responder's public key, nonce, SPI and a MAC. Before
+//!    sending it the responder installs its inbound SA.
+//! 3. confirm: the initiator's MAC. Before sending it the initiator installs
+//!    its inbound SA and switches its outbound to the new one; the responder
+//!    switches its outbound when the confirm arrives. Each side thus receives
+//!    on a new SA before the other sends on it (make-before-break); the old
+//!    SAs are retired by the SA table after a grace period.
+//!
+//! Keys: HKDF-SHA256 with the epoch key as salt and the X25519 shared
+//! secret as input, expanded over a hash of the whole exchange into one key
+//! per direction and a confirmation key. Fresh ephemeral keys per exchange
+//! give forward secrecy; the epoch key means only appliances that hold it
+//! form SAs, and a MAC that does not verify (another epoch key) forms none.
+//!
+//! A plain state machine in the sans-IO style: messages and time in,
+//! [`Event`]s out.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hkdf, hmac};
+use zeroize::Zeroizing;
+
+use super::epoch::{Epoch, EpochKeyError, KeyProvider};
+use super::message::{Confirm, Init, Malformed, Message, Response, MAC_LEN, NONCE_LEN, PUBLIC_LEN};
+use crate::esp::{CipherSuite, KeyMaterial};
+
+/// What the gateway must do after the negotiator has seen a message or the
+/// time.
+#[derive(Debug)]
+pub enum Event {
+    /// Send `message` to `peer` over the signalling channel.
+    Send { peer: String, message: Vec<u8> },
+    /// Receive from `peer` on a new SA.
+    InstallInbound {
+        peer: String,
+        spi: u32,
+        key: KeyMaterial,
+        epoch: Epoch,
+    },
+    /// Send to `peer` on a new SA from now on.
+    InstallOutbound {
+        peer: String,
+        spi: u32,
+        key: KeyMaterial,
+        epoch: Epoch,
+    },
+    /// An inbound SA installed for an exchange that did not complete.
+    RemoveInbound { peer: String, spi: u32 },
+    /// An exchange this side started or answered ended without SAs.
+    Failed { peer: String, error: ExchangeError },
+}
+
+/// Why a message was refused or an exchange failed. None of these carry
+/// key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("no key for epoch {epoch}: {reason}")]
+    NoEpochKey { epoch: Epoch, reason: String },
+    #[error("epoch {0} is revoked")]
+    Revoked(Epoch),
+    #[error("the peer authenticated as {authenticated} but claims to be {claimed}")]
+    Impersonation {
+        claimed: String,
+        authenticated: String,
+    },
+    #[error("the init is addressed to {0}, not to this gateway")]
+    NotForUs(String),
+    #[error("exchange {0:016x} was seen before (a replay)")]
+    Replay(u64),
+    #[error("a {0} for no exchange in progress")]
+    Unexpected(&'static str),
+    #[error("the peer proposes {theirs}, this gateway runs {ours}")]
+    Suite {
+        theirs: &'static str,
+        ours: &'static str,
+    },
+    #[error("the MAC does not verify (the peer derived other keys: another epoch key?)")]
+    Authentication,
+    #[error("both sides started an exchange; this side's goes on")]
+    Collision,
+    #[error("SPI {0:#x} is reserved")]
+    ReservedSpi(u32),
+    #[error("the exchange timed out")]
+    Timeout,
+    #[error("key agreement failed")]
+    Crypto,
+}
+
+impl ExchangeError {
+    /// The `reason` label of the negotiation counter.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::Malformed(_) => "malformed",
+            ExchangeError::NoEpochKey { .. } => "no_epoch_key",
+            ExchangeError::Revoked(_) => "revoked_epoch",
+            ExchangeError::Impersonation { .. } => "impersonation",
+            ExchangeError::NotForUs(_) => "misaddressed",
+            ExchangeError::Replay(_) => "replay",
+            ExchangeError::Unexpected(_) => "unexpected",
+            ExchangeError::Suite { .. } => "suite",
+            ExchangeError::Authentication => "authentication",
+            ExchangeError::Collision => "collision",
+            ExchangeError::ReservedSpi(_) => "reserved_spi",
+            ExchangeError::Timeout => "timeout",
+            ExchangeError::Crypto => "crypto",
+        }
+    }
+}
+
+/// SPIs this gateway receives on: random, unique among those in use, never
+/// in the range RFC 4303 reserves (0 to 255).
+#[derive(Default)]
+struct SpiPool {
+    used: HashSet<u32>,
+}
+
+impl SpiPool {
+    fn allocate(&mut self, rng: &SystemRandom) -> Result<u32, ExchangeError> {
+        loop {
+            let mut b = [0u8; 4];
+            rng.fill(&mut b).map_err(|_| ExchangeError::Crypto)?;
+            let spi = u32::from_be_bytes(b);
+            if spi > 255 && self.used.insert(spi) {
+                return Ok(spi);
+            }
+        }
+    }
+
+    fn release(&mut self, spi: u32) {
+        self.used.remove(&spi);
+    }
+}
+
+struct Outgoing {
+    exchange: u64,
+    epoch: Epoch,
+    secret: EphemeralPrivateKey,
+    init: Vec<u8>,
+    spi: u32,
+    deadline: Instant,
+}
+
+struct Confirming {
+    exchange: u64,
+    epoch: Epoch,
+    inbound_spi: u32,
+    outbound_spi: u32,
+    outbound_key: KeyMaterial,
+    confirm_key: Zeroizing<[u8; 32]>,
+    transcript: [u8; 32],
+    deadline: Instant,
+}
+
+/// Exchange ids remembered per peer, to refuse replays.
+const SEEN_PER_PEER: usize = 1024;
+
+pub struct Negotiator {
+    local: String,
+    suite: CipherSuite,
+    keys: Arc<dyn KeyProvider>,
+    epoch: Epoch,
+    revoked: BTreeSet<Epoch>,
+    timeout: Duration,
+    spis: SpiPool,
+    outgoing: HashMap<String, Outgoing>,
+    confirming: HashMap<String, Confirming>,
+    seen: HashMap<String, VecDeque<u64>>,
+    events: VecDeque<Event>,
+    rng: SystemRandom,
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// The keys one exchange yields.
+struct Derived {
+    initiator_to_responder: KeyMaterial,
+    responder_to_initiator: KeyMaterial,
+    confirm: Zeroizing<[u8; 32]>,
+}
+
+/// A hash of everything both sides said, so the keys and MACs bind the
+/// whole exchange (ids, epoch, suite, nonces, public keys and SPIs).
+fn transcript(init: &[u8], r: &Response) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"meshgate key exchange v1\0");
+    ctx.update(init);
+    ctx.update(&r.exchange.to_be_bytes());
+    ctx.update(&r.nonce);
+    ctx.update(&r.public);
+    ctx.update(&r.spi.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn mac(key: &[u8; 32], role: &[u8], transcript: &[u8; 32]) -> [u8; MAC_LEN] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(role);
+    ctx.update(transcript);
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+fn verify(key: &[u8; 32], role: &[u8], transcript: &[u8; 32], tag: &[u8; MAC_LEN]) -> bool {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut msg = Vec::with_capacity(role.len() + 32);
+    msg.extend_from_slice(role);
+    msg.extend_from_slice(transcript);
+    hmac::verify(&key, &msg, tag).is_ok()
+}
+
+fn derive(
+    suite: CipherSuite,
+    epoch_key: &[u8; 32],
+    secret: EphemeralPrivateKey,
+    peer_public: &[u8; PUBLIC_LEN],
+    transcript: &[u8; 32],
+) -> Result<Derived, ExchangeError> {
+    let n = suite.key_material_len();
+    let mut okm = Zeroizing::new([0u8; 2 * 36 + 32]);
+    agreement::agree_ephemeral(
+        secret,
+        &UnparsedPublicKey::new(&X25519, peer_public),
+        |shared| {
+            hkdf::Salt::new(hkdf::HKDF_SHA256, epoch_key)
+                .extract(shared)
+                .expand(&[b"meshgate sa keys v1", transcript], Len(2 * n + 32))
+                .and_then(|o| o.fill(&mut okm[..2 * n + 32]))
+        },
+    )
+    .map_err(|_| ExchangeError::Crypto)?
+    .map_err(|_| ExchangeError::Crypto)?;
+    let mut confirm = Zeroizing::new([0u8; 32]);
+    confirm.copy_from_slice(&okm[2 * n..2 * n + 32]);
+    Ok(Derived {
+        initiator_to_responder: KeyMaterial::new(suite, &okm[..n])
+            .map_err(|_| ExchangeError::Crypto)?,
+        responder_to_initiator: KeyMaterial::new(suite, &okm[n..2 * n])
+            .map_err(|_| ExchangeError::Crypto)?,
+        confirm,
+    })
+}
+
+impl Negotiator {
+    pub fn new(
+        local: &str,
+        suite: CipherSuite,
+        keys: Arc<dyn KeyProvider>,
+        epoch: Epoch,
+    ) -> Negotiator {
+        Negotiator {
+            local: local.to_string(),
+            suite,
+            keys,
+            epoch,
+            revoked: BTreeSet::new(),
+            timeout: Duration::from_secs(5),
+            spis: SpiPool::default(),
+            outgoing: HashMap::new(),
+            confirming: HashMap::new(),
+            seen: HashMap::new(),
+            events: VecDeque::new(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The epoch new exchanges use.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Moves to `epoch` (a rotation): exchanges from now on use it.
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        self.epoch = epoch;
+    }
+
+    /// No SA is negotiated under `epoch` again.
+    pub fn revoke(&mut self, epoch: Epoch) {
+        self.revoked.insert(epoch);
+    }
+
+    /// An SA this gateway received on is gone: its SPI may be chosen again.
+    pub fn release_spi(&mut self, spi: u32) {
+        self.spis.release(spi);
+    }
+
+    fn epoch_key(&self, epoch: Epoch) -> Result<Zeroizing<[u8; 32]>, ExchangeError> {
+        if self.revoked.contains(&epoch) {
+            return Err(ExchangeError::Revoked(epoch));
+        }
+        let key = self.keys.epoch_key(epoch).map_err(|e| match e {
+            EpochKeyError::Revoked(e) => ExchangeError::Revoked(e),
+            e => ExchangeError::NoEpochKey {
+                epoch,
+                reason: e.to_string(),
+            },
+        })?;
+        Ok(Zeroizing::new(*key.bytes()))
+    }
+
+    fn random<const N: usize>(&self) -> Result<[u8; N], ExchangeError> {
+        let mut b = [0u8; N];
+        self.rng.fill(&mut b).map_err(|_| ExchangeError::Crypto)?;
+        Ok(b)
+    }
+
+    /// Starts an exchange with `peer` (first keys, or a rekey). Nothing
+    /// happens if one is already under way. Fails closed: without the
+    /// epoch key no exchange starts.
+    pub fn initiate(&mut self, peer: &str, now: Instant) -> Result<(), ExchangeError> {
+        if self.outgoing.contains_key(peer) {
+            return Ok(());
+        }
+        self.epoch_key(self.epoch)?;
+        let secret =
+            EphemeralPrivateKey::generate(&X25519, &self.rng).map_err(|_| ExchangeError::Crypto)?;
+        let mut public = [0u8; PUBLIC_LEN];
+        public.copy_from_slice(
+            secret
+                .compute_public_key()
+                .map_err(|_| ExchangeError::Crypto)?
+                .as_ref(),
+        );
+        let spi = self.spis.allocate(&self.rng)?;
+        let init = Message::Init(Init {
+            exchange: u64::from_be_bytes(self.random()?),
+            epoch: self.epoch,
+            suite: self.suite,
+            initiator: self.local.clone(),
+            responder: peer.to_string(),
+            nonce: self.random::<NONCE_LEN>()?,
+            public,
+            spi,
+        });
+        let Message::Init(i) = &init else {
+            unreachable!()
+        };
+        let bytes = init.encode();
+        self.outgoing.insert(
+            peer.to_string(),
+            Outgoing {
+                exchange: i.exchange,
+                epoch: i.epoch,
+                secret,
+                init: bytes.clone(),
+                spi,
+                deadline: now + self.timeout,
+            },
+        );
+        self.events.push_back(Event::Send {
+            peer: peer.to_string(),
+            message: bytes,
+        });
+        Ok(())
+    }
+
+    /// A message from `peer`, whom the channel authenticated. An error
+    /// refuses the message and changes nothing else (the caller counts and
+    /// logs it, naming the peer).
+    pub fn handle(&mut self, peer: &str, bytes: &[u8], now: Instant) -> Result<(), ExchangeError> {
+        match Message::decode(bytes)? {
+            Message::Init(m) => self.on_init(peer, m, bytes, now),
+            Message::Response(m) => self.on_response(peer, m),
+            Message::Confirm(m) => self.on_confirm(peer, m),
+        }
+    }
+
+    fn on_init(
+        &mut self,
+        peer: &str,
+        m: Init,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), ExchangeError> {
+        if m.initiator != peer {
+            return Err(ExchangeError::Impersonation {
+                claimed: m.initiator,
+                authenticated: peer.to_string(),
+            });
+        }
+        if m.responder != self.local {
+            return Err(ExchangeError::NotForUs(m.responder));
+        }
+        if m.spi <= 255 {
+            return Err(ExchangeError::ReservedSpi(m.spi));
+        }
+        if m.suite != self.suite {
+            return Err(ExchangeError::Suite {
+                theirs: m.suite.name(),
+                ours: self.suite.name(),
+            });
+        }
+        let seen = self.seen.entry(peer.to_string()).or_default();
+        if seen.contains(&m.exchange) {
+            return Err(ExchangeError::Replay(m.exchange));
+        }
+        // Both sides started at once: the exchange of the lower id goes on.
+        if self.outgoing.contains_key(peer) {
+            if self.local.as_str() < peer {
+                return Err(ExchangeError::Collision);
+            }
+            if let Some(o) = self.outgoing.remove(peer) {
+                self.spis.release(o.spi);
+            }
+        }
+        let epoch_key = self.epoch_key(m.epoch)?;
+        let seen = self.seen.entry(peer.to_string()).or_default();
+        seen.push_back(m.exchange);
+        if seen.len() > SEEN_PER_PEER {
+            seen.pop_front();
+        }
+        let secret =
+            EphemeralPrivateKey::generate(&X25519, &self.rng).map_err(|_| ExchangeError::Crypto)?;
+        let mut public = [0u8; PUBLIC_LEN];
+        public.copy_from_slice(
+            secret
+                .compute_public_key()
+                .map_err(|_| ExchangeError::Crypto)?
+                .as_ref(),
+        );
+        let spi = self.spis.allocate(&self.rng)?;
+        let mut response = Response {
+            exchange: m.exchange,
+            nonce: self.random::<NONCE_LEN>()?,
+            public,
+            spi,
+            mac: [0; MAC_LEN],
+        };
+        let th = transcript(bytes, &response);
+        let keys = match derive(self.suite, &epoch_key, secret, &m.public, &th) {
+            Ok(k) => k,
+            Err(e) => {
+                self.spis.release(spi);
+                return Err(e);
+            }
+        };
+        response.mac = mac(&keys.confirm, b"responder", &th);
+        // An earlier exchange with this peer that was never confirmed.
+        if let Some(old) = self.confirming.remove(peer) {
+            self.spis.release(old.inbound_spi);
+            self.events.push_back(Event::RemoveInbound {
+                peer: peer.to_string(),
+                spi: old.inbound_spi,
+            });
+        }
+        self.events.push_back(Event::InstallInbound {
+            peer: peer.to_string(),
+            spi,
+            key: keys.initiator_to_responder,
+            epoch: m.epoch,
+        });
+        self.events.push_back(Event::Send {
+            peer: peer.to_string(),
+            message: Message::Response(response).encode(),
+        });
+        self.confirming.insert(
+            peer.to_string(),
+            Confirming {
+                exchange: m.exchange,
+                epoch: m.epoch,
+                inbound_spi: spi,
+                outbound_spi: m.spi,
+                outbound_key: keys.responder_to_initiator,
+                confirm_key: keys.confirm,
+                transcript: th,
+                deadline: now + self.timeout,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_response(&mut self, peer: &str, m: Response) -> Result<(), ExchangeError> {
+        if !self
+            .outgoing
+            .get(peer)
+            .is_some_and(|o| o.exchange == m.exchange)
+        {
+            return Err(ExchangeError::Unexpected("response"));
+        }
+        let Some(o) = self.outgoing.remove(peer) else {
+            return Err(ExchangeError::Unexpected("response"));
+        };
+        let result = (|| {
+            if m.spi <= 255 {
+                return Err(ExchangeError::ReservedSpi(m.spi));
+            }
+            let epoch_key = self.epoch_key(o.epoch)?;
+            let th = transcript(&o.init, &m);
+            let keys = derive(self.suite, &epoch_key, o.secret, &m.public, &th)?;
+            if !verify(&keys.confirm, b"responder", &th, &m.mac) {
+                return Err(ExchangeError::Authentication);
+            }
+            Ok((keys, th))
+        })();
+        let (keys, th) = match result {
+            Ok(k) => k,
+            Err(e) => {
+                self.spis.release(o.spi);
+                return Err(e);
+            }
+        };
+        self.events.push_back(Event::InstallInbound {
+            peer: peer.to_string(),
+            spi: o.spi,
+            key: keys.responder_to_initiator,
+            epoch: o.epoch,
+        });
+        self.events.push_back(Event::InstallOutbound {
+            peer: peer.to_string(),
+            spi: m.spi,
+            key: keys.initiator_to_responder,
+            epoch: o.epoch,
+        });
+        self.events.push_back(Event::Send {
+            peer: peer.to_string(),
+            message: Message::Confirm(Confirm {
+                exchange: m.exchange,
+                mac: mac(&keys.confirm, b"initiator", &th),
+            })
+            .encode(),
+        });
+        Ok(())
+    }
+
+    fn on_confirm(&mut self, peer: &str, m: Confirm) -> Result<(), ExchangeError> {
+        if !self
+            .confirming
+            .get(peer)
+            .is_some_and(|c| c.exchange == m.exchange)
+        {
+            return Err(ExchangeError::Unexpected("confirm"));
+        }
+        let Some(c) = self.confirming.remove(peer) else {
+            return Err(ExchangeError::Unexpected("confirm"));
+        };
+        if !verify(&c.confirm_key, b"initiator", &c.transcript, &m.mac) {
+            self.spis.release(c.inbound_spi);
+            self.events.push_back(Event::RemoveInbound {
+                peer: peer.to_string(),
+                spi: c.inbound_spi,
+            });
+            return Err(ExchangeError::Authentication);
+        }
+        self.events.push_back(Event::InstallOutbound {
+            peer: peer.to_string(),
+            spi: c.outbound_spi,
+            key: c.outbound_key,
+            epoch: c.epoch,
+        });
+        Ok(())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.outgoing
+            .values()
+            .map(|o| o.deadline)
+            .chain(self.confirming.values().map(|c| c.deadline))
+            .min()
+    }
+
+    /// Ends the exchanges whose time is up, without SAs.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<String> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in late {
+            if let Some(o) = self.outgoing.remove(&peer) {
+                self.spis.release(o.spi);
+                self.events.push_back(Event::Failed {
+                    peer,
+                    error: ExchangeError::Timeout,
+                });
+            }
+        }
+        let late: Vec<String> = self
+            .confirming
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in late {
+            if let Some(c) = self.confirming.remove(&peer) {
+                self.spis.release(c.inbound_spi);
+                self.events.push_back(Event::RemoveInbound {
+                    peer: peer.clone(),
+                    spi: c.inbound_spi,
+                });
+                self.events.push_back(Event::Failed {
+                    peer,
+                    error: ExchangeError::Timeout,
+                });
+            }
+        }
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
