@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataplane;
 pub mod esp;
 pub mod gateway;
+pub mod identity;
 pub mod keys;
 pub mod lab;
 pub mod metrics;

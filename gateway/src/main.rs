@@ -37,6 +37,21 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// The mesh CA, which signs every appliance's certificate.
+    Ca {
+        #[command(subcommand)]
+        command: CaCmd,
+    },
+    /// Appliance certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCmd,
+    },
+    /// The mesh's key material for negotiated SAs.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Print fresh random key material (key and salt, hex) for a manual SA.
     Keygen {
         #[arg(long, default_value = "aes128gcm16", value_parser = ["aes128gcm16", "aes256gcm16"])]
@@ -69,6 +84,52 @@ enum Cmd {
         /// each appliance).
         #[arg(long, value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
         placement: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a new mesh CA: DIR/ca.pem (give it to every appliance) and
+    /// DIR/ca.key (keep it offline; mode 0600). Never overwrites.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Issue an appliance certificate with its member id, region and role
+    /// bound into it: OUT/<id>.pem and OUT/<id>.key (mode 0600).
+    Issue {
+        /// The directory `meshgate ca init` wrote.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, value_parser = ["edge", "leaf", "hub"])]
+        role: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Write a new random master key file (mode 0600; never overwrites), from
+    /// which the `local` key provider derives every epoch key. Every
+    /// appliance of the mesh needs the same file.
+    Init {
+        #[arg(long)]
+        file: PathBuf,
     },
 }
 
@@ -148,6 +209,34 @@ fn main() -> ExitCode {
         Cmd::Policy {
             command: PolicyCmd::Reload { admin, module },
         } => reload(admin, module),
+        Cmd::Ca {
+            command: CaCmd::Init { dir, days },
+        } => meshgate::identity::init_ca(&dir, days)
+            .map(|p| println!("mesh CA written: {} (and its key beside it)", p.display()))
+            .map_err(Into::into),
+        Cmd::Cert {
+            command:
+                CertCmd::Issue {
+                    ca,
+                    id,
+                    region,
+                    role,
+                    out,
+                    days,
+                },
+        } => meshgate::identity::issue(
+            &ca,
+            &meshgate::identity::Claims { id, region, role },
+            &out,
+            days,
+        )
+        .map(|(c, k)| println!("certificate {} and key {}", c.display(), k.display()))
+        .map_err(Into::into),
+        Cmd::Keys {
+            command: KeysCmd::Init { file },
+        } => meshgate::keys::LocalKeys::generate(&file)
+            .map(|()| println!("master key written: {}", file.display()))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
         Cmd::Keygen { cipher } => {
             let suite = if cipher == "aes256gcm16" {
                 CipherSuite::Aes256Gcm

@@ -490,7 +490,11 @@ impl Negotiator {
     }
 
     fn on_response(&mut self, peer: &str, m: Response) -> Result<(), ExchangeError> {
-        if self.outgoing.get(peer).is_none_or(|o| o.exchange != m.exchange) {
+        if self
+            .outgoing
+            .get(peer)
+            .is_none_or(|o| o.exchange != m.exchange)
+        {
             return Err(ExchangeError::Unexpected("response"));
         }
         let Some(o) = self.outgoing.remove(peer) else {
@@ -539,7 +543,11 @@ impl Negotiator {
     }
 
     fn on_confirm(&mut self, peer: &str, m: Confirm) -> Result<(), ExchangeError> {
-        if self.confirming.get(peer).is_none_or(|c| c.exchange != m.exchange) {
+        if self
+            .confirming
+            .get(peer)
+            .is_none_or(|c| c.exchange != m.exchange)
+        {
             return Err(ExchangeError::Unexpected("confirm"));
         }
         let Some(c) = self.confirming.remove(peer) else {

@@ -1,0 +1,369 @@
+//! Mesh identity: one CA per mesh and one certificate per appliance. The
+//! appliance's member id, region and role are bound into its certificate
+//! as DNS names under `meshgate` (`<id>.member.meshgate`,
+//! `<region>.region.meshgate`, `<role>.role.meshgate`), so the standard
+//! name check of TLS (webpki, as rustls runs it) proves which member a
+//! peer is, and a peer whose certificate does not chain to the mesh CA, or
+//! names another member, is refused before anything it says is read.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// What an appliance certificate says of its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    pub id: String,
+    pub region: String,
+    pub role: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{what} '{value}' must be 1 to 63 lowercase letters, digits or '-' (it becomes a DNS name in the certificate)")]
+    Name { what: &'static str, value: String },
+    #[error("role '{0}' is not edge, leaf or hub")]
+    Role(String),
+    #[error("making the certificate: {0}")]
+    Generate(String),
+    #[error("the certificate does not chain to the mesh CA: {0}")]
+    Untrusted(String),
+    #[error("the certificate names no member (it is not an appliance certificate of this mesh)")]
+    NoClaims,
+    #[error("the peer claims to be {claimed} but its certificate is {certified}'s")]
+    Impersonation { claimed: String, certified: String },
+}
+
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+const ROLES: [&str; 3] = ["edge", "leaf", "hub"];
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Whether `s` is a DNS label, so it can be bound into a name.
+fn label(what: &'static str, s: &str) -> Result<(), IdentityError> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::Name {
+            what,
+            value: s.to_string(),
+        })
+    }
+}
+
+fn member_name(id: &str) -> String {
+    format!("{id}.member.meshgate")
+}
+
+/// The CA's parameters, the same each time: an issuer is rebuilt from them
+/// and the CA key, without parsing the CA certificate.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "meshgate mesh CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// Writes a private file (mode 0600), refusing to overwrite one.
+fn write_new(path: &Path, text: &str, private: bool) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(|e| file_err(path, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| file_err(path, e))
+}
+
+fn read(path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|e| file_err(path, e))
+}
+
+fn days_from_now(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(days)
+}
+
+/// `meshgate ca init`: a new mesh CA in `dir` (`ca.pem`, `ca.key`).
+pub fn init_ca(dir: &Path, days: u32) -> Result<PathBuf, IdentityError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let key = KeyPair::generate().map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let mut params = ca_params();
+    params.not_before = days_from_now(-1);
+    params.not_after = days_from_now(i64::from(days));
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let cert_path = dir.join(CA_CERT);
+    write_new(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
+    write_new(&cert_path, &cert.pem(), false)?;
+    Ok(cert_path)
+}
+
+/// `meshgate cert issue`: a certificate and key for the appliance `claims`
+/// names, signed by the CA in `ca_dir`, written to `out_dir` as
+/// `<id>.pem` and `<id>.key`.
+pub fn issue(
+    ca_dir: &Path,
+    claims: &Claims,
+    out_dir: &Path,
+    days: u32,
+) -> Result<(PathBuf, PathBuf), IdentityError> {
+    label("member id", &claims.id)?;
+    label("region", &claims.region)?;
+    if !ROLES.contains(&claims.role.as_str()) {
+        return Err(IdentityError::Role(claims.role.clone()));
+    }
+    let ca_key_path = ca_dir.join(CA_KEY);
+    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| file_err(&ca_key_path, e))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut params = CertificateParams::new(vec![
+        member_name(&claims.id),
+        format!("{}.region.meshgate", claims.region),
+        format!("{}.role.meshgate", claims.role),
+    ])
+    .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("meshgate appliance {}", claims.id),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = days_from_now(-1);
+    params.not_after = days_from_now(i64::from(days));
+    let key = KeyPair::generate().map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| file_err(out_dir, e))?;
+    let (cert_path, key_path) = (
+        out_dir.join(format!("{}.pem", claims.id)),
+        out_dir.join(format!("{}.key", claims.id)),
+    );
+    write_new(&key_path, &key.serialize_pem(), true)?;
+    write_new(&cert_path, &cert.pem(), false)?;
+    Ok((cert_path, key_path))
+}
+
+/// The first certificate of a PEM file, as DER.
+pub fn load_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+/// The mesh CA as a trust anchor.
+pub struct MeshCa {
+    der: CertificateDer<'static>,
+}
+
+impl MeshCa {
+    pub fn load(path: &Path) -> Result<MeshCa, IdentityError> {
+        Ok(MeshCa {
+            der: load_cert(path)?,
+        })
+    }
+
+    /// Checks `cert` chains to this CA for mutual TLS, at `now`, and returns
+    /// what it certifies. With `claimed`, the certificate must name that
+    /// member.
+    pub fn verify(
+        &self,
+        cert: &CertificateDer<'_>,
+        claimed: Option<&str>,
+        now: UnixTime,
+    ) -> Result<Claims, IdentityError> {
+        let untrusted = |e: webpki::Error| IdentityError::Untrusted(format!("{e:?}"));
+        let anchor = webpki::anchor_from_trusted_cert(&self.der).map_err(untrusted)?;
+        let ee = webpki::EndEntityCert::try_from(cert).map_err(untrusted)?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(untrusted)?;
+        let under = |suffix: &str| -> Vec<String> {
+            ee.valid_dns_names()
+                .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
+                .collect()
+        };
+        let (ids, regions, roles) = (
+            under(".member.meshgate"),
+            under(".region.meshgate"),
+            under(".role.meshgate"),
+        );
+        let ([id], [region], [role]) = (&ids[..], &regions[..], &roles[..]) else {
+            return Err(IdentityError::NoClaims);
+        };
+        if let Some(c) = claimed {
+            let name =
+                ServerName::try_from(member_name(c)).map_err(|_| IdentityError::Impersonation {
+                    claimed: c.to_string(),
+                    certified: id.clone(),
+                })?;
+            if ee.verify_is_valid_for_subject_name(&name).is_err() {
+                return Err(IdentityError::Impersonation {
+                    claimed: c.to_string(),
+                    certified: id.clone(),
+                });
+            }
+        }
+        Ok(Claims {
+            id: id.clone(),
+            region: region.clone(),
+            role: role.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("meshgate-identity-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn claims(id: &str) -> Claims {
+        Claims {
+            id: id.into(),
+            region: "eu-west-1".into(),
+            role: "edge".into(),
+        }
+    }
+
+    #[test]
+    fn an_issued_certificate_proves_its_member_and_nothing_else() {
+        let d = dir("ok");
+        let ca_path = init_ca(&d, 3650).unwrap();
+        let (cert, key) = issue(&d, &claims("region-1"), &d.join("certs"), 365).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for k in [d.join("ca.key"), key] {
+            assert_eq!(
+                std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let ca = MeshCa::load(&ca_path).unwrap();
+        let der = load_cert(&cert).unwrap();
+        let now = UnixTime::now();
+        assert_eq!(
+            ca.verify(&der, Some("region-1"), now).unwrap(),
+            claims("region-1")
+        );
+        let e = ca
+            .verify(&der, Some("region-2"), now)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "the peer claims to be region-2 but its certificate is region-1's"
+        );
+        // Past its validity.
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            now.as_secs() + 400 * 86_400,
+        ));
+        assert!(ca
+            .verify(&der, None, later)
+            .unwrap_err()
+            .to_string()
+            .contains("Expired"));
+        assert!(init_ca(&d, 1).is_err(), "a CA is never overwritten");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_certificate_of_another_mesh_is_refused() {
+        let (ours, theirs) = (dir("ours"), dir("theirs"));
+        let ca = MeshCa::load(&init_ca(&ours, 30).unwrap()).unwrap();
+        init_ca(&theirs, 30).unwrap();
+        let (cert, _) = issue(&theirs, &claims("region-1"), &theirs, 30).unwrap();
+        let e = ca
+            .verify(
+                &load_cert(&cert).unwrap(),
+                Some("region-1"),
+                UnixTime::now(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the certificate does not chain to the mesh CA"),
+            "{e}"
+        );
+        // Nor is the CA itself an appliance.
+        let e = ca
+            .verify(
+                &load_cert(&ours.join("ca.pem")).unwrap(),
+                None,
+                UnixTime::now(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not chain") || e.contains("names no member"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&ours);
+        let _ = std::fs::remove_dir_all(&theirs);
+    }
+
+    #[test]
+    fn names_that_cannot_be_bound_are_refused_clearly() {
+        let d = dir("names");
+        init_ca(&d, 30).unwrap();
+        let e = issue(&d, &claims("Region_1"), &d, 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("member id 'Region_1' must be 1 to 63 lowercase letters"),
+            "{e}"
+        );
+        let mut c = claims("r1");
+        c.role = "router".into();
+        assert_eq!(
+            issue(&d, &c, &d, 30).unwrap_err().to_string(),
+            "role 'router' is not edge, leaf or hub"
+        );
+        let e = issue(&dir("none"), &claims("r1"), &d, 30)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ca.key"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
