@@ -72,12 +72,22 @@ fn member_name(id: &str) -> String {
     format!("{id}.member.meshgate")
 }
 
-/// The CA's parameters, the same each time: an issuer is rebuilt from them
-/// and the CA key, without parsing the CA certificate.
-fn ca_params() -> CertificateParams {
+/// The CA's parameters, the same each time for one CA key: an issuer is
+/// rebuilt from them and the key, without parsing the CA certificate. The
+/// name carries a fingerprint of the key, so two meshes' CAs never share a
+/// name (a foreign certificate then fails as an unknown issuer).
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw())
+        .as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "meshgate mesh CA");
+    dn.push(
+        DnType::CommonName,
+        format!("meshgate mesh CA {fingerprint}"),
+    );
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![
@@ -115,7 +125,7 @@ fn days_from_now(days: i64) -> time::OffsetDateTime {
 pub fn init_ca(dir: &Path, days: u32) -> Result<PathBuf, IdentityError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let key = KeyPair::generate().map_err(|e| IdentityError::Generate(e.to_string()))?;
-    let mut params = ca_params();
+    let mut params = ca_params(&key);
     params.not_before = days_from_now(-1);
     params.not_after = days_from_now(i64::from(days));
     let cert = params
@@ -143,7 +153,7 @@ pub fn issue(
     }
     let ca_key_path = ca_dir.join(CA_KEY);
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| file_err(&ca_key_path, e))?;
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = Issuer::new(ca_params(&ca_key), ca_key);
     let mut params = CertificateParams::new(vec![
         member_name(&claims.id),
         format!("{}.region.meshgate", claims.region),

@@ -20,4 +20,5 @@ pub mod netns;
 pub mod policy;
 pub mod prefix;
 pub mod seqstate;
+pub mod signal;
 pub mod tun;

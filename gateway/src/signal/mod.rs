@@ -1,0 +1,4 @@
+//! The signalling channel between appliances: QUIC with mutual TLS, over
+//! which they gossip membership and negotiate SA keys.
+
+pub mod transport;

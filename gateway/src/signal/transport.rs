@@ -1,0 +1,307 @@
+//! The signalling channel's transport: one QUIC endpoint per appliance
+//! (quinn), mutual TLS 1.3 with the mesh CA as the only trust anchor. A
+//! client checks that the server's certificate names the member it meant
+//! to reach; a server accepts only clients whose certificate chains to the
+//! mesh CA and learns from it which member they are. A peer that fails
+//! either never gets a connection, so nothing it says is read.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::identity::{load_cert, Claims, IdentityError, MeshCa};
+
+/// The ALPN protocol of the signalling channel.
+pub const ALPN: &[u8] = b"meshgate/1";
+
+/// Why the channel could not be set up or a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("{path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("binding the signalling endpoint {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("connecting to {peer} at {addr}: {reason}")]
+    Connect {
+        peer: String,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("a connection from {addr} was refused: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+}
+
+/// This appliance's credentials: its certificate and key, and the mesh CA.
+pub struct Credentials {
+    pub claims: Claims,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    ca: Arc<MeshCa>,
+    ca_der: CertificateDer<'static>,
+}
+
+impl Credentials {
+    /// Loads them and checks that our own certificate chains to the CA
+    /// (a misissued certificate is a start-up error, not a silent outage).
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials, TransportError> {
+        use rustls_pki_types::pem::PemObject;
+        let ca_der = load_cert(ca)?;
+        let mesh_ca = MeshCa::load(ca)?;
+        let cert_der = load_cert(cert)?;
+        let claims = mesh_ca.verify(&cert_der, None, UnixTime::now())?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TransportError::Key {
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Credentials {
+            claims,
+            cert: cert_der,
+            key,
+            ca: Arc::new(mesh_ca),
+            ca_der,
+        })
+    }
+
+    pub fn ca(&self) -> &Arc<MeshCa> {
+        &self.ca
+    }
+}
+
+fn tls(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(e.to_string())
+}
+
+/// Timeouts suited to inter-region round trips: keep-alives well inside
+/// the idle timeout, so a quiet but healthy link never closes.
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    Arc::new(t)
+}
+
+/// A QUIC endpoint bound to `addr` that serves and connects with `creds`.
+pub fn endpoint(creds: &Credentials, addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(creds.ca_der.clone()).map_err(tls)?;
+    let roots = Arc::new(roots);
+
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(tls)?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())
+        .map_err(tls)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(server).map_err(tls)?,
+    ));
+    server.transport_config(transport_config());
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![creds.cert.clone()], creds.key.clone_key())
+        .map_err(tls)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client =
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(tls)?));
+    client.transport_config(transport_config());
+
+    let mut endpoint = quinn::Endpoint::server(server, addr).map_err(|e| TransportError::Bind {
+        addr,
+        reason: e.to_string(),
+    })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// The server name that proves a peer is `id`.
+pub fn server_name(id: &str) -> String {
+    format!("{id}.member.meshgate")
+}
+
+/// What the peer's certificate (already chain-checked by TLS) certifies.
+fn peer_claims(conn: &quinn::Connection, ca: &MeshCa) -> Result<Claims, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no peer certificate")?;
+    let leaf = certs.first().ok_or("no peer certificate")?;
+    ca.verify(leaf, None, UnixTime::now())
+        .map_err(|e| e.to_string())
+}
+
+/// Connects to member `peer` at `addr`; fails unless its certificate chains
+/// to the mesh CA and names `peer`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    creds: &Credentials,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<(quinn::Connection, Claims), TransportError> {
+    let err = |reason: String| TransportError::Connect {
+        peer: peer.to_string(),
+        addr,
+        reason,
+    };
+    let conn = endpoint
+        .connect(addr, &server_name(peer))
+        .map_err(|e| err(e.to_string()))?
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let claims = peer_claims(&conn, creds.ca()).map_err(err)?;
+    if claims.id != peer {
+        conn.close(1u32.into(), b"wrong member");
+        return Err(err(format!("its certificate is {}'s", claims.id)));
+    }
+    Ok((conn, claims))
+}
+
+/// Completes an incoming connection: the TLS handshake has checked the
+/// client's certificate against the mesh CA; returns who it is.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    creds: &Credentials,
+) -> Result<(quinn::Connection, Claims), TransportError> {
+    let addr = incoming.remote_address();
+    let refused = |reason: String| TransportError::Refused { addr, reason };
+    let conn = incoming.await.map_err(|e| refused(e.to_string()))?;
+    let claims = peer_claims(&conn, creds.ca()).map_err(refused)?;
+    Ok((conn, claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{init_ca, issue};
+
+    struct Mesh {
+        dir: std::path::PathBuf,
+    }
+
+    impl Mesh {
+        fn new(name: &str) -> Mesh {
+            let dir = std::env::temp_dir()
+                .join(format!("meshgate-transport-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            init_ca(&dir, 30).unwrap();
+            Mesh { dir }
+        }
+
+        fn member(&self, id: &str) -> Credentials {
+            let claims = Claims {
+                id: id.into(),
+                region: "eu-west-1".into(),
+                role: "edge".into(),
+            };
+            let (cert, key) = issue(&self.dir, &claims, &self.dir, 30).unwrap();
+            Credentials::load(&self.dir.join("ca.pem"), &cert, &key).unwrap()
+        }
+    }
+
+    impl Drop for Mesh {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn members_of_one_mesh_connect_and_learn_who_the_other_is() {
+        let mesh = Mesh::new("ok");
+        let (a, b) = (mesh.member("region-1"), mesh.member("region-2"));
+        let (ea, eb) = (
+            endpoint(&a, local()).unwrap(),
+            endpoint(&b, local()).unwrap(),
+        );
+        let b_addr = eb.local_addr().unwrap();
+        let server = async {
+            let incoming = eb.accept().await.unwrap();
+            accept(incoming, &b).await.unwrap()
+        };
+        let ((_, seen_by_a), (_, seen_by_b)) = tokio::join!(
+            async { connect(&ea, &a, "region-2", b_addr).await.unwrap() },
+            server
+        );
+        assert_eq!(seen_by_a.id, "region-2");
+        assert_eq!(seen_by_b.id, "region-1");
+    }
+
+    #[tokio::test]
+    async fn the_wrong_member_at_an_address_is_refused() {
+        let mesh = Mesh::new("wrong");
+        let (a, b) = (mesh.member("region-1"), mesh.member("region-2"));
+        let (ea, eb) = (
+            endpoint(&a, local()).unwrap(),
+            endpoint(&b, local()).unwrap(),
+        );
+        let b_addr = eb.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(i) = eb.accept().await {
+                let _ = i.await;
+            }
+        });
+        let e = connect(&ea, &a, "region-3", b_addr)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("connecting to region-3 at {b_addr}:")),
+            "{e}"
+        );
+        assert!(
+            e.contains("certificate not valid for name \"region-3.member.meshgate\""),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_appliance_of_another_mesh_gets_no_connection() {
+        let (ours, theirs) = (Mesh::new("ours"), Mesh::new("theirs"));
+        let b = ours.member("region-2");
+        let intruder = theirs.member("region-1");
+        let (ei, eb) = (
+            endpoint(&intruder, local()).unwrap(),
+            endpoint(&b, local()).unwrap(),
+        );
+        let b_addr = eb.local_addr().unwrap();
+        let server = async {
+            let incoming = eb.accept().await.unwrap();
+            accept(incoming, &b).await.err().unwrap().to_string()
+        };
+        let (client, server) = tokio::join!(connect(&ei, &intruder, "region-2", b_addr), server);
+        assert!(client.is_err());
+        assert!(
+            server.starts_with("a connection from 127.0.0.1:"),
+            "{server}"
+        );
+        assert!(
+            server.contains("invalid peer certificate: UnknownIssuer"),
+            "{server}"
+        );
+    }
+}
