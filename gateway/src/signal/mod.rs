@@ -1,4 +1,8 @@
 //! The signalling channel between appliances: QUIC with mutual TLS, over
 //! which they gossip membership and negotiate SA keys.
 
+pub mod messages;
 pub mod transport;
+
+#[cfg(test)]
+mod tests;

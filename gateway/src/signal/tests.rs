@@ -1,0 +1,212 @@
+//! The signalling channel with the real parts: QUIC over loopback between
+//! endpoints in this process, certificates from a CA made for the test,
+//! the key-exchange core on both ends.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::messages::{self, Kind, MessageError};
+use super::transport::*;
+use crate::identity::{init_ca, issue, Claims};
+
+struct Mesh {
+    dir: std::path::PathBuf,
+}
+
+impl Mesh {
+    fn new(name: &str) -> Mesh {
+        let dir =
+            std::env::temp_dir().join(format!("meshgate-transport-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init_ca(&dir, 30).unwrap();
+        Mesh { dir }
+    }
+
+    fn member(&self, id: &str) -> Credentials {
+        let claims = Claims {
+            id: id.into(),
+            region: "eu-west-1".into(),
+            role: "edge".into(),
+        };
+        let (cert, key) = issue(&self.dir, &claims, &self.dir, 30).unwrap();
+        Credentials::load(&self.dir.join("ca.pem"), &cert, &key).unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test]
+async fn members_of_one_mesh_connect_and_learn_who_the_other_is() {
+    let mesh = Mesh::new("ok");
+    let (a, b) = (mesh.member("region-1"), mesh.member("region-2"));
+    let (ea, eb) = (
+        endpoint(&a, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    let server = async {
+        let incoming = eb.accept().await.unwrap();
+        accept(incoming, &b).await.unwrap()
+    };
+    let ((_, seen_by_a), (_, seen_by_b)) = tokio::join!(
+        async { connect(&ea, &a, "region-2", b_addr).await.unwrap() },
+        server
+    );
+    assert_eq!(seen_by_a.id, "region-2");
+    assert_eq!(seen_by_b.id, "region-1");
+}
+
+#[tokio::test]
+async fn the_wrong_member_at_an_address_is_refused() {
+    let mesh = Mesh::new("wrong");
+    let (a, b) = (mesh.member("region-1"), mesh.member("region-2"));
+    let (ea, eb) = (
+        endpoint(&a, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(i) = eb.accept().await {
+            let _ = i.await;
+        }
+    });
+    let e = connect(&ea, &a, "region-3", b_addr)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("connecting to region-3 at {b_addr}:")),
+        "{e}"
+    );
+    assert!(
+        e.contains("certificate not valid for name \"region-3.member.meshgate\""),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_appliance_of_another_mesh_gets_no_connection() {
+    let (ours, theirs) = (Mesh::new("ours"), Mesh::new("theirs"));
+    let b = ours.member("region-2");
+    let intruder = theirs.member("region-1");
+    let (ei, eb) = (
+        endpoint(&intruder, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    let server = async {
+        let incoming = eb.accept().await.unwrap();
+        accept(incoming, &b).await.err().unwrap().to_string()
+    };
+    let (client, server) = tokio::join!(connect(&ei, &intruder, "region-2", b_addr), server);
+    assert!(client.is_err());
+    assert!(
+        server.starts_with("a connection from 127.0.0.1:"),
+        "{server}"
+    );
+    assert!(
+        server.contains("invalid peer certificate: UnknownIssuer"),
+        "{server}"
+    );
+}
+
+#[tokio::test]
+async fn sas_are_negotiated_over_the_channel() {
+    use crate::esp::CipherSuite;
+    use crate::keys::{epoch::test_keys, Event, Negotiator};
+    use std::sync::Arc;
+
+    let mesh = Mesh::new("kx");
+    let (a, b) = (mesh.member("region-1"), mesh.member("region-2"));
+    let (ea, eb) = (
+        endpoint(&a, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    let ((conn_a, b_is), (conn_b, a_is)) = tokio::join!(
+        async { connect(&ea, &a, "region-2", b_addr).await.unwrap() },
+        async { accept(eb.accept().await.unwrap(), &b).await.unwrap() }
+    );
+    let node = |id: &str| Negotiator::new(id, CipherSuite::Aes128Gcm, Arc::new(test_keys(9)), 1);
+    let (mut na, mut nb) = (node("region-1"), node("region-2"));
+    let mut installed: Vec<(char, &'static str, u32, crate::esp::KeyMaterial)> = Vec::new();
+    // Carries out one side's events: messages go over its connection.
+    async fn flush(
+        who: char,
+        n: &mut Negotiator,
+        conn: &quinn::Connection,
+        installed: &mut Vec<(char, &'static str, u32, crate::esp::KeyMaterial)>,
+    ) {
+        while let Some(e) = n.poll_event() {
+            match e {
+                Event::Send { message, .. } => messages::send(conn, Kind::KeyExchange, &message)
+                    .await
+                    .unwrap(),
+                Event::InstallInbound { spi, key, .. } => installed.push((who, "in", spi, key)),
+                Event::InstallOutbound { spi, key, .. } => installed.push((who, "out", spi, key)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    async fn next(conn: &quinn::Connection) -> Vec<u8> {
+        let (kind, body) = messages::read(conn.accept_uni().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(kind, Kind::KeyExchange);
+        body
+    }
+    let now = Instant::now();
+    na.initiate(&b_is.id, now).unwrap();
+    flush('a', &mut na, &conn_a, &mut installed).await;
+    let init = next(&conn_b).await;
+    nb.handle(&a_is.id, &init, now).unwrap();
+    flush('b', &mut nb, &conn_b, &mut installed).await;
+    let resp = next(&conn_a).await;
+    na.handle(&b_is.id, &resp, now).unwrap();
+    flush('a', &mut na, &conn_a, &mut installed).await;
+    let confirm = next(&conn_b).await;
+    nb.handle(&a_is.id, &confirm, now).unwrap();
+    flush('b', &mut nb, &conn_b, &mut installed).await;
+    assert_eq!(installed.len(), 4);
+    for (who, dir, spi, key) in &installed {
+        if *dir == "out" {
+            let peer_in = installed
+                .iter()
+                .find(|(w, d, s, _)| w != who && *d == "in" && s == spi)
+                .unwrap_or_else(|| {
+                    panic!("{who} sends on {spi:#x}, which the other does not receive on")
+                });
+            assert!(peer_in.3.same_as(key));
+        }
+    }
+
+    // A message past its kind's limit, or of no known kind, is refused
+    // without being read whole; the connection stays up.
+    messages::send(&conn_a, Kind::KeyExchange, &[0u8; 4096])
+        .await
+        .unwrap();
+    let e = messages::read(conn_b.accept_uni().await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MessageError::Oversized { max: 256, .. }), "{e}");
+    let mut s = conn_a.open_uni().await.unwrap();
+    s.write_all(&[9, 1, 2, 3]).await.unwrap();
+    s.finish().unwrap();
+    let e = messages::read(conn_b.accept_uni().await.unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "unknown message kind 9");
+    messages::send(&conn_a, Kind::KeyExchange, b"still here")
+        .await
+        .unwrap();
+    assert_eq!(next(&conn_b).await, b"still here");
+}
