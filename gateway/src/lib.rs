@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod identity;
 pub mod keys;
 pub mod lab;
+pub mod membership;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

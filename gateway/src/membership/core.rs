@@ -1,0 +1,209 @@
+//! The membership state machine around foca.
+
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State,
+    Timer,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::MemberId;
+
+/// Failure-detection settings, chosen for inter-region round trips (up to
+/// ~250 ms between the farthest AWS regions).
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How often each member probes another.
+    pub probe_period: Duration,
+    /// How long a direct probe may take before indirect ones are sent: above
+    /// the round trip between the farthest regions.
+    pub probe_rtt: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// How long a suspected member has to refute before it is declared down.
+    pub suspicion: Duration,
+    /// How often each member gossips to a few others on top of probes, so
+    /// news spreads in a few round trips.
+    pub gossip_period: Duration,
+    pub gossip_fanout: usize,
+    /// Times each update is piggybacked.
+    pub max_transmissions: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(300),
+            indirect_probes: 3,
+            suspicion: Duration::from_millis(500),
+            gossip_period: Duration::from_millis(100),
+            gossip_fanout: 3,
+            max_transmissions: 12,
+        }
+    }
+}
+
+impl Settings {
+    fn config(&self) -> Config {
+        let mut c = Config::simple();
+        c.probe_period = self.probe_period;
+        c.probe_rtt = self.probe_rtt;
+        c.num_indirect_probes =
+            NonZeroUsize::new(self.indirect_probes.max(1)).unwrap_or(NonZeroUsize::MIN);
+        c.suspect_to_down_after = self.suspicion;
+        c.max_transmissions =
+            NonZeroU8::new(self.max_transmissions.max(1)).unwrap_or(NonZeroU8::MIN);
+        c.notify_down_members = true;
+        c.max_packet_size = NonZeroUsize::new(1200).unwrap_or(NonZeroUsize::MIN);
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.gossip_period,
+            num_members: NonZeroUsize::new(self.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN),
+        });
+        c.periodic_announce = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(30),
+            num_members: NonZeroUsize::MIN,
+        });
+        c
+    }
+}
+
+/// A change the gateway acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipEvent {
+    Up(MemberId),
+    Down(MemberId),
+    /// A member rejoined under a new generation.
+    Renamed {
+        old: MemberId,
+        new: MemberId,
+    },
+    /// This member is known to the cluster.
+    Active,
+    /// Every other member is gone.
+    Idle,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("membership: {0}")]
+pub struct MembershipError(String);
+
+type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+pub struct Membership {
+    swim: Swim,
+    runtime: AccumulatingRuntime<MemberId>,
+    events: std::collections::VecDeque<MembershipEvent>,
+}
+
+impl Membership {
+    /// `seed` seeds the probe order (any value; tests fix it).
+    pub fn new(me: MemberId, settings: Settings, seed: u64) -> Membership {
+        Membership {
+            swim: Foca::new(
+                me,
+                settings.config(),
+                StdRng::seed_from_u64(seed),
+                PostcardCodec,
+            ),
+            runtime: AccumulatingRuntime::new(),
+            events: Default::default(),
+        }
+    }
+
+    pub fn me(&self) -> &MemberId {
+        self.swim.identity()
+    }
+
+    fn drain(&mut self) {
+        while let Some(n) = self.runtime.to_notify() {
+            self.events.push_back(match n {
+                OwnedNotification::MemberUp(m) => MembershipEvent::Up(m),
+                OwnedNotification::MemberDown(m) => MembershipEvent::Down(m),
+                OwnedNotification::Rename(old, new) => MembershipEvent::Renamed { old, new },
+                OwnedNotification::Active => MembershipEvent::Active,
+                OwnedNotification::Idle => MembershipEvent::Idle,
+                // Renew is on, so a member declared down rejoins.
+                _ => continue,
+            });
+        }
+    }
+
+    /// Joins the cluster through `seed`.
+    pub fn join(&mut self, seed: MemberId) -> Result<(), MembershipError> {
+        self.swim
+            .announce(seed, &mut self.runtime)
+            .map_err(|e| MembershipError(e.to_string()))?;
+        self.drain();
+        Ok(())
+    }
+
+    /// Takes `members` as known and alive without telling anyone: a member
+    /// restoring what it knew, or a simulation starting converged.
+    pub fn assume(
+        &mut self,
+        members: impl Iterator<Item = MemberId>,
+    ) -> Result<(), MembershipError> {
+        let r = self
+            .swim
+            .apply_many(
+                members.map(|m| foca::Member::new(m, 0, State::Alive)),
+                false,
+                &mut self.runtime,
+            )
+            .map_err(|e| MembershipError(e.to_string()));
+        self.drain();
+        r
+    }
+
+    /// A datagram from the signalling channel. Malformed ones are refused
+    /// whole (and counted by the caller).
+    pub fn handle_data(&mut self, data: &[u8]) -> Result<(), MembershipError> {
+        let r = self
+            .swim
+            .handle_data(data, &mut self.runtime)
+            .map_err(|e| MembershipError(e.to_string()));
+        self.drain();
+        r
+    }
+
+    /// A timer armed through [`poll_timer`](Self::poll_timer) ran out.
+    pub fn handle_timer(&mut self, timer: Timer<MemberId>) -> Result<(), MembershipError> {
+        let r = self
+            .swim
+            .handle_timer(timer, &mut self.runtime)
+            .map_err(|e| MembershipError(e.to_string()));
+        self.drain();
+        r
+    }
+
+    /// A datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(MemberId, Bytes)> {
+        self.runtime.to_send()
+    }
+
+    /// A timer to arm: hand `timer` back after `after`.
+    pub fn poll_timer(&mut self) -> Option<(Duration, Timer<MemberId>)> {
+        self.runtime.to_schedule()
+    }
+
+    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every member this one knows, with its state.
+    pub fn members(&self) -> impl Iterator<Item = (&MemberId, State)> {
+        self.swim
+            .iter_membership_state()
+            .map(|m| (m.id(), m.state()))
+    }
+
+    /// Active members (alive or suspect), this one excluded.
+    pub fn active(&self) -> usize {
+        self.swim.num_members()
+    }
+}

@@ -1,0 +1,14 @@
+//! Membership and failure detection: SWIM with suspicion (foca), as a
+//! sans-IO value. Bytes and timer events go in, bytes to send, timers to
+//! arm and membership changes come out; the async shell carries them over
+//! the signalling channel and a timer queue, and the tests run whole
+//! clusters on virtual time.
+
+mod core;
+mod id;
+
+pub use self::core::{Membership, MembershipEvent, Settings};
+pub use id::MemberId;
+
+#[cfg(test)]
+mod sim;
