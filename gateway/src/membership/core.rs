@@ -13,8 +13,11 @@ use rand::SeedableRng;
 
 use super::MemberId;
 
-/// Failure-detection settings, chosen for inter-region round trips (up to
-/// ~250 ms between the farthest AWS regions).
+/// SWIM settings, chosen for inter-region round trips (up to ~250 ms
+/// between the farthest AWS regions). SWIM's suspicion is long: fast,
+/// confirmed failure detection comes from the liveness detector between
+/// watched members, and a short suspicion falsely declares members down
+/// on lossy paths (BENCHMARKS.md); this one is the backstop.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     /// How often each member probes another.
@@ -40,7 +43,7 @@ impl Default for Settings {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(300),
             indirect_probes: 3,
-            suspicion: Duration::from_millis(500),
+            suspicion: Duration::from_secs(30),
             gossip_period: Duration::from_millis(100),
             gossip_fanout: 3,
             max_transmissions: 12,
@@ -91,6 +94,12 @@ pub enum MembershipEvent {
 #[derive(Debug, thiserror::Error)]
 #[error("membership: {0}")]
 pub struct MembershipError(String);
+
+impl MembershipError {
+    pub(crate) fn new(reason: &str) -> MembershipError {
+        MembershipError(reason.to_string())
+    }
+}
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
@@ -153,6 +162,29 @@ impl Membership {
             .apply_many(
                 members.map(|m| foca::Member::new(m, 0, State::Alive)),
                 false,
+                &mut self.runtime,
+            )
+            .map_err(|e| MembershipError(e.to_string()));
+        self.drain();
+        r
+    }
+
+    /// Declares `id` down (enough members confirmed it) and lets the
+    /// cluster know.
+    pub fn declare_down(&mut self, id: &str) -> Result<(), MembershipError> {
+        let Some((member, incarnation)) = self
+            .swim
+            .iter_membership_state()
+            .find(|m| m.id().id == id)
+            .map(|m| (m.id().clone(), m.incarnation()))
+        else {
+            return Ok(());
+        };
+        let r = self
+            .swim
+            .apply_many(
+                std::iter::once(foca::Member::new(member, incarnation, State::Down)),
+                true,
                 &mut self.runtime,
             )
             .map_err(|e| MembershipError(e.to_string()));

@@ -4,10 +4,13 @@
 //! the signalling channel and a timer queue, and the tests run whole
 //! clusters on virtual time.
 
+mod agent;
 mod core;
 mod id;
+pub mod liveness;
 
-pub use self::core::{Membership, MembershipEvent, Settings};
+pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};
+pub use agent::{Agent, MAX_DATAGRAM};
 pub use id::MemberId;
 
 #[cfg(test)]

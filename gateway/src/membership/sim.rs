@@ -4,28 +4,42 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use foca::Timer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::liveness::LivenessSettings;
 use super::*;
 
 enum Ev {
-    Deliver { to: usize, data: Bytes },
-    Timer { node: usize, timer: Timer<MemberId> },
+    Deliver {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        timer: Timer<MemberId>,
+    },
+    Tick {
+        node: usize,
+    },
 }
 
 pub(super) struct Sim {
-    nodes: Vec<Option<Membership>>,
+    nodes: Vec<Option<Agent>>,
     index: HashMap<String, usize>,
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
     pending: HashMap<u64, Ev>,
+    ticks: Vec<Option<Instant>>,
     seq: u64,
+    t0: Instant,
     pub now: Duration,
     rng: StdRng,
+    settings: Settings,
+    liveness: Option<LivenessSettings>,
     /// One-way delay, sampled uniformly.
     pub delay: (Duration, Duration),
     pub loss: f64,
@@ -45,29 +59,39 @@ fn member(i: usize) -> MemberId {
 
 impl Sim {
     /// `n` members that already know each other.
-    pub fn converged(n: usize, settings: Settings, seed: u64) -> Sim {
-        let mut sim = Sim::empty(seed);
+    pub fn converged(
+        n: usize,
+        settings: Settings,
+        liveness: Option<LivenessSettings>,
+        seed: u64,
+    ) -> Sim {
+        let mut sim = Sim::empty(settings, liveness, seed);
         for _ in 0..n {
-            sim.add(settings);
+            sim.add();
         }
+        let at = sim.at();
         for i in 0..n {
             let others = (0..n).filter(|&j| j != i).map(member);
-            sim.nodes[i].as_mut().unwrap().assume(others).unwrap();
+            sim.nodes[i].as_mut().unwrap().assume(others, at).unwrap();
             sim.pump(i);
         }
         sim.ups.clear();
         sim
     }
 
-    pub fn empty(seed: u64) -> Sim {
+    pub fn empty(settings: Settings, liveness: Option<LivenessSettings>, seed: u64) -> Sim {
         Sim {
             nodes: Vec::new(),
             index: HashMap::new(),
             queue: BinaryHeap::new(),
             pending: HashMap::new(),
+            ticks: Vec::new(),
             seq: 0,
+            t0: Instant::now(),
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),
+            settings,
+            liveness,
             delay: (Duration::from_millis(10), Duration::from_millis(125)),
             loss: 0.0,
             sent_bytes: Vec::new(),
@@ -76,14 +100,23 @@ impl Sim {
         }
     }
 
+    fn at(&self) -> Instant {
+        self.t0 + self.now
+    }
+
     /// A new member, not yet joined; returns its index.
-    pub fn add(&mut self, settings: Settings) -> usize {
+    pub fn add(&mut self) -> usize {
         let i = self.nodes.len();
         let seed = self.rng.random();
-        self.nodes
-            .push(Some(Membership::new(member(i), settings, seed)));
+        self.nodes.push(Some(Agent::new(
+            member(i),
+            self.settings,
+            self.liveness,
+            seed,
+        )));
         self.index.insert(member(i).id, i);
         self.sent_bytes.push(0);
+        self.ticks.push(None);
         i
     }
 
@@ -100,30 +133,45 @@ impl Sim {
         };
         let mut sends = Vec::new();
         let mut timers = Vec::new();
+        let mut events = Vec::new();
         while let Some(t) = node.poll_transmit() {
             sends.push(t);
         }
         while let Some(t) = node.poll_timer() {
             timers.push(t);
         }
-        let mut events = Vec::new();
         while let Some(e) = node.poll_event() {
             events.push(e);
         }
+        let tick = node.next_tick();
         for (to, data) in sends {
             self.sent_bytes[i] += data.len() as u64;
             if self.loss > 0.0 && self.rng.random::<f64>() < self.loss {
                 continue;
             }
-            let Some(&j) = self.index.get(&to.id) else {
+            let Some(&j) = self.index.get(&to) else {
                 continue;
             };
             let (lo, hi) = self.delay;
             let d = lo + (hi - lo).mul_f64(self.rng.random::<f64>());
-            self.schedule(self.now + d, Ev::Deliver { to: j, data });
+            self.schedule(
+                self.now + d,
+                Ev::Deliver {
+                    to: j,
+                    from: i,
+                    data,
+                },
+            );
         }
         for (after, timer) in timers {
             self.schedule(self.now + after, Ev::Timer { node: i, timer });
+        }
+        if let Some(t) = tick {
+            if self.ticks[i] != Some(t) {
+                self.ticks[i] = Some(t);
+                let at = t.saturating_duration_since(self.t0);
+                self.schedule(at, Ev::Tick { node: i });
+            }
         }
         for e in events {
             match e {
@@ -143,8 +191,9 @@ impl Sim {
     }
 
     pub fn join(&mut self, i: usize, seed: usize) {
+        let at = self.at();
         if let Some(n) = self.nodes[i].as_mut() {
-            n.join(member(seed)).unwrap();
+            n.join(member(seed), at).unwrap();
         }
         self.pump(i);
     }
@@ -161,19 +210,28 @@ impl Sim {
             }
             self.queue.pop();
             self.now = at;
+            let now = self.at();
             let Some(ev) = self.pending.remove(&seq) else {
                 continue;
             };
             let i = match ev {
-                Ev::Deliver { to, data } => {
+                Ev::Deliver { to, from, data } => {
+                    let from = member(from).id;
                     if let Some(n) = self.nodes[to].as_mut() {
-                        let _ = n.handle_data(&data);
+                        let _ = n.handle(&from, &data, now);
                     }
                     to
                 }
                 Ev::Timer { node, timer } => {
                     if let Some(n) = self.nodes[node].as_mut() {
-                        let _ = n.handle_timer(timer);
+                        let _ = n.handle_timer(timer, now);
+                    }
+                    node
+                }
+                Ev::Tick { node } => {
+                    self.ticks[node] = None;
+                    if let Some(n) = self.nodes[node].as_mut() {
+                        n.tick(now);
                     }
                     node
                 }
@@ -199,14 +257,19 @@ fn all_saw_down(sim: &Sim, victim: usize, at: Duration) -> Option<Duration> {
         .map(|v| v.into_iter().max().unwrap_or_default())
 }
 
-/// kill -9 of one of 30 members: every other declares it down, and no
-/// one else is declared down. Prints the worst time over ten seeds; the
-/// issue's target (1.5 s) is not met yet (see BENCHMARKS.md).
+/// kill -9 of one of 30 members watching each other: every other declares
+/// it down within 1.5 s (virtual time, ten seeds), and no one else is
+/// declared down.
 #[test]
-fn a_killed_member_is_declared_down_by_every_other() {
+fn a_killed_member_is_declared_down_by_every_other_within_1_5_s() {
     let mut worst = Duration::ZERO;
     for seed in 0..10 {
-        let mut sim = Sim::converged(30, Settings::default(), seed);
+        let mut sim = Sim::converged(
+            30,
+            Settings::default(),
+            Some(LivenessSettings::default()),
+            seed,
+        );
         sim.run_until(S(5));
         assert!(
             sim.downs.is_empty(),
@@ -214,7 +277,7 @@ fn a_killed_member_is_declared_down_by_every_other() {
         );
         let at = sim.now;
         sim.kill(7);
-        sim.run_until(at + S(10));
+        sim.run_until(at + S(5));
         let took = all_saw_down(&sim, 7, at)
             .unwrap_or_else(|| panic!("seed {seed}: not everyone saw m7 down"));
         worst = worst.max(took);
@@ -222,20 +285,55 @@ fn a_killed_member_is_declared_down_by_every_other() {
         assert!(false_downs.is_empty(), "seed {seed}: {false_downs:?}");
     }
     eprintln!("30 members, one-way delay 10-125 ms: worst time to down everywhere {worst:?}");
+    assert!(worst <= Duration::from_millis(1500), "{worst:?}");
+}
+
+/// 30 members, 10% of datagrams lost and 100 ms one-way delay for five
+/// minutes: nobody is declared down. One seed here; `--ignored` runs five.
+#[test]
+fn no_member_is_falsely_declared_down_under_10_percent_loss() {
+    lossy_run(&[7]);
+}
+
+#[test]
+#[ignore]
+fn no_member_is_falsely_declared_down_under_10_percent_loss_five_seeds() {
+    lossy_run(&[100, 101, 102, 103, 104]);
+}
+
+fn lossy_run(seeds: &[u64]) {
+    for &seed in seeds {
+        let mut sim = Sim::converged(
+            30,
+            Settings::default(),
+            Some(LivenessSettings::default()),
+            seed,
+        );
+        sim.loss = 0.1;
+        sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
+        sim.run_until(S(300));
+        assert!(
+            sim.downs.is_empty(),
+            "seed {seed}: {} false downs",
+            sim.downs.len()
+        );
+        let per_member = sim.sent_bytes.iter().sum::<u64>() as f64 / 30.0 / 300.0;
+        eprintln!("seed {seed}: no false down in 5 min at 10% loss; {per_member:.0} B/s of payload sent per member");
+    }
 }
 
 /// A member that joins through one seed is known to all of 1,000 within
 /// 2 s (virtual time), and what each member sends is stated.
 #[test]
 fn a_new_member_is_known_to_all_of_1000_within_2_s() {
-    let mut sim = Sim::converged(1000, Settings::default(), 1);
+    let mut sim = Sim::converged(1000, Settings::default(), None, 1);
     sim.run_until(S(3));
     let before: u64 = sim.sent_bytes.iter().sum();
     let (t0, window) = (sim.now, S(10));
     sim.run_until(t0 + window);
     let per_member =
         (sim.sent_bytes.iter().sum::<u64>() - before) as f64 / 1000.0 / window.as_secs_f64();
-    let newcomer = sim.add(Settings::default());
+    let newcomer = sim.add();
     let at = sim.now;
     sim.join(newcomer, 0);
     sim.run_until(at + S(5));
@@ -251,29 +349,31 @@ fn a_new_member_is_known_to_all_of_1000_within_2_s() {
 }
 
 /// Settings side by side: kill-detection time over 20 seeds, and false
-/// downs under 10% loss. `cargo test -p meshgate --release --lib
-/// compare_settings -- --ignored --nocapture`
+/// downs in five minutes of 10% loss and 100 ms delay, SWIM alone with
+/// short suspicions against SWIM with the liveness detector.
+/// `cargo test -p meshgate --release --lib compare_settings -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn compare_settings() {
-    for (pp, rtt, susp) in [
-        (500, 300, 500),
-        (400, 250, 400),
-        (300, 250, 400),
-        (300, 200, 300),
-        (250, 200, 300),
-        (1000, 600, 2000),
-    ] {
+    let ms = Duration::from_millis;
+    let rows: [(u64, u64, u64, Option<LivenessSettings>); 5] = [
+        (500, 300, 500, None),
+        (300, 200, 300, None),
+        (250, 200, 300, None),
+        (1000, 600, 2000, None),
+        (500, 300, 30_000, Some(LivenessSettings::default())),
+    ];
+    for (probe, rtt, susp, liveness) in rows {
         let s = Settings {
-            probe_period: Duration::from_millis(pp),
-            probe_rtt: Duration::from_millis(rtt),
-            suspicion: Duration::from_millis(susp),
+            probe_period: ms(probe),
+            probe_rtt: ms(rtt),
+            suspicion: ms(susp),
             ..Settings::default()
         };
         let mut worst = Duration::ZERO;
         let mut total = Duration::ZERO;
         for seed in 0..20 {
-            let mut sim = Sim::converged(30, s, seed);
+            let mut sim = Sim::converged(30, s, liveness, seed);
             sim.run_until(S(5));
             let at = sim.now;
             sim.kill(7);
@@ -282,12 +382,13 @@ fn compare_settings() {
             worst = worst.max(took);
             total += took;
         }
-        let mut sim = Sim::converged(30, s, 99);
+        let mut sim = Sim::converged(30, s, liveness, 99);
         sim.loss = 0.1;
-        sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
+        sim.delay = (ms(100), ms(100));
         sim.run_until(S(300));
         eprintln!(
-            "probe {pp} ms, rtt {rtt} ms, suspicion {susp} ms: kill seen down everywhere after {:?} mean, {worst:?} worst; 10% loss, 100 ms delay, 5 min: {} false downs",
+            "probe {probe} ms, timeout {rtt} ms, suspicion {susp} ms, liveness {}: kill seen down everywhere after {:?} mean, {worst:?} worst; 10% loss, 100 ms delay, 5 min: {} false downs",
+            if liveness.is_some() { "on" } else { "off" },
             total / 20,
             sim.downs.len()
         );

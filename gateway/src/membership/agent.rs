@@ -1,0 +1,171 @@
+//! One member's whole membership logic: SWIM (foca) for who is in the
+//! mesh and for spreading news, and the liveness detector for fast,
+//! confirmed failure detection between the members it watches. Sans-IO:
+//! datagrams from authenticated senders, timers and ticks in; datagrams,
+//! timers and membership events out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use foca::{State, Timer};
+
+use super::core::{Membership, MembershipError, MembershipEvent, Settings};
+use super::liveness::{Detector, LivenessAction, LivenessSettings};
+use super::MemberId;
+
+const SWIM: u8 = 0;
+const HEARTBEAT: u8 = 1;
+const REPORT: u8 = 2;
+/// Longest datagram a member sends (SWIM's packet limit plus the tag).
+pub const MAX_DATAGRAM: usize = 1201;
+
+pub struct Agent {
+    swim: Membership,
+    liveness: Option<Detector>,
+    out: VecDeque<(String, Vec<u8>)>,
+    events: VecDeque<MembershipEvent>,
+}
+
+impl Agent {
+    /// `liveness`: watch every member directly (small meshes, such as the
+    /// appliances of a few regions); `None`: SWIM alone.
+    pub fn new(
+        me: MemberId,
+        settings: Settings,
+        liveness: Option<LivenessSettings>,
+        seed: u64,
+    ) -> Agent {
+        let id = me.id.clone();
+        Agent {
+            swim: Membership::new(me, settings, seed),
+            liveness: liveness.map(|l| Detector::new(&id, l)),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.swim
+    }
+
+    pub fn join(&mut self, seed: MemberId, now: Instant) -> Result<(), MembershipError> {
+        let r = self.swim.join(seed);
+        self.collect(now);
+        r
+    }
+
+    /// Takes members as known (a restart, or a simulation starting converged).
+    pub fn assume(
+        &mut self,
+        members: impl Iterator<Item = MemberId>,
+        now: Instant,
+    ) -> Result<(), MembershipError> {
+        let r = self.swim.assume(members);
+        self.collect(now);
+        r
+    }
+
+    /// A datagram from `from`, whom the channel authenticated.
+    pub fn handle(&mut self, from: &str, data: &[u8], now: Instant) -> Result<(), MembershipError> {
+        if let Some(d) = &mut self.liveness {
+            d.heard(from, now);
+        }
+        let r = match data.split_first() {
+            Some((&SWIM, rest)) => self.swim.handle_data(rest),
+            Some((&HEARTBEAT, [])) => Ok(()),
+            Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
+                (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
+                    if let Some(LivenessAction::Down(s)) = d.report(from, s, now) {
+                        self.declare_down(&s);
+                    }
+                    Ok(())
+                }
+                (Ok(_), None) => Ok(()),
+                _ => Err(MembershipError::new("a report naming no member")),
+            },
+            _ => Err(MembershipError::new("not a membership datagram")),
+        };
+        self.collect(now);
+        r
+    }
+
+    pub fn handle_timer(
+        &mut self,
+        timer: Timer<MemberId>,
+        now: Instant,
+    ) -> Result<(), MembershipError> {
+        let r = self.swim.handle_timer(timer);
+        self.collect(now);
+        r
+    }
+
+    /// When [`tick`](Self::tick) is next due.
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.liveness.as_ref().and_then(Detector::next_tick)
+    }
+
+    /// Sends heartbeats and reports, declares confirmed failures.
+    pub fn tick(&mut self, now: Instant) {
+        let actions = match &mut self.liveness {
+            Some(d) => d.tick(now),
+            None => return,
+        };
+        for a in actions {
+            match a {
+                LivenessAction::Heartbeat(peer) => self.out.push_back((peer, vec![HEARTBEAT])),
+                LivenessAction::Report { subject } => {
+                    let mut msg = vec![REPORT];
+                    msg.extend_from_slice(subject.as_bytes());
+                    let to: Vec<String> = self
+                        .swim
+                        .members()
+                        .filter(|(m, s)| *s != State::Down && m.id != subject)
+                        .map(|(m, _)| m.id.clone())
+                        .collect();
+                    for peer in to {
+                        self.out.push_back((peer, msg.clone()));
+                    }
+                }
+                LivenessAction::Down(subject) => self.declare_down(&subject),
+            }
+        }
+        self.collect(now);
+    }
+
+    fn declare_down(&mut self, subject: &str) {
+        let _ = self.swim.declare_down(subject);
+    }
+
+    /// Moves SWIM's output into ours, and keeps the watch list in step.
+    fn collect(&mut self, now: Instant) {
+        while let Some((to, data)) = self.swim.poll_transmit() {
+            let mut msg = Vec::with_capacity(data.len() + 1);
+            msg.push(SWIM);
+            msg.extend_from_slice(&data);
+            self.out.push_back((to.id, msg));
+        }
+        while let Some(e) = self.swim.poll_event() {
+            if let Some(d) = &mut self.liveness {
+                match &e {
+                    MembershipEvent::Up(m) => d.watch(&m.id, now),
+                    MembershipEvent::Down(m) => d.unwatch(&m.id),
+                    MembershipEvent::Renamed { new, .. } => d.watch(&new.id, now),
+                    _ => {}
+                }
+            }
+            self.events.push_back(e);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(String, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timer(&mut self) -> Option<(Duration, Timer<MemberId>)> {
+        self.swim.poll_timer()
+    }
+
+    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,233 @@
+//! Fast failure detection beside SWIM: every member sends a small
+//! heartbeat to each peer it watches every `interval` (as BFD does between
+//! routers), and reports a peer silent for `detect` to all members. A peer
+//! is declared down when `confirmations` distinct members report it within
+//! `report_ttl`: one member's bad link (or a lossy path) never takes a
+//! peer down, while a dead appliance, which every watcher sees at once, is
+//! down within about `detect` plus a round trip. This is Lifeguard's rule
+//! that independent confirmations shorten suspicion, with a direct
+//! detector feeding it; SWIM's own suspicion, set long, stays the backstop
+//! and covers members nobody watches directly.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Detector settings, for inter-region paths.
+#[derive(Clone, Copy, Debug)]
+pub struct LivenessSettings {
+    pub interval: Duration,
+    /// Silence after which a watcher reports a peer.
+    pub detect: Duration,
+    /// Distinct reports (the local one included) that declare a peer down.
+    pub confirmations: usize,
+    /// How long a report counts unless renewed.
+    pub report_ttl: Duration,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        LivenessSettings {
+            interval: Duration::from_millis(100),
+            detect: Duration::from_millis(600),
+            confirmations: 3,
+            report_ttl: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// What the detector asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LivenessAction {
+    /// Send a heartbeat to this peer.
+    Heartbeat(String),
+    /// Tell every member that this one hears nothing from `subject`.
+    Report { subject: String },
+    /// Enough members agree: declare `subject` down.
+    Down(String),
+}
+
+pub struct Detector {
+    me: String,
+    settings: LivenessSettings,
+    /// Peers watched, and when each was last heard from.
+    heard: HashMap<String, Instant>,
+    /// Subjects this member currently reports, and when it last did.
+    reporting: HashMap<String, Instant>,
+    /// subject -> observer -> when reported.
+    reports: HashMap<String, HashMap<String, Instant>>,
+    declared: HashSet<String>,
+    next_beat: Option<Instant>,
+}
+
+impl Detector {
+    pub fn new(me: &str, settings: LivenessSettings) -> Detector {
+        Detector {
+            me: me.to_string(),
+            settings,
+            heard: HashMap::new(),
+            reporting: HashMap::new(),
+            reports: HashMap::new(),
+            declared: HashSet::new(),
+            next_beat: None,
+        }
+    }
+
+    /// Starts watching `peer` (as if just heard from).
+    pub fn watch(&mut self, peer: &str, now: Instant) {
+        if peer != self.me {
+            self.heard.entry(peer.to_string()).or_insert(now);
+            self.declared.remove(peer);
+            self.next_beat.get_or_insert(now);
+        }
+    }
+
+    pub fn unwatch(&mut self, peer: &str) {
+        self.heard.remove(peer);
+        self.reporting.remove(peer);
+        self.reports.remove(peer);
+    }
+
+    /// A heartbeat (or any datagram) came from `peer`.
+    pub fn heard(&mut self, peer: &str, now: Instant) {
+        if let Some(t) = self.heard.get_mut(peer) {
+            *t = now;
+        }
+        // Alive after all: whatever was said of it is void.
+        self.reporting.remove(peer);
+        self.reports.remove(peer);
+        self.declared.remove(peer);
+    }
+
+    /// `observer` reports `subject` silent.
+    pub fn report(
+        &mut self,
+        observer: &str,
+        subject: &str,
+        now: Instant,
+    ) -> Option<LivenessAction> {
+        if subject == self.me || self.declared.contains(subject) {
+            return None;
+        }
+        self.reports
+            .entry(subject.to_string())
+            .or_default()
+            .insert(observer.to_string(), now);
+        self.check(subject, now)
+    }
+
+    fn check(&mut self, subject: &str, now: Instant) -> Option<LivenessAction> {
+        let ttl = self.settings.report_ttl;
+        let by = self.reports.get_mut(subject)?;
+        by.retain(|_, at| now.saturating_duration_since(*at) <= ttl);
+        if by.len() >= self.settings.confirmations {
+            self.declared.insert(subject.to_string());
+            self.reports.remove(subject);
+            self.reporting.remove(subject);
+            self.heard.remove(subject);
+            return Some(LivenessAction::Down(subject.to_string()));
+        }
+        None
+    }
+
+    /// When [`tick`](Self::tick) is next due.
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.next_beat
+    }
+
+    /// Heartbeats to send, reports to make, and verdicts, at `now`.
+    pub fn tick(&mut self, now: Instant) -> Vec<LivenessAction> {
+        let mut out = Vec::new();
+        if self.next_beat.is_none_or(|t| t <= now) {
+            self.next_beat = Some(now + self.settings.interval);
+            out.extend(
+                self.heard
+                    .keys()
+                    .map(|p| LivenessAction::Heartbeat(p.clone())),
+            );
+        }
+        let silent: Vec<String> = self
+            .heard
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= self.settings.detect)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for subject in silent {
+            // Report, and renew the report before it expires.
+            let due = self.reporting.get(&subject).is_none_or(|at| {
+                now.saturating_duration_since(*at) >= self.settings.report_ttl / 2
+            });
+            if due {
+                self.reporting.insert(subject.clone(), now);
+                out.push(LivenessAction::Report {
+                    subject: subject.clone(),
+                });
+                let me = self.me.clone();
+                if let Some(a) = self.report(&me, &subject, now) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn one_report_is_not_enough_three_are() {
+        let t0 = Instant::now();
+        let mut d = Detector::new("a", LivenessSettings::default());
+        for p in ["b", "c", "x"] {
+            d.watch(p, t0);
+        }
+        let beats = d.tick(t0);
+        assert_eq!(beats.len(), 3);
+        // x goes silent; b and c keep talking.
+        let mut t = t0;
+        let mut reported = false;
+        while t < t0 + 700 * MS {
+            t += 100 * MS;
+            d.heard("b", t);
+            d.heard("c", t);
+            for a in d.tick(t) {
+                if a == (LivenessAction::Report {
+                    subject: "x".into(),
+                }) {
+                    reported = true;
+                }
+                assert!(!matches!(a, LivenessAction::Down(_)), "our report alone");
+            }
+        }
+        assert!(reported);
+        assert_eq!(d.report("b", "x", t), None, "two reports");
+        assert_eq!(
+            d.report("c", "x", t),
+            Some(LivenessAction::Down("x".into()))
+        );
+        assert_eq!(d.report("c", "x", t), None, "declared once");
+    }
+
+    #[test]
+    fn reports_expire_and_hearing_from_the_subject_voids_them() {
+        let t0 = Instant::now();
+        let mut d = Detector::new("a", LivenessSettings::default());
+        d.watch("x", t0);
+        assert_eq!(d.report("b", "x", t0), None);
+        assert_eq!(
+            d.report("c", "x", t0 + 1600 * MS),
+            None,
+            "b's report expired"
+        );
+        d.heard("x", t0 + 1700 * MS);
+        assert_eq!(d.report("d", "x", t0 + 1700 * MS), None, "c's was voided");
+        assert_eq!(
+            d.report("a2", "a", t0),
+            None,
+            "nobody declares us down to us"
+        );
+    }
+}
