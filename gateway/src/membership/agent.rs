@@ -22,7 +22,10 @@ pub const MAX_DATAGRAM: usize = 1201;
 pub struct Agent {
     swim: Membership,
     liveness: Option<Detector>,
+    /// SWIM's suspicion timeout, to defer a verdict by.
+    suspicion: Duration,
     out: VecDeque<(String, Vec<u8>)>,
+    timers: VecDeque<(Duration, Timer<MemberId>)>,
     events: VecDeque<MembershipEvent>,
 }
 
@@ -39,7 +42,9 @@ impl Agent {
         Agent {
             swim: Membership::new(me, settings, seed),
             liveness: liveness.map(|l| Detector::new(&id, l)),
+            suspicion: settings.suspicion,
             out: VecDeque::new(),
+            timers: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -89,11 +94,22 @@ impl Agent {
         r
     }
 
+    /// A timer from [`poll_timer`](Self::poll_timer) ran out. SWIM's
+    /// verdict on a suspect this member hears from directly is deferred:
+    /// the suspicion came from lossy paths elsewhere, and declaring a live
+    /// member down would take it out of every table (Lifeguard's rule of
+    /// not confirming a death there is local evidence against).
     pub fn handle_timer(
         &mut self,
         timer: Timer<MemberId>,
         now: Instant,
     ) -> Result<(), MembershipError> {
+        if let (Timer::ChangeSuspectToDown { member_id, .. }, Some(d)) = (&timer, &self.liveness) {
+            if d.hears(&member_id.id, now) {
+                self.timers.push_back((self.suspicion, timer));
+                return Ok(());
+            }
+        }
         let r = self.swim.handle_timer(timer);
         self.collect(now);
         r
@@ -162,7 +178,7 @@ impl Agent {
     }
 
     pub fn poll_timer(&mut self) -> Option<(Duration, Timer<MemberId>)> {
-        self.swim.poll_timer()
+        self.timers.pop_front().or_else(|| self.swim.poll_timer())
     }
 
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {

@@ -9,7 +9,7 @@
 //! detector feeding it; SWIM's own suspicion, set long, stays the backstop
 //! and covers members nobody watches directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Detector settings, for inter-region paths.
@@ -50,12 +50,12 @@ pub struct Detector {
     me: String,
     settings: LivenessSettings,
     /// Peers watched, and when each was last heard from.
-    heard: HashMap<String, Instant>,
+    heard: BTreeMap<String, Instant>,
     /// Subjects this member currently reports, and when it last did.
-    reporting: HashMap<String, Instant>,
+    reporting: BTreeMap<String, Instant>,
     /// subject -> observer -> when reported.
-    reports: HashMap<String, HashMap<String, Instant>>,
-    declared: HashSet<String>,
+    reports: BTreeMap<String, BTreeMap<String, Instant>>,
+    declared: BTreeSet<String>,
     next_beat: Option<Instant>,
 }
 
@@ -64,10 +64,10 @@ impl Detector {
         Detector {
             me: me.to_string(),
             settings,
-            heard: HashMap::new(),
-            reporting: HashMap::new(),
-            reports: HashMap::new(),
-            declared: HashSet::new(),
+            heard: BTreeMap::new(),
+            reporting: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            declared: BTreeSet::new(),
             next_beat: None,
         }
     }
@@ -96,6 +96,13 @@ impl Detector {
         self.reporting.remove(peer);
         self.reports.remove(peer);
         self.declared.remove(peer);
+    }
+
+    /// Whether `peer` is watched and was heard from within `detect`.
+    pub fn hears(&self, peer: &str, now: Instant) -> bool {
+        self.heard
+            .get(peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.settings.detect)
     }
 
     /// `observer` reports `subject` silent.
