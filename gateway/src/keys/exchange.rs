@@ -342,7 +342,7 @@ impl Negotiator {
                 .as_ref(),
         );
         let spi = self.spis.allocate(&self.rng)?;
-        let init = Message::Init(Init {
+        let init = Init {
             exchange: u64::from_be_bytes(self.random()?),
             epoch: self.epoch,
             suite: self.suite,
@@ -351,16 +351,14 @@ impl Negotiator {
             nonce: self.random::<NONCE_LEN>()?,
             public,
             spi,
-        });
-        let Message::Init(i) = &init else {
-            unreachable!()
         };
-        let bytes = init.encode();
+        let (exchange, epoch) = (init.exchange, init.epoch);
+        let bytes = Message::Init(init).encode();
         self.outgoing.insert(
             peer.to_string(),
             Outgoing {
-                exchange: i.exchange,
-                epoch: i.epoch,
+                exchange,
+                epoch,
                 secret,
                 init: bytes.clone(),
                 spi,

@@ -16,8 +16,6 @@ use super::MemberId;
 const SWIM: u8 = 0;
 const HEARTBEAT: u8 = 1;
 const REPORT: u8 = 2;
-/// Longest datagram a member sends (SWIM's packet limit plus the tag).
-pub const MAX_DATAGRAM: usize = 1201;
 
 pub struct Agent {
     swim: Membership,

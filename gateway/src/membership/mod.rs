@@ -10,7 +10,7 @@ mod id;
 pub mod liveness;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};
-pub use agent::{Agent, MAX_DATAGRAM};
+pub use agent::Agent;
 pub use id::MemberId;
 
 #[cfg(test)]
