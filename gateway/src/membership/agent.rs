@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use foca::{State, Timer};
 
 use super::core::{Membership, MembershipError, MembershipEvent, Settings};
+use super::health::Beat;
 use super::liveness::{Detector, LivenessAction, LivenessSettings};
 use super::MemberId;
 
@@ -47,6 +48,11 @@ impl Agent {
         }
     }
 
+    /// Round-trip time and inbound loss measured to a watched `peer`.
+    pub fn health(&self, peer: &str) -> Option<(Option<Duration>, f64)> {
+        self.liveness.as_ref().and_then(|d| d.health(peer))
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.swim
     }
@@ -75,7 +81,14 @@ impl Agent {
         }
         let r = match data.split_first() {
             Some((&SWIM, rest)) => self.swim.handle_data(rest),
-            Some((&HEARTBEAT, [])) => Ok(()),
+            Some((&HEARTBEAT, body)) => match (Beat::decode(body), &mut self.liveness) {
+                (Some(b), Some(d)) => {
+                    d.on_beat(from, b, now);
+                    Ok(())
+                }
+                (Some(_), None) => Ok(()),
+                (None, _) => Err(MembershipError::new("a heartbeat of the wrong length")),
+            },
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
                 (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
                     if let Some(LivenessAction::Down(s)) = d.report(from, s, now) {
@@ -126,7 +139,11 @@ impl Agent {
         };
         for a in actions {
             match a {
-                LivenessAction::Heartbeat(peer) => self.out.push_back((peer, vec![HEARTBEAT])),
+                LivenessAction::Heartbeat(peer, beat) => {
+                    let mut msg = vec![HEARTBEAT];
+                    msg.extend_from_slice(&beat.encode());
+                    self.out.push_back((peer, msg));
+                }
                 LivenessAction::Report { subject } => {
                     let mut msg = vec![REPORT];
                     msg.extend_from_slice(subject.as_bytes());

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::health::{Beat, PathHealth};
+
 /// Detector settings, for inter-region paths.
 #[derive(Clone, Copy, Debug)]
 pub struct LivenessSettings {
@@ -38,8 +40,8 @@ impl Default for LivenessSettings {
 /// What the detector asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LivenessAction {
-    /// Send a heartbeat to this peer.
-    Heartbeat(String),
+    /// Send this heartbeat to this peer.
+    Heartbeat(String, Beat),
     /// Tell every member that this one hears nothing from `subject`.
     Report { subject: String },
     /// Enough members agree: declare `subject` down.
@@ -57,6 +59,8 @@ pub struct Detector {
     reports: BTreeMap<String, BTreeMap<String, Instant>>,
     declared: BTreeSet<String>,
     next_beat: Option<Instant>,
+    /// What the heartbeats measure of each watched path.
+    paths: BTreeMap<String, PathHealth>,
 }
 
 impl Detector {
@@ -69,6 +73,7 @@ impl Detector {
             reports: BTreeMap::new(),
             declared: BTreeSet::new(),
             next_beat: None,
+            paths: BTreeMap::new(),
         }
     }
 
@@ -83,6 +88,7 @@ impl Detector {
 
     pub fn unwatch(&mut self, peer: &str) {
         self.heard.remove(peer);
+        self.paths.remove(peer);
         self.reporting.remove(peer);
         self.reports.remove(peer);
     }
@@ -96,6 +102,22 @@ impl Detector {
         self.reporting.remove(peer);
         self.reports.remove(peer);
         self.declared.remove(peer);
+    }
+
+    /// A heartbeat from `peer`.
+    pub fn on_beat(&mut self, peer: &str, beat: Beat, now: Instant) {
+        self.heard(peer, now);
+        if self.heard.contains_key(peer) {
+            self.paths
+                .entry(peer.to_string())
+                .or_default()
+                .on_beat(beat, now);
+        }
+    }
+
+    /// The round-trip time and inbound loss measured to `peer`.
+    pub fn health(&self, peer: &str) -> Option<(Option<Duration>, f64)> {
+        self.paths.get(peer).map(|p| (p.rtt(), p.loss()))
     }
 
     /// Whether `peer` is watched and was heard from within `detect`.
@@ -146,11 +168,10 @@ impl Detector {
         let mut out = Vec::new();
         if self.next_beat.is_none_or(|t| t <= now) {
             self.next_beat = Some(now + self.settings.interval);
-            out.extend(
-                self.heard
-                    .keys()
-                    .map(|p| LivenessAction::Heartbeat(p.clone())),
-            );
+            for p in self.heard.keys() {
+                let beat = self.paths.entry(p.clone()).or_default().beat(now);
+                out.push(LivenessAction::Heartbeat(p.clone(), beat));
+            }
         }
         let silent: Vec<String> = self
             .heard

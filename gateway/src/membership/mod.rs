@@ -6,6 +6,7 @@
 
 mod agent;
 mod core;
+pub mod health;
 mod id;
 pub mod liveness;
 

@@ -241,6 +241,10 @@ impl Sim {
         self.now = end;
     }
 
+    pub fn agent(&self, i: usize) -> Option<&Agent> {
+        self.nodes[i].as_ref()
+    }
+
     /// Members still running.
     pub fn alive(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some())
@@ -320,6 +324,40 @@ fn lossy_run(seeds: &[u64]) {
         let per_member = sim.sent_bytes.iter().sum::<u64>() as f64 / 30.0 / 300.0;
         eprintln!("seed {seed}: no false down in 5 min at 10% loss; {per_member:.0} B/s of payload sent per member");
     }
+}
+
+/// Heartbeats measure each watched path: 10 members, 50 ms each way, 5%
+/// loss; after a minute every member's estimates of every other are close.
+#[test]
+fn heartbeats_measure_round_trip_and_loss() {
+    let mut sim = Sim::converged(
+        10,
+        Settings::default(),
+        Some(LivenessSettings::default()),
+        3,
+    );
+    sim.delay = (Duration::from_millis(50), Duration::from_millis(50));
+    sim.loss = 0.05;
+    sim.run_until(S(60));
+    let mut losses = Vec::new();
+    for i in 0..10 {
+        for j in (0..10).filter(|&j| j != i) {
+            let (rtt, loss) = sim
+                .agent(i)
+                .unwrap()
+                .health(&member(j).id)
+                .expect("watched");
+            let rtt = rtt.expect("measured");
+            assert!(
+                rtt >= Duration::from_millis(100) && rtt <= Duration::from_millis(110),
+                "m{i} -> m{j}: {rtt:?}"
+            );
+            losses.push(loss);
+        }
+    }
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    eprintln!("round trips 100-110 ms measured; inbound loss {mean:.3} mean for 0.05 injected");
+    assert!((0.03..0.07).contains(&mean), "{mean}");
 }
 
 /// A member that joins through one seed is known to all of 1,000 within
