@@ -17,6 +17,7 @@ use super::MemberId;
 const SWIM: u8 = 0;
 const HEARTBEAT: u8 = 1;
 const REPORT: u8 = 2;
+const RECORD: u8 = 3;
 
 pub struct Agent {
     swim: Membership,
@@ -57,6 +58,17 @@ impl Agent {
         &self.swim
     }
 
+    /// Advertises this member's record.
+    pub fn advertise(
+        &mut self,
+        info: super::info::MemberInfo,
+        now: Instant,
+    ) -> Result<(), MembershipError> {
+        let r = self.swim.advertise(info);
+        self.collect(now);
+        r
+    }
+
     pub fn join(&mut self, seed: MemberId, now: Instant) -> Result<(), MembershipError> {
         let r = self.swim.join(seed);
         self.collect(now);
@@ -89,6 +101,7 @@ impl Agent {
                 (Some(_), None) => Ok(()),
                 (None, _) => Err(MembershipError::new("a heartbeat of the wrong length")),
             },
+            Some((&RECORD, record)) => self.swim.learn(record),
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
                 (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
                     if let Some(LivenessAction::Down(s)) = d.report(from, s, now) {
@@ -176,6 +189,13 @@ impl Agent {
             self.out.push_back((to.id, msg));
         }
         while let Some(e) = self.swim.poll_event() {
+            // A member that joins gets our record straight away: gossip
+            // spreads news, not what everyone already knows.
+            if let (MembershipEvent::Up(m), Some(own)) = (&e, self.swim.own_record()) {
+                let mut msg = vec![RECORD];
+                msg.extend_from_slice(&own);
+                self.out.push_back((m.id.clone(), msg));
+            }
             if let Some(d) = &mut self.liveness {
                 match &e {
                     MembershipEvent::Up(m) => d.watch(&m.id, now),

@@ -4,13 +4,11 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{
-    AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State,
-    Timer,
-};
+use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::info::{self, Infos, MemberInfo};
 use super::MemberId;
 
 /// SWIM settings, chosen for inter-region round trips (up to ~250 ms
@@ -101,31 +99,68 @@ impl MembershipError {
     }
 }
 
-type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
+type Swim = Foca<MemberId, PostcardCodec, StdRng, Infos>;
 
 pub struct Membership {
     swim: Swim,
     runtime: AccumulatingRuntime<MemberId>,
     events: std::collections::VecDeque<MembershipEvent>,
+    infos: Infos,
+    /// This member's own record, sent to each member that joins.
+    own: Option<MemberInfo>,
 }
 
 impl Membership {
     /// `seed` seeds the probe order (any value; tests fix it).
     pub fn new(me: MemberId, settings: Settings, seed: u64) -> Membership {
+        let infos = Infos::default();
         Membership {
-            swim: Foca::new(
+            swim: Foca::with_custom_broadcast(
                 me,
                 settings.config(),
                 StdRng::seed_from_u64(seed),
                 PostcardCodec,
+                infos.clone(),
             ),
             runtime: AccumulatingRuntime::new(),
             events: Default::default(),
+            infos,
+            own: None,
         }
     }
 
     pub fn me(&self) -> &MemberId {
         self.swim.identity()
+    }
+
+    /// Advertises this member's record (a newer version replaces the old
+    /// one everywhere).
+    pub fn advertise(&mut self, info: MemberInfo) -> Result<(), MembershipError> {
+        let r = self
+            .swim
+            .add_broadcast(&info::encode(&info))
+            .map(|_| ())
+            .map_err(|e| MembershipError(e.to_string()));
+        self.own = Some(info);
+        r
+    }
+
+    /// The member records known, this member's own included.
+    pub fn infos(&self) -> &Infos {
+        &self.infos
+    }
+
+    /// This member's record as sent to a member that just joined.
+    pub fn own_record(&self) -> Option<Vec<u8>> {
+        self.own.as_ref().map(info::encode)
+    }
+
+    /// A record sent straight to this member (by one that saw it join).
+    pub fn learn(&mut self, data: &[u8]) -> Result<(), MembershipError> {
+        let me = self.swim.identity().clone();
+        foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&me))
+            .map(|_| ())
+            .map_err(|e| MembershipError(e.to_string()))
     }
 
     fn drain(&mut self) {

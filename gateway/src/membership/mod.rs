@@ -8,6 +8,7 @@ mod agent;
 mod core;
 pub mod health;
 mod id;
+pub mod info;
 pub mod liveness;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};

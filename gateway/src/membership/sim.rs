@@ -241,6 +241,31 @@ impl Sim {
         self.now = end;
     }
 
+    pub fn advertise(&mut self, i: usize, info: super::info::MemberInfo) {
+        let at = self.at();
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.advertise(info, at).unwrap();
+        }
+        self.pump(i);
+    }
+
+    /// Runs in 50 ms steps until `cond` holds; how long that took.
+    pub fn run_until_true(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        while self.now - start <= limit {
+            if cond(self) {
+                return Some(self.now - start);
+            }
+            let next = self.now + Duration::from_millis(50);
+            self.run_until(next);
+        }
+        None
+    }
+
     pub fn agent(&self, i: usize) -> Option<&Agent> {
         self.nodes[i].as_ref()
     }
@@ -358,6 +383,63 @@ fn heartbeats_measure_round_trip_and_loss() {
     let mean = losses.iter().sum::<f64>() / losses.len() as f64;
     eprintln!("round trips 100-110 ms measured; inbound loss {mean:.3} mean for 0.05 injected");
     assert!((0.03..0.07).contains(&mean), "{mean}");
+}
+
+fn info(i: usize, version: u64, prefixes: usize) -> super::info::MemberInfo {
+    super::info::MemberInfo {
+        id: member(i).id,
+        version,
+        region: format!("region-{}", i % 5),
+        zone: format!("region-{}a", i % 5),
+        account: "123456789012".into(),
+        role: "edge".into(),
+        group: None,
+        prefixes: (0..prefixes)
+            .map(|k| (std::net::IpAddr::from([10, i as u8, k as u8, 0]), 24))
+            .collect(),
+        endpoints: vec![("internet".into(), member(i).addr)],
+        policy_version: 1,
+        load_permille: 0,
+    }
+}
+
+/// Every member's record reaches every other; a newcomer learns them all;
+/// a new version replaces the old everywhere.
+#[test]
+fn member_records_spread_to_all_and_newer_versions_replace_older() {
+    let mut sim = Sim::converged(
+        30,
+        Settings::default(),
+        Some(LivenessSettings::default()),
+        5,
+    );
+    for i in 0..30 {
+        sim.advertise(i, info(i, 1, 2));
+    }
+    let knows_all = |sim: &Sim, i: usize, n: usize| {
+        sim.agent(i)
+            .is_some_and(|a| a.membership().infos().all().len() == n)
+    };
+    let spread = sim
+        .run_until_true(S(10), |sim| (0..30).all(|i| knows_all(sim, i, 30)))
+        .expect("every record reached every member");
+    let newcomer = sim.add();
+    sim.advertise(newcomer, info(newcomer, 1, 1));
+    sim.join(newcomer, 0);
+    let learned = sim
+        .run_until_true(S(10), |sim| (0..31).all(|i| knows_all(sim, i, 31)))
+        .expect("the newcomer learned every record and every member its");
+    sim.advertise(5, info(5, 2, 3));
+    let updated = sim
+        .run_until_true(S(10), |sim| {
+            (0..31).all(|i| {
+                sim.agent(i)
+                    .and_then(|a| a.membership().infos().get("m5"))
+                    .is_some_and(|r| r.version == 2 && r.prefixes.len() == 3)
+            })
+        })
+        .expect("the new version replaced the old everywhere");
+    eprintln!("30 members: records everywhere after {spread:?}; a newcomer and everyone in sync after {learned:?}; an update everywhere after {updated:?}");
 }
 
 /// A member that joins through one seed is known to all of 1,000 within
