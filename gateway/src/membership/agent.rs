@@ -11,6 +11,7 @@ use foca::{State, Timer};
 
 use super::core::{Membership, MembershipError, MembershipEvent, Settings};
 use super::health::Beat;
+use super::info::MemberInfo;
 use super::liveness::{Detector, LivenessAction, LivenessSettings};
 use super::MemberId;
 
@@ -19,8 +20,22 @@ const HEARTBEAT: u8 = 1;
 const REPORT: u8 = 2;
 const RECORD: u8 = 3;
 
+/// One member as this member sees it: its record, its state, the health
+/// measured of the path to it, and since when its state has been what it is.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub info: MemberInfo,
+    pub state: State,
+    pub rtt: Option<Duration>,
+    /// Inbound loss, 0 to 1.
+    pub loss: f64,
+    pub since: Instant,
+}
+
 pub struct Agent {
     swim: Membership,
+    /// Each member's last state seen, and since when.
+    states: std::collections::BTreeMap<String, (State, Instant)>,
     liveness: Option<Detector>,
     /// SWIM's suspicion timeout, to defer a verdict by.
     suspicion: Duration,
@@ -41,6 +56,7 @@ impl Agent {
         let id = me.id.clone();
         Agent {
             swim: Membership::new(me, settings, seed),
+            states: Default::default(),
             liveness: liveness.map(|l| Detector::new(&id, l)),
             suspicion: settings.suspicion,
             out: VecDeque::new(),
@@ -52,6 +68,38 @@ impl Agent {
     /// Round-trip time and inbound loss measured to a watched `peer`.
     pub fn health(&self, peer: &str) -> Option<(Option<Duration>, f64)> {
         self.liveness.as_ref().and_then(|d| d.health(peer))
+    }
+
+    /// Every other member with a record, as seen now (what the policy view
+    /// is made of).
+    pub fn observe(&mut self, now: Instant) -> Vec<Observed> {
+        let me = self.swim.me().id.clone();
+        let current: Vec<(String, State)> = self
+            .swim
+            .members()
+            .map(|(m, s)| (m.id.clone(), s))
+            .filter(|(id, _)| *id != me)
+            .collect();
+        let mut out = Vec::new();
+        for (id, state) in current {
+            let entry = self.states.entry(id.clone()).or_insert((state, now));
+            if entry.0 != state {
+                *entry = (state, now);
+            }
+            let since = entry.1;
+            let Some(info) = self.swim.infos().get(&id) else {
+                continue;
+            };
+            let (rtt, loss) = self.health(&id).unwrap_or((None, 0.0));
+            out.push(Observed {
+                info,
+                state,
+                rtt,
+                loss,
+                since,
+            });
+        }
+        out
     }
 
     pub fn membership(&self) -> &Membership {

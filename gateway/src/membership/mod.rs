@@ -12,8 +12,8 @@ pub mod info;
 pub mod liveness;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};
-pub use agent::Agent;
+pub use agent::{Agent, Observed};
 pub use id::MemberId;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;

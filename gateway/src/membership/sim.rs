@@ -28,7 +28,7 @@ enum Ev {
     },
 }
 
-pub(super) struct Sim {
+pub(crate) struct Sim {
     nodes: Vec<Option<Agent>>,
     index: HashMap<String, usize>,
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
@@ -266,6 +266,14 @@ impl Sim {
         None
     }
 
+    pub fn instant(&self) -> Instant {
+        self.at()
+    }
+
+    pub fn agent_mut(&mut self, i: usize) -> &mut Agent {
+        self.nodes[i].as_mut().expect("a running member")
+    }
+
     pub fn agent(&self, i: usize) -> Option<&Agent> {
         self.nodes[i].as_ref()
     }
@@ -385,7 +393,7 @@ fn heartbeats_measure_round_trip_and_loss() {
     assert!((0.03..0.07).contains(&mean), "{mean}");
 }
 
-fn info(i: usize, version: u64, prefixes: usize) -> super::info::MemberInfo {
+pub(crate) fn info(i: usize, version: u64, prefixes: usize) -> super::info::MemberInfo {
     super::info::MemberInfo {
         id: member(i).id,
         version,

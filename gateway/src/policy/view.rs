@@ -93,6 +93,104 @@ pub fn from_config(config: &Config, now_ms: u64) -> View {
     view
 }
 
+/// The view membership gives: this member first, then every other member
+/// it knows a record of, with its state, measured health and since when
+/// its state has held. `now` and `now_ms` are the same moment on the
+/// monotonic and the wall clock. Member handles are stable per member id.
+pub fn from_observed(
+    local: &crate::membership::info::MemberInfo,
+    observed: &[crate::membership::Observed],
+    params: &[(String, String)],
+    now: std::time::Instant,
+    now_ms: u64,
+) -> View {
+    use crate::membership::info::MemberInfo;
+    let mut view = View {
+        now_ms,
+        params: params.to_vec(),
+        ..View::default()
+    };
+    let mut names = Names::default();
+    let mut add = |view: &mut View, info: &MemberInfo, state: State, health: Health| {
+        let first = view.prefixes.len() as u32;
+        view.prefixes.extend(
+            info.prefixes
+                .iter()
+                .map(|(a, l)| meshgate_sdk::Prefix::new(*a, *l)),
+        );
+        let efirst = view.endpoints.len() as u32;
+        for (label, addr) in &info.endpoints {
+            let label = names.intern(label);
+            view.endpoints.push(Endpoint {
+                label,
+                addr: addr.ip(),
+                port: addr.port(),
+            });
+        }
+        let role = match info.role.as_str() {
+            "hub" => meshgate_sdk::Role::Hub,
+            "leaf" => meshgate_sdk::Role::Leaf,
+            _ => meshgate_sdk::Role::Edge,
+        };
+        view.members.push(Member {
+            handle: handle_of(&info.id),
+            id: names.intern(&info.id),
+            region: names.intern(&info.region),
+            zone: names.intern(&info.zone),
+            account: names.intern(&info.account),
+            role,
+            state,
+            group: info.group.as_deref().map(|g| names.intern(g)),
+            prefixes: Span {
+                first,
+                count: info.prefixes.len() as u32,
+            },
+            endpoints: Span {
+                first: efirst,
+                count: view.endpoints.len() as u32 - efirst,
+            },
+            health,
+            policy_version: info.policy_version,
+        });
+    };
+    add(
+        &mut view,
+        local,
+        State::Alive,
+        Health {
+            load_permille: local.load_permille,
+            ..Health::default()
+        },
+    );
+    for o in observed {
+        let state = match o.state {
+            foca::State::Alive => State::Alive,
+            foca::State::Suspect => State::Suspect,
+            foca::State::Down => State::Dead,
+        };
+        let age = now.saturating_duration_since(o.since).as_millis() as u64;
+        let health = Health {
+            rtt_us: o
+                .rtt
+                .map_or(0, |r| u32::try_from(r.as_micros()).unwrap_or(u32::MAX)),
+            loss_ppm: (o.loss.clamp(0.0, 1.0) * 1e6) as u32,
+            load_permille: o.info.load_permille,
+            changed_ms: now_ms.saturating_sub(age),
+        };
+        add(&mut view, &o.info, state, health);
+    }
+    view.names = names;
+    view
+}
+
+/// A member's handle: the same for its id in every view.
+fn handle_of(id: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(b)
+}
+
 /// The data-plane tables for validated decisions on a view built by
 /// [`from_config`] (member i + 1 is peer i).
 pub fn tables(view: &View, decisions: &Decisions) -> Tables {
@@ -125,4 +223,63 @@ pub fn tables(view: &View, decisions: &Decisions) -> Tables {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meshgate_policies::FullMesh;
+    use meshgate_sdk::testing::{peer_ids, route_table};
+    use meshgate_sdk::Policy;
+
+    use super::*;
+    use crate::membership::liveness::LivenessSettings;
+    use crate::membership::sim::{info, Sim};
+    use crate::membership::Settings;
+
+    #[test]
+    fn the_view_follows_membership_and_the_policy_follows_the_view() {
+        let mut sim = Sim::converged(
+            5,
+            Settings::default(),
+            Some(LivenessSettings::default()),
+            11,
+        );
+        for i in 0..5 {
+            sim.advertise(i, info(i, 1, 1));
+        }
+        sim.run_until(Duration::from_secs(3));
+        let view_of_0 = |sim: &mut Sim| {
+            let now = sim.instant();
+            let observed = sim.agent_mut(0).observe(now);
+            from_observed(&info(0, 1, 1), &observed, &[], now, 1_000_000)
+        };
+        let v = view_of_0(&mut sim);
+        assert_eq!(v.members.len(), 5);
+        assert_eq!(v.name(v.local().id), "m0");
+        assert_eq!(peer_ids(&v, &FullMesh::peers(&v)), ["m1", "m2", "m3", "m4"]);
+        let m2 = v.member_by_id("m2").unwrap().1;
+        assert!(
+            m2.health.rtt_us >= 20_000 && m2.health.rtt_us <= 250_000,
+            "{:?}",
+            m2.health
+        );
+        let routes = route_table(&v, &FullMesh::routes(&v));
+        assert_eq!(routes["10.3.0.0/24"], ["m3"]);
+
+        // m3 dies: the view marks it dead, and the policy withdraws its routes.
+        sim.kill(3);
+        sim.run_until(sim.now + Duration::from_secs(2));
+        let v = view_of_0(&mut sim);
+        let (_, m3) = v.member_by_id("m3").unwrap();
+        assert_eq!(m3.state, meshgate_sdk::State::Dead);
+        assert!(
+            m3.health.changed_ms > 1_000_000 - 2_000,
+            "changed within the last 2 s"
+        );
+        let routes = route_table(&v, &FullMesh::routes(&v));
+        assert!(!routes.contains_key("10.3.0.0/24"));
+        assert_eq!(peer_ids(&v, &FullMesh::peers(&v)), ["m1", "m2", "m4"]);
+    }
 }
