@@ -60,7 +60,8 @@ impl Settings {
         c.max_transmissions =
             NonZeroU8::new(self.max_transmissions.max(1)).unwrap_or(NonZeroU8::MIN);
         c.notify_down_members = true;
-        c.max_packet_size = NonZeroUsize::new(1200).unwrap_or(NonZeroUsize::MIN);
+        // One QUIC datagram, with room for the tag and QUIC's own framing.
+        c.max_packet_size = NonZeroUsize::new(1100).unwrap_or(NonZeroUsize::MIN);
         c.periodic_gossip = Some(foca::PeriodicParams {
             frequency: self.gossip_period,
             num_members: NonZeroUsize::new(self.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN),

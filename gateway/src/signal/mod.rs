@@ -2,6 +2,7 @@
 //! which they gossip membership and negotiate SA keys.
 
 pub mod messages;
+pub mod node;
 pub mod transport;
 
 #[cfg(test)]

@@ -210,3 +210,90 @@ async fn sas_are_negotiated_over_the_channel() {
         .unwrap();
     assert_eq!(next(&conn_b).await, b"still here");
 }
+
+/// Four members over real QUIC on loopback: three join through the first
+/// and all learn of each other; one stops and the others declare it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_through_a_seed_and_see_a_stopped_one_go_down() {
+    use super::node::{run, NodeConfig};
+    use crate::membership::info::MemberInfo;
+    use crate::membership::liveness::LivenessSettings;
+    use crate::membership::{MembershipEvent, Settings};
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mesh = Mesh::new("nodes");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, MembershipEvent)>();
+    let mut tasks = HashMap::new();
+    let mut seed: Option<(String, SocketAddr)> = None;
+    for i in 1..=4 {
+        let id = format!("m{i}");
+        let creds = Arc::new(mesh.member(&id));
+        let info = MemberInfo {
+            id: id.clone(),
+            version: 1,
+            region: format!("region-{i}"),
+            zone: format!("region-{i}a"),
+            account: "123456789012".into(),
+            role: "edge".into(),
+            group: None,
+            prefixes: vec![(std::net::IpAddr::from([10, i as u8, 0, 0]), 16)],
+            endpoints: vec![],
+            policy_version: 1,
+            load_permille: 0,
+        };
+        let cfg = NodeConfig {
+            creds,
+            listen: local(),
+            seeds: seed.iter().cloned().collect(),
+            info,
+            settings: Settings::default(),
+            liveness: Some(LivenessSettings::default()),
+        };
+        let (events, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(cfg, events, bound_tx));
+        let addr = bound_rx.await.unwrap();
+        seed.get_or_insert((id.clone(), addr));
+        let (tx, me) = (tx.clone(), id.clone());
+        tokio::spawn(async move {
+            while let Some(e) = ev_rx.recv().await {
+                let _ = tx.send((me.clone(), e));
+            }
+        });
+        tasks.insert(id, task);
+    }
+    let mut up: BTreeSet<(String, String)> = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while up.len() < 12 {
+        let (who, e) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {up:?} after 10 s"))
+            .unwrap();
+        if let MembershipEvent::Up(m) = e {
+            up.insert((who, m.id));
+        }
+    }
+    let started = std::time::Instant::now();
+    tasks.remove("m4").unwrap().abort();
+    let mut down = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while down.len() < 3 {
+        let (who, e) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {down:?} saw m4 down after 10 s"))
+            .unwrap();
+        if let MembershipEvent::Down(m) = e {
+            assert_eq!(m.id, "m4", "{who} saw {} down", m.id);
+            down.insert(who);
+        }
+    }
+    eprintln!(
+        "m4 stopped; the three others saw it down after {:?}",
+        started.elapsed()
+    );
+    for (_, t) in tasks {
+        t.abort();
+    }
+}

@@ -1,0 +1,230 @@
+//! The membership agent on the real channel: one task owns the agent, the
+//! QUIC endpoint and its connections; datagrams carry membership messages
+//! between members, each attributed to the member id its connection's
+//! certificate proves. The agent's timers and ticks run on tokio's clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::transport::{accept, connect, endpoint, Credentials, TransportError};
+use crate::membership::info::MemberInfo;
+use crate::membership::liveness::LivenessSettings;
+use crate::membership::{Agent, MemberId, MembershipEvent, Settings};
+
+pub struct NodeConfig {
+    pub creds: Arc<Credentials>,
+    pub listen: SocketAddr,
+    /// Members to join through: id and signalling address.
+    pub seeds: Vec<(String, SocketAddr)>,
+    pub info: MemberInfo,
+    pub settings: Settings,
+    pub liveness: Option<LivenessSettings>,
+}
+
+/// Datagrams kept for a peer while its connection is being set up.
+const QUEUED_PER_PEER: usize = 64;
+
+enum Input {
+    Datagram(String, Bytes),
+    Connected {
+        peer: String,
+        conn: quinn::Connection,
+        dialer: String,
+    },
+    Closed(String),
+    Refused(TransportError),
+}
+
+/// Runs the member until the task is dropped; membership events go to
+/// `events`. Returns the address it listens on through `bound`.
+pub async fn run(
+    cfg: NodeConfig,
+    events: mpsc::UnboundedSender<MembershipEvent>,
+    bound: tokio::sync::oneshot::Sender<SocketAddr>,
+) -> Result<(), TransportError> {
+    let ep = endpoint(&cfg.creds, cfg.listen)?;
+    let me_id = cfg.creds.claims.id.clone();
+    let addr = ep.local_addr().map_err(|e| TransportError::Bind {
+        addr: cfg.listen,
+        reason: e.to_string(),
+    })?;
+    let _ = bound.send(addr);
+    let me = MemberId {
+        id: me_id.clone(),
+        addr,
+        generation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let mut agent = Agent::new(me, cfg.settings, cfg.liveness, rand::random());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+
+    // Incoming connections.
+    {
+        let (ep, creds, tx) = (ep.clone(), cfg.creds.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let (creds, tx) = (creds.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match accept(incoming, &creds).await {
+                        Ok((conn, claims)) => {
+                            let _ = tx.send(Input::Connected {
+                                dialer: claims.id.clone(),
+                                peer: claims.id,
+                                conn,
+                            });
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Input::Refused(e));
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let dial = |peer: String, at: SocketAddr, tx: mpsc::UnboundedSender<Input>| {
+        let (ep, creds, me) = (ep.clone(), cfg.creds.clone(), me_id.clone());
+        tokio::spawn(async move {
+            match connect(&ep, &creds, &peer, at).await {
+                Ok((conn, _)) => {
+                    let _ = tx.send(Input::Connected {
+                        peer,
+                        conn,
+                        dialer: me,
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::Refused(e));
+                }
+            }
+        });
+    };
+    for (id, at) in &cfg.seeds {
+        dial(id.clone(), *at, tx.clone());
+    }
+    let now = Instant::now();
+    let _ = agent.advertise(cfg.info.clone(), now);
+    for (id, at) in &cfg.seeds {
+        let _ = agent.join(
+            MemberId {
+                id: id.clone(),
+                addr: *at,
+                generation: 0,
+            },
+            now,
+        );
+    }
+
+    let mut conns: HashMap<String, (quinn::Connection, String)> = HashMap::new();
+    // Peers being dialed, and what waits to be sent to them (bounded: SWIM
+    // tolerates loss, and a peer that never answers must not grow it).
+    let mut dialing: HashMap<String, Vec<Bytes>> = cfg
+        .seeds
+        .iter()
+        .map(|(id, _)| (id.clone(), Vec::new()))
+        .collect();
+    let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut pending = HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        // Carry out what the agent asked for.
+        let now = Instant::now();
+        while let Some((after, timer)) = agent.poll_timer() {
+            seq += 1;
+            timers.push(Reverse((now + after, seq)));
+            pending.insert(seq, timer);
+        }
+        while let Some(e) = agent.poll_event() {
+            let _ = events.send(e);
+        }
+        while let Some((to, data)) = agent.poll_transmit() {
+            if let Some((conn, _)) = conns.get(&to) {
+                let _ = conn.send_datagram(Bytes::from(data));
+            } else if let Some(queue) = dialing.get_mut(&to) {
+                if queue.len() < QUEUED_PER_PEER {
+                    queue.push(Bytes::from(data));
+                }
+            } else if let Some(a) = agent
+                .membership()
+                .members()
+                .find(|(m, _)| m.id == to)
+                .map(|(m, _)| m.addr)
+            {
+                dialing.insert(to.clone(), vec![Bytes::from(data)]);
+                dial(to, a, tx.clone());
+            }
+        }
+        let next_timer = timers.peek().map(|Reverse((t, _))| *t);
+        let wake = [next_timer, agent.next_tick()].into_iter().flatten().min();
+        let sleep = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(Input::Datagram(from, data)) => {
+                    if let Err(e) = agent.handle(&from, &data, Instant::now()) {
+                        tracing::debug!("membership datagram from {from} refused: {e}");
+                    }
+                }
+                Some(Input::Connected { peer, conn, dialer }) => {
+                    for d in dialing.remove(&peer).unwrap_or_default() {
+                        let _ = conn.send_datagram(d);
+                    }
+                    // Both sides keep the connection dialed by the lower id.
+                    let keep_new = match conns.get(&peer) {
+                        None => true,
+                        Some((_, old_dialer)) => dialer < *old_dialer,
+                    };
+                    if keep_new {
+                        let (c, tx) = (conn.clone(), tx.clone());
+                        let from = peer.clone();
+                        tokio::spawn(async move {
+                            while let Ok(d) = c.read_datagram().await {
+                                if tx.send(Input::Datagram(from.clone(), d)).is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = tx.send(Input::Closed(from));
+                        });
+                        conns.insert(peer, (conn, dialer));
+                    }
+                }
+                Some(Input::Closed(peer)) => {
+                    if conns.get(&peer).is_some_and(|(c, _)| c.close_reason().is_some()) {
+                        conns.remove(&peer);
+                    }
+                }
+                Some(Input::Refused(e)) => {
+                    if let TransportError::Connect { peer, .. } = &e {
+                        dialing.remove(peer);
+                    }
+                    tracing::warn!("{e}");
+                }
+                None => return Ok(()),
+            },
+            _ = sleep => {}
+        }
+        let now = Instant::now();
+        if agent.next_tick().is_some_and(|t| t <= now) {
+            agent.tick(now);
+        }
+        while let Some(Reverse((t, s))) = timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            timers.pop();
+            if let Some(timer) = pending.remove(&s) {
+                let _ = agent.handle_timer(timer, now);
+            }
+        }
+    }
+}
