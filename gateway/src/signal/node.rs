@@ -12,7 +12,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::messages::{self, Kind};
 use super::transport::{accept, connect, endpoint, Credentials, TransportError};
+use crate::esp::CipherSuite;
+use crate::keys::{self, KeyProvider, Negotiator};
 use crate::membership::info::MemberInfo;
 use crate::membership::liveness::LivenessSettings;
 use crate::membership::{Agent, MemberId, MembershipEvent, Settings};
@@ -25,6 +28,39 @@ pub struct NodeConfig {
     pub info: MemberInfo,
     pub settings: Settings,
     pub liveness: Option<LivenessSettings>,
+    /// Negotiate SAs with every member that comes up: the key provider,
+    /// the epoch, the cipher suite. `None`: membership only.
+    pub keys: Option<(Arc<dyn KeyProvider>, keys::Epoch, CipherSuite)>,
+}
+
+/// What a member hands its owner.
+#[derive(Debug)]
+pub enum NodeEvent {
+    Membership(MembershipEvent),
+    /// An SA to install or remove (the negotiator's events other than sends).
+    Keys(keys::Event),
+}
+
+/// What waits for a peer's connection.
+enum Outgoing {
+    Datagram(Bytes),
+    KeyExchange(Vec<u8>),
+}
+
+fn send_out(conn: &quinn::Connection, out: Outgoing) {
+    match out {
+        Outgoing::Datagram(d) => {
+            let _ = conn.send_datagram(d);
+        }
+        Outgoing::KeyExchange(m) => {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                if let Err(e) = messages::send(&conn, Kind::KeyExchange, &m).await {
+                    tracing::debug!("key exchange message: {e}");
+                }
+            });
+        }
+    }
 }
 
 /// Datagrams kept for a peer while its connection is being set up.
@@ -32,6 +68,7 @@ const QUEUED_PER_PEER: usize = 64;
 
 enum Input {
     Datagram(String, Bytes),
+    KeyExchange(String, Vec<u8>),
     Connected {
         peer: String,
         conn: quinn::Connection,
@@ -45,7 +82,7 @@ enum Input {
 /// `events`. Returns the address it listens on through `bound`.
 pub async fn run(
     cfg: NodeConfig,
-    events: mpsc::UnboundedSender<MembershipEvent>,
+    events: mpsc::UnboundedSender<NodeEvent>,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), TransportError> {
     let ep = endpoint(&cfg.creds, cfg.listen)?;
@@ -63,6 +100,10 @@ pub async fn run(
             .map_or(0, |d| d.as_millis() as u64),
     };
     let mut agent = Agent::new(me, cfg.settings, cfg.liveness, rand::random());
+    let mut negotiator = cfg
+        .keys
+        .as_ref()
+        .map(|(provider, epoch, suite)| Negotiator::new(&me_id, *suite, provider.clone(), *epoch));
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
 
     // Incoming connections.
@@ -124,7 +165,7 @@ pub async fn run(
     let mut conns: HashMap<String, (quinn::Connection, String)> = HashMap::new();
     // Peers being dialed, and what waits to be sent to them (bounded: SWIM
     // tolerates loss, and a peer that never answers must not grow it).
-    let mut dialing: HashMap<String, Vec<Bytes>> = cfg
+    let mut dialing: HashMap<String, Vec<Outgoing>> = cfg
         .seeds
         .iter()
         .map(|(id, _)| (id.clone(), Vec::new()))
@@ -140,15 +181,39 @@ pub async fn run(
             timers.push(Reverse((now + after, seq)));
             pending.insert(seq, timer);
         }
+        let mut out: Vec<(String, Outgoing)> = Vec::new();
         while let Some(e) = agent.poll_event() {
-            let _ = events.send(e);
+            // The lower id of a pair starts the key exchange.
+            if let (MembershipEvent::Up(m), Some(n)) = (&e, negotiator.as_mut()) {
+                if me_id < m.id {
+                    if let Err(err) = n.initiate(&m.id, now) {
+                        tracing::warn!("no SA with {}: {err}", m.id);
+                    }
+                }
+            }
+            let _ = events.send(NodeEvent::Membership(e));
+        }
+        if let Some(n) = negotiator.as_mut() {
+            while let Some(e) = n.poll_event() {
+                match e {
+                    keys::Event::Send { peer, message } => {
+                        out.push((peer, Outgoing::KeyExchange(message)))
+                    }
+                    other => {
+                        let _ = events.send(NodeEvent::Keys(other));
+                    }
+                }
+            }
         }
         while let Some((to, data)) = agent.poll_transmit() {
+            out.push((to, Outgoing::Datagram(Bytes::from(data))));
+        }
+        for (to, o) in out {
             if let Some((conn, _)) = conns.get(&to) {
-                let _ = conn.send_datagram(Bytes::from(data));
+                send_out(conn, o);
             } else if let Some(queue) = dialing.get_mut(&to) {
                 if queue.len() < QUEUED_PER_PEER {
-                    queue.push(Bytes::from(data));
+                    queue.push(o);
                 }
             } else if let Some(a) = agent
                 .membership()
@@ -156,12 +221,19 @@ pub async fn run(
                 .find(|(m, _)| m.id == to)
                 .map(|(m, _)| m.addr)
             {
-                dialing.insert(to.clone(), vec![Bytes::from(data)]);
+                dialing.insert(to.clone(), vec![o]);
                 dial(to, a, tx.clone());
             }
         }
         let next_timer = timers.peek().map(|Reverse((t, _))| *t);
-        let wake = [next_timer, agent.next_tick()].into_iter().flatten().min();
+        let wake = [
+            next_timer,
+            agent.next_tick(),
+            negotiator.as_ref().and_then(Negotiator::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sleep = async {
             match wake {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -170,14 +242,21 @@ pub async fn run(
         };
         tokio::select! {
             input = rx.recv() => match input {
+                Some(Input::KeyExchange(from, body)) => {
+                    if let Some(n) = negotiator.as_mut() {
+                        if let Err(e) = n.handle(&from, &body, Instant::now()) {
+                            tracing::warn!("key exchange from {from} refused: {e}");
+                        }
+                    }
+                }
                 Some(Input::Datagram(from, data)) => {
                     if let Err(e) = agent.handle(&from, &data, Instant::now()) {
                         tracing::debug!("membership datagram from {from} refused: {e}");
                     }
                 }
                 Some(Input::Connected { peer, conn, dialer }) => {
-                    for d in dialing.remove(&peer).unwrap_or_default() {
-                        let _ = conn.send_datagram(d);
+                    for o in dialing.remove(&peer).unwrap_or_default() {
+                        send_out(&conn, o);
                     }
                     // Both sides keep the connection dialed by the lower id.
                     let keep_new = match conns.get(&peer) {
@@ -185,6 +264,21 @@ pub async fn run(
                         Some((_, old_dialer)) => dialer < *old_dialer,
                     };
                     if keep_new {
+                        let (c, tx2) = (conn.clone(), tx.clone());
+                        let from = peer.clone();
+                        // Key-exchange messages, one per stream.
+                        tokio::spawn(async move {
+                            while let Ok(stream) = c.accept_uni().await {
+                                match messages::read(stream).await {
+                                    Ok((Kind::KeyExchange, body)) => {
+                                        if tx2.send(Input::KeyExchange(from.clone(), body)).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e) => tracing::warn!("signalling message from {from} refused: {e}"),
+                                }
+                            }
+                        });
                         let (c, tx) = (conn.clone(), tx.clone());
                         let from = peer.clone();
                         tokio::spawn(async move {
@@ -216,6 +310,11 @@ pub async fn run(
         let now = Instant::now();
         if agent.next_tick().is_some_and(|t| t <= now) {
             agent.tick(now);
+        }
+        if let Some(n) = negotiator.as_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
         }
         while let Some(Reverse((t, s))) = timers.peek().copied() {
             if t > now {

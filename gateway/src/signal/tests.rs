@@ -211,11 +211,27 @@ async fn sas_are_negotiated_over_the_channel() {
     assert_eq!(next(&conn_b).await, b"still here");
 }
 
-/// Four members over real QUIC on loopback: three join through the first
-/// and all learn of each other; one stops and the others declare it down.
+/// Four members over real QUIC on loopback: three join through the first,
+/// all learn of each other and key every pair (6 pairs, 12 SAs, each side
+/// sending on the SA the other receives on); one stops and the others
+/// declare it down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_join_through_a_seed_and_see_a_stopped_one_go_down() {
-    use super::node::{run, NodeConfig};
+async fn members_join_through_a_seed_key_every_pair_and_see_a_stopped_one_go_down() {
+    mesh_of(4).await;
+}
+
+/// The same with 30 members (435 pairs): `cargo test -p meshgate --release
+/// --lib mesh_of_30 -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn mesh_of_30_keys_every_pair() {
+    mesh_of(30).await;
+}
+
+async fn mesh_of(n: usize) {
+    use super::node::{run, NodeConfig, NodeEvent};
+    use crate::esp::{CipherSuite, KeyMaterial};
+    use crate::keys::{epoch::test_keys, Event};
     use crate::membership::info::MemberInfo;
     use crate::membership::liveness::LivenessSettings;
     use crate::membership::{MembershipEvent, Settings};
@@ -224,12 +240,12 @@ async fn members_join_through_a_seed_and_see_a_stopped_one_go_down() {
     use std::time::Duration;
 
     let mesh = Mesh::new("nodes");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, MembershipEvent)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, NodeEvent)>();
     let mut tasks = HashMap::new();
     let mut seed: Option<(String, SocketAddr)> = None;
-    for i in 1..=4 {
+    let provider: Arc<dyn crate::keys::KeyProvider> = Arc::new(test_keys(4));
+    for i in 1..=n {
         let id = format!("m{i}");
-        let creds = Arc::new(mesh.member(&id));
         let info = MemberInfo {
             id: id.clone(),
             version: 1,
@@ -244,12 +260,13 @@ async fn members_join_through_a_seed_and_see_a_stopped_one_go_down() {
             load_permille: 0,
         };
         let cfg = NodeConfig {
-            creds,
+            creds: Arc::new(mesh.member(&id)),
             listen: local(),
             seeds: seed.iter().cloned().collect(),
             info,
             settings: Settings::default(),
             liveness: Some(LivenessSettings::default()),
+            keys: Some((provider.clone(), 1, CipherSuite::Aes128Gcm)),
         };
         let (events, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -264,34 +281,60 @@ async fn members_join_through_a_seed_and_see_a_stopped_one_go_down() {
         });
         tasks.insert(id, task);
     }
+    let started = std::time::Instant::now();
     let mut up: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut inbound: HashMap<(String, u32), KeyMaterial> = HashMap::new();
+    let mut outbound: HashMap<(String, String), (u32, KeyMaterial)> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while up.len() < 12 {
+    let pairs = n * (n - 1);
+    while up.len() < pairs || outbound.len() < pairs {
         let (who, e) = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {up:?} after 10 s"))
+            .unwrap_or_else(|_| panic!("after 10 s: {} up, {} SAs out", up.len(), outbound.len()))
             .unwrap();
-        if let MembershipEvent::Up(m) = e {
-            up.insert((who, m.id));
+        match e {
+            NodeEvent::Membership(MembershipEvent::Up(m)) => {
+                up.insert((who, m.id));
+            }
+            NodeEvent::Keys(Event::InstallInbound { spi, key, .. }) => {
+                inbound.insert((who, spi), key);
+            }
+            NodeEvent::Keys(Event::InstallOutbound { peer, spi, key, .. }) => {
+                outbound.insert((who, peer), (spi, key));
+            }
+            _ => {}
         }
     }
-    let started = std::time::Instant::now();
-    tasks.remove("m4").unwrap().abort();
+    eprintln!(
+        "{n} members up and all {} pairs keyed after {:?}",
+        pairs / 2,
+        started.elapsed()
+    );
+    for ((from, to), (spi, key)) in &outbound {
+        let theirs = inbound
+            .get(&(to.clone(), *spi))
+            .unwrap_or_else(|| panic!("{from} sends on {spi:#x}, which {to} does not receive on"));
+        assert!(theirs.same_as(key), "{from} -> {to}");
+    }
+    let stopped = std::time::Instant::now();
+    let victim = format!("m{n}");
+    tasks.remove(&victim).unwrap().abort();
     let mut down = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while down.len() < 3 {
+    while down.len() < n - 1 {
         let (who, e) = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {down:?} saw m4 down after 10 s"))
+            .unwrap_or_else(|_| panic!("only {down:?} saw {victim} down after 10 s"))
             .unwrap();
-        if let MembershipEvent::Down(m) = e {
-            assert_eq!(m.id, "m4", "{who} saw {} down", m.id);
+        if let NodeEvent::Membership(MembershipEvent::Down(m)) = e {
+            assert_eq!(m.id, victim, "{who} saw {} down", m.id);
             down.insert(who);
         }
     }
     eprintln!(
-        "m4 stopped; the three others saw it down after {:?}",
-        started.elapsed()
+        "{victim} stopped; the {} others saw it down after {:?}",
+        n - 1,
+        stopped.elapsed()
     );
     for (_, t) in tasks {
         t.abort();
