@@ -163,6 +163,20 @@ struct Confirming {
     deadline: Instant,
 }
 
+/// The pending exchange with `peer`, taken out if `belongs` says the message
+/// is part of it (a stray or stale message leaves it in place).
+fn take_matching<T>(
+    pending: &mut HashMap<String, T>,
+    peer: &str,
+    belongs: impl Fn(&T) -> bool,
+) -> Option<T> {
+    if pending.get(peer).is_some_and(belongs) {
+        pending.remove(peer)
+    } else {
+        None
+    }
+}
+
 /// Exchange ids remembered per peer, to refuse replays.
 const SEEN_PER_PEER: usize = 1024;
 
@@ -488,14 +502,7 @@ impl Negotiator {
     }
 
     fn on_response(&mut self, peer: &str, m: Response) -> Result<(), ExchangeError> {
-        if self
-            .outgoing
-            .get(peer)
-            .is_none_or(|o| o.exchange != m.exchange)
-        {
-            return Err(ExchangeError::Unexpected("response"));
-        }
-        let Some(o) = self.outgoing.remove(peer) else {
+        let Some(o) = take_matching(&mut self.outgoing, peer, |o| o.exchange == m.exchange) else {
             return Err(ExchangeError::Unexpected("response"));
         };
         let result = (|| {
@@ -541,14 +548,8 @@ impl Negotiator {
     }
 
     fn on_confirm(&mut self, peer: &str, m: Confirm) -> Result<(), ExchangeError> {
-        if self
-            .confirming
-            .get(peer)
-            .is_none_or(|c| c.exchange != m.exchange)
-        {
-            return Err(ExchangeError::Unexpected("confirm"));
-        }
-        let Some(c) = self.confirming.remove(peer) else {
+        let Some(c) = take_matching(&mut self.confirming, peer, |c| c.exchange == m.exchange)
+        else {
             return Err(ExchangeError::Unexpected("confirm"));
         };
         if !verify(&c.confirm_key, b"initiator", &c.transcript, &m.mac) {

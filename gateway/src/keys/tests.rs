@@ -52,14 +52,24 @@ fn drain(n: &mut Negotiator, sas: &mut Sas) -> Vec<Vec<u8>> {
 
 /// Runs one exchange started by `a` to completion.
 fn exchange(a: &mut Negotiator, sa: &mut Sas, b: &mut Negotiator, sb: &mut Sas, now: Instant) {
-    a.initiate("b", now).unwrap();
-    let init = drain(a, sa);
-    b.handle("a", &init[0], now).unwrap();
-    let resp = drain(b, sb);
-    a.handle("b", &resp[0], now).unwrap();
-    let confirm = drain(a, sa);
-    b.handle("a", &confirm[0], now).unwrap();
-    assert!(drain(b, sb).is_empty());
+    exchange_started_by((a, sa, "a"), (b, sb, "b"), now);
+}
+
+/// One exchange from initiator `i` to responder `r`, each given with its
+/// SAs and id.
+fn exchange_started_by(
+    (i, si, i_id): (&mut Negotiator, &mut Sas, &str),
+    (r, sr, r_id): (&mut Negotiator, &mut Sas, &str),
+    now: Instant,
+) {
+    i.initiate(r_id, now).unwrap();
+    let init = drain(i, si);
+    r.handle(i_id, &init[0], now).unwrap();
+    let resp = drain(r, sr);
+    i.handle(r_id, &resp[0], now).unwrap();
+    let confirm = drain(i, si);
+    r.handle(i_id, &confirm[0], now).unwrap();
+    assert!(drain(r, sr).is_empty());
 }
 
 /// Each side sends on the SA the other receives on, with the same key.
@@ -109,7 +119,7 @@ fn a_hundred_rekeys_give_fresh_keys_and_spis_each_time() {
         if i % 2 == 0 {
             exchange(&mut a, &mut sa, &mut b, &mut sb, now);
         } else {
-            exchange_from_b(&mut a, &mut sa, &mut b, &mut sb, now);
+            exchange_started_by((&mut b, &mut sb, "b"), (&mut a, &mut sa, "a"), now);
         }
         assert!(keyed(&sa, &sb), "rekey {i}");
         let (spi, key) = sa.outbound.clone().unwrap();
@@ -138,23 +148,6 @@ fn a_hundred_rekeys_give_fresh_keys_and_spis_each_time() {
             }
         }
     }
-}
-
-fn exchange_from_b(
-    a: &mut Negotiator,
-    sa: &mut Sas,
-    b: &mut Negotiator,
-    sb: &mut Sas,
-    now: Instant,
-) {
-    b.initiate("a", now).unwrap();
-    let init = drain(b, sb);
-    a.handle("b", &init[0], now).unwrap();
-    let resp = drain(a, sa);
-    b.handle("a", &resp[0], now).unwrap();
-    let confirm = drain(b, sb);
-    a.handle("b", &confirm[0], now).unwrap();
-    assert!(drain(a, sa).is_empty());
 }
 
 #[test]
