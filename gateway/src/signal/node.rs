@@ -63,6 +63,16 @@ fn send_out(conn: &quinn::Connection, out: Outgoing) {
     }
 }
 
+/// Closes the endpoint when the member stops (or its task is dropped): its
+/// connections close, and the tasks reading them and accepting new ones end.
+struct CloseOnDrop(quinn::Endpoint);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(0u32.into(), b"member stopped");
+    }
+}
+
 /// Datagrams kept for a peer while its connection is being set up.
 const QUEUED_PER_PEER: usize = 64;
 
@@ -86,6 +96,7 @@ pub async fn run(
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), TransportError> {
     let ep = endpoint(&cfg.creds, cfg.listen)?;
+    let _close = CloseOnDrop(ep.clone());
     let me_id = cfg.creds.claims.id.clone();
     let addr = ep.local_addr().map_err(|e| TransportError::Bind {
         addr: cfg.listen,
