@@ -332,6 +332,20 @@ impl Negotiator {
         Ok(Zeroizing::new(*key.bytes()))
     }
 
+    /// A fresh X25519 key pair for one exchange (forward secrecy).
+    fn ephemeral(&self) -> Result<(EphemeralPrivateKey, [u8; PUBLIC_LEN]), ExchangeError> {
+        let secret =
+            EphemeralPrivateKey::generate(&X25519, &self.rng).map_err(|_| ExchangeError::Crypto)?;
+        let mut public = [0u8; PUBLIC_LEN];
+        public.copy_from_slice(
+            secret
+                .compute_public_key()
+                .map_err(|_| ExchangeError::Crypto)?
+                .as_ref(),
+        );
+        Ok((secret, public))
+    }
+
     fn random<const N: usize>(&self) -> Result<[u8; N], ExchangeError> {
         let mut b = [0u8; N];
         self.rng.fill(&mut b).map_err(|_| ExchangeError::Crypto)?;
@@ -346,15 +360,7 @@ impl Negotiator {
             return Ok(());
         }
         self.epoch_key(self.epoch)?;
-        let secret =
-            EphemeralPrivateKey::generate(&X25519, &self.rng).map_err(|_| ExchangeError::Crypto)?;
-        let mut public = [0u8; PUBLIC_LEN];
-        public.copy_from_slice(
-            secret
-                .compute_public_key()
-                .map_err(|_| ExchangeError::Crypto)?
-                .as_ref(),
-        );
+        let (secret, public) = self.ephemeral()?;
         let spi = self.spis.allocate(&self.rng)?;
         let init = Init {
             exchange: u64::from_be_bytes(self.random()?),
@@ -441,15 +447,7 @@ impl Negotiator {
         if seen.len() > SEEN_PER_PEER {
             seen.pop_front();
         }
-        let secret =
-            EphemeralPrivateKey::generate(&X25519, &self.rng).map_err(|_| ExchangeError::Crypto)?;
-        let mut public = [0u8; PUBLIC_LEN];
-        public.copy_from_slice(
-            secret
-                .compute_public_key()
-                .map_err(|_| ExchangeError::Crypto)?
-                .as_ref(),
-        );
+        let (secret, public) = self.ephemeral()?;
         let spi = self.spis.allocate(&self.rng)?;
         let mut response = Response {
             exchange: m.exchange,
