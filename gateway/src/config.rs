@@ -78,7 +78,40 @@ pub struct Config {
     pub placement: Placement,
     pub policy: PolicyConfig,
     pub tun: TunConfig,
+    /// What every SA uses (the `[sa]` section).
+    pub sa: SaDefaults,
+    /// The VPC prefixes behind this gateway, advertised to the mesh.
+    pub prefixes: Vec<Prefix>,
+    /// Where the mesh sends ESP to this gateway (`gateway.advertise`, else
+    /// `gateway.listen`).
+    pub advertise: SocketAddr,
     pub peers: Vec<PeerConfig>,
+    /// Membership and negotiated keys over the signalling channel.
+    pub signal: Option<SignalConfig>,
+}
+
+/// The default port of the QUIC signalling channel.
+pub const DEFAULT_SIGNAL_PORT: u16 = 4433;
+
+/// The `[signal]` and `[keys]` sections: how this gateway joins the mesh.
+#[derive(Debug, Clone)]
+pub struct SignalConfig {
+    pub listen: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Members to join through: id and signalling address.
+    pub seeds: Vec<(String, SocketAddr)>,
+    pub keys: KeysConfig,
+}
+
+/// Where epoch keys come from.
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// The `local` provider's master key file.
+    pub master_key: PathBuf,
+    /// The epoch new SAs are negotiated under.
+    pub epoch: u32,
 }
 
 impl Config {
@@ -148,6 +181,36 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    signal: Option<Spanned<RawSignal>>,
+    keys: Option<Spanned<RawKeys>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    listen: Spanned<String>,
+    ca: Spanned<String>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default)]
+    seeds: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    #[serde(default = "default_provider")]
+    provider: Spanned<String>,
+    master_key: Option<Spanned<String>>,
+    #[serde(default = "default_epoch")]
+    epoch: Spanned<u64>,
+}
+
+fn default_provider() -> Spanned<String> {
+    Spanned::new(0..0, "local".to_string())
+}
+fn default_epoch() -> Spanned<u64> {
+    Spanned::new(0..0, 1)
 }
 
 #[derive(Deserialize)]
@@ -163,6 +226,9 @@ struct RawGateway {
     account: Option<Spanned<String>>,
     role: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    #[serde(default)]
+    prefixes: Vec<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -479,6 +545,29 @@ impl Validator<'_> {
             "gateway.", &g.region, &g.zone, &g.account, &g.role, &g.group,
         )?;
         let policy = self.policy(&raw.policy)?;
+        let mut prefixes = Vec::new();
+        for (j, p) in g.prefixes.iter().enumerate() {
+            let prefix = self.prefix(p, &format!("gateway.prefixes[{j}]"))?;
+            if prefix.contains(listen.ip()) {
+                return self.err(p.span(), &format!("gateway.prefixes[{j}]"), format!("{prefix} contains gateway.listen ({}): the mesh would route its ESP packets into the tunnel itself", listen.ip()));
+            }
+            prefixes.push(prefix);
+        }
+        let advertise = match &g.advertise {
+            Some(a) => {
+                let a = self.socket_addr(a, "gateway.advertise", Some(listen.port()))?;
+                if a.ip().is_unspecified() || a.port() == 0 {
+                    return self.err(
+                        g.advertise.as_ref().map_or(0..0, |a| a.span()),
+                        "gateway.advertise",
+                        format!("{a} is not an address peers can send to"),
+                    );
+                }
+                a
+            }
+            None => listen,
+        };
+        let signal = self.signal(&raw, &id, listen, advertise)?;
         Ok(Config {
             id,
             listen,
@@ -487,8 +576,106 @@ impl Validator<'_> {
             placement,
             policy,
             tun,
+            sa: defaults,
+            prefixes,
+            advertise,
             peers,
+            signal,
         })
+    }
+
+    /// `[signal]` and `[keys]`: both or neither.
+    fn signal(
+        &self,
+        raw: &RawConfig,
+        id: &str,
+        listen: SocketAddr,
+        advertise: SocketAddr,
+    ) -> Result<Option<SignalConfig>, ConfigError> {
+        let (s, k) = match (&raw.signal, &raw.keys) {
+            (None, None) => return Ok(None),
+            (Some(s), Some(k)) => (s, k),
+            (Some(s), None) => return self.err(s.span(), "signal", "a mesh member needs a [keys] section too (where its epoch keys come from); without it no SA could be negotiated"),
+            (None, Some(k)) => return self.err(k.span(), "keys", "[keys] without [signal]: keys are negotiated over the signalling channel"),
+        };
+        if let Some(p) = raw.peers.first() {
+            return self.err(p.id.span(), "peers[0]", "configured peers and [signal] cannot be combined: in a mesh, peers are learnt from membership and keyed by negotiation");
+        }
+        if advertise.ip().is_unspecified() {
+            return self.err(s.span(), "gateway.advertise", format!("gateway.listen is {listen}: say in gateway.advertise where the mesh should send ESP to this gateway"));
+        }
+        let s = s.get_ref();
+        let listen_sig = self.socket_addr(&s.listen, "signal.listen", Some(DEFAULT_SIGNAL_PORT))?;
+        let mut seeds = Vec::new();
+        for (j, seed) in s.seeds.iter().enumerate() {
+            let field = format!("signal.seeds[{j}]");
+            let v = seed.get_ref().trim();
+            let Some((sid, addr)) = v.split_once('@') else {
+                return self.err(seed.span(), &field, format!("'{v}' is not member-id@address:port (for example region-2@198.51.100.7:4433)"));
+            };
+            if !crate::keys::message::valid_id(sid) {
+                return self.err(seed.span(), &field, format!("'{sid}' is not a member id"));
+            }
+            if sid == id {
+                continue; // Every member may share one seed list.
+            }
+            let at = self.socket_addr(
+                &Spanned::new(seed.span(), addr.to_string()),
+                &field,
+                Some(DEFAULT_SIGNAL_PORT),
+            )?;
+            seeds.push((sid.to_string(), at));
+        }
+        let k = k.get_ref();
+        if k.provider.get_ref() != "local" {
+            return self.err(
+                k.provider.span(),
+                "keys.provider",
+                format!(
+                    "unknown key provider '{}'; expected local",
+                    k.provider.get_ref()
+                ),
+            );
+        }
+        let Some(master) = &k.master_key else {
+            return self.err(
+                raw.keys.as_ref().map_or(0..0, |k| k.span()),
+                "keys.master_key",
+                "the local provider needs master_key, a file made by `meshgate keys init`",
+            );
+        };
+        let epoch = *k.epoch.get_ref();
+        let Ok(epoch) = u32::try_from(epoch) else {
+            return self.err(
+                k.epoch.span(),
+                "keys.epoch",
+                format!("{epoch} is above {}", u32::MAX),
+            );
+        };
+        if epoch == 0 {
+            return self.err(k.epoch.span(), "keys.epoch", "epochs start at 1");
+        }
+        if !crate::keys::message::valid_id(id) {
+            return self.err(
+                raw.gateway.id.span(),
+                "gateway.id",
+                format!(
+                    "'{id}' cannot be a member id (at most {} letters, digits, '-', '_' or '.')",
+                    crate::keys::message::MAX_ID_LEN
+                ),
+            );
+        }
+        Ok(Some(SignalConfig {
+            listen: listen_sig,
+            ca: self.relative_path(s.ca.get_ref()),
+            cert: self.relative_path(s.cert.get_ref()),
+            key: self.relative_path(s.key.get_ref()),
+            seeds,
+            keys: KeysConfig {
+                master_key: self.relative_path(master.get_ref()),
+                epoch,
+            },
+        }))
     }
 
     /// Region, zone, account, role and group of the gateway or a peer.
@@ -779,12 +966,38 @@ impl Validator<'_> {
     }
 }
 
-struct SaDefaults {
-    suite: CipherSuite,
-    esn: bool,
-    backend: Backend,
-    replay_window: usize,
-    lifetime: Lifetime,
+/// The `[sa]` section: what every SA of this gateway uses, configured or
+/// negotiated.
+#[derive(Debug, Clone)]
+pub struct SaDefaults {
+    pub suite: CipherSuite,
+    pub esn: bool,
+    pub backend: Backend,
+    pub replay_window: usize,
+    pub lifetime: Lifetime,
+}
+
+/// When a negotiated SA is rekeyed and when it expires if `[sa.lifetime]`
+/// sets no time: after an hour, like IKEv2 deployments, with 10% margin.
+pub const NEGOTIATED_SOFT_SECONDS: u64 = 3600;
+pub const NEGOTIATED_HARD_SECONDS: u64 = 3960;
+
+impl SaDefaults {
+    /// The lifetime of a negotiated SA: the configured one, with a time
+    /// limit added where none is set (keys must not live forever).
+    pub fn negotiated_lifetime(&self) -> Lifetime {
+        let mut l = self.lifetime;
+        match (l.soft.time, l.hard.time) {
+            (None, None) => {
+                l.soft.time = Some(Duration::from_secs(NEGOTIATED_SOFT_SECONDS));
+                l.hard.time = Some(Duration::from_secs(NEGOTIATED_HARD_SECONDS));
+            }
+            (Some(soft), None) => l.hard.time = Some(soft * 11 / 10),
+            (None, Some(hard)) => l.soft.time = Some(hard * 10 / 11),
+            (Some(_), Some(_)) => {}
+        }
+        l
+    }
 }
 
 #[cfg(test)]

@@ -7,12 +7,20 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, PolicySource};
+use crate::config::{Config, PolicySource, SaDefaults, SignalConfig};
 use crate::dataplane::Dataplane;
+use crate::keys::{KeyProvider, LocalKeys};
+use crate::membership::info::MemberInfo;
+use crate::membership::liveness::LivenessSettings;
+use crate::membership::Settings as MembershipSettings;
+use crate::mesh;
 use crate::metrics::Metrics;
 use crate::policy::runtime::PolicyRuntime;
 use crate::policy::{self, Limits, PolicyEngine};
+use crate::signal::node::{self, NodeConfig};
+use crate::signal::transport::Credentials;
 use crate::tun::Tun;
+use crate::tunnels::{SharedSlots, Slots, Tunnels};
 
 /// The modification time of `path`, if it can be read.
 fn stamp(path: &Path) -> Option<std::time::SystemTime> {
@@ -82,21 +90,76 @@ fn now_ms() -> u64 {
 /// Socket buffers sized for bursts of a few thousand full-size packets.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
+/// What a mesh member needs besides its config: its credentials and
+/// epoch keys, checked before anything starts.
+struct MeshStart {
+    creds: Arc<Credentials>,
+    keys: Arc<dyn KeyProvider>,
+    signal: SignalConfig,
+    slots: SharedSlots,
+    local: MemberInfo,
+}
+
+impl MeshStart {
+    /// Loads and checks the credentials and the epoch key. The certificate
+    /// must be this gateway's (id, region and role as configured), and the
+    /// current epoch's key must be obtainable: otherwise the gateway does
+    /// not start (fail closed, and said at once rather than by silence).
+    fn load(config: &Config, signal: &SignalConfig) -> Result<MeshStart> {
+        let creds = Credentials::load(&signal.ca, &signal.cert, &signal.key)
+            .context("loading the mesh credentials ([signal] ca, cert, key)")?;
+        let local = mesh::local_info(config);
+        let c = &creds.claims;
+        if c.id != config.id || c.region != local.region || c.role != local.role {
+            anyhow::bail!(
+                "{} certifies {} (region {}, role {}), but this gateway is {} (region {}, role {}): issue it a certificate of its own",
+                signal.cert.display(), c.id, c.region, c.role, config.id, local.region, local.role
+            );
+        }
+        let keys = LocalKeys::load(&signal.keys.master_key)
+            .context("loading the epoch keys ([keys] master_key)")?;
+        keys.epoch_key(signal.keys.epoch)
+            .with_context(|| format!("the key of epoch {}", signal.keys.epoch))?;
+        Ok(MeshStart {
+            creds: Arc::new(creds),
+            keys: Arc::new(keys),
+            signal: signal.clone(),
+            slots: Slots::starting_at(config.peers.len()),
+            local,
+        })
+    }
+}
+
 /// Runs the gateway described by `config_path` until SIGINT or SIGTERM.
 pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let metrics = Arc::new(Metrics::new(&config.id));
+    let mesh_start = match &config.signal {
+        Some(s) => Some(MeshStart::load(&config, s)?),
+        None => None,
+    };
     let tun = Arc::new(Tun::create(&config.tun.name)?);
     tun.configure(config.tun.mtu, &config.tun.addresses)?;
     // The policy decides the routes before any packet moves; a policy that
-    // fails or answers nonsense stops the start (fail closed).
-    let view = policy::view::from_config(&config, now_ms());
+    // fails or answers nonsense stops the start (fail closed). A mesh
+    // member starts alone in its view; membership fills it in.
+    let view = match &mesh_start {
+        Some(m) => policy::view::from_observed(
+            &m.local,
+            &[],
+            &config.policy.params,
+            std::time::Instant::now(),
+            now_ms(),
+        ),
+        None => policy::view::from_config(&config, now_ms()),
+    };
     let (mut runtime, tables) = PolicyRuntime::start(
         PolicyEngine::new(Limits::default())?.with_cache_dir(config.state_dir.join("policy-cache")),
         config.policy.module.clone(),
         view,
         metrics.clone(),
         tun.clone(),
+        mesh_start.as_ref().map(|m| m.slots.clone()),
     )?;
     tracing::info!(policy = %runtime.name(), hash = %runtime.hash(), routes = tables.prefixes.len(), "policy in force");
     for prefix in &tables.prefixes {
@@ -108,14 +171,24 @@ pub fn run(config_path: &Path) -> Result<()> {
     let socket = UdpSocket::bind(config.listen)
         .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
-    let dataplane = Dataplane::start(&config, tun, socket, &metrics, tables)?;
+    let (notices, notice_rx) = tokio::sync::mpsc::unbounded_channel();
+    let dataplane = Dataplane::start(
+        &config,
+        tun,
+        socket,
+        &metrics,
+        tables,
+        mesh_start.as_ref().map(|_| notices),
+    )?;
     tracing::info!(
         id = %config.id,
         listen = %config.listen,
         tun = %config.tun.name,
         peers = config.peers.len(),
+        mesh = mesh_start.is_some(),
         "gateway up"
     );
+    let sa_defaults = config.sa.clone();
     // The SAs hold their own copies of the keys now; the config's are wiped.
     let admin = config.admin;
     let watched = match &config.policy.module {
@@ -134,6 +207,28 @@ pub fn run(config_path: &Path) -> Result<()> {
         .build()
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
+        let member = mesh_start.map(|m| {
+            start_member(
+                m,
+                sa_defaults,
+                notice_rx,
+                &dataplane,
+                events.clone(),
+                metrics.clone(),
+            )
+        });
+        let member = async {
+            match member {
+                Some(task) => match task.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        Err(anyhow::Error::new(e).context("the signalling member stopped"))
+                    }
+                    Err(e) => Err(anyhow::anyhow!("the signalling member failed: {e}")),
+                },
+                None => std::future::pending().await,
+            }
+        };
         let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone());
         let watcher = watch_files(
             config_path.to_path_buf(),
@@ -162,11 +257,53 @@ pub fn run(config_path: &Path) -> Result<()> {
             _ = watchdog => Err(anyhow::anyhow!("the data plane stopped (see the errors above)")),
             _ = watcher => Ok(()),
             _ = driver => Ok(()),
+            r = member => r,
         }
     });
     tracing::info!("shutting down");
     dataplane.stop();
     result
+}
+
+/// Starts the signalling member and the task that joins it to the data
+/// plane and the policy; returns the member's task.
+fn start_member(
+    m: MeshStart,
+    sa: SaDefaults,
+    notices: tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::SaNotice>,
+    dataplane: &Dataplane,
+    policy: policy::driver::EventSender,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>> {
+    let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Commands to the member (record changes); none are sent yet.
+    let (node, node_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (bound, bound_rx) = tokio::sync::oneshot::channel();
+    metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
+    let cfg = NodeConfig {
+        creds: m.creds,
+        listen: m.signal.listen,
+        seeds: m.signal.seeds.clone(),
+        info: m.local.clone(),
+        settings: MembershipSettings::default(),
+        liveness: Some(LivenessSettings::default()),
+        keys: Some((m.keys, m.signal.keys.epoch, sa.suite)),
+        tunnels: Some(node::TunnelLink {
+            tunnels: Tunnels::new(sa, crate::tunnels::GRACE, m.slots),
+            dataplane: dataplane.control(),
+            notices,
+        }),
+    };
+    tokio::spawn(mesh::run(m.local, node_event_rx, policy, metrics));
+    tokio::spawn(async move {
+        if let Ok(addr) = bound_rx.await {
+            tracing::info!(%addr, "signalling channel listening");
+        }
+    });
+    tokio::spawn(async move {
+        let _commands = node;
+        node::run(cfg, node_events, node_rx, bound).await
+    })
 }
 
 /// Sizes the socket buffers past `net.core.[rw]mem_max` where we may

@@ -84,6 +84,10 @@ enum Cmd {
         /// each appliance).
         #[arg(long, value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
         placement: Option<String>,
+        /// Give each gateway a configured peer list with fixed keys, as
+        /// before the mesh: no membership, no negotiation.
+        #[arg(long)]
+        static_keys: bool,
     },
 }
 
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
             keep,
             policy,
             placement,
+            static_keys,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -269,6 +274,7 @@ fn main() -> ExitCode {
                     binary,
                     policy,
                     placement,
+                    static_keys,
                 })
             }),
     };

@@ -28,6 +28,109 @@ pub struct Metrics {
     policy_events: IntCounterVec,
     policy_event_evaluations: IntCounterVec,
     policy_info: IntGaugeVec,
+    /// Membership, health and key negotiation.
+    pub mesh: MeshMetrics,
+}
+
+/// The signalling layer's metrics: membership, measured health, key
+/// negotiation and refusals.
+pub struct MeshMetrics {
+    /// Members by state (alive, suspect, dead), this gateway excluded.
+    pub members: IntGaugeVec,
+    /// The smoothed round-trip time to each member, sampled each second.
+    pub rtt: prometheus::Histogram,
+    pub suspicions: IntCounter,
+    /// Suspicions that ended with the member alive after all.
+    pub refutations: IntCounter,
+    /// SA negotiations by kind (initial, rekey) and outcome (ok, or why not).
+    pub negotiations: IntCounterVec,
+    /// The key epoch new SAs are negotiated under.
+    pub epoch: IntGauge,
+    /// Connections and messages refused, by what and why.
+    pub refused: IntCounterVec,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("metric names are unique");
+    v
+}
+
+impl MeshMetrics {
+    fn new(registry: &Registry) -> MeshMetrics {
+        let members = gauge_vec(
+            registry,
+            "meshgate_members",
+            "Other members of the mesh, by state.",
+            &["state"],
+        );
+        for s in ["alive", "suspect", "dead"] {
+            members.with_label_values(&[s]);
+        }
+        let rtt = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "meshgate_member_rtt_seconds",
+                "Smoothed round-trip time to each member, measured by the liveness probes and sampled each second.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(rtt.clone()))
+            .expect("metric names are unique");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let suspicions = counter(
+            "meshgate_member_suspicions_total",
+            "Members that became suspect.",
+        );
+        let refutations = counter(
+            "meshgate_member_refutations_total",
+            "Suspect members that turned out alive (false suspicions refuted).",
+        );
+        let negotiations = counter_vec(
+            registry,
+            "meshgate_sa_negotiations_total",
+            "SA negotiations, by kind (initial, rekey) and outcome (ok, or the reason they failed).",
+            &["kind", "outcome"],
+        );
+        for k in ["initial", "rekey"] {
+            negotiations.with_label_values(&[k, "ok"]);
+        }
+        let epoch = IntGauge::new(
+            "meshgate_key_epoch",
+            "The key epoch new SAs are negotiated under.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(epoch.clone()))
+            .expect("metric names are unique");
+        let refused = counter_vec(
+            registry,
+            "meshgate_signal_refused_total",
+            "Signalling connections and messages refused, by what (connection, membership, key_exchange) and reason.",
+            &["what", "reason"],
+        );
+        MeshMetrics {
+            members,
+            rtt,
+            suspicions,
+            refutations,
+            negotiations,
+            epoch,
+            refused,
+        }
+    }
 }
 
 /// Direction of traffic relative to this gateway.
@@ -236,7 +339,9 @@ impl Metrics {
         registry
             .register(Box::new(policy_info.clone()))
             .expect("metric names are unique");
+        let mesh = MeshMetrics::new(&registry);
         Metrics {
+            mesh,
             registry,
             policy_evaluations,
             policy_latency,
@@ -269,6 +374,28 @@ impl Metrics {
             peer_bytes: self.peer_bytes.with_label_values(&[peer, d]),
             sa_packets: self.sa_packets.with_label_values(&[peer, &spi, d]),
             sa_bytes: self.sa_bytes.with_label_values(&[peer, &spi, d]),
+        }
+    }
+
+    /// Forgets the series of an SA that is gone (rekeyed away or torn
+    /// down), so a gateway that rekeys all day keeps a bounded number of
+    /// series. The peer's totals stay.
+    pub fn sa_retired(&self, peer: &str, spi: u32, dir: Direction, cipher: &str) {
+        let spi = format!("{spi:#010x}");
+        let d = dir.as_str();
+        let _ = self.sa_info.remove_label_values(&[peer, &spi, d, cipher]);
+        let _ = self.sa_packets.remove_label_values(&[peer, &spi, d]);
+        let _ = self.sa_bytes.remove_label_values(&[peer, &spi, d]);
+        for stage in ["soft", "hard"] {
+            for limit in crate::esp::LimitKind::ALL {
+                let _ = self.lifetime_events.remove_label_values(&[
+                    peer,
+                    &spi,
+                    d,
+                    stage,
+                    limit.as_str(),
+                ]);
+            }
         }
     }
 

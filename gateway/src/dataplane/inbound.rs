@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{BatchIo, Buffers, Received, BATCH};
+use super::control::{InboundCommand, NoticeSender, SaNotice};
 use super::offload::Coalescer;
 use super::persist::StateMsg;
 use super::tables::SharedTables;
@@ -21,14 +22,16 @@ use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlC
 use crate::prefix::Prefix;
 use crate::seqstate::{Half, SeqFile};
 use crate::tun::Tun;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 
 struct Sa {
     peer: usize,
     sa: InboundSa,
     counters: FlowCounters,
-    /// Names the SA's key in the state file.
-    fingerprint: String,
+    cipher: &'static str,
+    /// Names a configured SA's key in the state file (negotiated SAs have
+    /// fresh keys and nothing to persist).
+    fingerprint: Option<String>,
     /// The window top last sent to the state thread.
     reported_top: u64,
 }
@@ -42,7 +45,8 @@ struct Peer {
 /// each peer may send from.
 pub struct Inbound {
     sas: HashMap<u32, Sa>,
-    peers: Vec<Peer>,
+    /// By slot (the index the tables name).
+    peers: Vec<Option<Peer>>,
     drops: DropCounters,
     control: UdpControlCounters,
     metrics: Arc<Metrics>,
@@ -50,6 +54,8 @@ pub struct Inbound {
     state: Option<Sender<StateMsg>>,
     /// The routes, for the reverse-path check of transit traffic.
     tables: SharedTables,
+    /// Where lifetime events go, once attached.
+    notices: Option<NoticeSender>,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -80,14 +86,15 @@ impl Inbound {
                     peer: i,
                     sa,
                     counters,
-                    fingerprint: s.key.fingerprint(),
+                    cipher: s.suite.name(),
+                    fingerprint: Some(s.key.fingerprint()),
                     reported_top: 0,
                 },
             );
-            peers.push(Peer {
+            peers.push(Some(Peer {
                 id: p.id.clone(),
                 prefixes: p.prefixes.clone(),
-            });
+            }));
         }
         metrics.peers.set(peers.len() as i64);
         Ok(Inbound {
@@ -98,14 +105,110 @@ impl Inbound {
             metrics: metrics.clone(),
             state: None,
             tables,
+            notices: None,
         })
+    }
+
+    /// Sends lifetime events to the control plane, which rekeys.
+    pub fn attach_notices(&mut self, notices: NoticeSender) {
+        self.notices = Some(notices);
+    }
+
+    /// Applies a change from the control plane.
+    pub fn apply(&mut self, command: InboundCommand, now: Instant) {
+        match command {
+            InboundCommand::Peer { slot, id, prefixes } => {
+                if self.peers.len() <= slot {
+                    self.peers.resize_with(slot + 1, || None);
+                }
+                if self.peers[slot].as_ref().is_some_and(|p| p.id != id) {
+                    self.remove_peer(slot);
+                }
+                self.peers[slot] = Some(Peer { id, prefixes });
+                self.metrics
+                    .peers
+                    .set(self.peers.iter().flatten().count() as i64);
+            }
+            InboundCommand::Sa { slot, params } => {
+                let Some(Some(peer)) = self.peers.get(slot) else {
+                    tracing::warn!(
+                        "inbound SA {:#010x} for an unknown peer slot {slot}; not installed",
+                        params.spi
+                    );
+                    return;
+                };
+                let (spi, cipher) = (params.spi, params.suite.name());
+                if self.sas.contains_key(&spi) {
+                    tracing::error!(peer = %peer.id, "inbound SPI {spi:#010x} is in use; the new SA is refused");
+                    return;
+                }
+                match InboundSa::new(params, now) {
+                    Ok(sa) => {
+                        let counters = self.metrics.flow(&peer.id, spi, Direction::In, cipher);
+                        self.sas.insert(
+                            spi,
+                            Sa {
+                                peer: slot,
+                                sa,
+                                counters,
+                                cipher,
+                                fingerprint: None,
+                                reported_top: 0,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(peer = %peer.id, "inbound SA {spi:#010x} refused: {e}")
+                    }
+                }
+            }
+            InboundCommand::RemoveSa { spi } => {
+                if let Some(sa) = self.sas.remove(&spi) {
+                    self.retire(spi, &sa);
+                }
+            }
+            InboundCommand::Remove { slot } => {
+                self.remove_peer(slot);
+                self.metrics
+                    .peers
+                    .set(self.peers.iter().flatten().count() as i64);
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, slot: usize) {
+        let gone: Vec<u32> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| sa.peer == slot)
+            .map(|(spi, _)| *spi)
+            .collect();
+        for spi in gone {
+            if let Some(sa) = self.sas.remove(&spi) {
+                self.retire(spi, &sa);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(slot) {
+            *p = None;
+        }
+    }
+
+    /// Forgets an SA's metric series (its keys are zeroized as it drops).
+    fn retire(&self, spi: u32, sa: &Sa) {
+        if let Some(Some(p)) = self.peers.get(sa.peer) {
+            self.metrics
+                .sa_retired(&p.id, spi, Direction::In, sa.cipher);
+        }
     }
 
     /// Starts every SA's replay window above what an earlier run accepted
     /// (per the state file).
     pub(super) fn resume(&mut self, file: &SeqFile) {
         for (spi, sa) in &mut self.sas {
-            if let Some(top) = file.get(Half::In, *spi, &sa.fingerprint) {
+            let Some(fingerprint) = &sa.fingerprint else {
+                continue;
+            };
+            if let Some(top) = file.get(Half::In, *spi, fingerprint) {
                 sa.sa.resume_after(top);
                 sa.reported_top = top;
             }
@@ -136,9 +239,12 @@ impl Inbound {
             UdpPayloadKind::Malformed => return Err(DropReason::Malformed),
         };
         let sa = self.sas.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
+        let Some(Some(peer)) = self.peers.get(sa.peer) else {
+            return Err(DropReason::UnknownSpi);
+        };
         let opened = sa.sa.open(now, datagram)?;
         if let Some(ev) = opened.event {
-            report(&self.metrics, &self.peers[sa.peer].id, &ev);
+            report(&self.metrics, self.notices.as_ref(), sa.peer, &peer.id, &ev);
         }
         if opened.next_header == NEXT_HEADER_NONE {
             // A dummy packet (RFC 4303 §2.6, traffic flow confidentiality).
@@ -151,10 +257,7 @@ impl Inbound {
         }
         // Anti-spoofing: a peer may send from the prefixes behind it, or
         // from those our routes reach through it (transit).
-        let own = self.peers[sa.peer]
-            .prefixes
-            .iter()
-            .any(|p| p.contains(hdr.src));
+        let own = peer.prefixes.iter().any(|p| p.contains(hdr.src));
         if !own && !self.tables.load().source_allowed(hdr.src, sa.peer) {
             return Err(DropReason::Spoofed);
         }
@@ -166,15 +269,22 @@ impl Inbound {
     /// Timer work: lifetime limits in time, and window tops to persist.
     pub fn poll_lifetimes(&mut self, now: Instant) {
         for (spi, sa) in &mut self.sas {
+            let id = match self.peers.get(sa.peer) {
+                Some(Some(p)) => p.id.as_str(),
+                _ => "",
+            };
             while let Some(ev) = sa.sa.poll_lifetime(now) {
-                report(&self.metrics, &self.peers[sa.peer].id, &ev);
+                report(&self.metrics, self.notices.as_ref(), sa.peer, id, &ev);
             }
             let top = sa.sa.window_top();
+            let Some(fingerprint) = &sa.fingerprint else {
+                continue;
+            };
             if let Some(state) = &self.state {
                 if top != sa.reported_top {
                     let msg = StateMsg::InboundTop {
                         spi: *spi,
-                        fingerprint: sa.fingerprint.clone(),
+                        fingerprint: fingerprint.clone(),
                         top,
                     };
                     if state.send(msg).is_ok() {
@@ -190,8 +300,21 @@ impl Inbound {
     }
 }
 
-fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
+fn report(
+    metrics: &Metrics,
+    notices: Option<&NoticeSender>,
+    slot: usize,
+    peer: &str,
+    ev: &LifetimeEvent,
+) {
     metrics.lifetime_event(peer, Direction::In, ev);
+    if let Some(n) = notices {
+        let _ = n.send(SaNotice::Lifetime {
+            slot,
+            direction: Direction::In,
+            event: *ev,
+        });
+    }
     match ev {
         LifetimeEvent::Soft { spi, kind } => tracing::warn!(
             peer,
@@ -217,6 +340,7 @@ pub(super) fn run(
     socket: &UdpSocket,
     stop: &AtomicBool,
     buffer_size: usize,
+    commands: Receiver<InboundCommand>,
 ) {
     let mut bufs = Buffers::new(buffer_size);
     let mut io = BatchIo::default();
@@ -248,6 +372,11 @@ pub(super) fn run(
             }
         };
         let now = Instant::now();
+        // Before the batch: an SA installed before the peer was told to
+        // use it is in place for the peer's first packet on it.
+        while let Ok(c) = commands.try_recv() {
+            inb.apply(c, now);
+        }
         for (i, r) in got.iter().enumerate().take(n) {
             if r.truncated {
                 inb.count_drop(DropReason::TooBig);

@@ -7,6 +7,7 @@
 //! free of I/O; [`run_outbound`] and [`run_inbound`] are the I/O loops.
 
 mod batch;
+pub mod control;
 mod inbound;
 pub mod inner;
 pub mod offload;
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use batch::RawAddr;
+pub use control::{DataplaneControl, InboundCommand, OutboundCommand, SaNotice};
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use tables::{SharedTables, Tables};
@@ -57,6 +59,7 @@ pub struct Dataplane {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    control: DataplaneControl,
 }
 
 /// Raises `failed` when a data-plane thread ends (returns or panics)
@@ -80,16 +83,24 @@ impl Drop for ExitGuard {
 impl Dataplane {
     /// Builds both directions from `config`, resumes their sequence
     /// numbers from the state file (persisting the first reservations
-    /// before any packet moves), and starts their threads.
+    /// before any packet moves), and starts their threads. SA lifetime
+    /// events go to `notices` when given.
     pub fn start(
         config: &Config,
         tun: Arc<Tun>,
         socket: UdpSocket,
         metrics: &Arc<Metrics>,
         tables: SharedTables,
+        notices: Option<control::NoticeSender>,
     ) -> Result<Dataplane, StartError> {
         let mut outbound = Outbound::new(config, metrics, tables.clone())?;
         let mut inbound = Inbound::new(config, metrics, tables)?;
+        if let Some(n) = notices {
+            outbound.attach_notices(n.clone());
+            inbound.attach_notices(n);
+        }
+        let (out_tx, out_rx) = mpsc::channel();
+        let (in_tx, in_rx) = mpsc::channel();
         let state_file = config.state_file();
         if let Some(dir) = state_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -145,21 +156,30 @@ impl Dataplane {
                 (tun.clone(), socket.clone(), stop.clone(), guard("outbound"));
             threads.push(spawn("mg-outbound", move || {
                 let _g = g;
-                outbound::run(outbound, &tun, &socket, &stop, gso)
+                outbound::run(outbound, &tun, &socket, &stop, gso, out_rx)
             }));
         }
         {
             let (stop, g) = (stop.clone(), guard("inbound"));
             threads.push(spawn("mg-inbound", move || {
                 let _g = g;
-                inbound::run(inbound, &tun, &socket, &stop, size)
+                inbound::run(inbound, &tun, &socket, &stop, size, in_rx)
             }));
         }
         Ok(Dataplane {
             stop,
             failed,
             threads,
+            control: DataplaneControl {
+                outbound: out_tx,
+                inbound: in_tx,
+            },
         })
+    }
+
+    /// Where the control plane sends SA changes.
+    pub fn control(&self) -> DataplaneControl {
+        self.control.clone()
     }
 
     /// Whether a data-plane thread has died.

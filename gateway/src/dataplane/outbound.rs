@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{push_datagram, BatchIo, RawAddr, Train, BATCH};
+use super::control::{NoticeSender, OutboundCommand, SaNotice};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::persist::StateMsg;
 use super::tables::SharedTables;
@@ -31,14 +32,22 @@ fn esp_len(inner: usize) -> usize {
 
 struct Peer {
     id: String,
-    sa: OutboundSa,
-    /// Names the SA's key in the state file.
-    fingerprint: String,
-    /// A reservation request is on its way to the state thread.
-    reserving: bool,
+    /// `None` until the first SA with a mesh member is negotiated.
+    sa: Option<Sa>,
     endpoint: SocketAddr,
     dst: RawAddr,
+}
+
+struct Sa {
+    sa: OutboundSa,
+    /// Names a configured SA's key in the state file; negotiated SAs have
+    /// fresh keys and are not persisted (their sequence numbers start at 1
+    /// under a key never used before).
+    fingerprint: Option<String>,
+    /// A reservation request is on its way to the state thread.
+    reserving: bool,
     counters: FlowCounters,
+    cipher: &'static str,
 }
 
 /// Reservation requests to the state thread, and the (peer, resume point)
@@ -49,11 +58,14 @@ type StateLink = (Sender<StateMsg>, Receiver<(usize, u64)>);
 pub struct Outbound {
     /// Where inner destinations go; swapped whole by the control plane.
     tables: SharedTables,
-    peers: Vec<Peer>,
+    /// By slot (the index the tables name).
+    peers: Vec<Option<Peer>>,
     drops: DropCounters,
     metrics: Arc<Metrics>,
     /// Requests to and grants from the state thread, once attached.
     state: Option<StateLink>,
+    /// Where lifetime events go, once attached.
+    notices: Option<NoticeSender>,
 }
 
 impl Outbound {
@@ -68,15 +80,18 @@ impl Outbound {
             let s = &p.outbound;
             let sa = OutboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());
-            peers.push(Peer {
+            peers.push(Some(Peer {
                 id: p.id.clone(),
-                sa,
-                fingerprint: s.key.fingerprint(),
-                reserving: false,
+                sa: Some(Sa {
+                    sa,
+                    fingerprint: Some(s.key.fingerprint()),
+                    reserving: false,
+                    counters,
+                    cipher: s.suite.name(),
+                }),
                 endpoint: p.endpoint,
                 dst: RawAddr::new(p.endpoint),
-                counters,
-            });
+            }));
         }
         Ok(Outbound {
             tables,
@@ -84,20 +99,105 @@ impl Outbound {
             drops: metrics.drops(),
             metrics: metrics.clone(),
             state: None,
+            notices: None,
         })
+    }
+
+    /// Sends lifetime events to the control plane, which rekeys.
+    pub fn attach_notices(&mut self, notices: NoticeSender) {
+        self.notices = Some(notices);
+    }
+
+    /// Applies a change from the control plane.
+    pub fn apply(&mut self, command: OutboundCommand, now: Instant) {
+        match command {
+            OutboundCommand::Peer { slot, id, endpoint } => {
+                if self.peers.len() <= slot {
+                    self.peers.resize_with(slot + 1, || None);
+                }
+                let sa = self.peers[slot].take().and_then(|p| {
+                    if p.id == id {
+                        p.sa
+                    } else {
+                        self.retire(&p.id, p.sa);
+                        None
+                    }
+                });
+                self.peers[slot] = Some(Peer {
+                    id,
+                    sa,
+                    endpoint,
+                    dst: RawAddr::new(endpoint),
+                });
+            }
+            OutboundCommand::Sa { slot, params } => {
+                let Some(Some(peer)) = self.peers.get_mut(slot) else {
+                    tracing::warn!(
+                        "outbound SA {:#010x} for an unknown peer slot {slot}; not installed",
+                        params.spi
+                    );
+                    return;
+                };
+                let (spi, cipher) = (params.spi, params.suite.name());
+                match OutboundSa::new(params, now) {
+                    Ok(sa) => {
+                        let counters = self.metrics.flow(&peer.id, spi, Direction::Out, cipher);
+                        let old = peer.sa.replace(Sa {
+                            sa,
+                            fingerprint: None,
+                            reserving: false,
+                            counters,
+                            cipher,
+                        });
+                        let id = peer.id.clone();
+                        self.retire(&id, old);
+                    }
+                    Err(e) => {
+                        tracing::error!(peer = %peer.id, "outbound SA {spi:#010x} refused: {e}")
+                    }
+                }
+            }
+            OutboundCommand::ClearSa { slot } => {
+                if let Some(Some(p)) = self.peers.get_mut(slot) {
+                    let (id, old) = (p.id.clone(), p.sa.take());
+                    self.retire(&id, old);
+                }
+            }
+            OutboundCommand::Remove { slot } => {
+                if let Some(p) = self.peers.get_mut(slot).and_then(Option::take) {
+                    self.retire(&p.id, p.sa);
+                }
+            }
+        }
+    }
+
+    /// Forgets an SA's metric series (its keys are zeroized as it drops).
+    fn retire(&self, peer: &str, sa: Option<Sa>) {
+        if let Some(sa) = sa {
+            self.metrics
+                .sa_retired(peer, sa.sa.spi(), Direction::Out, sa.cipher);
+        }
     }
 
     /// Resumes every SA above what an earlier run may have used (per the
     /// state file) and reserves each its first block; the caller persists
     /// `file` before any packet is sealed.
     pub(super) fn resume(&mut self, file: &mut SeqFile) {
-        for p in &mut self.peers {
-            if let Some(start) = file.get(Half::Out, p.sa.spi(), &p.fingerprint) {
-                p.sa.resume_at(start);
+        for s in self
+            .peers
+            .iter_mut()
+            .flatten()
+            .filter_map(|p| p.sa.as_mut())
+        {
+            let Some(fingerprint) = &s.fingerprint else {
+                continue;
+            };
+            if let Some(start) = file.get(Half::Out, s.sa.spi(), fingerprint) {
+                s.sa.resume_at(start);
             }
-            let resume = p.sa.next_seq().saturating_add(BLOCK);
-            p.sa.set_seq_limit(resume - 1);
-            file.set(Half::Out, p.sa.spi(), &p.fingerprint, resume);
+            let resume = s.sa.next_seq().saturating_add(BLOCK);
+            s.sa.set_seq_limit(resume - 1);
+            file.set(Half::Out, s.sa.spi(), fingerprint, resume);
         }
     }
 
@@ -117,22 +217,32 @@ impl Outbound {
             return;
         };
         while let Ok((peer, resume)) = granted.try_recv() {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.sa.set_seq_limit(resume - 1);
-                p.reserving = false;
+            if let Some(s) = self
+                .peers
+                .get_mut(peer)
+                .and_then(|p| p.as_mut()?.sa.as_mut())
+            {
+                s.sa.set_seq_limit(resume - 1);
+                s.reserving = false;
             }
         }
         for (i, p) in self.peers.iter_mut().enumerate() {
-            let left = p.sa.seq_limit().saturating_sub(p.sa.next_seq());
-            if !p.reserving && left < BLOCK / 2 && p.sa.seq_limit() < u64::MAX {
-                let resume = p.sa.seq_limit().saturating_add(1).saturating_add(BLOCK);
+            let Some(s) = p.as_mut().and_then(|p| p.sa.as_mut()) else {
+                continue;
+            };
+            let Some(fingerprint) = &s.fingerprint else {
+                continue;
+            };
+            let left = s.sa.seq_limit().saturating_sub(s.sa.next_seq());
+            if !s.reserving && left < BLOCK / 2 && s.sa.seq_limit() < u64::MAX {
+                let resume = s.sa.seq_limit().saturating_add(1).saturating_add(BLOCK);
                 let msg = StateMsg::Reserve {
                     peer: i,
-                    spi: p.sa.spi(),
-                    fingerprint: p.fingerprint.clone(),
+                    spi: s.sa.spi(),
+                    fingerprint: fingerprint.clone(),
                     resume,
                 };
-                p.reserving = requests.send(msg).is_ok();
+                s.reserving = requests.send(msg).is_ok();
             }
         }
     }
@@ -158,12 +268,18 @@ impl Outbound {
         len: usize,
         next_header: u8,
     ) -> Result<usize, DropReason> {
-        let peer = &mut self.peers[peer];
-        match peer.sa.seal(now, buf, len, next_header) {
+        let slot = peer;
+        let Some(Some(Peer {
+            id, sa: Some(s), ..
+        })) = self.peers.get_mut(slot)
+        else {
+            return Err(DropReason::NoSa);
+        };
+        match s.sa.seal(now, buf, len, next_header) {
             Ok(sealed) => {
-                peer.counters.count(len);
+                s.counters.count(len);
                 if let Some(ev) = sealed.event {
-                    report(&self.metrics, &peer.id, &ev);
+                    report(&self.metrics, self.notices.as_ref(), slot, id, &ev);
                 }
                 Ok(sealed.len)
             }
@@ -232,7 +348,8 @@ impl Outbound {
             }
             out[ESP_HEADER_LEN..ESP_HEADER_LEN + len].copy_from_slice(pkt);
             let (peer, n) = self.encapsulate(now, out, len)?;
-            push_datagram(trains, base, n, peer, self.peers[peer].dst, gso);
+            let dst = self.dst(peer).ok_or(DropReason::NoSa)?;
+            push_datagram(trains, base, n, peer, dst, gso);
             return Ok(n);
         }
         let plan = plan_segments(&hdr, pkt).map_err(|_| DropReason::Malformed)?;
@@ -241,7 +358,7 @@ impl Outbound {
         if base + plan.count * stride + MAX_TRAILER_LEN > send.len() {
             return Err(DropReason::TooBig);
         }
-        let dst = self.peers[peer].dst;
+        let dst = self.dst(peer).ok_or(DropReason::NoSa)?;
         // What to restore if sealing fails half-way: the trains queued so
         // far must not cover bytes the caller will reuse.
         let first_train = trains.len();
@@ -283,20 +400,44 @@ impl Outbound {
     /// Timer work: lifetime limits in time, and sequence reservations.
     pub fn poll_lifetimes(&mut self, now: Instant) {
         self.renew_reservations();
-        for p in &mut self.peers {
-            while let Some(ev) = p.sa.poll_lifetime(now) {
-                report(&self.metrics, &p.id, &ev);
+        for (slot, p) in self.peers.iter_mut().enumerate() {
+            let Some(Peer {
+                id, sa: Some(s), ..
+            }) = p
+            else {
+                continue;
+            };
+            while let Some(ev) = s.sa.poll_lifetime(now) {
+                report(&self.metrics, self.notices.as_ref(), slot, id, &ev);
             }
         }
     }
 
-    pub fn endpoint(&self, peer: usize) -> SocketAddr {
-        self.peers[peer].endpoint
+    /// Where the peer in `slot` receives, if the slot is in use.
+    pub fn endpoint(&self, slot: usize) -> Option<SocketAddr> {
+        Some(self.peers.get(slot)?.as_ref()?.endpoint)
+    }
+
+    fn dst(&self, slot: usize) -> Option<RawAddr> {
+        Some(self.peers.get(slot)?.as_ref()?.dst)
     }
 }
 
-fn report(metrics: &Metrics, peer: &str, ev: &LifetimeEvent) {
+fn report(
+    metrics: &Metrics,
+    notices: Option<&NoticeSender>,
+    slot: usize,
+    peer: &str,
+    ev: &LifetimeEvent,
+) {
     metrics.lifetime_event(peer, Direction::Out, ev);
+    if let Some(n) = notices {
+        let _ = n.send(SaNotice::Lifetime {
+            slot,
+            direction: Direction::Out,
+            event: *ev,
+        });
+    }
     match ev {
         LifetimeEvent::Soft { spi, kind } => tracing::warn!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its soft lifetime; rekey due"),
         LifetimeEvent::Hard { spi, kind } => tracing::error!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its hard lifetime; traffic to this peer is dropped until it is rekeyed"),
@@ -312,6 +453,7 @@ pub(super) fn run(
     socket: &UdpSocket,
     stop: &AtomicBool,
     mut gso: bool,
+    commands: Receiver<OutboundCommand>,
 ) {
     if let Err(e) = tun.set_nonblocking(true) {
         tracing::error!("outbound: cannot make the TUN non-blocking: {e}");
@@ -324,6 +466,9 @@ pub(super) fn run(
     let mut last_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        while let Ok(c) = commands.try_recv() {
+            out.apply(c, now);
+        }
         let mut used = 0;
         let mut reads = 0;
         while reads < BATCH {

@@ -29,6 +29,13 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::Packets,
+        LimitKind::Bytes,
+        LimitKind::Time,
+        LimitKind::SequenceSpace,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::Packets => "packets",

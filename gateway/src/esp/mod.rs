@@ -73,11 +73,14 @@ pub enum DropReason {
     /// The SA's sequence numbers are not yet persisted (the state
     /// directory cannot keep up or cannot be written): fail closed.
     SeqNotReserved,
+    /// The route's next hop has no outbound SA yet (still negotiating, or
+    /// its keys could not be agreed): fail closed.
+    NoSa,
 }
 
 impl DropReason {
     /// Every reason, in `index` order, so counters can be pre-registered.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Replay,
         DropReason::Icv,
@@ -89,6 +92,7 @@ impl DropReason {
         DropReason::SendFailed,
         DropReason::TunWriteFailed,
         DropReason::SeqNotReserved,
+        DropReason::NoSa,
     ];
 
     /// The value of the drop counter's `reason` label.
@@ -105,6 +109,7 @@ impl DropReason {
             DropReason::SendFailed => "send_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
             DropReason::SeqNotReserved => "seq_not_reserved",
+            DropReason::NoSa => "no_sa",
         }
     }
 
@@ -122,6 +127,7 @@ impl DropReason {
             DropReason::SendFailed => 8,
             DropReason::TunWriteFailed => 9,
             DropReason::SeqNotReserved => 10,
+            DropReason::NoSa => 11,
         }
     }
 }

@@ -24,7 +24,7 @@ pub const MAX_MESSAGE_LEN: usize = 256;
 pub const NONCE_LEN: usize = 16;
 pub const PUBLIC_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
-const MAX_ID_LEN: usize = 63;
+pub const MAX_ID_LEN: usize = 63;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Init {

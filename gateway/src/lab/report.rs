@@ -24,6 +24,8 @@ pub struct LabOptions {
     pub policy: String,
     /// The topology the members are placed for, if not `policy`'s.
     pub placement: Option<String>,
+    /// Configured peers and keys rather than membership and negotiation.
+    pub static_keys: bool,
 }
 
 struct PairResult {
@@ -46,7 +48,11 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     let mut lab = Lab::build(opts.regions, &tag)?;
     lab.policy = opts.policy.clone();
     lab.placement = opts.placement.clone();
-    lab.write_configs()?;
+    if opts.static_keys {
+        lab.write_configs()?;
+    } else {
+        lab.write_mesh_configs()?;
+    }
     check_interrupted()?;
     lab.start_gateways(&opts.binary)?;
     println!(

@@ -203,6 +203,7 @@ mod tests {
                 view,
                 metrics.clone(),
                 tun.clone(),
+                None,
             )
             .unwrap();
             for p in &initial.prefixes {

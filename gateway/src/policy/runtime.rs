@@ -82,6 +82,8 @@ pub struct PolicyRuntime {
     tables: SharedTables,
     tun: Arc<Tun>,
     metrics: Arc<Metrics>,
+    /// The data-plane slots of mesh members (`None`: configured peers).
+    slots: Option<crate::tunnels::SharedSlots>,
     /// Told after each reload, so the driver asks the new policy for its timer.
     reloaded: Arc<tokio::sync::Notify>,
 }
@@ -129,13 +131,14 @@ impl PolicyRuntime {
         view: View,
         metrics: Arc<Metrics>,
         tun: Arc<Tun>,
+        slots: Option<crate::tunnels::SharedSlots>,
     ) -> anyhow::Result<(PolicyRuntime, crate::dataplane::Tables)> {
         let (name, bytes) = read_source(&source).map_err(anyhow::Error::msg)?;
         let (module, decisions, took) =
             prepare(&engine, &name, &bytes, &view).map_err(anyhow::Error::msg)?;
         metrics.policy_evaluated(took);
         metrics.policy_in_force(&module.name, &module.hash);
-        let tables = view::tables(&view, &decisions);
+        let tables = view::tables(&view, &decisions, slots.as_ref());
         let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::dataplane::Tables::default(),
         ));
@@ -148,6 +151,7 @@ impl PolicyRuntime {
             tables: shared,
             tun,
             metrics,
+            slots,
             reloaded: Arc::new(tokio::sync::Notify::new()),
         };
         runtime.hold(decisions);
@@ -230,7 +234,7 @@ impl PolicyRuntime {
     /// nothing the new tables route is dropped by the kernel; the atomic
     /// swap of the data plane's tables; then the withdrawals.
     fn apply(&mut self, decisions: &Decisions) -> Result<Changes, String> {
-        let new = view::tables(&self.view, decisions);
+        let new = view::tables(&self.view, decisions, self.slots.as_ref());
         let old = self.tables.load_full();
         let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
             old.prefixes.iter().copied().collect(),

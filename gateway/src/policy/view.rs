@@ -183,6 +183,32 @@ pub fn from_observed(
     view
 }
 
+/// Replaces the members of `view` by those of `fresh` (a new view from
+/// membership), keeping the operator's parameters and the failover state
+/// the runtime holds: each group's active member, found again by id.
+pub fn replace_members(view: &mut View, mut fresh: View) {
+    let groups = std::mem::take(&mut view.groups);
+    for g in groups {
+        let name = view.names.get(g.name).to_string();
+        let active = g.active.and_then(|i| {
+            let id = view.name(view.members.get(i as usize)?.id).to_string();
+            fresh.member_by_id(&id).map(|(i, _)| i)
+        });
+        if g.active.is_some() && active.is_none() {
+            continue; // The active member left the view: the group starts afresh.
+        }
+        let name = fresh.names.intern(&name);
+        fresh.groups.push(meshgate_sdk::Group {
+            name,
+            active,
+            since_ms: g.since_ms,
+        });
+    }
+    fresh.params = std::mem::take(&mut view.params);
+    fresh.now_ms = view.now_ms;
+    *view = fresh;
+}
+
 /// A member's handle: the same for its id in every view.
 fn handle_of(id: &str) -> u64 {
     let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
@@ -191,13 +217,26 @@ fn handle_of(id: &str) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The data-plane tables for validated decisions on a view built by
-/// [`from_config`] (member i + 1 is peer i).
-pub fn tables(view: &View, decisions: &Decisions) -> Tables {
+/// The data-plane tables for validated decisions. Members are numbered
+/// into data-plane slots by `slots` when given (a view from membership),
+/// else as [`from_config`] built them (member i + 1 is peer i).
+pub fn tables(
+    view: &View,
+    decisions: &Decisions,
+    slots: Option<&crate::tunnels::SharedSlots>,
+) -> Tables {
+    let mut slots = slots.and_then(|s| s.lock().ok());
+    let slot_of: Vec<usize> = (0..view.members.len())
+        .map(|i| match slots.as_mut() {
+            Some(s) if i > 0 => s.slot(view.name(view.members[i].id)),
+            _ => i.wrapping_sub(1),
+        })
+        .collect();
+    drop(slots);
     let mut t = Tables {
         transit: (1..view.members.len())
             .filter(|&i| view.members[i].role == meshgate_sdk::Role::Hub)
-            .map(|i| i - 1)
+            .map(|i| slot_of[i])
             .collect(),
         ..Tables::default()
     };
@@ -209,7 +248,7 @@ pub fn tables(view: &View, decisions: &Decisions) -> Tables {
             .next_hops(r)
             .iter()
             .filter(|&&m| m > 0)
-            .map(|&m| m as usize - 1)
+            .filter_map(|&m| slot_of.get(m as usize).copied())
             .collect();
         if peers.is_empty() {
             continue;

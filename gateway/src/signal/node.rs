@@ -14,11 +14,13 @@ use tokio::sync::mpsc;
 
 use super::messages::{self, Kind};
 use super::transport::{accept, connect, endpoint, Credentials, TransportError};
+use crate::dataplane::{DataplaneControl, SaNotice};
 use crate::esp::CipherSuite;
 use crate::keys::{self, KeyProvider, Negotiator};
 use crate::membership::info::MemberInfo;
 use crate::membership::liveness::LivenessSettings;
 use crate::membership::{Agent, MemberId, MembershipEvent, Settings};
+use crate::tunnels::{Action, Tunnels};
 
 pub struct NodeConfig {
     pub creds: Arc<Credentials>,
@@ -31,6 +33,66 @@ pub struct NodeConfig {
     /// Negotiate SAs with every member that comes up: the key provider,
     /// the epoch, the cipher suite. `None`: membership only.
     pub keys: Option<(Arc<dyn KeyProvider>, keys::Epoch, CipherSuite)>,
+    /// Put the negotiated SAs into a data plane. `None`: hand the keys to
+    /// the owner as [`NodeEvent::Keys`].
+    pub tunnels: Option<TunnelLink>,
+}
+
+/// The data plane a member keys: the SA bookkeeping, the packet threads'
+/// command channels, and their lifetime notices (which start rekeys).
+pub struct TunnelLink {
+    pub tunnels: Tunnels,
+    pub dataplane: DataplaneControl,
+    pub notices: mpsc::UnboundedReceiver<SaNotice>,
+}
+
+/// When to start the first exchange with a member that just came up.
+fn first_attempt(me: &str, peer: &str) -> std::time::Duration {
+    if me < peer {
+        std::time::Duration::ZERO
+    } else {
+        HIGHER_ID_WAITS
+    }
+}
+
+/// Hands a negotiated SA to the tunnels; returns what the owner is told
+/// (never the key).
+fn install(t: &mut Tunnels, event: keys::Event, now: Instant) -> NodeEvent {
+    match event {
+        keys::Event::InstallInbound {
+            peer,
+            spi,
+            key,
+            epoch,
+        } => {
+            t.install_inbound(&peer, spi, key, epoch);
+            NodeEvent::Installed {
+                peer,
+                spi,
+                epoch,
+                outbound: false,
+            }
+        }
+        keys::Event::InstallOutbound {
+            peer,
+            spi,
+            key,
+            epoch,
+        } => {
+            t.install_outbound(&peer, spi, key, epoch, now);
+            NodeEvent::Installed {
+                peer,
+                spi,
+                epoch,
+                outbound: true,
+            }
+        }
+        keys::Event::RemoveInbound { peer, spi } => {
+            t.remove_inbound(&peer, spi);
+            NodeEvent::Keys(keys::Event::RemoveInbound { peer, spi })
+        }
+        other => NodeEvent::Keys(other),
+    }
 }
 
 /// What a member hands its owner.
@@ -39,7 +101,53 @@ pub enum NodeEvent {
     Membership(MembershipEvent),
     /// An SA to install or remove (the negotiator's events other than sends).
     Keys(keys::Event),
+    /// Every other member as seen now: after membership changes, and each
+    /// [`OBSERVE_EVERY`] for the health measured.
+    Observed(Vec<crate::membership::Observed>),
+    /// Something a peer sent, or a connection, was refused.
+    Refused(Refusal),
+    /// A negotiated SA is in the data plane (with a [`TunnelLink`]).
+    Installed {
+        peer: String,
+        spi: u32,
+        epoch: keys::Epoch,
+        outbound: bool,
+    },
 }
+
+/// A refusal, for the log and the counters; never carries key bytes.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Who, as far as known: the authenticated member id, or an address.
+    pub peer: String,
+    /// `connection`, `membership` or `key_exchange`.
+    pub what: &'static str,
+    /// The counter's reason label.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What the owner asks of a member.
+#[derive(Debug)]
+pub enum NodeCommand {
+    /// Negotiate new SAs with this member (a lifetime limit is near).
+    Rekey(String),
+    /// An SPI this gateway received on is free again.
+    Release(u32),
+    /// This member's record changed.
+    Advertise(MemberInfo),
+}
+
+/// How often the health of the paths to the members is reported.
+pub const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When the first exchange with a member that just came up is started:
+/// the lower id of the pair at once, the higher id only if none has
+/// completed by then (so the two rarely collide, and neither depends on
+/// the other alone). See [`first_attempt`].
+const HIGHER_ID_WAITS: std::time::Duration = std::time::Duration::from_secs(2);
+/// Between attempts with a member that is up but not keyed.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What waits for a peer's connection.
 enum Outgoing {
@@ -93,6 +201,7 @@ enum Input {
 pub async fn run(
     cfg: NodeConfig,
     events: mpsc::UnboundedSender<NodeEvent>,
+    mut commands: mpsc::UnboundedReceiver<NodeCommand>,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), TransportError> {
     let ep = endpoint(&cfg.creds, cfg.listen)?;
@@ -184,6 +293,14 @@ pub async fn run(
     let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut pending = HashMap::new();
     let mut seq = 0u64;
+    // Members that are up and not yet keyed, and when to try next.
+    let mut unkeyed: HashMap<String, Instant> = HashMap::new();
+    let mut next_observe = Instant::now();
+    let mut commands_open = true;
+    let (mut tunnels, mut notices) = match cfg.tunnels {
+        Some(l) => (Some((l.tunnels, l.dataplane)), Some(l.notices)),
+        None => (None, None),
+    };
     loop {
         // Carry out what the agent asked for.
         let now = Instant::now();
@@ -193,26 +310,111 @@ pub async fn run(
             pending.insert(seq, timer);
         }
         let mut out: Vec<(String, Outgoing)> = Vec::new();
+        let mut changed = false;
         while let Some(e) = agent.poll_event() {
-            // The lower id of a pair starts the key exchange.
-            if let (MembershipEvent::Up(m), Some(n)) = (&e, negotiator.as_mut()) {
-                if me_id < m.id {
-                    if let Err(err) = n.initiate(&m.id, now) {
-                        tracing::warn!("no SA with {}: {err}", m.id);
+            changed = true;
+            match &e {
+                MembershipEvent::Up(m) => {
+                    unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
+                }
+                MembershipEvent::Renamed { old, new } => {
+                    // A restarted member lost its keys: its old SAs go.
+                    if let Some((t, _)) = tunnels.as_mut() {
+                        t.member_down(&old.id);
+                    }
+                    unkeyed.insert(new.id.clone(), now + first_attempt(&me_id, &new.id));
+                }
+                MembershipEvent::Down(m) => {
+                    unkeyed.remove(&m.id);
+                    if let Some((t, _)) = tunnels.as_mut() {
+                        t.member_down(&m.id);
                     }
                 }
+                _ => {}
             }
             let _ = events.send(NodeEvent::Membership(e));
         }
+        if changed || now >= next_observe {
+            next_observe = now + OBSERVE_EVERY;
+            let observed = agent.observe(now);
+            if let Some((t, _)) = tunnels.as_mut() {
+                for o in observed.iter().filter(|o| o.state == foca::State::Alive) {
+                    t.member(&o.info);
+                }
+            }
+            let _ = events.send(NodeEvent::Observed(observed));
+        }
         if let Some(n) = negotiator.as_mut() {
-            while let Some(e) = n.poll_event() {
-                match e {
-                    keys::Event::Send { peer, message } => {
-                        out.push((peer, Outgoing::KeyExchange(message)))
+            for (peer, at) in unkeyed.iter_mut() {
+                if *at <= now {
+                    *at = now + RETRY_EVERY;
+                    if let Err(err) = n.initiate(peer, now) {
+                        tracing::warn!("no SA with {peer}: {err}");
                     }
-                    other => {
-                        let _ = events.send(NodeEvent::Keys(other));
+                }
+            }
+            // Until quiet: the negotiator's events become SAs in the data
+            // plane *before* any message goes out (below), so a peer told
+            // to use an SA finds it installed; the tunnels' own actions may
+            // in turn start exchanges.
+            loop {
+                let mut busy = false;
+                while let Some(e) = n.poll_event() {
+                    busy = true;
+                    match e {
+                        keys::Event::Send { peer, message } => {
+                            out.push((peer, Outgoing::KeyExchange(message)))
+                        }
+                        other => {
+                            match &other {
+                                keys::Event::InstallOutbound { peer, .. } => {
+                                    unkeyed.remove(peer);
+                                }
+                                keys::Event::Failed { peer, .. } => {
+                                    // Try again while the member is up.
+                                    let up = agent
+                                        .membership()
+                                        .members()
+                                        .any(|(m, s)| m.id == *peer && s == foca::State::Alive);
+                                    if up {
+                                        unkeyed.entry(peer.clone()).or_insert(now + RETRY_EVERY);
+                                    }
+                                }
+                                _ => {}
+                            }
+                            let event = match tunnels.as_mut() {
+                                Some((t, _)) => install(t, other, now),
+                                None => NodeEvent::Keys(other),
+                            };
+                            let _ = events.send(event);
+                        }
                     }
+                }
+                if let Some((t, dataplane)) = tunnels.as_mut() {
+                    while let Some(a) = t.poll_action() {
+                        busy = true;
+                        match a {
+                            Action::Outbound(c) => {
+                                let _ = dataplane.outbound.send(c);
+                            }
+                            Action::Inbound(c) => {
+                                let _ = dataplane.inbound.send(c);
+                            }
+                            Action::Release(spi) => n.release_spi(spi),
+                            Action::Rekey(peer) => {
+                                tracing::info!(
+                                    peer,
+                                    "an SA with {peer} is near its lifetime; rekeying"
+                                );
+                                if let Err(err) = n.initiate(&peer, now) {
+                                    tracing::warn!("cannot rekey with {peer}: {err}");
+                                }
+                            }
+                        }
+                    }
+                }
+                if !busy {
+                    break;
                 }
             }
         }
@@ -241,6 +443,11 @@ pub async fn run(
             next_timer,
             agent.next_tick(),
             negotiator.as_ref().and_then(Negotiator::poll_timeout),
+            Some(next_observe),
+            negotiator
+                .as_ref()
+                .and_then(|_| unkeyed.values().min().copied()),
+            tunnels.as_ref().and_then(|(t, _)| t.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -251,18 +458,57 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let refuse = |peer: &str, what, kind, reason: String| {
+            let _ = events.send(NodeEvent::Refused(Refusal {
+                peer: peer.to_string(),
+                what,
+                kind,
+                reason,
+            }));
+        };
+        let notice = async {
+            match notices.as_mut() {
+                Some(n) => n.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some(SaNotice::Lifetime { slot, direction, event }) = notice => {
+                if let Some((t, _)) = tunnels.as_mut() {
+                    t.lifetime(slot, direction, event);
+                }
+            }
+            command = commands.recv(), if commands_open => match command {
+                Some(NodeCommand::Rekey(peer)) => {
+                    if let Some(n) = negotiator.as_mut() {
+                        if let Err(err) = n.initiate(&peer, Instant::now()) {
+                            tracing::warn!("cannot rekey with {peer}: {err}");
+                        }
+                    }
+                }
+                Some(NodeCommand::Release(spi)) => {
+                    if let Some(n) = negotiator.as_mut() {
+                        n.release_spi(spi);
+                    }
+                }
+                Some(NodeCommand::Advertise(info)) => {
+                    if let Err(e) = agent.advertise(info, Instant::now()) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                None => commands_open = false,
+            },
             input = rx.recv() => match input {
                 Some(Input::KeyExchange(from, body)) => {
                     if let Some(n) = negotiator.as_mut() {
                         if let Err(e) = n.handle(&from, &body, Instant::now()) {
-                            tracing::warn!("key exchange from {from} refused: {e}");
+                            refuse(&from, "key_exchange", e.kind(), e.to_string());
                         }
                     }
                 }
                 Some(Input::Datagram(from, data)) => {
                     if let Err(e) = agent.handle(&from, &data, Instant::now()) {
-                        tracing::debug!("membership datagram from {from} refused: {e}");
+                        refuse(&from, "membership", "malformed", e.to_string());
                     }
                 }
                 Some(Input::Connected { peer, conn, dialer }) => {
@@ -286,7 +532,9 @@ pub async fn run(
                                             return;
                                         }
                                     }
-                                    Err(e) => tracing::warn!("signalling message from {from} refused: {e}"),
+                                    Err(e) => {
+                                        tracing::warn!("signalling message from {from} refused: {e}");
+                                    }
                                 }
                             }
                         });
@@ -309,10 +557,14 @@ pub async fn run(
                     }
                 }
                 Some(Input::Refused(e)) => {
-                    if let TransportError::Connect { peer, .. } = &e {
-                        dialing.remove(peer);
-                    }
-                    tracing::warn!("{e}");
+                    let peer = match &e {
+                        TransportError::Connect { peer, .. } => {
+                            dialing.remove(peer);
+                            peer.clone()
+                        }
+                        other => other.peer().unwrap_or_default(),
+                    };
+                    refuse(&peer, "connection", e.kind(), e.to_string());
                 }
                 None => return Ok(()),
             },
@@ -321,6 +573,11 @@ pub async fn run(
         let now = Instant::now();
         if agent.next_tick().is_some_and(|t| t <= now) {
             agent.tick(now);
+        }
+        if let Some((t, _)) = tunnels.as_mut() {
+            if t.poll_timeout().is_some_and(|at| at <= now) {
+                t.handle_timeout(now);
+            }
         }
         if let Some(n) = negotiator.as_mut() {
             if n.poll_timeout().is_some_and(|t| t <= now) {

@@ -267,10 +267,16 @@ async fn mesh_of(n: usize) {
             settings: Settings::default(),
             liveness: Some(LivenessSettings::default()),
             keys: Some((provider.clone(), 1, CipherSuite::Aes128Gcm)),
+            tunnels: None,
         };
         let (events, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(cfg, events, bound_tx));
+        let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            // Kept for the life of the member, so its command channel stays open.
+            let _commands = commands;
+            run(cfg, events, command_rx, bound_tx).await
+        });
         let addr = bound_rx.await.unwrap();
         seed.get_or_insert((id.clone(), addr));
         let (tx, me) = (tx.clone(), id.clone());

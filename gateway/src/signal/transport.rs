@@ -39,6 +39,26 @@ pub enum TransportError {
     Refused { addr: SocketAddr, reason: String },
 }
 
+impl TransportError {
+    /// The counter's reason label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Connect { .. } => "connect_failed",
+            TransportError::Refused { .. } => "refused",
+            _ => "local",
+        }
+    }
+
+    /// The member or address concerned, if any.
+    pub fn peer(&self) -> Option<String> {
+        match self {
+            TransportError::Connect { peer, .. } => Some(peer.clone()),
+            TransportError::Refused { addr, .. } => Some(addr.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// This appliance's credentials: its certificate and key, and the mesh CA.
 pub struct Credentials {
     pub claims: Claims,

@@ -75,7 +75,8 @@ fn drop_reasons_index_and_label() {
             "too_big",
             "send_failed",
             "tun_write_failed",
-            "seq_not_reserved"
+            "seq_not_reserved",
+            "no_sa"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {

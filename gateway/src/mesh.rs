@@ -1,0 +1,206 @@
+//! A gateway as a member of the mesh: what it advertises of itself, and
+//! the task that turns what its signalling member ([`crate::signal::node`])
+//! reports into metrics, log lines and policy events. (The member itself
+//! puts negotiated SAs into the data plane, in order with its messages.)
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::config::{Config, Placement};
+use crate::keys;
+use crate::membership::info::MemberInfo;
+use crate::membership::{MembershipEvent, Observed};
+use crate::metrics::Metrics;
+use crate::policy::driver::{EventSender, PolicyEvent};
+use crate::policy::schedule::Trigger;
+use crate::signal::node::NodeEvent;
+
+/// What this gateway advertises of itself, from its config.
+pub fn local_info(config: &Config) -> MemberInfo {
+    let Placement {
+        region,
+        zone,
+        account,
+        role,
+        group,
+    } = &config.placement;
+    MemberInfo {
+        id: config.id.clone(),
+        // A restarted gateway's record must replace the one the mesh
+        // remembers: versions start at the wall clock.
+        version: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64),
+        region: region.clone(),
+        zone: zone.clone(),
+        account: account.clone(),
+        role: match role {
+            meshgate_sdk::Role::Hub => "hub",
+            meshgate_sdk::Role::Leaf => "leaf",
+            meshgate_sdk::Role::Edge => "edge",
+        }
+        .into(),
+        group: group.clone(),
+        prefixes: config
+            .prefixes
+            .iter()
+            .map(|p| (p.addr(), p.prefix_len()))
+            .collect(),
+        endpoints: vec![("internet".into(), config.advertise)],
+        policy_version: 1,
+        load_permille: 0,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn state_name(s: foca::State) -> &'static str {
+    match s {
+        foca::State::Alive => "alive",
+        foca::State::Suspect => "suspect",
+        foca::State::Down => "dead",
+    }
+}
+
+/// What the mesh task remembers between events.
+#[derive(Default)]
+struct Seen {
+    /// Each member's last state and record version.
+    states: HashMap<String, (foca::State, u64)>,
+    /// Members with an SA to send to (to tell first keys from rekeys).
+    keyed: HashSet<String>,
+}
+
+/// Runs until the member's event channel closes: logs and counts what the
+/// member reports, and hands membership to the policy.
+pub async fn run(
+    local: MemberInfo,
+    mut events: UnboundedReceiver<NodeEvent>,
+    policy: EventSender,
+    metrics: Arc<Metrics>,
+) {
+    let mut seen = Seen::default();
+    while let Some(e) = events.recv().await {
+        on_node_event(e, &mut seen, &local, &policy, &metrics);
+    }
+}
+
+fn on_node_event(
+    e: NodeEvent,
+    seen: &mut Seen,
+    local: &MemberInfo,
+    policy: &EventSender,
+    metrics: &Metrics,
+) {
+    let m = &metrics.mesh;
+    match e {
+        NodeEvent::Membership(MembershipEvent::Up(who)) => {
+            tracing::info!(member = %who.id, addr = %who.addr, "member up");
+        }
+        NodeEvent::Membership(MembershipEvent::Down(who)) => {
+            seen.keyed.remove(&who.id);
+            tracing::warn!(member = %who.id, "member down; its SAs are removed");
+        }
+        NodeEvent::Membership(MembershipEvent::Renamed { new, .. }) => {
+            seen.keyed.remove(&new.id);
+            tracing::info!(member = %new.id, "member restarted; its old SAs are removed");
+        }
+        NodeEvent::Membership(_) => {}
+        NodeEvent::Installed {
+            peer,
+            spi,
+            epoch,
+            outbound: true,
+        } => {
+            let rekey = !seen.keyed.insert(peer.clone());
+            let kind = if rekey { "rekey" } else { "initial" };
+            m.negotiations.with_label_values(&[kind, "ok"]).inc();
+            if rekey {
+                tracing::debug!(
+                    peer,
+                    epoch,
+                    spi = format_args!("{spi:#010x}"),
+                    "SAs with {peer} rekeyed"
+                );
+            } else {
+                tracing::info!(
+                    peer,
+                    epoch,
+                    spi = format_args!("{spi:#010x}"),
+                    "SAs with {peer} negotiated"
+                );
+            }
+        }
+        NodeEvent::Installed { .. } => {}
+        NodeEvent::Keys(keys::Event::Failed { peer, error }) => {
+            let kind = if seen.keyed.contains(&peer) {
+                "rekey"
+            } else {
+                "initial"
+            };
+            m.negotiations
+                .with_label_values(&[kind, error.kind()])
+                .inc();
+            tracing::warn!(peer, "SA negotiation with {peer} failed: {error}");
+        }
+        NodeEvent::Keys(_) => {}
+        NodeEvent::Refused(r) => {
+            m.refused.with_label_values(&[r.what, r.kind]).inc();
+            tracing::warn!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
+        }
+        NodeEvent::Observed(observed) => on_observed(observed, seen, local, policy, metrics),
+    }
+}
+
+/// A fresh look at the members: their records to the tunnels, counts and
+/// health to the metrics, and the whole to the policy.
+fn on_observed(
+    observed: Vec<Observed>,
+    seen: &mut Seen,
+    local: &MemberInfo,
+    policy: &EventSender,
+    metrics: &Metrics,
+) {
+    let m = &metrics.mesh;
+    let mut counts = HashMap::from([("alive", 0), ("suspect", 0), ("dead", 0)]);
+    let mut membership_changed = false;
+    for o in &observed {
+        *counts.entry(state_name(o.state)).or_default() += 1;
+        let before = seen
+            .states
+            .insert(o.info.id.clone(), (o.state, o.info.version));
+        match (before.map(|b| b.0), o.state) {
+            (Some(foca::State::Suspect), foca::State::Alive) => m.refutations.inc(),
+            (Some(b), foca::State::Suspect) if b != foca::State::Suspect => m.suspicions.inc(),
+            _ => {}
+        }
+        // A new state or a new record (prefixes, placement) is a
+        // membership change; only the measured health moving is not.
+        membership_changed |= before != Some((o.state, o.info.version));
+        if let Some(rtt) = o.rtt {
+            m.rtt.observe(rtt.as_secs_f64());
+        }
+    }
+    for (state, n) in counts {
+        m.members.with_label_values(&[state]).set(n);
+    }
+    let trigger = if membership_changed {
+        Trigger::Membership
+    } else {
+        Trigger::Health
+    };
+    let local = local.clone();
+    let now = Instant::now();
+    let _ = policy.send(PolicyEvent::new(trigger, move |view| {
+        let fresh =
+            crate::policy::view::from_observed(&local, &observed, &view.params, now, now_ms());
+        crate::policy::view::replace_members(view, fresh);
+    }));
+}
