@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{drops, inject, lab, lab_with, metric, ping_ok, scratch, tcp_ok, write_pcap, Capture};
+use common::{
+    drops, eventually, inject, lab, lab_with, metric, ping_ok, scratch, tcp_ok, write_pcap, Capture,
+};
 use meshgate::lab::probe::{ping, tcp_transfer};
 use meshgate::lab::{spi, ESP_PORT};
 
@@ -75,25 +77,7 @@ fn ping_and_tcp_over_ipv4_and_ipv6_cross_the_tunnel_and_metrics_pass_promtool() 
     }
 
     // Prometheus' own linter accepts the exposition.
-    let text = lab.metrics(0).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(text.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("promtool must be installed (Debian package prometheus)");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_ok(&lab.metrics(0).unwrap());
 }
 
 #[test]
@@ -643,15 +627,6 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
     std::fs::write(&policy, meshgate::policy::builtin("hub-spoke").unwrap()).unwrap();
     let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload").unwrap();
     assert!(report.contains("in force"), "{report}");
-}
-
-/// Polls `cond` every 100 ms for up to `within`; says `what` if it never holds.
-fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + within;
-    while !cond() {
-        assert!(std::time::Instant::now() < until, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -394,7 +394,7 @@ impl Tunnels {
                     .push_back(Action::Inbound(InboundCommand::RemoveSa { spi: sa.spi }));
                 self.actions.push_back(Action::Release(sa.spi));
             }
-            p.inbound.retain(|s| !s.retire_at.is_some_and(|t| t <= now));
+            p.inbound.retain(|s| s.retire_at.is_none_or(|t| t > now));
         }
     }
 

@@ -47,6 +47,82 @@ pub fn lab_unstarted_placed(regions: usize, policy: &str, placement: &str) -> La
     lab
 }
 
+/// A lab of mesh members (configs from [`Lab::write_mesh_configs`]), not
+/// started, whose `[sa]` sections read `sa_settings`.
+pub fn mesh_lab_unstarted(regions: usize, policy: &str, sa_settings: &str) -> Lab {
+    check();
+    let mut lab = Lab::build(regions, &tag()).expect("building the lab");
+    lab.policy = policy.to_string();
+    lab.sa_settings = sa_settings.to_string();
+    lab.write_mesh_configs().expect("writing configs");
+    lab
+}
+
+/// A started lab of mesh members, every pair keyed.
+pub fn mesh_lab(regions: usize, policy: &str, sa_settings: &str) -> Lab {
+    let mut lab = mesh_lab_unstarted(regions, policy, sa_settings);
+    lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .expect("starting gateways");
+    let all: Vec<usize> = (0..regions).collect();
+    wait_meshed(&lab, &all, Duration::from_secs(20));
+    lab
+}
+
+/// Waits until each of `gateways` sees the others alive and has an SA to
+/// send to each; panics with the gateways' logs if not within `within`.
+pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) {
+    let others = gateways.len() as u64 - 1;
+    let meshed = |g: usize| {
+        let text = lab.metrics(g).unwrap_or_default();
+        let alive = meshgate::metrics::sum_samples(&text, "meshgate_members", "state=\"alive\"");
+        let out = meshgate::metrics::sum_samples(&text, "meshgate_sa_info", "direction=\"out\"");
+        alive as u64 == others && out as u64 == others
+    };
+    let until = std::time::Instant::now() + within;
+    while !gateways.iter().all(|&g| meshed(g)) {
+        if std::time::Instant::now() > until {
+            let logs: Vec<String> = gateways
+                .iter()
+                .map(|&g| format!("--- gateway {}:\n{}", g + 1, lab.log_tail(g)))
+                .collect();
+            panic!("not meshed after {within:?}:\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `cond` every 50 ms for up to `within`; says `what` if it never
+/// holds. Returns how long it took.
+pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "{what} (waited {within:?})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Prometheus' own linter accepts `text`.
+pub fn promtool_ok(text: &str) {
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("promtool must be installed (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn check() {
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");

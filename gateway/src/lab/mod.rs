@@ -453,6 +453,15 @@ impl Lab {
         probe::http_get(&self.regions[i].appliance, ADMIN, "/metrics")
     }
 
+    /// Kills gateway `i` with SIGKILL: no goodbye, no clean-up, as a
+    /// crashed or powered-off appliance.
+    pub fn kill_gateway(&mut self, i: usize) {
+        if let Some(Some(mut child)) = self.gateways.get_mut(i).map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops gateway `i`: SIGTERM, then SIGKILL after two seconds.
     pub fn stop_gateway(&mut self, i: usize) {
         if let Some(Some(mut child)) = self.gateways.get_mut(i).map(Option::take) {

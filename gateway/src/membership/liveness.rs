@@ -20,7 +20,8 @@ pub struct LivenessSettings {
     pub interval: Duration,
     /// Silence after which a watcher reports a peer.
     pub detect: Duration,
-    /// Distinct reports (the local one included) that declare a peer down.
+    /// Distinct reports (the local one included) that declare a peer down;
+    /// fewer when fewer members can observe it (see [`Detector::quorum`]).
     pub confirmations: usize,
     /// How long a report counts unless renewed.
     pub report_ttl: Duration,
@@ -144,11 +145,28 @@ impl Detector {
         self.check(subject, now)
     }
 
+    /// Reports needed to declare `subject` down: `confirmations`, or all
+    /// who can observe it when they are fewer: this member and every other
+    /// watched member it still hears. In a mesh of two, or three with one
+    /// gone, the survivors agree among themselves; on the small side of a
+    /// partition, a member that hears nobody decides alone what it cannot
+    /// reach (the far side refutes it when the partition heals).
+    pub fn quorum(&self, subject: &str, now: Instant) -> usize {
+        let detect = self.settings.detect;
+        let observers = 1 + self
+            .heard
+            .iter()
+            .filter(|(p, at)| *p != subject && now.saturating_duration_since(**at) < detect)
+            .count();
+        self.settings.confirmations.min(observers)
+    }
+
     fn check(&mut self, subject: &str, now: Instant) -> Option<LivenessAction> {
         let ttl = self.settings.report_ttl;
+        let needed = self.quorum(subject, now);
         let by = self.reports.get_mut(subject)?;
         by.retain(|_, at| now.saturating_duration_since(*at) <= ttl);
-        if by.len() >= self.settings.confirmations {
+        if by.len() >= needed {
             self.declared.insert(subject.to_string());
             self.reports.remove(subject);
             self.reporting.remove(subject);
@@ -240,18 +258,69 @@ mod tests {
     }
 
     #[test]
+    fn fewer_observers_need_fewer_reports() {
+        let t0 = Instant::now();
+        // Three members, one gone: the two survivors agree.
+        let mut d = Detector::new("a", LivenessSettings::default());
+        d.watch("b", t0);
+        d.watch("x", t0);
+        let t = t0 + 700 * MS;
+        d.heard("b", t);
+        assert_eq!(d.quorum("x", t), 2);
+        let actions = d.tick(t);
+        assert!(actions.contains(&LivenessAction::Report {
+            subject: "x".into()
+        }));
+        assert!(!actions.iter().any(|a| matches!(a, LivenessAction::Down(_))));
+        assert_eq!(
+            d.report("b", "x", t),
+            Some(LivenessAction::Down("x".into()))
+        );
+
+        // Cut off from everyone: alone, it declares what it cannot reach.
+        let mut d = Detector::new("a", LivenessSettings::default());
+        d.watch("b", t0);
+        d.watch("c", t0);
+        let t = t0 + 700 * MS;
+        assert_eq!(d.quorum("b", t), 1);
+        let downs: Vec<_> = d
+            .tick(t)
+            .into_iter()
+            .filter(|a| matches!(a, LivenessAction::Down(_)))
+            .collect();
+        assert_eq!(
+            downs,
+            [
+                LivenessAction::Down("b".into()),
+                LivenessAction::Down("c".into())
+            ]
+        );
+    }
+
+    #[test]
     fn reports_expire_and_hearing_from_the_subject_voids_them() {
         let t0 = Instant::now();
         let mut d = Detector::new("a", LivenessSettings::default());
+        // Four observers besides us, all still heard: three reports needed.
+        let hear_all = |d: &mut Detector, t| {
+            for p in ["b", "c", "d", "e"] {
+                d.watch(p, t);
+                d.heard(p, t);
+            }
+        };
         d.watch("x", t0);
+        hear_all(&mut d, t0);
         assert_eq!(d.report("b", "x", t0), None);
+        hear_all(&mut d, t0 + 1600 * MS);
         assert_eq!(
             d.report("c", "x", t0 + 1600 * MS),
             None,
             "b's report expired"
         );
         d.heard("x", t0 + 1700 * MS);
+        hear_all(&mut d, t0 + 1700 * MS);
         assert_eq!(d.report("d", "x", t0 + 1700 * MS), None, "c's was voided");
+        assert_eq!(d.report("e", "x", t0 + 1700 * MS), None, "two reports");
         assert_eq!(
             d.report("a2", "a", t0),
             None,

@@ -47,6 +47,18 @@ pub enum MessageError {
     Write(String),
 }
 
+impl MessageError {
+    /// The counter's reason label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageError::UnknownKind(_) => "unknown_kind",
+            MessageError::Oversized { .. } => "oversized",
+            MessageError::Read(_) => "unreadable",
+            MessageError::Write(_) => "unwritable",
+        }
+    }
+}
+
 /// Sends one message of `kind`.
 pub async fn send(conn: &quinn::Connection, kind: Kind, body: &[u8]) -> Result<(), MessageError> {
     let write = |e: String| MessageError::Write(e);

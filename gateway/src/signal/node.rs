@@ -120,7 +120,7 @@ pub enum NodeEvent {
 pub struct Refusal {
     /// Who, as far as known: the authenticated member id, or an address.
     pub peer: String,
-    /// `connection`, `membership` or `key_exchange`.
+    /// `connection`, `message`, `membership` or `key_exchange`.
     pub what: &'static str,
     /// The counter's reason label.
     pub kind: &'static str,
@@ -146,6 +146,8 @@ pub const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 /// completed by then (so the two rarely collide, and neither depends on
 /// the other alone). See [`first_attempt`].
 const HIGHER_ID_WAITS: std::time::Duration = std::time::Duration::from_secs(2);
+/// Between announcements to the seeds while no other member is known alive.
+const REJOIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Between attempts with a member that is up but not keyed.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -192,7 +194,9 @@ enum Input {
         conn: quinn::Connection,
         dialer: String,
     },
-    Closed(String),
+    /// A connection of this peer closed (its stable id).
+    Closed(String, usize),
+    BadMessage(String, messages::MessageError),
     Refused(TransportError),
 }
 
@@ -296,6 +300,9 @@ pub async fn run(
     // Members that are up and not yet keyed, and when to try next.
     let mut unkeyed: HashMap<String, Instant> = HashMap::new();
     let mut next_observe = Instant::now();
+    // While this member knows no other alive (at start, or cut off by a
+    // partition), it announces itself to the seeds again at this pace.
+    let mut next_rejoin = Instant::now() + REJOIN_EVERY;
     let mut commands_open = true;
     let (mut tunnels, mut notices) = match cfg.tunnels {
         Some(l) => (Some((l.tunnels, l.dataplane)), Some(l.notices)),
@@ -308,6 +315,19 @@ pub async fn run(
             seq += 1;
             timers.push(Reverse((now + after, seq)));
             pending.insert(seq, timer);
+        }
+        if !cfg.seeds.is_empty() && agent.membership().active() == 0 && now >= next_rejoin {
+            next_rejoin = now + REJOIN_EVERY;
+            for (id, at) in &cfg.seeds {
+                let seed = MemberId {
+                    id: id.clone(),
+                    addr: *at,
+                    generation: 0,
+                };
+                if let Err(e) = agent.join(seed, now) {
+                    tracing::debug!("rejoining through {id}: {e}");
+                }
+            }
         }
         let mut out: Vec<(String, Outgoing)> = Vec::new();
         let mut changed = false;
@@ -444,6 +464,7 @@ pub async fn run(
             agent.next_tick(),
             negotiator.as_ref().and_then(Negotiator::poll_timeout),
             Some(next_observe),
+            (!cfg.seeds.is_empty() && agent.membership().active() == 0).then_some(next_rejoin),
             negotiator
                 .as_ref()
                 .and_then(|_| unkeyed.values().min().copied()),
@@ -515,46 +536,48 @@ pub async fn run(
                     for o in dialing.remove(&peer).unwrap_or_default() {
                         send_out(&conn, o);
                     }
-                    // Both sides keep the connection dialed by the lower id.
-                    let keep_new = match conns.get(&peer) {
-                        None => true,
-                        Some((_, old_dialer)) => dialer < *old_dialer,
-                    };
-                    if keep_new {
-                        let (c, tx2) = (conn.clone(), tx.clone());
-                        let from = peer.clone();
-                        // Key-exchange messages, one per stream.
-                        tokio::spawn(async move {
-                            while let Ok(stream) = c.accept_uni().await {
-                                match messages::read(stream).await {
-                                    Ok((Kind::KeyExchange, body)) => {
-                                        if tx2.send(Input::KeyExchange(from.clone(), body)).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!("signalling message from {from} refused: {e}");
-                                    }
-                                }
+                    // Everything read on any of a peer's connections counts
+                    // (two may exist for a while: both sides dialed at once,
+                    // or the peer restarted while its old connection has
+                    // not yet timed out); the newest is the one sent on.
+                    let (c, tx2) = (conn.clone(), tx.clone());
+                    let from = peer.clone();
+                    // Key-exchange messages, one per stream.
+                    tokio::spawn(async move {
+                        while let Ok(stream) = c.accept_uni().await {
+                            let input = match messages::read(stream).await {
+                                Ok((Kind::KeyExchange, body)) => Input::KeyExchange(from.clone(), body),
+                                Err(e) => Input::BadMessage(from.clone(), e),
+                            };
+                            if tx2.send(input).is_err() {
+                                return;
                             }
-                        });
-                        let (c, tx) = (conn.clone(), tx.clone());
-                        let from = peer.clone();
-                        tokio::spawn(async move {
-                            while let Ok(d) = c.read_datagram().await {
-                                if tx.send(Input::Datagram(from.clone(), d)).is_err() {
-                                    return;
-                                }
+                        }
+                    });
+                    let (c, tx) = (conn.clone(), tx.clone());
+                    let from = peer.clone();
+                    tokio::spawn(async move {
+                        while let Ok(d) = c.read_datagram().await {
+                            if tx.send(Input::Datagram(from.clone(), d)).is_err() {
+                                return;
                             }
-                            let _ = tx.send(Input::Closed(from));
-                        });
-                        conns.insert(peer, (conn, dialer));
+                        }
+                        let _ = tx.send(Input::Closed(from, c.stable_id()));
+                    });
+                    if let Some((old, old_dialer)) = conns.insert(peer, (conn, dialer.clone())) {
+                        // A redial by the same side supersedes its old connection.
+                        if old_dialer == dialer {
+                            old.close(0u32.into(), b"superseded");
+                        }
                     }
                 }
-                Some(Input::Closed(peer)) => {
-                    if conns.get(&peer).is_some_and(|(c, _)| c.close_reason().is_some()) {
+                Some(Input::Closed(peer, id)) => {
+                    if conns.get(&peer).is_some_and(|(c, _)| c.stable_id() == id) {
                         conns.remove(&peer);
                     }
+                }
+                Some(Input::BadMessage(from, e)) => {
+                    refuse(&from, "message", e.kind(), e.to_string());
                 }
                 Some(Input::Refused(e)) => {
                     let peer = match &e {
