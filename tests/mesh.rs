@@ -276,3 +276,60 @@ fn a_hundred_rekeys_under_a_continuous_flow_lose_no_packet() {
         assert!(series <= 2 + 2 * 110, "{series} SA series at gateway {g}");
     }
 }
+
+/// How long the impaired run lasts: `MESHGATE_IMPAIRED_SECS`, 30 s by
+/// default (CI); the long form is 300.
+fn impaired_secs() -> u64 {
+    std::env::var("MESHGATE_IMPAIRED_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+#[test]
+fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_seen() {
+    let mut lab = mesh_lab_unstarted(4, "full-mesh", "cipher = \"aes128gcm16\"");
+    let _impairment = lab
+        .impair_signalling(Duration::from_millis(100), 0.10)
+        .expect("impairing the underlay");
+    lab.start_gateways(binary()).unwrap();
+    wait_meshed(&lab, &[0, 1, 2, 3], Duration::from_secs(30));
+    let secs = impaired_secs();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        for g in 0..4 {
+            assert_eq!(
+                members(&lab, g, "dead"),
+                0,
+                "gateway {} declared a member dead after {:?}:\n{}",
+                g + 1,
+                start.elapsed(),
+                lab.log_tail(g)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut suspicions = 0;
+    for g in 0..4 {
+        assert_eq!(members(&lab, g, "alive"), 3);
+        suspicions += metric(&lab, g, "meshgate_member_suspicions_total", "");
+        let log = std::fs::read_to_string(lab.log_path(g)).unwrap();
+        assert!(!log.contains("member down"), "{log}");
+    }
+    let text = lab.metrics(0).unwrap();
+    let rtt = meshgate::metrics::sum_samples(&text, "meshgate_member_rtt_seconds_sum", "")
+        / meshgate::metrics::sum_samples(&text, "meshgate_member_rtt_seconds_count", "");
+    eprintln!(
+        "{secs} s at 10% loss and 100 ms one-way delay: no member declared dead; {suspicions} suspicions; mean smoothed RTT at gateway 1 {:.0} ms",
+        rtt * 1e3
+    );
+    assert!(rtt > 0.18, "the relay delays both ways: RTT {rtt} s");
+    all_pairs_reach(&lab, 3);
+
+    // A kill is still seen by every other member, over the same paths.
+    lab.kill_gateway(3);
+    let took = eventually(Duration::from_secs(10), "region-4's death not seen", || {
+        (0..3).all(|g| members(&lab, g, "dead") == 1)
+    });
+    eprintln!("at 10% loss and 100 ms delay, a killed member was marked dead by all three others within {took:?} (polled every 50 ms)");
+}

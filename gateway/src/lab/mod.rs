@@ -14,6 +14,7 @@
 //!   =============== underlay bridge (ESP-in-UDP, port 4500) ===========
 //! ```
 
+pub mod impair;
 pub mod probe;
 mod report;
 

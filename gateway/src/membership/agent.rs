@@ -25,6 +25,8 @@ const RECORD: u8 = 3;
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub info: MemberInfo,
+    /// SWIM's state, except that a suspect the liveness detector still
+    /// hears is alive.
     pub state: State,
     pub rtt: Option<Duration>,
     /// Inbound loss, 0 to 1.
@@ -82,6 +84,15 @@ impl Agent {
             .collect();
         let mut out = Vec::new();
         for (id, state) in current {
+            // SWIM suspects on a lost probe or two; a member the liveness
+            // detector still hears is alive for everyone downstream (the
+            // policy, the metrics). Suspect means: suspected, and silent.
+            let heard = self.liveness.as_ref().is_some_and(|d| d.hears(&id, now));
+            let state = if state == State::Suspect && heard {
+                State::Alive
+            } else {
+                state
+            };
             let entry = self.states.entry(id.clone()).or_insert((state, now));
             if entry.0 != state {
                 *entry = (state, now);
