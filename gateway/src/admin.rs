@@ -1,5 +1,7 @@
 //! The admin listener, on loopback: Prometheus metrics, a health check,
-//! and the policy (`GET /policy`, `POST /policy/reload`).
+//! the policy (`GET /policy`, `POST /policy/reload`) and, on a mesh
+//! member, the key epochs (`POST /keys/rotate`, `POST /keys/revoke` with
+//! the epoch as the body).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +14,18 @@ use axum::Router;
 
 use std::sync::Mutex;
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::metrics::Metrics;
 use crate::policy::runtime::PolicyRuntime;
+use crate::signal::node::{EpochReport, NodeCommand};
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     policy: Arc<Mutex<PolicyRuntime>>,
+    /// The signalling member, on a mesh member.
+    node: Option<UnboundedSender<NodeCommand>>,
 }
 
 /// Serves the admin API on `addr` until the task is dropped.
@@ -26,13 +33,20 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     policy: Arc<Mutex<PolicyRuntime>>,
+    node: Option<UnboundedSender<NodeCommand>>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/policy", get(policy_handler))
         .route("/policy/reload", post(reload_handler))
-        .with_state(AppState { metrics, policy });
+        .route("/keys/rotate", post(rotate_handler))
+        .route("/keys/revoke", post(revoke_handler))
+        .with_state(AppState {
+            metrics,
+            policy,
+            node,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
@@ -81,6 +95,65 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
             format!("reload failed: {e}\n"),
         ),
     }
+}
+
+/// Sends an epoch command to the member and reports its answer.
+async fn epoch_command(
+    s: &AppState,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<EpochReport, String>>) -> NodeCommand,
+) -> (StatusCode, String) {
+    let Some(node) = &s.node else {
+        return (
+            StatusCode::CONFLICT,
+            "this gateway is not a mesh member ([signal] is not configured); its keys are configured\n".into(),
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if node.send(command(tx)).is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the signalling member is not running\n".into(),
+        );
+    }
+    match rx.await {
+        Ok(Ok(r)) => (
+            StatusCode::OK,
+            format!(
+                "epoch {} in force; revoked: {}; {} peer(s) rekeying; the mesh follows by gossip\n",
+                r.current,
+                if r.revoked.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.revoked
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+                r.rekeying
+            ),
+        ),
+        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the signalling member stopped\n".into(),
+        ),
+    }
+}
+
+async fn rotate_handler(State(s): State<AppState>) -> impl IntoResponse {
+    epoch_command(&s, NodeCommand::Rotate).await
+}
+
+/// The body is the epoch to revoke.
+async fn revoke_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
+    let Ok(epoch) = body.trim().parse::<crate::keys::Epoch>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("'{}' is not an epoch number\n", body.trim()),
+        );
+    };
+    epoch_command(&s, |tx| NodeCommand::Revoke(epoch, tx)).await
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

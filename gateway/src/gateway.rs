@@ -207,16 +207,18 @@ pub fn run(config_path: &Path) -> Result<()> {
         .build()
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
+        let (node_commands, node_command_rx) = tokio::sync::mpsc::unbounded_channel();
         let member = mesh_start.map(|m| {
             start_member(
                 m,
                 sa_defaults,
                 notice_rx,
                 &dataplane,
-                events.clone(),
+                (events.clone(), node_command_rx),
                 metrics.clone(),
             )
         });
+        let node_commands = member.as_ref().map(|_| node_commands);
         let member = async {
             match member {
                 Some(task) => match task.await {
@@ -229,7 +231,7 @@ pub fn run(config_path: &Path) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone());
+        let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone(), node_commands);
         let watcher = watch_files(
             config_path.to_path_buf(),
             watched,
@@ -272,12 +274,13 @@ fn start_member(
     sa: SaDefaults,
     notices: tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::SaNotice>,
     dataplane: &Dataplane,
-    policy: policy::driver::EventSender,
+    (policy, node_rx): (
+        policy::driver::EventSender,
+        tokio::sync::mpsc::UnboundedReceiver<node::NodeCommand>,
+    ),
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>> {
     let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Commands to the member (record changes); none are sent yet.
-    let (node, node_rx) = tokio::sync::mpsc::unbounded_channel();
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
     let cfg = NodeConfig {
@@ -300,10 +303,7 @@ fn start_member(
             tracing::info!(%addr, "signalling channel listening");
         }
     });
-    tokio::spawn(async move {
-        let _commands = node;
-        node::run(cfg, node_events, node_rx, bound).await
-    })
+    tokio::spawn(node::run(cfg, node_events, node_rx, bound))
 }
 
 /// Sizes the socket buffers past `net.core.[rw]mem_max` where we may

@@ -135,6 +135,21 @@ enum KeysCmd {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Move the whole mesh to the next key epoch: this gateway rekeys every
+    /// peer under it, and the others follow by gossip (make-before-break).
+    Rotate {
+        /// The gateway's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
+    /// Revoke a key epoch mesh-wide: every SA derived from it is torn down
+    /// at once and renegotiated under the current epoch (the next one, if
+    /// EPOCH is current).
+    Revoke {
+        epoch: u32,
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +198,16 @@ fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result
     print!("{body}");
     if status != 200 {
         anyhow::bail!("reload refused (HTTP {status})");
+    }
+    Ok(())
+}
+
+/// POSTs to the admin listener; prints the answer, fails unless 200.
+fn admin_post(admin: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Result<()> {
+    let (status, answer) = meshgate::admin::request_with_body(admin, "POST", path, body)?;
+    print!("{answer}");
+    if status != 200 {
+        anyhow::bail!("refused (HTTP {status})");
     }
     Ok(())
 }
@@ -241,6 +266,12 @@ fn main() -> ExitCode {
         } => meshgate::keys::LocalKeys::generate(&file)
             .map(|()| println!("master key written: {}", file.display()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        Cmd::Keys {
+            command: KeysCmd::Rotate { admin },
+        } => admin_post(admin, "/keys/rotate", ""),
+        Cmd::Keys {
+            command: KeysCmd::Revoke { epoch, admin },
+        } => admin_post(admin, "/keys/revoke", &epoch.to_string()),
         Cmd::Keygen { cipher } => {
             let suite = if cipher == "aes256gcm16" {
                 CipherSuite::Aes256Gcm

@@ -52,6 +52,8 @@ pub fn local_info(config: &Config) -> MemberInfo {
         endpoints: vec![("internet".into(), config.advertise)],
         policy_version: 1,
         load_permille: 0,
+        epoch: config.signal.as_ref().map_or(1, |s| s.keys.epoch),
+        revoked: vec![],
     }
 }
 
@@ -156,6 +158,18 @@ fn on_node_event(
             tracing::warn!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
         }
         NodeEvent::Observed(observed) => on_observed(observed, seen, local, policy, metrics),
+        NodeEvent::Epochs { current, revoked } => {
+            m.epoch.set(i64::from(current));
+            tracing::info!(current, ?revoked, "new SAs use key epoch {current}");
+        }
+        NodeEvent::SaEpochs(counts) => {
+            m.sa_epochs.reset();
+            for (epoch, n) in counts {
+                m.sa_epochs
+                    .with_label_values(&[&epoch.to_string()])
+                    .set(n as i64);
+            }
+        }
     }
 }
 

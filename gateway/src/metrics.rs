@@ -46,6 +46,9 @@ pub struct MeshMetrics {
     pub negotiations: IntCounterVec,
     /// The key epoch new SAs are negotiated under.
     pub epoch: IntGauge,
+    /// SAs in the data plane (both directions, retiring ones included) by
+    /// the epoch their keys derive from.
+    pub sa_epochs: IntGaugeVec,
     /// Connections and messages refused, by what and why.
     pub refused: IntCounterVec,
 }
@@ -115,6 +118,12 @@ impl MeshMetrics {
         registry
             .register(Box::new(epoch.clone()))
             .expect("metric names are unique");
+        let sa_epochs = gauge_vec(
+            registry,
+            "meshgate_sas_by_epoch",
+            "Negotiated SAs in the data plane (both directions, retiring ones included), by the key epoch they derive from.",
+            &["epoch"],
+        );
         let refused = counter_vec(
             registry,
             "meshgate_signal_refused_total",
@@ -128,6 +137,7 @@ impl MeshMetrics {
             refutations,
             negotiations,
             epoch,
+            sa_epochs,
             refused,
         }
     }

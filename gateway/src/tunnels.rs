@@ -353,6 +353,27 @@ impl Tunnels {
         self.actions.extend(out);
     }
 
+    /// The mesh moved to epoch `current`: every peer whose SA is of another
+    /// epoch is rekeyed (make-before-break, as for a lifetime).
+    pub fn rekey_stale(&mut self, current: Epoch) {
+        let mut stale: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.outbound.is_some_and(|(_, e)| e != current))
+            .map(|(id, _)| id.clone())
+            .collect();
+        stale.sort();
+        self.actions.extend(stale.into_iter().map(Action::Rekey));
+    }
+
+    /// Rekeys asked for and not yet taken by [`poll_action`](Self::poll_action).
+    pub fn pending_rekeys(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Rekey(_)))
+            .count()
+    }
+
     /// Whether an SA to send to `peer` is in place.
     pub fn keyed(&self, peer: &str) -> bool {
         self.peers.get(peer).is_some_and(|p| p.outbound.is_some())

@@ -4,6 +4,7 @@
 pub mod epoch;
 pub mod exchange;
 pub mod message;
+pub mod rotation;
 
 pub use epoch::{Epoch, EpochKey, EpochKeyError, KeyProvider, LocalKeys};
 pub use exchange::{Event, ExchangeError, Negotiator};

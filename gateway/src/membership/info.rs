@@ -35,6 +35,10 @@ pub struct MemberInfo {
     pub endpoints: Vec<(String, SocketAddr)>,
     pub policy_version: u32,
     pub load_permille: u32,
+    /// The key epoch this member negotiates under, and the epochs it knows
+    /// revoked: how `keys rotate` and `keys revoke` reach the whole mesh.
+    pub epoch: u32,
+    pub revoked: Vec<u32>,
 }
 
 impl MemberInfo {
@@ -42,6 +46,9 @@ impl MemberInfo {
     fn problem(&self) -> Option<String> {
         if !crate::keys::message::valid_id(&self.id) {
             return Some("the member id is not one".into());
+        }
+        if self.revoked.len() > crate::keys::rotation::MAX_REVOKED {
+            return Some(format!("{} revoked epochs", self.revoked.len()));
         }
         if self.prefixes.len() > MAX_PREFIXES || self.endpoints.len() > MAX_ENDPOINTS {
             return Some(format!(
@@ -148,6 +155,8 @@ mod tests {
             endpoints: vec![("internet".into(), "192.0.2.1:4433".parse().unwrap())],
             policy_version: 1,
             load_permille: 10,
+            epoch: 1,
+            revoked: vec![],
         }
     }
 

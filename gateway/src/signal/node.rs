@@ -16,6 +16,7 @@ use super::messages::{self, Kind};
 use super::transport::{accept, connect, endpoint, Credentials, TransportError};
 use crate::dataplane::{DataplaneControl, SaNotice};
 use crate::esp::CipherSuite;
+use crate::keys::rotation::{EpochChange, EpochState};
 use crate::keys::{self, KeyProvider, Negotiator};
 use crate::membership::info::MemberInfo;
 use crate::membership::liveness::LivenessSettings;
@@ -44,6 +45,67 @@ pub struct TunnelLink {
     pub tunnels: Tunnels,
     pub dataplane: DataplaneControl,
     pub notices: mpsc::UnboundedReceiver<SaNotice>,
+}
+
+/// What a change of epochs touches.
+struct EpochCtx<'a> {
+    epochs: &'a EpochState,
+    negotiator: Option<&'a mut Negotiator>,
+    tunnels: Option<&'a mut Tunnels>,
+    agent: &'a mut Agent,
+    info: &'a mut MemberInfo,
+    events: &'a mpsc::UnboundedSender<NodeEvent>,
+}
+
+impl EpochCtx<'_> {
+    /// Puts a change into force: the negotiator's epoch and revocations,
+    /// the SAs of revoked epochs torn down, every SA of an older epoch
+    /// rekeyed, and this member's record advertising the new state (so the
+    /// change spreads even if the member it started on goes away).
+    /// Returns how many peers are being rekeyed.
+    fn apply(&mut self, change: &EpochChange, now: Instant) -> usize {
+        let current = self.epochs.current();
+        if let Some(n) = self.negotiator.as_deref_mut() {
+            n.set_epoch(current);
+            for e in &change.revoked {
+                n.revoke(*e);
+            }
+        }
+        let mut rekeying = 0;
+        if let Some(t) = self.tunnels.as_deref_mut() {
+            for e in &change.revoked {
+                t.revoke(*e);
+            }
+            t.rekey_stale(current);
+            rekeying = t.pending_rekeys();
+        }
+        self.info.epoch = current;
+        self.info.revoked = self.epochs.revoked();
+        self.info.version += 1;
+        if let Err(e) = self.agent.advertise(self.info.clone(), now) {
+            tracing::warn!("advertising the new epochs: {e}");
+        }
+        let _ = self.events.send(NodeEvent::Epochs {
+            current,
+            revoked: self.epochs.revoked(),
+        });
+        rekeying
+    }
+}
+
+/// Carries out an operator's epoch command.
+fn epoch_command(
+    result: Result<EpochChange, keys::rotation::EpochError>,
+    mut ctx: EpochCtx<'_>,
+) -> Result<EpochReport, String> {
+    let change = result.map_err(|e| e.to_string())?;
+    let rekeying = ctx.apply(&change, Instant::now());
+    tracing::info!(current = ctx.epochs.current(), revoked = ?change.revoked, rekeying, "key epochs changed by the operator");
+    Ok(EpochReport {
+        current: ctx.epochs.current(),
+        revoked: ctx.epochs.revoked(),
+        rekeying,
+    })
 }
 
 /// When to start the first exchange with a member that just came up.
@@ -106,6 +168,13 @@ pub enum NodeEvent {
     Observed(Vec<crate::membership::Observed>),
     /// Something a peer sent, or a connection, was refused.
     Refused(Refusal),
+    /// The epoch new SAs use, and those revoked, after a change.
+    Epochs {
+        current: keys::Epoch,
+        revoked: Vec<keys::Epoch>,
+    },
+    /// How many SAs in the data plane are of each epoch.
+    SaEpochs(Vec<(keys::Epoch, usize)>),
     /// A negotiated SA is in the data plane (with a [`TunnelLink`]).
     Installed {
         peer: String,
@@ -135,7 +204,23 @@ pub enum NodeCommand {
     /// An SPI this gateway received on is free again.
     Release(u32),
     /// This member's record changed.
-    Advertise(MemberInfo),
+    Advertise(Box<MemberInfo>),
+    /// `keys rotate`: the mesh moves to the next epoch.
+    Rotate(tokio::sync::oneshot::Sender<Result<EpochReport, String>>),
+    /// `keys revoke`: every SA of this epoch goes, mesh-wide.
+    Revoke(
+        keys::Epoch,
+        tokio::sync::oneshot::Sender<Result<EpochReport, String>>,
+    ),
+}
+
+/// The epochs after an operator's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochReport {
+    pub current: keys::Epoch,
+    pub revoked: Vec<keys::Epoch>,
+    /// Peers being rekeyed onto the current epoch.
+    pub rekeying: usize,
 }
 
 /// How often the health of the paths to the members is reported.
@@ -304,6 +389,8 @@ pub async fn run(
     // partition), it announces itself to the seeds again at this pace.
     let mut next_rejoin = Instant::now() + REJOIN_EVERY;
     let mut commands_open = true;
+    let mut info = cfg.info.clone();
+    let mut epochs = EpochState::new(cfg.keys.as_ref().map_or(info.epoch, |(_, epoch, _)| *epoch));
     let (mut tunnels, mut notices) = match cfg.tunnels {
         Some(l) => (Some((l.tunnels, l.dataplane)), Some(l.notices)),
         None => (None, None),
@@ -361,6 +448,25 @@ pub async fn run(
                 for o in observed.iter().filter(|o| o.state == foca::State::Alive) {
                     t.member(&o.info);
                 }
+                let _ = events.send(NodeEvent::SaEpochs(t.epochs()));
+            }
+            let mut change = keys::rotation::EpochChange::default();
+            for o in observed.iter().filter(|o| o.state != foca::State::Down) {
+                let c = epochs.merge(o.info.epoch, &o.info.revoked);
+                change.current = c.current.or(change.current);
+                change.revoked.extend(c.revoked);
+            }
+            if !change.is_empty() {
+                tracing::info!(current = epochs.current(), revoked = ?change.revoked, "key epochs changed in the mesh");
+                let mut ctx = EpochCtx {
+                    epochs: &epochs,
+                    negotiator: negotiator.as_mut(),
+                    tunnels: tunnels.as_mut().map(|(t, _)| t),
+                    agent: &mut agent,
+                    info: &mut info,
+                    events: &events,
+                };
+                ctx.apply(&change, now);
             }
             let _ = events.send(NodeEvent::Observed(observed));
         }
@@ -512,10 +618,35 @@ pub async fn run(
                         n.release_spi(spi);
                     }
                 }
-                Some(NodeCommand::Advertise(info)) => {
-                    if let Err(e) = agent.advertise(info, Instant::now()) {
+                Some(NodeCommand::Advertise(new)) => {
+                    info = *new;
+                    info.epoch = epochs.current();
+                    info.revoked = epochs.revoked();
+                    if let Err(e) = agent.advertise(info.clone(), Instant::now()) {
                         tracing::warn!("{e}");
                     }
+                }
+                Some(NodeCommand::Rotate(reply)) => {
+                    let result = epochs.rotate();
+                    let _ = reply.send(epoch_command(result, EpochCtx {
+                        epochs: &epochs,
+                        negotiator: negotiator.as_mut(),
+                        tunnels: tunnels.as_mut().map(|(t, _)| t),
+                        agent: &mut agent,
+                        info: &mut info,
+                        events: &events,
+                    }));
+                }
+                Some(NodeCommand::Revoke(epoch, reply)) => {
+                    let result = epochs.revoke(epoch);
+                    let _ = reply.send(epoch_command(result, EpochCtx {
+                        epochs: &epochs,
+                        negotiator: negotiator.as_mut(),
+                        tunnels: tunnels.as_mut().map(|(t, _)| t),
+                        agent: &mut agent,
+                        info: &mut info,
+                        events: &events,
+                    }));
                 }
                 None => commands_open = false,
             },

@@ -258,6 +258,8 @@ async fn mesh_of(n: usize) {
             endpoints: vec![],
             policy_version: 1,
             load_permille: 0,
+            epoch: 1,
+            revoked: vec![],
         };
         let cfg = NodeConfig {
             creds: Arc::new(mesh.member(&id)),

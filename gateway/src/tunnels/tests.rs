@@ -32,6 +32,8 @@ fn info(id: &str, n: u8) -> MemberInfo {
         )],
         policy_version: 1,
         load_permille: 0,
+        epoch: 1,
+        revoked: vec![],
     }
 }
 
@@ -188,6 +190,10 @@ fn revoking_an_epoch_removes_its_sas_at_once_and_rekeys_their_peers() {
     assert!(!t.keyed("b"));
     assert!(t.keyed("c"), "epoch 2 is untouched");
     assert_eq!(t.epochs(), [(2, 2)]);
+    t.rekey_stale(2);
+    assert!(drain(&mut t).is_empty(), "c is on the current epoch");
+    t.rekey_stale(3);
+    assert_eq!(drain(&mut t), ["Rekey(c)"]);
 }
 
 #[test]
