@@ -434,10 +434,11 @@ fn an_appliance_without_the_mesh_key_forms_no_sa() {
     );
     std::fs::write(&cfg, text).unwrap();
     lab.start_gateways(binary()).unwrap();
-    wait_meshed(&lab, &[0, 1], Duration::from_secs(20));
-    // Region 3 is a member (its certificate is good) but shares no key.
-    eventually(Duration::from_secs(10), "region-3 never came up", || {
-        members(&lab, 0, "alive") == 2
+    // Region 3 is a member (its certificate is good) but shares no key:
+    // all three see each other, and only regions 1 and 2 form SAs.
+    let out_sas = |g| metric(&lab, g, "meshgate_sa_info", "direction=\"out\"");
+    eventually(Duration::from_secs(20), "members or SAs missing", || {
+        (0..3).all(|g| members(&lab, g, "alive") == 2) && out_sas(0) == 1 && out_sas(1) == 1
     });
     eventually(
         Duration::from_secs(10),
@@ -451,7 +452,11 @@ fn an_appliance_without_the_mesh_key_forms_no_sa() {
             ) >= 1
         },
     );
-    let out_sas = |g| metric(&lab, g, "meshgate_sa_info", "direction=\"out\"");
+    // Its routes are in place (it is a member), so what is sent to it
+    // reaches the data plane, which must drop it.
+    eventually(Duration::from_secs(5), "no route to region-3", || {
+        tunnel_routes(&lab.regions[0].appliance).contains("10.3.0.0/16")
+    });
     assert_eq!(out_sas(0), 1, "an SA with region-2 only");
     assert_eq!(out_sas(2), 0, "region-3 forms none");
     let p = ping(

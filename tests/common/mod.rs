@@ -83,7 +83,17 @@ pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) {
         if std::time::Instant::now() > until {
             let logs: Vec<String> = gateways
                 .iter()
-                .map(|&g| format!("--- gateway {}:\n{}", g + 1, lab.log_tail(g)))
+                .map(|&g| {
+                    let text = lab.metrics(g).unwrap_or_default();
+                    let sum = |name, filter| meshgate::metrics::sum_samples(&text, name, filter);
+                    format!(
+                        "--- gateway {}: {} alive, {} SAs out\n{}",
+                        g + 1,
+                        sum("meshgate_members", "state=\"alive\""),
+                        sum("meshgate_sa_info", "direction=\"out\""),
+                        lab.log_tail(g)
+                    )
+                })
                 .collect();
             panic!("not meshed after {within:?}:\n{}", logs.join("\n"));
         }

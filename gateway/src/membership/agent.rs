@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use foca::{State, Timer};
 
 use super::core::{Membership, MembershipError, MembershipEvent, Settings};
-use super::health::Beat;
-use super::info::MemberInfo;
+use super::health::{Beat, BEAT_LEN};
+use super::info::{Infos, MemberInfo};
 use super::liveness::{Detector, LivenessAction, LivenessSettings};
 use super::MemberId;
 
@@ -19,6 +19,11 @@ const SWIM: u8 = 0;
 const HEARTBEAT: u8 = 1;
 const REPORT: u8 = 2;
 const RECORD: u8 = 3;
+/// "Send me your record": a heartbeat said the sender's is newer than ours.
+const RECORD_REQUEST: u8 = 4;
+
+/// At most one record request to a member, and one answer to it, per this.
+const RECORD_PACE: Duration = Duration::from_millis(500);
 
 /// One member as this member sees it: its record, its state, the health
 /// measured of the path to it, and since when its state has been what it is.
@@ -44,6 +49,9 @@ pub struct Agent {
     out: VecDeque<(String, Vec<u8>)>,
     timers: VecDeque<(Duration, Timer<MemberId>)>,
     events: VecDeque<MembershipEvent>,
+    /// When a record was last asked of each member, or sent on request to it.
+    asked: std::collections::HashMap<String, Instant>,
+    answered: std::collections::HashMap<String, Instant>,
 }
 
 impl Agent {
@@ -55,15 +63,29 @@ impl Agent {
         liveness: Option<LivenessSettings>,
         seed: u64,
     ) -> Agent {
+        Self::with_infos(me, settings, liveness, seed, Infos::default())
+    }
+
+    /// As [`new`](Self::new), keeping records in `infos` (which may check
+    /// their signatures).
+    pub fn with_infos(
+        me: MemberId,
+        settings: Settings,
+        liveness: Option<LivenessSettings>,
+        seed: u64,
+        infos: Infos,
+    ) -> Agent {
         let id = me.id.clone();
         Agent {
-            swim: Membership::new(me, settings, seed),
+            swim: Membership::with_infos(me, settings, seed, infos),
             states: Default::default(),
             liveness: liveness.map(|l| Detector::new(&id, l)),
             suspicion: settings.suspicion,
             out: VecDeque::new(),
             timers: VecDeque::new(),
             events: VecDeque::new(),
+            asked: Default::default(),
+            answered: Default::default(),
         }
     }
 
@@ -152,15 +174,44 @@ impl Agent {
         }
         let r = match data.split_first() {
             Some((&SWIM, rest)) => self.swim.handle_data(rest),
-            Some((&HEARTBEAT, body)) => match (Beat::decode(body), &mut self.liveness) {
-                (Some(b), Some(d)) => {
-                    d.on_beat(from, b, now);
-                    Ok(())
+            Some((&HEARTBEAT, body)) => {
+                // The beat, then the version of the sender's record: records
+                // are gossiped, and a heartbeat is how a member missing one
+                // (lost, or relayed before it could be checked) notices.
+                let (beat, version) = match body.len() {
+                    BEAT_LEN => (Beat::decode(body), None),
+                    n if n == BEAT_LEN + 8 => (
+                        Beat::decode(&body[..BEAT_LEN]),
+                        body[BEAT_LEN..].try_into().ok().map(u64::from_be_bytes),
+                    ),
+                    _ => (None, None),
+                };
+                match (beat, &mut self.liveness) {
+                    (Some(b), Some(d)) => {
+                        d.on_beat(from, b, now);
+                        if let Some(v) = version {
+                            self.want_record(from, v, now);
+                        }
+                        Ok(())
+                    }
+                    (Some(_), None) => Ok(()),
+                    (None, _) => Err(MembershipError::new("a heartbeat of the wrong length")),
                 }
-                (Some(_), None) => Ok(()),
-                (None, _) => Err(MembershipError::new("a heartbeat of the wrong length")),
-            },
-            Some((&RECORD, record)) => self.swim.learn(record),
+            }
+            Some((&RECORD_REQUEST, [])) => {
+                let due = self
+                    .answered
+                    .get(from)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= RECORD_PACE);
+                if let (true, Some(own)) = (due, self.swim.own_record()) {
+                    self.answered.insert(from.to_string(), now);
+                    let mut msg = vec![RECORD];
+                    msg.extend_from_slice(&own);
+                    self.out.push_back((from.to_string(), msg));
+                }
+                Ok(())
+            }
+            Some((&RECORD, record)) => self.swim.learn(from, record),
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
                 (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
                     if let Some(LivenessAction::Down(s)) = d.report(from, s, now) {
@@ -214,6 +265,9 @@ impl Agent {
                 LivenessAction::Heartbeat(peer, beat) => {
                     let mut msg = vec![HEARTBEAT];
                     msg.extend_from_slice(&beat.encode());
+                    if let Some(v) = self.swim.own_version() {
+                        msg.extend_from_slice(&v.to_be_bytes());
+                    }
                     self.out.push_back((peer, msg));
                 }
                 LivenessAction::Report { subject } => {
@@ -233,6 +287,19 @@ impl Agent {
             }
         }
         self.collect(now);
+    }
+
+    /// `from` has record version `version`: asks for it if ours is older.
+    fn want_record(&mut self, from: &str, version: u64, now: Instant) {
+        let have = self.swim.infos().version_of(from);
+        let due = self
+            .asked
+            .get(from)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= RECORD_PACE);
+        if have.is_none_or(|h| h < version) && due {
+            self.asked.insert(from.to_string(), now);
+            self.out.push_back((from.to_string(), vec![RECORD_REQUEST]));
+        }
     }
 
     fn declare_down(&mut self, subject: &str) {
@@ -277,5 +344,59 @@ impl Agent {
 
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::sim::{info, member};
+
+    /// Records lost in transit (and no gossip to bring them) are fetched
+    /// when a heartbeat shows a newer version than the one held.
+    #[test]
+    fn a_lost_record_is_asked_for_when_a_heartbeat_shows_it() {
+        let t0 = Instant::now();
+        let mut agents: Vec<Agent> = (0..2)
+            .map(|i| {
+                let mut a = Agent::new(
+                    member(i),
+                    Settings::default(),
+                    Some(LivenessSettings::default()),
+                    i as u64,
+                );
+                a.assume(std::iter::once(member(1 - i)), t0).unwrap();
+                a.advertise(info(i, 7, 1), t0).unwrap();
+                a
+            })
+            .collect();
+        let mut now = t0;
+        let mut requests = 0;
+        for _ in 0..20 {
+            now += Duration::from_millis(100);
+            for i in 0..2 {
+                agents[i].tick(now);
+                while let Some((to, msg)) = agents[i].poll_transmit() {
+                    // No gossip, and every record sent unasked is lost.
+                    match msg.first() {
+                        Some(&SWIM) => continue,
+                        Some(&RECORD) if requests == 0 => continue,
+                        Some(&RECORD_REQUEST) => requests += 1,
+                        _ => {}
+                    }
+                    let j = if to == member(0).id { 0 } else { 1 };
+                    agents[j].handle(&member(i).id, &msg, now).unwrap();
+                }
+            }
+        }
+        assert!(requests >= 1);
+        for i in 0..2 {
+            let other = agents[i].membership().infos().get(&member(1 - i).id);
+            assert_eq!(other.map(|r| r.version), Some(7), "agent {i}");
+        }
+        assert!(
+            requests <= 4,
+            "asked once each, not on every beat: {requests}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::info::{self, Infos, MemberInfo};
+use super::info::{Infos, MemberInfo};
 use super::MemberId;
 
 /// SWIM settings, chosen for inter-region round trips (up to ~250 ms
@@ -114,7 +114,12 @@ pub struct Membership {
 impl Membership {
     /// `seed` seeds the probe order (any value; tests fix it).
     pub fn new(me: MemberId, settings: Settings, seed: u64) -> Membership {
-        let infos = Infos::default();
+        Self::with_infos(me, settings, seed, Infos::default())
+    }
+
+    /// As [`new`](Self::new), keeping records in `infos` (which may check
+    /// their signatures).
+    pub fn with_infos(me: MemberId, settings: Settings, seed: u64, infos: Infos) -> Membership {
         Membership {
             swim: Foca::with_custom_broadcast(
                 me,
@@ -139,7 +144,7 @@ impl Membership {
     pub fn advertise(&mut self, info: MemberInfo) -> Result<(), MembershipError> {
         let r = self
             .swim
-            .add_broadcast(&info::encode(&info))
+            .add_broadcast(&self.infos.seal(&info))
             .map(|_| ())
             .map_err(|e| MembershipError(e.to_string()));
         self.own = Some(info);
@@ -151,15 +156,23 @@ impl Membership {
         &self.infos
     }
 
+    /// The version of this member's own record, once advertised.
+    pub fn own_version(&self) -> Option<u64> {
+        self.own.as_ref().map(|i| i.version)
+    }
+
     /// This member's record as sent to a member that just joined.
     pub fn own_record(&self) -> Option<Vec<u8>> {
-        self.own.as_ref().map(info::encode)
+        self.own.as_ref().map(|i| self.infos.seal(i))
     }
 
     /// A record sent straight to this member (by one that saw it join).
-    pub fn learn(&mut self, data: &[u8]) -> Result<(), MembershipError> {
-        let me = self.swim.identity().clone();
-        foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&me))
+    pub fn learn(&mut self, from: &str, data: &[u8]) -> Result<(), MembershipError> {
+        let sender = MemberId {
+            id: from.to_string(),
+            ..self.swim.identity().clone()
+        };
+        foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&sender))
             .map(|_| ())
             .map_err(|e| MembershipError(e.to_string()))
     }

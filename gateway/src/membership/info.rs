@@ -83,21 +83,137 @@ impl Invalidates for InfoKey {
 #[error("member record refused: {0}")]
 pub struct InfoError(String);
 
+/// Who vouches for records: each is signed by its member's appliance key,
+/// so a member relaying gossip cannot speak for another (the signalling
+/// layer implements this with the mesh certificates).
+pub trait RecordAuthority: Send + Sync {
+    /// Signs this member's own record.
+    fn sign(&self, body: &[u8]) -> Vec<u8>;
+    /// Whether `signature` over `body` is by the member `info` names, and
+    /// `info` agrees with what its certificate binds.
+    fn check(&self, info: &MemberInfo, body: &[u8], signature: &[u8]) -> Check;
+}
+
+/// A record's standing with the [`RecordAuthority`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Valid,
+    /// Forged, or at odds with the member's certificate.
+    Invalid(String),
+    /// The member's certificate is not known here yet.
+    Unknown,
+}
+
+/// A record as it travels: the encoded record and its member's signature.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    body: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// Records waiting for their member's certificate, at most one each.
+const MAX_PENDING: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    known: BTreeMap<String, MemberInfo>,
+    /// Records whose signer is not known yet: the record, its body and
+    /// signature.
+    pending: BTreeMap<String, (MemberInfo, Vec<u8>, Vec<u8>)>,
+    authority: Option<Arc<dyn RecordAuthority>>,
+    /// Refusals of forged records: (who relayed it, why).
+    refused: Vec<(String, String)>,
+}
+
 /// The records known, shared between SWIM's broadcast handler and the
 /// member that reads them.
 #[derive(Clone, Default)]
-pub struct Infos(Arc<Mutex<BTreeMap<String, MemberInfo>>>);
+pub struct Infos(Arc<Mutex<State>>);
 
 impl Infos {
+    /// Records must be signed, and are checked, by `authority`. Without one
+    /// (simulations), records are taken as they come.
+    pub fn with_authority(authority: Arc<dyn RecordAuthority>) -> Infos {
+        Infos(Arc::new(Mutex::new(State {
+            authority: Some(authority),
+            ..State::default()
+        })))
+    }
+
     pub fn get(&self, id: &str) -> Option<MemberInfo> {
-        self.0.lock().ok()?.get(id).cloned()
+        self.0.lock().ok()?.known.get(id).cloned()
+    }
+
+    /// The version of `id`'s record known here.
+    pub fn version_of(&self, id: &str) -> Option<u64> {
+        self.0.lock().ok()?.known.get(id).map(|i| i.version)
     }
 
     pub fn all(&self) -> Vec<MemberInfo> {
         self.0
             .lock()
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.known.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The wire form of this member's own record (signed when records are).
+    pub fn seal(&self, info: &MemberInfo) -> Vec<u8> {
+        let body = encode(info);
+        let signature = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|s| s.authority.as_ref().map(|a| a.sign(&body)))
+            .unwrap_or_default();
+        postcard::to_allocvec(&Envelope { body, signature }).unwrap_or_default()
+    }
+
+    /// `id`'s certificate became known: a record of it that waited is
+    /// checked now. True if it was taken.
+    pub fn certified(&self, id: &str) -> bool {
+        let Ok(mut s) = self.0.lock() else {
+            return false;
+        };
+        let Some((info, body, signature)) = s.pending.remove(id) else {
+            return false;
+        };
+        let check = match &s.authority {
+            Some(a) => a.check(&info, &body, &signature),
+            None => Check::Valid,
+        };
+        match check {
+            Check::Valid => s.take(info),
+            Check::Invalid(why) => {
+                s.refused.push((id.to_string(), why));
+                false
+            }
+            Check::Unknown => {
+                s.pending.insert(id.to_string(), (info, body, signature));
+                false
+            }
+        }
+    }
+
+    /// Forged records refused since the last call: who sent each, and why.
+    pub fn take_refused(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.refused))
+            .unwrap_or_default()
+    }
+}
+
+impl State {
+    /// Keeps `info` if it is newer than what is known; true if it was.
+    fn take(&mut self, info: MemberInfo) -> bool {
+        let newer = self
+            .known
+            .get(&info.id)
+            .is_none_or(|k| k.version < info.version);
+        if newer {
+            self.known.insert(info.id.clone(), info);
+        }
+        newer
     }
 }
 
@@ -110,7 +226,10 @@ impl BroadcastHandler<MemberId> for Infos {
         data: &[u8],
         sender: Option<&MemberId>,
     ) -> Result<Option<InfoKey>, InfoError> {
-        let info: MemberInfo = postcard::from_bytes(data).map_err(|e| InfoError(e.to_string()))?;
+        let envelope: Envelope =
+            postcard::from_bytes(data).map_err(|e| InfoError(e.to_string()))?;
+        let info: MemberInfo =
+            postcard::from_bytes(&envelope.body).map_err(|e| InfoError(e.to_string()))?;
         if let Some(p) = info.problem() {
             return Err(InfoError(p));
         }
@@ -118,20 +237,53 @@ impl BroadcastHandler<MemberId> for Infos {
             id: info.id.clone(),
             version: info.version,
         };
-        let mut known = self
+        let mut s = self
             .0
             .lock()
             .map_err(|_| InfoError("state poisoned".into()))?;
-        let newer = known.get(&info.id).is_none_or(|k| k.version < info.version);
-        if newer {
-            known.insert(info.id.clone(), info);
+        // A local add (sender None) is our own record: always spread.
+        if sender.is_none() {
+            s.take(info);
+            return Ok(Some(key));
         }
-        // A local add (sender None) is always spread.
-        Ok((newer || sender.is_none()).then_some(key))
+        if s.known
+            .get(&info.id)
+            .is_some_and(|k| k.version >= info.version)
+        {
+            return Ok(None); // Stale: checked before, or older.
+        }
+        let check = match &s.authority {
+            Some(a) => a.check(&info, &envelope.body, &envelope.signature),
+            None => Check::Valid,
+        };
+        match check {
+            Check::Valid => Ok(s.take(info).then_some(key)),
+            Check::Invalid(why) => {
+                let by = sender.map_or_else(String::new, |m| m.id.clone());
+                let why = format!("a record in the name of {}: {why}", info.id);
+                s.refused.push((by, why.clone()));
+                Err(InfoError(why))
+            }
+            Check::Unknown => {
+                // Kept until the member's certificate is known; not spread
+                // on our word meanwhile.
+                let newer_pending = s
+                    .pending
+                    .get(&info.id)
+                    .is_none_or(|(p, _, _)| p.version < info.version);
+                if newer_pending
+                    && (s.pending.len() < MAX_PENDING || s.pending.contains_key(&info.id))
+                {
+                    s.pending
+                        .insert(info.id.clone(), (info, envelope.body, envelope.signature));
+                }
+                Ok(None)
+            }
+        }
     }
 }
 
-/// The wire form of a record.
+/// The encoded record (what its member signs).
 pub fn encode(info: &MemberInfo) -> Vec<u8> {
     postcard::to_allocvec(info).unwrap_or_default()
 }
@@ -158,6 +310,85 @@ mod tests {
             epoch: 1,
             revoked: vec![],
         }
+    }
+
+    /// The wire form of `info`, unsigned (no authority).
+    fn encode(info: &MemberInfo) -> Vec<u8> {
+        Infos::default().seal(info)
+    }
+
+    /// Signs with the signer's name; knows the certificates of `known`.
+    struct Names {
+        me: String,
+        known: Mutex<Vec<String>>,
+    }
+
+    impl RecordAuthority for Names {
+        fn sign(&self, _: &[u8]) -> Vec<u8> {
+            self.me.as_bytes().to_vec()
+        }
+        fn check(&self, info: &MemberInfo, _: &[u8], signature: &[u8]) -> Check {
+            if !self.known.lock().unwrap().contains(&info.id) {
+                Check::Unknown
+            } else if signature == info.id.as_bytes() {
+                Check::Valid
+            } else {
+                Check::Invalid("signed by another member".into())
+            }
+        }
+    }
+
+    fn authority(me: &str, known: &[&str]) -> Arc<Names> {
+        Arc::new(Names {
+            me: me.into(),
+            known: Mutex::new(known.iter().map(|k| k.to_string()).collect()),
+        })
+    }
+
+    #[test]
+    fn only_a_members_own_signature_makes_its_record_and_unknown_signers_wait() {
+        let relay = MemberId {
+            id: "m3".into(),
+            addr: "192.0.2.3:4433".parse().unwrap(),
+            generation: 0,
+        };
+        let checker = authority("m2", &["m3"]);
+        let mut infos = Infos::with_authority(checker.clone());
+        // m3 forges a record in m1's name... once m1's certificate is known.
+        checker.known.lock().unwrap().push("m1".into());
+        let forged = Infos::with_authority(authority("m3", &[])).seal(&record(1));
+        let e = infos
+            .receive_item(&forged, Some(&relay))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in the name of m1"), "{e}");
+        assert_eq!(
+            infos.take_refused(),
+            [(
+                "m3".to_string(),
+                "a record in the name of m1: signed by another member".to_string()
+            )]
+        );
+        assert!(infos.get("m1").is_none());
+        // m1's own, relayed by m3, is taken and spread on.
+        let genuine = Infos::with_authority(authority("m1", &[])).seal(&record(1));
+        assert!(infos
+            .receive_item(&genuine, Some(&relay))
+            .unwrap()
+            .is_some());
+        assert_eq!(infos.get("m1").unwrap().version, 1);
+
+        // A member whose certificate is not known yet: its record waits,
+        // unspread, until it is.
+        let mut m4 = record(1);
+        m4.id = "m4".into();
+        let sealed = Infos::with_authority(authority("m4", &[])).seal(&m4);
+        assert!(infos.receive_item(&sealed, Some(&relay)).unwrap().is_none());
+        assert!(infos.get("m4").is_none());
+        assert!(!infos.certified("m4"), "still unknown");
+        checker.known.lock().unwrap().push("m4".into());
+        assert!(infos.certified("m4"));
+        assert_eq!(infos.get("m4").unwrap().id, "m4");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(crate) struct Sim {
     pub ups: HashMap<(usize, usize), Duration>,
 }
 
-fn member(i: usize) -> MemberId {
+pub(crate) fn member(i: usize) -> MemberId {
     MemberId {
         id: format!("m{i}"),
         addr: std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4433)),

@@ -3,6 +3,7 @@
 
 pub mod messages;
 pub mod node;
+pub mod records;
 pub mod transport;
 
 #[cfg(test)]

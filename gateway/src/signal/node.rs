@@ -13,12 +13,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::messages::{self, Kind};
-use super::transport::{accept, connect, endpoint, Credentials, TransportError};
+use super::records::CertRecords;
+use super::transport::{accept, connect, endpoint, Credentials, PeerCert, TransportError};
 use crate::dataplane::{DataplaneControl, SaNotice};
 use crate::esp::CipherSuite;
 use crate::keys::rotation::{EpochChange, EpochState};
 use crate::keys::{self, KeyProvider, Negotiator};
-use crate::membership::info::MemberInfo;
+use crate::membership::info::{Infos, MemberInfo};
 use crate::membership::liveness::LivenessSettings;
 use crate::membership::{Agent, MemberId, MembershipEvent, Settings};
 use crate::tunnels::{Action, Tunnels};
@@ -278,6 +279,7 @@ enum Input {
         peer: String,
         conn: quinn::Connection,
         dialer: String,
+        cert: PeerCert,
     },
     /// A connection of this peer closed (its stable id).
     Closed(String, usize),
@@ -308,7 +310,16 @@ pub async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let mut agent = Agent::new(me, cfg.settings, cfg.liveness, rand::random());
+    // Records are signed with our key and checked against the members'
+    // certificates, learnt from the connections.
+    let records = Arc::new(CertRecords::new(&cfg.creds)?);
+    let mut agent = Agent::with_infos(
+        me,
+        cfg.settings,
+        cfg.liveness,
+        rand::random(),
+        Infos::with_authority(records.clone()),
+    );
     let mut negotiator = cfg
         .keys
         .as_ref()
@@ -323,11 +334,12 @@ pub async fn run(
                 let (creds, tx) = (creds.clone(), tx.clone());
                 tokio::spawn(async move {
                     match accept(incoming, &creds).await {
-                        Ok((conn, claims)) => {
+                        Ok((conn, pc)) => {
                             let _ = tx.send(Input::Connected {
-                                dialer: claims.id.clone(),
-                                peer: claims.id,
+                                dialer: pc.claims.id.clone(),
+                                peer: pc.claims.id.clone(),
                                 conn,
+                                cert: pc,
                             });
                         }
                         Err(e) => {
@@ -342,11 +354,12 @@ pub async fn run(
         let (ep, creds, me) = (ep.clone(), cfg.creds.clone(), me_id.clone());
         tokio::spawn(async move {
             match connect(&ep, &creds, &peer, at).await {
-                Ok((conn, _)) => {
+                Ok((conn, pc)) => {
                     let _ = tx.send(Input::Connected {
                         peer,
                         conn,
                         dialer: me,
+                        cert: pc,
                     });
                 }
                 Err(e) => {
@@ -415,6 +428,14 @@ pub async fn run(
                     tracing::debug!("rejoining through {id}: {e}");
                 }
             }
+        }
+        for (by, why) in agent.membership().infos().take_refused() {
+            let _ = events.send(NodeEvent::Refused(Refusal {
+                peer: by,
+                what: "record",
+                kind: "forged",
+                reason: why,
+            }));
         }
         let mut out: Vec<(String, Outgoing)> = Vec::new();
         let mut changed = false;
@@ -663,7 +684,11 @@ pub async fn run(
                         refuse(&from, "membership", "malformed", e.to_string());
                     }
                 }
-                Some(Input::Connected { peer, conn, dialer }) => {
+                Some(Input::Connected { peer, conn, dialer, cert }) => {
+                    records.learn(&cert);
+                    if agent.membership().infos().certified(&peer) {
+                        next_observe = Instant::now();
+                    }
                     for o in dialing.remove(&peer).unwrap_or_default() {
                         send_out(&conn, o);
                     }

@@ -60,8 +60,8 @@ async fn members_of_one_mesh_connect_and_learn_who_the_other_is() {
         async { connect(&ea, &a, "region-2", b_addr).await.unwrap() },
         server
     );
-    assert_eq!(seen_by_a.id, "region-2");
-    assert_eq!(seen_by_b.id, "region-1");
+    assert_eq!(seen_by_a.claims.id, "region-2");
+    assert_eq!(seen_by_b.claims.id, "region-1");
 }
 
 #[tokio::test]
@@ -165,16 +165,16 @@ async fn sas_are_negotiated_over_the_channel() {
         body
     }
     let now = Instant::now();
-    na.initiate(&b_is.id, now).unwrap();
+    na.initiate(&b_is.claims.id, now).unwrap();
     flush('a', &mut na, &conn_a, &mut installed).await;
     let init = next(&conn_b).await;
-    nb.handle(&a_is.id, &init, now).unwrap();
+    nb.handle(&a_is.claims.id, &init, now).unwrap();
     flush('b', &mut nb, &conn_b, &mut installed).await;
     let resp = next(&conn_a).await;
-    na.handle(&b_is.id, &resp, now).unwrap();
+    na.handle(&b_is.claims.id, &resp, now).unwrap();
     flush('a', &mut na, &conn_a, &mut installed).await;
     let confirm = next(&conn_b).await;
-    nb.handle(&a_is.id, &confirm, now).unwrap();
+    nb.handle(&a_is.claims.id, &confirm, now).unwrap();
     flush('b', &mut nb, &conn_b, &mut installed).await;
     assert_eq!(installed.len(), 4);
     for (who, dir, spi, key) in &installed {
@@ -347,4 +347,63 @@ async fn mesh_of(n: usize) {
     for (_, t) in tasks {
         t.abort();
     }
+}
+
+#[test]
+fn member_records_carry_their_members_signature_and_nobody_elses() {
+    use crate::membership::info::{Infos, MemberInfo};
+    use crate::membership::MemberId;
+    use foca::BroadcastHandler;
+    use std::sync::Arc;
+
+    let mesh = Mesh::new("records");
+    let (a, b, c) = (mesh.member("m1"), mesh.member("m2"), mesh.member("m3"));
+    let signer = |creds: &Credentials| {
+        Infos::with_authority(Arc::new(super::records::CertRecords::new(creds).unwrap()))
+    };
+    let checker = super::records::CertRecords::new(&c).unwrap();
+    checker.learn(&a.as_peer());
+    checker.learn(&b.as_peer());
+    let mut at_c = Infos::with_authority(Arc::new(checker));
+    let relay = MemberId {
+        id: "m2".into(),
+        addr: local(),
+        generation: 0,
+    };
+    let record = |id: &str, version, region: &str| MemberInfo {
+        id: id.into(),
+        version,
+        region: region.into(),
+        zone: String::new(),
+        account: String::new(),
+        role: "edge".into(),
+        group: None,
+        prefixes: vec![(std::net::IpAddr::from([10, 1, 0, 0]), 16)],
+        endpoints: vec![],
+        policy_version: 1,
+        load_permille: 0,
+        epoch: 1,
+        revoked: vec![],
+    };
+    // m1's own record, relayed by m2: taken.
+    let genuine = signer(&a).seal(&record("m1", 1, "eu-west-1"));
+    assert!(at_c.receive_item(&genuine, Some(&relay)).unwrap().is_some());
+    // m2 speaks for m1 (to take its prefixes): refused, and m2 named.
+    let forged = signer(&b).seal(&record("m1", 2, "eu-west-1"));
+    let e = at_c.receive_item(&forged, Some(&relay)).unwrap_err();
+    assert!(e.to_string().contains("not the member's"), "{e}");
+    // m2 under its own name, but claiming another region than its
+    // certificate binds: refused too.
+    let moved = signer(&b).seal(&record("m2", 1, "us-east-1"));
+    let e = at_c.receive_item(&moved, Some(&relay)).unwrap_err();
+    assert!(e.to_string().contains("region us-east-1"), "{e}");
+    let refused = at_c.take_refused();
+    assert_eq!(refused.len(), 2);
+    assert!(refused.iter().all(|(by, _)| by == "m2"));
+    assert_eq!(
+        at_c.get("m1").unwrap().version,
+        1,
+        "the forgery changed nothing"
+    );
+    assert!(at_c.get("m2").is_none());
 }

@@ -93,6 +93,34 @@ impl Credentials {
     pub fn ca(&self) -> &Arc<MeshCa> {
         &self.ca
     }
+
+    /// This appliance as its peers see it.
+    pub fn as_peer(&self) -> PeerCert {
+        PeerCert {
+            claims: self.claims.clone(),
+            cert: self.cert.clone(),
+        }
+    }
+
+    /// The appliance key as a signer of member records (an ECDSA P-256
+    /// key, as `meshgate cert issue` makes).
+    pub fn record_signer(&self) -> Result<ring::signature::EcdsaKeyPair, TransportError> {
+        let PrivateKeyDer::Pkcs8(k) = &self.key else {
+            return Err(TransportError::Tls(
+                "the appliance key is not a PKCS#8 key".into(),
+            ));
+        };
+        ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            k.secret_pkcs8_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| {
+            TransportError::Tls(format!(
+                "the appliance key must be ECDSA P-256 (as `meshgate cert issue` makes): {e}"
+            ))
+        })
+    }
 }
 
 fn tls(e: impl std::fmt::Display) -> TransportError {
@@ -160,15 +188,27 @@ pub fn server_name(id: &str) -> String {
     format!("{id}.member.meshgate")
 }
 
+/// A peer as its certificate (chain-checked by TLS, then by us) shows it.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub claims: Claims,
+    pub cert: CertificateDer<'static>,
+}
+
 /// What the peer's certificate (already chain-checked by TLS) certifies.
-fn peer_claims(conn: &quinn::Connection, ca: &MeshCa) -> Result<Claims, String> {
+fn peer_claims(conn: &quinn::Connection, ca: &MeshCa) -> Result<PeerCert, String> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or("no peer certificate")?;
     let leaf = certs.first().ok_or("no peer certificate")?;
-    ca.verify(leaf, None, UnixTime::now())
-        .map_err(|e| e.to_string())
+    let claims = ca
+        .verify(leaf, None, UnixTime::now())
+        .map_err(|e| e.to_string())?;
+    Ok(PeerCert {
+        claims,
+        cert: leaf.clone(),
+    })
 }
 
 /// Connects to member `peer` at `addr`; fails unless its certificate chains
@@ -178,7 +218,7 @@ pub async fn connect(
     creds: &Credentials,
     peer: &str,
     addr: SocketAddr,
-) -> Result<(quinn::Connection, Claims), TransportError> {
+) -> Result<(quinn::Connection, PeerCert), TransportError> {
     let err = |reason: String| TransportError::Connect {
         peer: peer.to_string(),
         addr,
@@ -189,12 +229,12 @@ pub async fn connect(
         .map_err(|e| err(e.to_string()))?
         .await
         .map_err(|e| err(e.to_string()))?;
-    let claims = peer_claims(&conn, creds.ca()).map_err(err)?;
-    if claims.id != peer {
+    let pc = peer_claims(&conn, creds.ca()).map_err(err)?;
+    if pc.claims.id != peer {
         conn.close(1u32.into(), b"wrong member");
-        return Err(err(format!("its certificate is {}'s", claims.id)));
+        return Err(err(format!("its certificate is {}'s", pc.claims.id)));
     }
-    Ok((conn, claims))
+    Ok((conn, pc))
 }
 
 /// Completes an incoming connection: the TLS handshake has checked the
@@ -202,10 +242,10 @@ pub async fn connect(
 pub async fn accept(
     incoming: quinn::Incoming,
     creds: &Credentials,
-) -> Result<(quinn::Connection, Claims), TransportError> {
+) -> Result<(quinn::Connection, PeerCert), TransportError> {
     let addr = incoming.remote_address();
     let refused = |reason: String| TransportError::Refused { addr, reason };
     let conn = incoming.await.map_err(|e| refused(e.to_string()))?;
-    let claims = peer_claims(&conn, creds.ca()).map_err(refused)?;
-    Ok((conn, claims))
+    let pc = peer_claims(&conn, creds.ca()).map_err(refused)?;
+    Ok((conn, pc))
 }

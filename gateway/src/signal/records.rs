@@ -1,0 +1,81 @@
+//! Member records signed with the appliance key and checked against the
+//! member's certificate: gossip relays records, and a member relaying
+//! must not be able to speak for another (claim its id, move its
+//! prefixes, change its region or role).
+//!
+//! A member's certificate is learnt from a direct connection to it (every
+//! connection is mutual TLS with the mesh CA); until then its records
+//! wait (see [`Infos::certified`](crate::membership::info::Infos::certified)).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ring::rand::SystemRandom;
+use ring::signature::EcdsaKeyPair;
+use rustls_pki_types::CertificateDer;
+
+use super::transport::{Credentials, PeerCert, TransportError};
+use crate::identity::Claims;
+use crate::membership::info::{Check, MemberInfo, RecordAuthority};
+
+pub struct CertRecords {
+    signer: EcdsaKeyPair,
+    rng: SystemRandom,
+    certs: Mutex<HashMap<String, (Claims, CertificateDer<'static>)>>,
+}
+
+impl CertRecords {
+    pub fn new(creds: &Credentials) -> Result<CertRecords, TransportError> {
+        Ok(CertRecords {
+            signer: creds.record_signer()?,
+            rng: SystemRandom::new(),
+            certs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A peer's certificate, from a connection with it.
+    pub fn learn(&self, peer: &PeerCert) {
+        if let Ok(mut c) = self.certs.lock() {
+            c.insert(
+                peer.claims.id.clone(),
+                (peer.claims.clone(), peer.cert.clone()),
+            );
+        }
+    }
+}
+
+impl RecordAuthority for CertRecords {
+    fn sign(&self, body: &[u8]) -> Vec<u8> {
+        self.signer
+            .sign(&self.rng, body)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn check(&self, info: &MemberInfo, body: &[u8], signature: &[u8]) -> Check {
+        let Some((claims, der)) = self
+            .certs
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&info.id).cloned())
+        else {
+            return Check::Unknown;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+            return Check::Invalid("the member's certificate does not parse".into());
+        };
+        if cert
+            .verify_signature(webpki::ring::ECDSA_P256_SHA256, body, signature)
+            .is_err()
+        {
+            return Check::Invalid("the signature is not the member's".into());
+        }
+        if info.region != claims.region || info.role != claims.role {
+            return Check::Invalid(format!(
+                "it says region {} and role {}, the member's certificate {} and {}",
+                info.region, info.role, claims.region, claims.role
+            ));
+        }
+        Check::Valid
+    }
+}
