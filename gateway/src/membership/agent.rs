@@ -390,8 +390,8 @@ mod tests {
             }
         }
         assert!(requests >= 1);
-        for i in 0..2 {
-            let other = agents[i].membership().infos().get(&member(1 - i).id);
+        for (i, agent) in agents.iter().enumerate() {
+            let other = agent.membership().infos().get(&member(1 - i).id);
             assert_eq!(other.map(|r| r.version), Some(7), "agent {i}");
         }
         assert!(
