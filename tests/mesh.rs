@@ -478,3 +478,30 @@ fn an_appliance_without_the_mesh_key_forms_no_sa() {
         "the keyed pair forwards",
     );
 }
+
+#[test]
+fn the_policy_decides_which_pairs_are_keyed() {
+    // Hub and spoke: region 1 is the hub; the spokes reach each other
+    // through it, and no SA joins them directly.
+    let lab = mesh_lab_unstarted(3, "hub-spoke", "cipher = \"aes128gcm16\"");
+    let mut lab = lab;
+    lab.start_gateways(binary()).unwrap();
+    let out_sas = |lab: &Lab, g| metric(lab, g, "meshgate_sa_info", "direction=\"out\"");
+    eventually(
+        Duration::from_secs(20),
+        "the hub is not keyed with both spokes",
+        || (0..3).all(|g| members(&lab, g, "alive") == 2) && out_sas(&lab, 0) == 2,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(out_sas(&lab, 1), 1, "spoke 2 is keyed with the hub only");
+    assert_eq!(out_sas(&lab, 2), 1, "spoke 3 is keyed with the hub only");
+    let (s2, s3) = (&lab.regions[1], &lab.regions[2]);
+    ping_ok(
+        &s2.host,
+        s3.host_ip().into(),
+        5,
+        "spoke to spoke, through the hub",
+    );
+    let hub_out = metric(&lab, 0, "meshgate_peer_packets_total", "direction=\"out\"");
+    assert!(hub_out >= 10, "the hub relayed both ways: {hub_out}");
+}

@@ -197,6 +197,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     };
     let params = config.policy.params.clone();
     drop(config);
+    // The peers the policy connects are the ones the member keys.
+    let mut peer_ids = runtime.watch_peers();
     let runtime = Arc::new(std::sync::Mutex::new(runtime));
     // Membership and health events join this channel with the signalling
     // layer; the config watch sends configuration changes.
@@ -219,6 +221,18 @@ pub fn run(config_path: &Path) -> Result<()> {
             )
         });
         let node_commands = member.as_ref().map(|_| node_commands);
+        if let Some(node) = node_commands.clone() {
+            tokio::spawn(async move {
+                loop {
+                    let ids = peer_ids.borrow_and_update().clone();
+                    if node.send(node::NodeCommand::Peers(ids)).is_err()
+                        || peer_ids.changed().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
         let member = async {
             match member {
                 Some(task) => match task.await {

@@ -84,6 +84,9 @@ pub struct PolicyRuntime {
     metrics: Arc<Metrics>,
     /// The data-plane slots of mesh members (`None`: configured peers).
     slots: Option<crate::tunnels::SharedSlots>,
+    /// The ids of the peers the decisions in force connect, for the
+    /// signalling member to key.
+    peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
     /// Told after each reload, so the driver asks the new policy for its timer.
     reloaded: Arc<tokio::sync::Notify>,
 }
@@ -152,10 +155,29 @@ impl PolicyRuntime {
             tun,
             metrics,
             slots,
+            peer_ids: None,
             reloaded: Arc::new(tokio::sync::Notify::new()),
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
+    }
+
+    /// Publishes the ids of the peers each decision in force connects.
+    pub fn watch_peers(
+        &mut self,
+    ) -> tokio::sync::watch::Receiver<std::collections::HashSet<String>> {
+        let (tx, rx) = tokio::sync::watch::channel(self.peer_set());
+        self.peer_ids = Some(tx);
+        rx
+    }
+
+    fn peer_set(&self) -> std::collections::HashSet<String> {
+        self.decisions
+            .peers
+            .iter()
+            .filter_map(|p| self.view.members.get(p.member as usize))
+            .map(|m| self.view.name(m.id).to_string())
+            .collect()
     }
 
     /// Hands the runtime the tables the data plane was started with.
@@ -290,6 +312,14 @@ impl PolicyRuntime {
             })
             .collect();
         self.decisions = decisions;
+        if let Some(tx) = &self.peer_ids {
+            let set = self.peer_set();
+            tx.send_if_modified(|cur| {
+                let changed = *cur != set;
+                *cur = set;
+                changed
+            });
+        }
     }
 
     /// Notified after each reload that put a new policy in force.

@@ -204,6 +204,9 @@ pub enum NodeCommand {
     Rekey(String),
     /// An SPI this gateway received on is free again.
     Release(u32),
+    /// The members the policy connects this one to: SAs are negotiated
+    /// with these (and with whoever starts an exchange with us).
+    Peers(std::collections::HashSet<String>),
     /// This member's record changed.
     Advertise(Box<MemberInfo>),
     /// `keys rotate`: the mesh moves to the next epoch.
@@ -397,6 +400,13 @@ pub async fn run(
     let mut seq = 0u64;
     // Members that are up and not yet keyed, and when to try next.
     let mut unkeyed: HashMap<String, Instant> = HashMap::new();
+    // The members the policy connects this one to (`None`: every member,
+    // until a policy says otherwise). Exchanges others start are answered
+    // whatever this says: their policy wants the pair.
+    let mut wanted: Option<std::collections::HashSet<String>> = None;
+    let wants = |w: &Option<std::collections::HashSet<String>>, id: &str| {
+        w.as_ref().is_none_or(|w| w.contains(id))
+    };
     let mut next_observe = Instant::now();
     // While this member knows no other alive (at start, or cut off by a
     // partition), it announces itself to the seeds again at this pace.
@@ -443,14 +453,18 @@ pub async fn run(
             changed = true;
             match &e {
                 MembershipEvent::Up(m) => {
-                    unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
+                    if wants(&wanted, &m.id) {
+                        unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
+                    }
                 }
                 MembershipEvent::Renamed { old, new } => {
                     // A restarted member lost its keys: its old SAs go.
                     if let Some((t, _)) = tunnels.as_mut() {
                         t.member_down(&old.id);
                     }
-                    unkeyed.insert(new.id.clone(), now + first_attempt(&me_id, &new.id));
+                    if wants(&wanted, &new.id) {
+                        unkeyed.insert(new.id.clone(), now + first_attempt(&me_id, &new.id));
+                    }
                 }
                 MembershipEvent::Down(m) => {
                     unkeyed.remove(&m.id);
@@ -523,7 +537,7 @@ pub async fn run(
                                         .membership()
                                         .members()
                                         .any(|(m, s)| m.id == *peer && s == foca::State::Alive);
-                                    if up {
+                                    if up && wants(&wanted, peer) {
                                         unkeyed.entry(peer.clone()).or_insert(now + RETRY_EVERY);
                                     }
                                 }
@@ -548,14 +562,20 @@ pub async fn run(
                                 let _ = dataplane.inbound.send(c);
                             }
                             Action::Release(spi) => n.release_spi(spi),
-                            Action::Rekey(peer) => {
-                                tracing::info!(
-                                    peer,
-                                    "an SA with {peer} is near its lifetime; rekeying"
-                                );
+                            Action::Rekey(peer) if wants(&wanted, &peer) => {
+                                tracing::debug!(peer, "rekeying with {peer}");
                                 if let Err(err) = n.initiate(&peer, now) {
                                     tracing::warn!("cannot rekey with {peer}: {err}");
                                 }
+                            }
+                            Action::Rekey(peer) => {
+                                // Its SAs live out their lifetime unrenewed
+                                // (unless the peer's policy still wants the
+                                // pair and rekeys).
+                                tracing::debug!(
+                                    peer,
+                                    "not rekeying with {peer}: the policy no longer connects it"
+                                );
                             }
                         }
                     }
@@ -633,6 +653,23 @@ pub async fn run(
                             tracing::warn!("cannot rekey with {peer}: {err}");
                         }
                     }
+                }
+                Some(NodeCommand::Peers(ids)) => {
+                    let now = Instant::now();
+                    unkeyed.retain(|id, _| ids.contains(id));
+                    for id in &ids {
+                        let alive = agent
+                            .membership()
+                            .members()
+                            .any(|(m, s)| m.id == *id && s == foca::State::Alive);
+                        let keyed = tunnels.as_ref().is_some_and(|(t, _)| t.keyed(id));
+                        if alive && !keyed {
+                            unkeyed
+                                .entry(id.clone())
+                                .or_insert(now + first_attempt(&me_id, id));
+                        }
+                    }
+                    wanted = Some(ids);
                 }
                 Some(NodeCommand::Release(spi)) => {
                     if let Some(n) = negotiator.as_mut() {
