@@ -58,6 +58,22 @@ fn members_find_each_other_through_seeds_and_key_every_pair() {
         );
     }
     all_pairs_reach(&lab, 5);
+    // Garbage at a signalling port (from a host that is no member: every
+    // byte pattern QUIC could see first, and random lengths) changes nothing.
+    let mut junk = Vec::new();
+    for i in 0..3000u32 {
+        let len = 1 + (i as usize * 7919) % 1400;
+        junk.push((0..len).map(|k| (k as u32 * 31 + i) as u8).collect());
+    }
+    common::inject(
+        &lab.regions[1].host,
+        std::net::SocketAddr::new(
+            lab.regions[0].underlay_ip().into(),
+            meshgate::lab::SIGNAL_PORT,
+        ),
+        junk,
+    );
+    all_pairs_reach(&lab, 5);
     for g in 0..3 {
         assert_eq!(members(&lab, g, "alive"), 2);
         assert_eq!(members(&lab, g, "dead"), 0);
@@ -293,7 +309,8 @@ fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_
         .impair_signalling(Duration::from_millis(100), 0.10)
         .expect("impairing the underlay");
     lab.start_gateways(binary()).unwrap();
-    wait_meshed(&lab, &[0, 1, 2, 3], Duration::from_secs(30));
+    let took = wait_meshed(&lab, &[0, 1, 2, 3], Duration::from_secs(30));
+    eprintln!("at 10% loss and 100 ms one-way delay: 4 gateways up, all members alive and all 6 pairs keyed {took:?} after their health checks answered");
     let secs = impaired_secs();
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -360,9 +377,13 @@ fn sas_of_epoch(lab: &Lab, g: usize, epoch: u32) -> u64 {
 #[test]
 fn keys_rotate_and_revoke_reach_the_whole_mesh() {
     let lab = mesh_lab(3, "full-mesh", "cipher = \"aes128gcm16\"");
-    for g in 0..3 {
-        assert_eq!(sas_of_epoch(&lab, g, 1), 4, "two peers, both directions");
-    }
+    // Two peers, both directions (once any duplicate from a simultaneous
+    // start has retired, and the metric has caught up).
+    eventually(
+        Duration::from_secs(15),
+        "not four SAs of epoch 1 each",
+        || (0..3).all(|g| sas_of_epoch(&lab, g, 1) == 4),
+    );
     // A flow between regions 3 and 2 while region 1's operator rotates:
     // the rotation reaches them by gossip, and loses nothing on the way.
     let (src, dst) = (

@@ -300,7 +300,9 @@ fn start_member(
     let cfg = NodeConfig {
         creds: m.creds,
         listen: m.signal.listen,
-        seeds: m.signal.seeds.clone(),
+        discovery: Arc::new(crate::signal::discovery::StaticSeeds(
+            m.signal.seeds.clone(),
+        )),
         info: m.local.clone(),
         settings: MembershipSettings::default(),
         liveness: Some(LivenessSettings::default()),

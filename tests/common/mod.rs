@@ -64,13 +64,16 @@ pub fn mesh_lab(regions: usize, policy: &str, sa_settings: &str) -> Lab {
     lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate")))
         .expect("starting gateways");
     let all: Vec<usize> = (0..regions).collect();
-    wait_meshed(&lab, &all, Duration::from_secs(20));
+    let took = wait_meshed(&lab, &all, Duration::from_secs(20));
+    eprintln!("{regions} gateways up: all members alive and every pair keyed {took:?} after their health checks answered");
     lab
 }
 
 /// Waits until each of `gateways` sees the others alive and has an SA to
 /// send to each; panics with the gateways' logs if not within `within`.
-pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) {
+/// Returns how long it took.
+pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) -> Duration {
+    let start = std::time::Instant::now();
     let others = gateways.len() as u64 - 1;
     let meshed = |g: usize| {
         let text = lab.metrics(g).unwrap_or_default();
@@ -99,6 +102,7 @@ pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    start.elapsed()
 }
 
 /// Polls `cond` every 50 ms for up to `within`; says `what` if it never

@@ -123,6 +123,8 @@ struct State {
     authority: Option<Arc<dyn RecordAuthority>>,
     /// Refusals of forged records: (who relayed it, why).
     refused: Vec<(String, String)>,
+    /// Grows with every record taken.
+    changes: u64,
 }
 
 /// The records known, shared between SWIM's broadcast handler and the
@@ -142,6 +144,12 @@ impl Infos {
 
     pub fn get(&self, id: &str) -> Option<MemberInfo> {
         self.0.lock().ok()?.known.get(id).cloned()
+    }
+
+    /// A count that grows whenever a record is taken: a reader compares it
+    /// with the last it saw to learn that records changed.
+    pub fn changes(&self) -> u64 {
+        self.0.lock().map_or(0, |s| s.changes)
     }
 
     /// The version of `id`'s record known here.
@@ -212,6 +220,7 @@ impl State {
             .is_none_or(|k| k.version < info.version);
         if newer {
             self.known.insert(info.id.clone(), info);
+            self.changes += 1;
         }
         newer
     }

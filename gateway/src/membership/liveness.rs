@@ -198,10 +198,15 @@ impl Detector {
             .map(|(p, _)| p.clone())
             .collect();
         for subject in silent {
-            // Report, and renew the report before it expires.
-            let due = self.reporting.get(&subject).is_none_or(|at| {
-                now.saturating_duration_since(*at) >= self.settings.report_ttl / 2
-            });
+            // Report, and repeat it every three heartbeat intervals while
+            // the silence lasts: a report lost on a lossy path is made up
+            // for well within the time a verdict should take (and the
+            // repeats keep it from expiring).
+            let every = (self.settings.interval * 3).min(self.settings.report_ttl / 2);
+            let due = self
+                .reporting
+                .get(&subject)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= every);
             if due {
                 self.reporting.insert(subject.clone(), now);
                 out.push(LivenessAction::Report {

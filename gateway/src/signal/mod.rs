@@ -1,6 +1,7 @@
 //! The signalling channel between appliances: QUIC with mutual TLS, over
 //! which they gossip membership and negotiate SA keys.
 
+pub mod discovery;
 pub mod messages;
 pub mod node;
 pub mod records;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::discovery::Discovery;
 use super::messages::{self, Kind};
 use super::records::CertRecords;
 use super::transport::{accept, connect, endpoint, Credentials, PeerCert, TransportError};
@@ -27,8 +28,8 @@ use crate::tunnels::{Action, Tunnels};
 pub struct NodeConfig {
     pub creds: Arc<Credentials>,
     pub listen: SocketAddr,
-    /// Members to join through: id and signalling address.
-    pub seeds: Vec<(String, SocketAddr)>,
+    /// Where members to join through come from.
+    pub discovery: Arc<dyn Discovery>,
     pub info: MemberInfo,
     pub settings: Settings,
     pub liveness: Option<LivenessSettings>,
@@ -287,6 +288,8 @@ enum Input {
     /// A connection of this peer closed (its stable id).
     Closed(String, usize),
     BadMessage(String, messages::MessageError),
+    /// What discovery found.
+    Seeds(&'static str, Result<Vec<super::discovery::Seed>, String>),
     Refused(TransportError),
 }
 
@@ -371,30 +374,20 @@ pub async fn run(
             }
         });
     };
-    for (id, at) in &cfg.seeds {
-        dial(id.clone(), *at, tx.clone());
-    }
-    let now = Instant::now();
-    let _ = agent.advertise(cfg.info.clone(), now);
-    for (id, at) in &cfg.seeds {
-        let _ = agent.join(
-            MemberId {
-                id: id.clone(),
-                addr: *at,
-                generation: 0,
-            },
-            now,
-        );
-    }
+    let discover = |tx: mpsc::UnboundedSender<Input>| {
+        let discovery = cfg.discovery.clone();
+        tokio::spawn(async move {
+            let found = discovery.discover().await;
+            let _ = tx.send(Input::Seeds(discovery.name(), found));
+        });
+    };
+    discover(tx.clone());
+    let _ = agent.advertise(cfg.info.clone(), Instant::now());
 
     let mut conns: HashMap<String, (quinn::Connection, String)> = HashMap::new();
     // Peers being dialed, and what waits to be sent to them (bounded: SWIM
     // tolerates loss, and a peer that never answers must not grow it).
-    let mut dialing: HashMap<String, Vec<Outgoing>> = cfg
-        .seeds
-        .iter()
-        .map(|(id, _)| (id.clone(), Vec::new()))
-        .collect();
+    let mut dialing: HashMap<String, Vec<Outgoing>> = HashMap::new();
     let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut pending = HashMap::new();
     let mut seq = 0u64;
@@ -408,6 +401,7 @@ pub async fn run(
         w.as_ref().is_none_or(|w| w.contains(id))
     };
     let mut next_observe = Instant::now();
+    let mut records_seen = 0;
     // While this member knows no other alive (at start, or cut off by a
     // partition), it announces itself to the seeds again at this pace.
     let mut next_rejoin = Instant::now() + REJOIN_EVERY;
@@ -426,18 +420,9 @@ pub async fn run(
             timers.push(Reverse((now + after, seq)));
             pending.insert(seq, timer);
         }
-        if !cfg.seeds.is_empty() && agent.membership().active() == 0 && now >= next_rejoin {
+        if agent.membership().active() == 0 && now >= next_rejoin {
             next_rejoin = now + REJOIN_EVERY;
-            for (id, at) in &cfg.seeds {
-                let seed = MemberId {
-                    id: id.clone(),
-                    addr: *at,
-                    generation: 0,
-                };
-                if let Err(e) = agent.join(seed, now) {
-                    tracing::debug!("rejoining through {id}: {e}");
-                }
-            }
+            discover(tx.clone());
         }
         for (by, why) in agent.membership().infos().take_refused() {
             let _ = events.send(NodeEvent::Refused(Refusal {
@@ -452,10 +437,8 @@ pub async fn run(
         while let Some(e) = agent.poll_event() {
             changed = true;
             match &e {
-                MembershipEvent::Up(m) => {
-                    if wants(&wanted, &m.id) {
-                        unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
-                    }
+                MembershipEvent::Up(m) if wants(&wanted, &m.id) => {
+                    unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
                 }
                 MembershipEvent::Renamed { old, new } => {
                     // A restarted member lost its keys: its old SAs go.
@@ -475,6 +458,13 @@ pub async fn run(
                 _ => {}
             }
             let _ = events.send(NodeEvent::Membership(e));
+        }
+        // A record taken (a member's placement, prefixes or endpoint) is
+        // news for the tunnels and the policy too.
+        let record_changes = agent.membership().infos().changes();
+        if record_changes != records_seen {
+            records_seen = record_changes;
+            changed = true;
         }
         if changed || now >= next_observe {
             next_observe = now + OBSERVE_EVERY;
@@ -611,7 +601,7 @@ pub async fn run(
             agent.next_tick(),
             negotiator.as_ref().and_then(Negotiator::poll_timeout),
             Some(next_observe),
-            (!cfg.seeds.is_empty() && agent.membership().active() == 0).then_some(next_rejoin),
+            (agent.membership().active() == 0).then_some(next_rejoin),
             negotiator
                 .as_ref()
                 .and_then(|_| unkeyed.values().min().copied()),
@@ -768,6 +758,22 @@ pub async fn run(
                     if conns.get(&peer).is_some_and(|(c, _)| c.stable_id() == id) {
                         conns.remove(&peer);
                     }
+                }
+                Some(Input::Seeds(source, Ok(seeds))) => {
+                    let now = Instant::now();
+                    for (id, at) in seeds.into_iter().filter(|(id, _)| *id != me_id) {
+                        if !conns.contains_key(&id) && !dialing.contains_key(&id) {
+                            dialing.insert(id.clone(), Vec::new());
+                            dial(id.clone(), at, tx.clone());
+                        }
+                        let seed = MemberId { id: id.clone(), addr: at, generation: 0 };
+                        if let Err(e) = agent.join(seed, now) {
+                            tracing::debug!("joining through {id} (from {source}): {e}");
+                        }
+                    }
+                }
+                Some(Input::Seeds(source, Err(e))) => {
+                    tracing::warn!("discovery ({source}) failed: {e}; asking again in {REJOIN_EVERY:?}");
                 }
                 Some(Input::BadMessage(from, e)) => {
                     refuse(&from, "message", e.kind(), e.to_string());

@@ -264,7 +264,9 @@ async fn mesh_of(n: usize) {
         let cfg = NodeConfig {
             creds: Arc::new(mesh.member(&id)),
             listen: local(),
-            seeds: seed.iter().cloned().collect(),
+            discovery: Arc::new(super::discovery::StaticSeeds(
+                seed.iter().cloned().collect(),
+            )),
             info,
             settings: Settings::default(),
             liveness: Some(LivenessSettings::default()),
