@@ -92,6 +92,28 @@ fn members_find_each_other_through_seeds_and_key_every_pair() {
         let log = std::fs::read_to_string(lab.log_path(g)).unwrap();
         assert!(log.contains("SAs with region-"), "{log}");
     }
+    // What an operator sees: each member, alive, with its measured round
+    // trip and its record (prefixes, the policy it runs, its epoch).
+    let (out, ok) = cli(&lab, 0, &["members"]);
+    assert!(ok, "{out}");
+    let hash = meshgate::policy::host::hash_of(meshgate::policy::builtin("full-mesh").unwrap());
+    for r in 2..=3 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("region-{r} ")))
+            .unwrap_or_else(|| panic!("no line for region-{r}:\n{out}"));
+        assert!(line.contains("alive") && line.contains(" ms "), "{line}");
+        assert!(
+            line.contains(&format!("10.{r}.0.0/16,fd00:{r}::/48")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&hash[..8]),
+            "policy version {}: {line}",
+            &hash[..8]
+        );
+    }
+    eprintln!("{out}");
     common::promtool_ok(&lab.metrics(0).unwrap());
 }
 

@@ -1,7 +1,7 @@
 //! The admin listener, on loopback: Prometheus metrics, a health check,
 //! the policy (`GET /policy`, `POST /policy/reload`) and, on a mesh
-//! member, the key epochs (`POST /keys/rotate`, `POST /keys/revoke` with
-//! the epoch as the body).
+//! member, the members it sees (`GET /members`) and the key epochs
+//! (`POST /keys/rotate`, `POST /keys/revoke` with the epoch as the body).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +24,9 @@ use crate::signal::node::{EpochReport, NodeCommand};
 struct AppState {
     metrics: Arc<Metrics>,
     policy: Arc<Mutex<PolicyRuntime>>,
-    /// The signalling member, on a mesh member.
+    /// The signalling member and the member list, on a mesh member.
     node: Option<UnboundedSender<NodeCommand>>,
+    members: Option<crate::mesh::MemberList>,
 }
 
 /// Serves the admin API on `addr` until the task is dropped.
@@ -33,8 +34,12 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     policy: Arc<Mutex<PolicyRuntime>>,
-    node: Option<UnboundedSender<NodeCommand>>,
+    mesh: Option<(UnboundedSender<NodeCommand>, crate::mesh::MemberList)>,
 ) -> std::io::Result<()> {
+    let (node, members) = match mesh {
+        Some((n, m)) => (Some(n), Some(m)),
+        None => (None, None),
+    };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -42,10 +47,12 @@ pub async fn serve(
         .route("/policy/reload", post(reload_handler))
         .route("/keys/rotate", post(rotate_handler))
         .route("/keys/revoke", post(revoke_handler))
+        .route("/members", get(members_handler))
         .with_state(AppState {
             metrics,
             policy,
             node,
+            members,
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
@@ -137,6 +144,21 @@ async fn epoch_command(
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the signalling member stopped\n".into(),
+        ),
+    }
+}
+
+/// The members this one sees: state, since when, path health, record.
+async fn members_handler(State(s): State<AppState>) -> impl IntoResponse {
+    match s
+        .members
+        .as_ref()
+        .and_then(|m| m.lock().ok().map(|l| l.clone()))
+    {
+        Some(list) => (StatusCode::OK, list),
+        None => (
+            StatusCode::CONFLICT,
+            "this gateway is not a mesh member ([signal] is not configured)\n".into(),
         ),
     }
 }

@@ -210,18 +210,20 @@ pub fn run(config_path: &Path) -> Result<()> {
         .context("starting the control runtime")?;
     let result = rt.block_on(async {
         let (node_commands, node_command_rx) = tokio::sync::mpsc::unbounded_channel();
+        let member_list = mesh::MemberList::default();
         let member = mesh_start.map(|m| {
             start_member(
                 m,
                 sa_defaults,
                 notice_rx,
                 &dataplane,
-                (events.clone(), node_command_rx),
+                (events.clone(), node_command_rx, member_list.clone()),
                 metrics.clone(),
             )
         });
         let node_commands = member.as_ref().map(|_| node_commands);
         if let Some(node) = node_commands.clone() {
+            tokio::spawn(advertise_updates(node.clone(), runtime.clone()));
             tokio::spawn(async move {
                 loop {
                     let ids = peer_ids.borrow_and_update().clone();
@@ -245,7 +247,12 @@ pub fn run(config_path: &Path) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let listener = crate::admin::serve(admin, metrics.clone(), runtime.clone(), node_commands);
+        let listener = crate::admin::serve(
+            admin,
+            metrics.clone(),
+            runtime.clone(),
+            node_commands.clone().map(|n| (n, member_list.clone())),
+        );
         let watcher = watch_files(
             config_path.to_path_buf(),
             watched,
@@ -281,6 +288,55 @@ pub fn run(config_path: &Path) -> Result<()> {
     result
 }
 
+/// How often this member measures its load for its record.
+const LOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A change in load smaller than this (permille) is not worth a new record.
+const LOAD_STEP: u32 = 50;
+
+/// Keeps this member's record current: its policy version (checked each
+/// second, so a reload shows within one), and its load (the process's CPU
+/// time over the last [`LOAD_EVERY`], in permille of the machine's cores)
+/// when it moves by [`LOAD_STEP`].
+async fn advertise_updates(
+    node: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
+    runtime: Arc<std::sync::Mutex<PolicyRuntime>>,
+) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let (mut last_cpu, mut last_at) = (mesh::cpu_time(), std::time::Instant::now());
+    let (mut advertised_load, mut advertised_hash) = (0u32, String::new());
+    loop {
+        tick.tick().await;
+        let (mut load_permille, mut policy_version) = (None, None);
+        if let Some(hash) = runtime.lock().ok().map(|r| r.hash().to_string()) {
+            if hash != advertised_hash {
+                policy_version = Some(mesh::policy_version(&hash));
+                advertised_hash = hash;
+            }
+        }
+        let (cpu, at) = (mesh::cpu_time(), std::time::Instant::now());
+        let wall = at.duration_since(last_at);
+        if wall >= LOAD_EVERY {
+            let used = cpu.saturating_sub(last_cpu).as_secs_f64();
+            let load = ((used / wall.as_secs_f64() / cores) * 1000.0).clamp(0.0, 1000.0) as u32;
+            if load.abs_diff(advertised_load) >= LOAD_STEP {
+                load_permille = Some(load);
+                advertised_load = load;
+            }
+            (last_cpu, last_at) = (cpu, at);
+        }
+        if load_permille.is_some() || policy_version.is_some() {
+            let update = node::NodeCommand::Update {
+                load_permille,
+                policy_version,
+            };
+            if node.send(update).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Starts the signalling member and the task that joins it to the data
 /// plane and the policy; returns the member's task.
 fn start_member(
@@ -288,9 +344,10 @@ fn start_member(
     sa: SaDefaults,
     notices: tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::SaNotice>,
     dataplane: &Dataplane,
-    (policy, node_rx): (
+    (policy, node_rx, list): (
         policy::driver::EventSender,
         tokio::sync::mpsc::UnboundedReceiver<node::NodeCommand>,
+        mesh::MemberList,
     ),
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>> {
@@ -313,7 +370,7 @@ fn start_member(
             notices,
         }),
     };
-    tokio::spawn(mesh::run(m.local, node_event_rx, policy, metrics));
+    tokio::spawn(mesh::run(m.local, node_event_rx, policy, metrics, list));
     tokio::spawn(async move {
         if let Ok(addr) = bound_rx.await {
             tracing::info!(%addr, "signalling channel listening");

@@ -59,6 +59,12 @@ enum Cmd {
     },
     /// Build a multi-region lab in network namespaces, prove every host
     /// reaches every other through the gateways, and remove it (needs root).
+    /// The members this gateway sees: state, since when, round-trip time
+    /// and loss of the path, and what each advertises.
+    Members {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
     Lab {
         /// Number of regions (appliance + VPC host each).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]
@@ -269,6 +275,16 @@ fn main() -> ExitCode {
         Cmd::Keys {
             command: KeysCmd::Rotate { admin },
         } => admin_post(admin, "/keys/rotate", ""),
+        Cmd::Members { admin } => {
+            meshgate::admin::request(admin, "GET", "/members").and_then(|(status, body)| {
+                print!("{body}");
+                if status == 200 {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("HTTP {status}"))
+                }
+            })
+        }
         Cmd::Keys {
             command: KeysCmd::Revoke { epoch, admin },
         } => admin_post(admin, "/keys/revoke", &epoch.to_string()),

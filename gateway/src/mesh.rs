@@ -50,11 +50,34 @@ pub fn local_info(config: &Config) -> MemberInfo {
             .map(|p| (p.addr(), p.prefix_len()))
             .collect(),
         endpoints: vec![("internet".into(), config.advertise)],
-        policy_version: 1,
+        policy_version: 0,
         load_permille: 0,
         epoch: config.signal.as_ref().map_or(1, |s| s.keys.epoch),
         revoked: vec![],
     }
+}
+
+/// The policy version a member advertises: the first 32 bits of its
+/// module's content hash (so members running the same module agree, and a
+/// rollout shows who has the new one).
+pub fn policy_version(hash: &str) -> u32 {
+    u32::from_str_radix(hash.get(..8).unwrap_or(hash), 16).unwrap_or(0)
+}
+
+/// Process CPU time (user and system) so far, for the load a member
+/// advertises.
+pub fn cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage fills the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn now_ms() -> u64 {
@@ -78,6 +101,61 @@ struct Seen {
     states: HashMap<String, (foca::State, u64)>,
     /// Members with an SA to send to (to tell first keys from rekeys).
     keyed: HashSet<String>,
+    /// The members as the admin API shows them.
+    list: MemberList,
+}
+
+/// The members as `GET /members` shows them, rendered at each look.
+pub type MemberList = Arc<std::sync::Mutex<String>>;
+
+/// One line per member: what the operator asks first (is it up, since
+/// when, how is the path, what does it advertise).
+fn render(observed: &[Observed], now: Instant) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<20} {:<8} {:>8} {:>9} {:>6} {:<16} {:<5} {:>8} {:>5} {:>5}  {:<22} prefixes\n",
+        "member",
+        "state",
+        "for",
+        "rtt",
+        "loss",
+        "region",
+        "role",
+        "policy",
+        "load",
+        "epoch",
+        "endpoint"
+    );
+    let mut rows: Vec<&Observed> = observed.iter().collect();
+    rows.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+    for o in rows {
+        let i = &o.info;
+        let prefixes: Vec<String> = i.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        let endpoint = i
+            .endpoints
+            .first()
+            .map_or("-".to_string(), |(_, a)| a.to_string());
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>7.0}s {:>9} {:>5.1}% {:<16} {:<5} {:>08x} {:>4}‰ {:>5}  {:<22} {}",
+            i.id,
+            state_name(o.state),
+            now.saturating_duration_since(o.since).as_secs_f64(),
+            o.rtt.map_or("-".to_string(), |r| format!(
+                "{:.1} ms",
+                r.as_secs_f64() * 1e3
+            )),
+            o.loss * 100.0,
+            i.region,
+            i.role,
+            i.policy_version,
+            i.load_permille,
+            i.epoch,
+            endpoint,
+            prefixes.join(",")
+        );
+    }
+    out
 }
 
 /// Runs until the member's event channel closes: logs and counts what the
@@ -87,8 +165,12 @@ pub async fn run(
     mut events: UnboundedReceiver<NodeEvent>,
     policy: EventSender,
     metrics: Arc<Metrics>,
+    list: MemberList,
 ) {
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        list,
+        ..Seen::default()
+    };
     while let Some(e) = events.recv().await {
         on_node_event(e, &mut seen, &local, &policy, &metrics);
     }
@@ -210,8 +292,11 @@ fn on_observed(
     } else {
         Trigger::Health
     };
-    let local = local.clone();
     let now = Instant::now();
+    if let Ok(mut l) = seen.list.lock() {
+        *l = render(&observed, now);
+    }
+    let local = local.clone();
     let _ = policy.send(PolicyEvent::new(trigger, move |view| {
         let fresh =
             crate::policy::view::from_observed(&local, &observed, &view.params, now, now_ms());

@@ -208,8 +208,12 @@ pub enum NodeCommand {
     /// The members the policy connects this one to: SAs are negotiated
     /// with these (and with whoever starts an exchange with us).
     Peers(std::collections::HashSet<String>),
-    /// This member's record changed.
-    Advertise(Box<MemberInfo>),
+    /// This member's load (permille) or policy version changed: its record
+    /// is advertised anew.
+    Update {
+        load_permille: Option<u32>,
+        policy_version: Option<u32>,
+    },
     /// `keys rotate`: the mesh moves to the next epoch.
     Rotate(tokio::sync::oneshot::Sender<Result<EpochReport, String>>),
     /// `keys revoke`: every SA of this epoch goes, mesh-wide.
@@ -666,12 +670,15 @@ pub async fn run(
                         n.release_spi(spi);
                     }
                 }
-                Some(NodeCommand::Advertise(new)) => {
-                    info = *new;
-                    info.epoch = epochs.current();
-                    info.revoked = epochs.revoked();
-                    if let Err(e) = agent.advertise(info.clone(), Instant::now()) {
-                        tracing::warn!("{e}");
+                Some(NodeCommand::Update { load_permille, policy_version }) => {
+                    let before = (info.load_permille, info.policy_version);
+                    info.load_permille = load_permille.unwrap_or(info.load_permille);
+                    info.policy_version = policy_version.unwrap_or(info.policy_version);
+                    if (info.load_permille, info.policy_version) != before {
+                        info.version += 1;
+                        if let Err(e) = agent.advertise(info.clone(), Instant::now()) {
+                            tracing::warn!("{e}");
+                        }
                     }
                 }
                 Some(NodeCommand::Rotate(reply)) => {
