@@ -52,6 +52,8 @@ pub fn local_info(config: &Config) -> MemberInfo {
         endpoints: vec![("internet".into(), config.advertise)],
         policy_version: 0,
         load_permille: 0,
+        rtt_us: 0,
+        loss_ppm: 0,
         epoch: config.signal.as_ref().map_or(1, |s| s.keys.epoch),
         revoked: vec![],
     }
@@ -137,7 +139,7 @@ fn render(observed: &[Observed], now: Instant) -> String {
             .map_or("-".to_string(), |(_, a)| a.to_string());
         let _ = writeln!(
             out,
-            "{:<20} {:<8} {:>7.0}s {:>9} {:>5.1}% {:<16} {:<5} {:>08x} {:>4}‰ {:>5}  {:<22} {}",
+            "{:<20} {:<8} {:>7.0}s {:>9} {:>5.1}% {:>9} {:<16} {:<5} {:>08x} {:>4}‰ {:>5}  {:<22} {}",
             i.id,
             state_name(o.state),
             now.saturating_duration_since(o.since).as_secs_f64(),
@@ -146,6 +148,7 @@ fn render(observed: &[Observed], now: Instant) -> String {
                 r.as_secs_f64() * 1e3
             )),
             o.loss * 100.0,
+            format!("{:.1} ms", f64::from(i.rtt_us) / 1e3),
             i.region,
             i.role,
             i.policy_version,

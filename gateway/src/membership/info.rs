@@ -35,6 +35,11 @@ pub struct MemberInfo {
     pub endpoints: Vec<(String, SocketAddr)>,
     pub policy_version: u32,
     pub load_permille: u32,
+    /// The health the protocol measures from this member: the median
+    /// smoothed round-trip time and the mean inbound loss of its paths to
+    /// the others (each member also measures its own path to this one).
+    pub rtt_us: u32,
+    pub loss_ppm: u32,
     /// The key epoch this member negotiates under, and the epochs it knows
     /// revoked: how `keys rotate` and `keys revoke` reach the whole mesh.
     pub epoch: u32,
@@ -316,6 +321,8 @@ mod tests {
             endpoints: vec![("internet".into(), "192.0.2.1:4433".parse().unwrap())],
             policy_version: 1,
             load_permille: 10,
+            rtt_us: 0,
+            loss_ppm: 0,
             epoch: 1,
             revoked: vec![],
         }

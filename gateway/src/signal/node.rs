@@ -240,6 +240,38 @@ pub const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 /// completed by then (so the two rarely collide, and neither depends on
 /// the other alone). See [`first_attempt`].
 const HIGHER_ID_WAITS: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a member looks whether the health of its paths moved enough
+/// to advertise it anew.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The median smoothed round-trip time (µs) and the mean inbound loss
+/// (ppm) of the paths to the alive members.
+pub(super) fn path_health(observed: &[crate::membership::Observed]) -> (u32, u32) {
+    let alive: Vec<_> = observed
+        .iter()
+        .filter(|o| o.state == foca::State::Alive)
+        .collect();
+    let mut rtts: Vec<u32> = alive
+        .iter()
+        .filter_map(|o| o.rtt)
+        .map(|r| u32::try_from(r.as_micros()).unwrap_or(u32::MAX))
+        .collect();
+    rtts.sort_unstable();
+    let rtt = rtts.get(rtts.len() / 2).copied().unwrap_or(0);
+    let loss = if alive.is_empty() {
+        0.0
+    } else {
+        alive.iter().map(|o| o.loss.clamp(0.0, 1.0)).sum::<f64>() / alive.len() as f64
+    };
+    (rtt, (loss * 1e6) as u32)
+}
+
+/// Whether health moved enough to be worth a new record: the round trip
+/// by a fifth, or the loss by a percentage point.
+pub(super) fn health_moved((rtt0, loss0): (u32, u32), (rtt1, loss1): (u32, u32)) -> bool {
+    rtt0.abs_diff(rtt1) > rtt0.max(rtt1) / 5 || loss0.abs_diff(loss1) >= 10_000
+}
+
 /// Between announcements to the seeds while no other member is known alive.
 const REJOIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Between attempts with a member that is up but not keyed.
@@ -406,6 +438,7 @@ pub async fn run(
     };
     let mut next_observe = Instant::now();
     let mut records_seen = 0;
+    let mut next_health_ad = Instant::now() + HEALTH_EVERY;
     // While this member knows no other alive (at start, or cut off by a
     // partition), it announces itself to the seeds again at this pace.
     let mut next_rejoin = Instant::now() + REJOIN_EVERY;
@@ -478,6 +511,17 @@ pub async fn run(
                     t.member(&o.info);
                 }
                 let _ = events.send(NodeEvent::SaEpochs(t.epochs()));
+            }
+            if now >= next_health_ad {
+                next_health_ad = now + HEALTH_EVERY;
+                let (rtt_us, loss_ppm) = path_health(&observed);
+                if health_moved((info.rtt_us, info.loss_ppm), (rtt_us, loss_ppm)) {
+                    (info.rtt_us, info.loss_ppm) = (rtt_us, loss_ppm);
+                    info.version += 1;
+                    if let Err(e) = agent.advertise(info.clone(), now) {
+                        tracing::warn!("advertising health: {e}");
+                    }
+                }
             }
             let mut change = keys::rotation::EpochChange::default();
             for o in observed.iter().filter(|o| o.state != foca::State::Down) {

@@ -258,6 +258,8 @@ async fn mesh_of(n: usize) {
             endpoints: vec![],
             policy_version: 1,
             load_permille: 0,
+            rtt_us: 0,
+            loss_ppm: 0,
             epoch: 1,
             revoked: vec![],
         };
@@ -384,6 +386,8 @@ fn member_records_carry_their_members_signature_and_nobody_elses() {
         endpoints: vec![],
         policy_version: 1,
         load_permille: 0,
+        rtt_us: 0,
+        loss_ppm: 0,
         epoch: 1,
         revoked: vec![],
     };
@@ -408,4 +412,37 @@ fn member_records_carry_their_members_signature_and_nobody_elses() {
         "the forgery changed nothing"
     );
     assert!(at_c.get("m2").is_none());
+}
+
+#[test]
+fn a_member_advertises_the_median_round_trip_and_mean_loss_of_its_paths() {
+    use super::node::{health_moved, path_health};
+    use crate::membership::sim::info;
+    use crate::membership::Observed;
+    use std::time::Duration;
+    let seen = |i, state, rtt_ms: Option<u64>, loss| Observed {
+        info: info(i, 1, 1),
+        state,
+        rtt: rtt_ms.map(Duration::from_millis),
+        loss,
+        since: Instant::now(),
+    };
+    let observed = [
+        seen(1, foca::State::Alive, Some(80), 0.0),
+        seen(2, foca::State::Alive, Some(120), 0.02),
+        seen(3, foca::State::Alive, Some(200), 0.04),
+        seen(4, foca::State::Down, Some(5), 1.0),
+    ];
+    assert_eq!(
+        path_health(&observed),
+        (120_000, 20_000),
+        "the dead member is left out"
+    );
+    assert_eq!(path_health(&[]), (0, 0));
+    assert!(
+        !health_moved((120_000, 20_000), (130_000, 25_000)),
+        "small moves are not news"
+    );
+    assert!(health_moved((120_000, 20_000), (160_000, 20_000)));
+    assert!(health_moved((120_000, 20_000), (120_000, 30_000)));
 }

@@ -32,6 +32,8 @@ fn info(id: &str, n: u8) -> MemberInfo {
         )],
         policy_version: 1,
         load_permille: 0,
+        rtt_us: 0,
+        loss_ppm: 0,
         epoch: 1,
         revoked: vec![],
     }
