@@ -66,5 +66,56 @@ fn evaluate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, evaluate);
+/// The policy's view rebuilt from membership (done on every membership or
+/// health change), at 10 and 1,000 members.
+fn view_from_membership(c: &mut Criterion) {
+    use meshgate::membership::info::MemberInfo;
+    use meshgate::membership::Observed;
+    let record = |i: usize| MemberInfo {
+        id: format!("gw-{i}"),
+        version: 1,
+        region: format!("region-{}", i % 20),
+        zone: format!("region-{}a", i % 20),
+        account: "123456789012".into(),
+        role: "edge".into(),
+        group: None,
+        prefixes: vec![(
+            std::net::IpAddr::from([10, (i / 256) as u8, (i % 256) as u8, 0]),
+            24,
+        )],
+        endpoints: vec![(
+            "internet".into(),
+            std::net::SocketAddr::from(([192, 0, 2, (i % 250 + 1) as u8], 4500)),
+        )],
+        policy_version: 1,
+        load_permille: 0,
+        rtt_us: 0,
+        loss_ppm: 0,
+        epoch: 1,
+        revoked: vec![],
+    };
+    let now = std::time::Instant::now();
+    let mut group = c.benchmark_group("view_from_membership");
+    group.measurement_time(Duration::from_secs(3));
+    for n in [10, 1000] {
+        let observed: Vec<Observed> = (1..n)
+            .map(|i| Observed {
+                info: record(i),
+                state: foca::State::Alive,
+                rtt: Some(Duration::from_millis(80)),
+                loss: 0.01,
+                since: now,
+            })
+            .collect();
+        let local = record(0);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &observed, |b, o| {
+            b.iter(|| {
+                meshgate::policy::view::from_observed(&local, black_box(o), &[], now, 1_000_000)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, evaluate, view_from_membership);
 criterion_main!(benches);

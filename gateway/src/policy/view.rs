@@ -93,6 +93,28 @@ pub fn from_config(config: &Config, now_ms: u64) -> View {
     view
 }
 
+/// Interns names in constant time each: the SDK's `Names::intern` searches
+/// the table, fine for a config's few names, not for the thousands of a
+/// large mesh's view, rebuilt on every membership or health change.
+#[derive(Default)]
+struct Interner {
+    names: Names,
+    index: std::collections::HashMap<String, meshgate_sdk::NameIndex>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> meshgate_sdk::NameIndex {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        self.names.text.push_str(name);
+        self.names.ends.push(self.names.text.len() as u32);
+        let i = (self.names.ends.len() - 1) as meshgate_sdk::NameIndex;
+        self.index.insert(name.to_string(), i);
+        i
+    }
+}
+
 /// The view membership gives: this member first, then every other member
 /// it knows a record of, with its state, measured health and since when
 /// its state has held. `now` and `now_ms` are the same moment on the
@@ -110,7 +132,7 @@ pub fn from_observed(
         params: params.to_vec(),
         ..View::default()
     };
-    let mut names = Names::default();
+    let mut names = Interner::default();
     let mut add = |view: &mut View, info: &MemberInfo, state: State, health: Health| {
         let first = view.prefixes.len() as u32;
         view.prefixes.extend(
@@ -179,7 +201,7 @@ pub fn from_observed(
         };
         add(&mut view, &o.info, state, health);
     }
-    view.names = names;
+    view.names = names.names;
     view
 }
 
