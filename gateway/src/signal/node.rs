@@ -725,19 +725,12 @@ pub async fn run(
                         }
                     }
                 }
-                Some(NodeCommand::Rotate(reply)) => {
-                    let result = epochs.rotate();
-                    let _ = reply.send(epoch_command(result, EpochCtx {
-                        epochs: &epochs,
-                        negotiator: negotiator.as_mut(),
-                        tunnels: tunnels.as_mut().map(|(t, _)| t),
-                        agent: &mut agent,
-                        info: &mut info,
-                        events: &events,
-                    }));
-                }
-                Some(NodeCommand::Revoke(epoch, reply)) => {
-                    let result = epochs.revoke(epoch);
+                Some(c @ (NodeCommand::Rotate(_) | NodeCommand::Revoke(..))) => {
+                    let (result, reply) = match c {
+                        NodeCommand::Revoke(epoch, reply) => (epochs.revoke(epoch), reply),
+                        NodeCommand::Rotate(reply) => (epochs.rotate(), reply),
+                        _ => continue, // (the pattern above admits no other)
+                    };
                     let _ = reply.send(epoch_command(result, EpochCtx {
                         epochs: &epochs,
                         negotiator: negotiator.as_mut(),
