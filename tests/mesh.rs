@@ -274,12 +274,12 @@ fn an_appliance_with_a_foreign_certificate_is_refused() {
 
 #[test]
 fn a_hundred_rekeys_under_a_continuous_flow_lose_no_packet() {
-    // Every 50 packets an SA is due for rekeying: a rekey every 100 ms
+    // Every 40 packets an SA is due for rekeying: a rekey every 80 ms
     // under a flow of 500 packets a second each way.
     let lab = mesh_lab(
         2,
         "full-mesh",
-        "cipher = \"aes128gcm16\"\n\n[sa.lifetime.soft]\npackets = 50\n\n[sa.lifetime.hard]\npackets = 100000",
+        "cipher = \"aes128gcm16\"\n\n[sa.lifetime.soft]\npackets = 40\n\n[sa.lifetime.hard]\npackets = 100000",
     );
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let rekeys = |g| {

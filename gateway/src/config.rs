@@ -568,7 +568,7 @@ impl Validator<'_> {
             None => listen,
         };
         let signal = self.signal(&raw, &id, listen, advertise)?;
-        Ok(Config {
+        let config = Config {
             id,
             listen,
             admin,
@@ -581,7 +581,18 @@ impl Validator<'_> {
             advertise,
             peers,
             signal,
-        })
+        };
+        if config.signal.is_some() {
+            // Signed (an ECDSA signature is at most 72 bytes), the member
+            // record must fit in one membership datagram.
+            let local = crate::mesh::local_info(&config);
+            let len = crate::membership::info::Infos::default().seal(&local).len() + 72;
+            if len > crate::membership::info::MAX_RECORD_LEN {
+                let span = g.prefixes.first().map_or(0..0, |p| p.span());
+                return self.err(span, "gateway.prefixes", format!("{} prefixes make a member record of {len} bytes, over the {} one membership datagram carries; advertise fewer, aggregated prefixes", config.prefixes.len(), crate::membership::info::MAX_RECORD_LEN));
+            }
+        }
+        Ok(config)
     }
 
     /// `[signal]` and `[keys]`: both or neither.
@@ -1173,6 +1184,61 @@ inbound = { spi = 0x2001, key_env = "KEY_B" }
             e.contains("gw.toml:11:")
                 && e.contains("sa.lifetime.soft.seconds")
                 && e.contains("below the hard limit"),
+            "{e}"
+        );
+    }
+
+    const MESH: &str = r#"
+[gateway]
+id = "gw-a"
+listen = "198.18.0.1:4500"
+prefixes = ["10.1.0.0/16"]
+
+[tun]
+name = "mg0"
+
+[signal]
+listen = "198.18.0.1"
+ca = "ca.pem"
+cert = "gw-a.pem"
+key = "gw-a.key"
+seeds = ["gw-a@198.18.0.1:4433", "gw-b@198.18.0.2"]
+
+[keys]
+master_key = "/etc/meshgate/master.key"
+"#;
+
+    #[test]
+    fn a_mesh_member_config_and_its_mistakes() {
+        let c = parse(MESH).unwrap();
+        let sig = c.signal.as_ref().unwrap();
+        assert_eq!(sig.listen, "198.18.0.1:4433".parse().unwrap());
+        assert_eq!(
+            sig.seeds,
+            [("gw-b".to_string(), "198.18.0.2:4433".parse().unwrap())],
+            "its own entry in a shared seed list is skipped"
+        );
+        assert_eq!(sig.ca, Path::new("ca.pem"));
+        assert_eq!(sig.keys.epoch, 1);
+        assert_eq!(c.advertise, c.listen);
+
+        let cases = [
+            (MESH.replace("\n[keys]\nmaster_key = \"/etc/meshgate/master.key\"\n", ""), "needs a [keys] section"),
+            (format!("{MESH}\n[[peers]]\nid = \"gw-c\"\nendpoint = \"198.18.0.3\"\nprefixes = [\"10.3.0.0/16\"]\noutbound = {{ spi = 0x1001, key_env = \"KEY_A\" }}\ninbound = {{ spi = 0x2001, key_env = \"KEY_B\" }}\n"), "cannot be combined"),
+            (MESH.replace("\"gw-b@198.18.0.2\"", "\"198.18.0.2:4433\""), "is not member-id@address:port"),
+            (MESH.replace("listen = \"198.18.0.1:4500\"", "listen = \"0.0.0.0:4500\""), "gateway.advertise"),
+            (MESH.replace("master_key =", "epoch = 0\nmaster_key ="), "epochs start at 1"),
+            (MESH.replace("[\"10.1.0.0/16\"]", "[\"198.18.0.0/24\"]"), "contains gateway.listen"),
+        ];
+        for (text, expected) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
+        let many: Vec<String> = (0..60).map(|i| format!("\"fd00:{i:x}::/48\"")).collect();
+        let e = parse(&MESH.replace("[\"10.1.0.0/16\"]", &format!("[{}]", many.join(", "))))
+            .unwrap_err();
+        assert!(
+            e.contains("gateway.prefixes") && e.contains("aggregated"),
             "{e}"
         );
     }

@@ -88,6 +88,27 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A digest of what in a record is membership (placement, prefixes,
+/// endpoints, epochs), leaving out what moves with health and load.
+fn stable_part(info: &MemberInfo) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &info.region,
+        &info.zone,
+        &info.account,
+        &info.role,
+        &info.group,
+        &info.prefixes,
+        &info.endpoints,
+        info.policy_version,
+        info.epoch,
+        &info.revoked,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
 fn state_name(s: foca::State) -> &'static str {
     match s {
         foca::State::Alive => "alive",
@@ -99,7 +120,7 @@ fn state_name(s: foca::State) -> &'static str {
 /// What the mesh task remembers between events.
 #[derive(Default)]
 struct Seen {
-    /// Each member's last state and record version.
+    /// Each member's last state and the stable part of its record.
     states: HashMap<String, (foca::State, u64)>,
     /// Members with an SA to send to (to tell first keys from rekeys).
     keyed: HashSet<String>,
@@ -240,7 +261,13 @@ fn on_node_event(
         NodeEvent::Keys(_) => {}
         NodeEvent::Refused(r) => {
             m.refused.with_label_values(&[r.what, r.kind]).inc();
-            tracing::warn!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
+            // Two members starting at once, or a message of an exchange
+            // that already ended, is ordinary; the rest is worth a look.
+            if matches!(r.kind, "collision" | "unexpected") {
+                tracing::debug!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
+            } else {
+                tracing::warn!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
+            }
         }
         NodeEvent::Observed(observed) => on_observed(observed, seen, local, policy, metrics),
         NodeEvent::Epochs { current, revoked } => {
@@ -274,15 +301,15 @@ fn on_observed(
         *counts.entry(state_name(o.state)).or_default() += 1;
         let before = seen
             .states
-            .insert(o.info.id.clone(), (o.state, o.info.version));
+            .insert(o.info.id.clone(), (o.state, stable_part(&o.info)));
         match (before.map(|b| b.0), o.state) {
             (Some(foca::State::Suspect), foca::State::Alive) => m.refutations.inc(),
             (Some(b), foca::State::Suspect) if b != foca::State::Suspect => m.suspicions.inc(),
             _ => {}
         }
-        // A new state or a new record (prefixes, placement) is a
-        // membership change; only the measured health moving is not.
-        membership_changed |= before != Some((o.state, o.info.version));
+        // A new state or a changed placement, prefixes or endpoints is a
+        // membership change; health and load moving are not.
+        membership_changed |= before != Some((o.state, stable_part(&o.info)));
         if let Some(rtt) = o.rtt {
             m.rtt.observe(rtt.as_secs_f64());
         }

@@ -161,13 +161,19 @@ impl Tunnels {
     }
 
     fn params(&self, spi: u32, key: KeyMaterial) -> SaParams {
+        let mut lifetime = self.sa.negotiated_lifetime();
+        // Up to 10% early, at random: the two ends of a pair (and the
+        // pairs of a mesh started together) do not all rekey at once.
+        if let Some(soft) = lifetime.soft.time {
+            lifetime.soft.time = Some(soft.mul_f64(1.0 - rand::random::<f64>() * 0.1));
+        }
         SaParams {
             spi,
             suite: self.sa.suite,
             key,
             esn: self.sa.esn,
             backend: self.sa.backend,
-            lifetime: self.sa.negotiated_lifetime(),
+            lifetime,
             replay_window: self.sa.replay_window,
         }
     }
@@ -175,7 +181,10 @@ impl Tunnels {
     fn peer(&mut self, id: &str) -> &mut Peer {
         let slots = &self.slots;
         self.peers.entry(id.to_string()).or_insert_with(|| Peer {
-            slot: slots.lock().map_or(usize::MAX, |mut s| s.slot(id)),
+            slot: slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .slot(id),
             announced: false,
             endpoint: None,
             prefixes: Vec::new(),

@@ -17,6 +17,9 @@ use crate::esp::{LifetimeEvent, SaParams};
 use crate::metrics::Direction;
 use crate::prefix::Prefix;
 
+/// Slots beyond this are refused (a bound on the tables a command can grow).
+pub const MAX_SLOTS: usize = 1 << 16;
+
 /// A change to the outbound thread's peers.
 pub enum OutboundCommand {
     /// The peer in `slot` is `id`, at `endpoint`.

@@ -118,6 +118,10 @@ impl Inbound {
     pub fn apply(&mut self, command: InboundCommand, now: Instant) {
         match command {
             InboundCommand::Peer { slot, id, prefixes } => {
+                if slot >= super::control::MAX_SLOTS {
+                    tracing::error!(peer = %id, "peer slot {slot} is out of range; not installed");
+                    return;
+                }
                 if self.peers.len() <= slot {
                     self.peers.resize_with(slot + 1, || None);
                 }

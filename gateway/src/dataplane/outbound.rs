@@ -112,6 +112,10 @@ impl Outbound {
     pub fn apply(&mut self, command: OutboundCommand, now: Instant) {
         match command {
             OutboundCommand::Peer { slot, id, endpoint } => {
+                if slot >= super::control::MAX_SLOTS {
+                    tracing::error!(peer = %id, "peer slot {slot} is out of range; not installed");
+                    return;
+                }
                 if self.peers.len() <= slot {
                     self.peers.resize_with(slot + 1, || None);
                 }

@@ -308,9 +308,53 @@ impl Negotiator {
         self.epoch = epoch;
     }
 
-    /// No SA is negotiated under `epoch` again.
+    /// No SA is negotiated under `epoch` again; exchanges of it under way
+    /// end now, without SAs.
     pub fn revoke(&mut self, epoch: Epoch) {
         self.revoked.insert(epoch);
+        let peers: Vec<String> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.epoch == epoch)
+            .map(|(p, _)| p.clone())
+            .chain(
+                self.confirming
+                    .iter()
+                    .filter(|(_, c)| c.epoch == epoch)
+                    .map(|(p, _)| p.clone()),
+            )
+            .collect();
+        for peer in peers {
+            self.abort(&peer, ExchangeError::Revoked(epoch));
+        }
+    }
+
+    /// Ends any exchange with `peer` without SAs (the peer restarted, or
+    /// its epoch was revoked): an inbound SA installed for it is removed.
+    pub fn forget(&mut self, peer: &str) {
+        self.abort(peer, ExchangeError::Unexpected("exchange"));
+    }
+
+    fn abort(&mut self, peer: &str, error: ExchangeError) {
+        let mut ended = false;
+        if let Some(o) = self.outgoing.remove(peer) {
+            self.spis.release(o.spi);
+            ended = true;
+        }
+        if let Some(c) = self.confirming.remove(peer) {
+            self.spis.release(c.inbound_spi);
+            self.events.push_back(Event::RemoveInbound {
+                peer: peer.to_string(),
+                spi: c.inbound_spi,
+            });
+            ended = true;
+        }
+        if ended && !matches!(error, ExchangeError::Unexpected(_)) {
+            self.events.push_back(Event::Failed {
+                peer: peer.to_string(),
+                error,
+            });
+        }
     }
 
     /// An SA this gateway received on is gone: its SPI may be chosen again.
@@ -356,7 +400,22 @@ impl Negotiator {
     /// happens if one is already under way. Fails closed: without the
     /// epoch key no exchange starts.
     pub fn initiate(&mut self, peer: &str, now: Instant) -> Result<(), ExchangeError> {
-        if self.outgoing.contains_key(peer) {
+        // One at a time per peer: ours, or the peer's we are answering. An
+        // exchange of an older epoch gives way to one of the current.
+        match self.outgoing.get(peer) {
+            Some(o) if o.epoch == self.epoch => return Ok(()),
+            Some(_) => {
+                if let Some(o) = self.outgoing.remove(peer) {
+                    self.spis.release(o.spi);
+                }
+            }
+            None => {}
+        }
+        if self
+            .confirming
+            .get(peer)
+            .is_some_and(|c| c.epoch == self.epoch)
+        {
             return Ok(());
         }
         self.epoch_key(self.epoch)?;
@@ -518,7 +577,12 @@ impl Negotiator {
         let (keys, th) = match result {
             Ok(k) => k,
             Err(e) => {
+                // Our exchange is over: say so, so the pair is tried again.
                 self.spis.release(o.spi);
+                self.events.push_back(Event::Failed {
+                    peer: peer.to_string(),
+                    error: e.clone(),
+                });
                 return Err(e);
             }
         };
@@ -550,6 +614,14 @@ impl Negotiator {
         else {
             return Err(ExchangeError::Unexpected("confirm"));
         };
+        if self.revoked.contains(&c.epoch) {
+            self.spis.release(c.inbound_spi);
+            self.events.push_back(Event::RemoveInbound {
+                peer: peer.to_string(),
+                spi: c.inbound_spi,
+            });
+            return Err(ExchangeError::Revoked(c.epoch));
+        }
         if !verify(&c.confirm_key, b"initiator", &c.transcript, &m.mac) {
             self.spis.release(c.inbound_spi);
             self.events.push_back(Event::RemoveInbound {

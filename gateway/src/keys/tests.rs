@@ -397,3 +397,63 @@ fn negotiated_keys_carry_esp_both_ways() {
         assert_eq!(&buf[opened.inner], &inner[..]);
     }
 }
+
+#[test]
+fn revoking_an_epoch_ends_its_exchanges_under_way_and_a_late_confirm_installs_nothing() {
+    let now = Instant::now();
+    let (mut a, mut b) = (node("a", 7), node("b", 7));
+    let (mut sa, mut sb) = (Sas::default(), Sas::default());
+    a.initiate("b", now).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    b.handle("a", &init, now).unwrap();
+    let response = drain(&mut b, &mut sb).remove(0);
+    assert_eq!(sb.inbound.len(), 1, "b receives on the new SA already");
+    a.handle("b", &response, now).unwrap();
+    let confirm = drain(&mut a, &mut sa).remove(0);
+    // Epoch 1 is revoked at b before the confirm arrives.
+    b.revoke(1);
+    drain(&mut b, &mut sb);
+    assert!(sb.inbound.is_empty(), "its inbound SA is removed at once");
+    assert_eq!(sb.failed, [ExchangeError::Revoked(1)]);
+    assert!(b.handle("a", &confirm, now).is_err());
+    drain(&mut b, &mut sb);
+    assert!(
+        sb.outbound.is_none(),
+        "no SA of a revoked epoch is installed"
+    );
+}
+
+#[test]
+fn a_failed_response_is_reported_so_the_pair_is_tried_again() {
+    let now = Instant::now();
+    // b derives with another master key: a's check of b's MAC fails.
+    let (mut a, mut b) = (node("a", 7), node("b", 8));
+    let (mut sa, mut sb) = (Sas::default(), Sas::default());
+    a.initiate("b", now).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    b.handle("a", &init, now).unwrap();
+    let response = drain(&mut b, &mut sb).remove(0);
+    assert_eq!(
+        a.handle("b", &response, now),
+        Err(ExchangeError::Authentication)
+    );
+    drain(&mut a, &mut sa);
+    assert_eq!(sa.failed, [ExchangeError::Authentication]);
+    assert!(sa.outbound.is_none() && sa.inbound.is_empty());
+}
+
+#[test]
+fn a_member_answering_an_exchange_starts_none_of_its_own() {
+    let now = Instant::now();
+    let (mut a, mut b) = (node("a", 7), node("b", 7));
+    let (mut sa, mut sb) = (Sas::default(), Sas::default());
+    a.initiate("b", now).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    b.handle("a", &init, now).unwrap();
+    drain(&mut b, &mut sb);
+    b.initiate("a", now).unwrap();
+    assert!(
+        drain(&mut b, &mut sb).is_empty(),
+        "b is confirming a's exchange: no second one"
+    );
+}

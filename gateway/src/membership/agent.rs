@@ -173,7 +173,19 @@ impl Agent {
             d.heard(from, now);
         }
         let r = match data.split_first() {
-            Some((&SWIM, rest)) => self.swim.handle_data(rest),
+            // SWIM's header names its sender: it must be the member the
+            // connection's certificate proves, or anyone could speak (probe,
+            // rejoin, move an address) in another's name.
+            Some((&SWIM, rest)) => {
+                match postcard::take_from_bytes::<foca::Header<MemberId>>(rest) {
+                    Ok((h, _)) if h.src.id == from => self.swim.handle_data(rest),
+                    Ok((h, _)) => Err(MembershipError::new(&format!(
+                        "a SWIM message in the name of {}",
+                        h.src.id
+                    ))),
+                    Err(_) => Err(MembershipError::new("an undecodable SWIM message")),
+                }
+            }
             Some((&HEARTBEAT, body)) => {
                 // The beat, then the version of the sender's record: records
                 // are gossiped, and a heartbeat is how a member missing one

@@ -62,6 +62,8 @@ pub struct Detector {
     next_beat: Option<Instant>,
     /// What the heartbeats measure of each watched path.
     paths: BTreeMap<String, PathHealth>,
+    /// When [`tick`](Self::tick) last ran, to tell a stall of our own.
+    last_tick: Option<Instant>,
 }
 
 impl Detector {
@@ -75,6 +77,7 @@ impl Detector {
             declared: BTreeSet::new(),
             next_beat: None,
             paths: BTreeMap::new(),
+            last_tick: None,
         }
     }
 
@@ -135,7 +138,12 @@ impl Detector {
         subject: &str,
         now: Instant,
     ) -> Option<LivenessAction> {
-        if subject == self.me || self.declared.contains(subject) {
+        // Only members this one watches: reports naming anything else
+        // would grow the table at a remote member's will.
+        if subject == self.me
+            || self.declared.contains(subject)
+            || !self.heard.contains_key(subject)
+        {
             return None;
         }
         self.reports
@@ -162,6 +170,11 @@ impl Detector {
     }
 
     fn check(&mut self, subject: &str, now: Instant) -> Option<LivenessAction> {
+        // Local evidence against: a member we hear is not declared down,
+        // whatever others report (a partial partition).
+        if self.hears(subject, now) {
+            return None;
+        }
         let ttl = self.settings.report_ttl;
         let needed = self.quorum(subject, now);
         let by = self.reports.get_mut(subject)?;
@@ -184,6 +197,19 @@ impl Detector {
     /// Heartbeats to send, reports to make, and verdicts, at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<LivenessAction> {
         let mut out = Vec::new();
+        // This member itself was stalled (a busy control loop, a paused
+        // VM) past the detection window: the silence is ours, not theirs.
+        // Everyone gets a fresh window instead of a verdict.
+        if self
+            .last_tick
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.settings.detect / 2)
+        {
+            for at in self.heard.values_mut() {
+                *at = (*at).max(now);
+            }
+            self.reporting.clear();
+        }
+        self.last_tick = Some(now);
         if self.next_beat.is_none_or(|t| t <= now) {
             self.next_beat = Some(now + self.settings.interval);
             for p in self.heard.keys() {
@@ -300,6 +326,51 @@ mod tests {
                 LivenessAction::Down("c".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_stall_of_our_own_gives_fresh_windows_not_verdicts() {
+        let t0 = Instant::now();
+        let mut d = Detector::new("a", LivenessSettings::default());
+        for p in ["b", "c"] {
+            d.watch(p, t0);
+        }
+        d.tick(t0);
+        // The loop stalls for 2 s: nobody was heard meanwhile.
+        let t = t0 + 2000 * MS;
+        let actions = d.tick(t);
+        assert!(
+            actions
+                .iter()
+                .all(|a| matches!(a, LivenessAction::Heartbeat(..))),
+            "{actions:?}"
+        );
+        // A real silence afterwards is still caught.
+        let mut downs = 0;
+        for k in 1..=8 {
+            let t = t + 100 * k * MS;
+            downs += d
+                .tick(t)
+                .iter()
+                .filter(|a| matches!(a, LivenessAction::Down(_)))
+                .count();
+        }
+        assert_eq!(downs, 2, "alone, it declares what it cannot reach");
+    }
+
+    #[test]
+    fn what_we_hear_is_not_declared_down_and_unwatched_names_are_ignored() {
+        let t0 = Instant::now();
+        let mut d = Detector::new("a", LivenessSettings::default());
+        for p in ["b", "c", "x"] {
+            d.watch(p, t0);
+        }
+        let t = t0 + 300 * MS;
+        d.heard("x", t);
+        assert_eq!(d.report("b", "x", t), None);
+        assert_eq!(d.report("c", "x", t), None, "we hear x ourselves");
+        assert_eq!(d.report("b", "nobody", t), None);
+        assert!(!d.reports.contains_key("nobody"), "not kept");
     }
 
     #[test]

@@ -478,7 +478,12 @@ pub async fn run(
                     unkeyed.insert(m.id.clone(), now + first_attempt(&me_id, &m.id));
                 }
                 MembershipEvent::Renamed { old, new } => {
-                    // A restarted member lost its keys: its old SAs go.
+                    // A restarted member lost its keys: its old SAs go, and
+                    // so does any exchange with it under way (it may belong
+                    // to either incarnation); a fresh one follows.
+                    if let Some(n) = negotiator.as_mut() {
+                        n.forget(&new.id);
+                    }
                     if let Some((t, _)) = tunnels.as_mut() {
                         t.member_down(&old.id);
                     }
@@ -575,7 +580,11 @@ pub async fn run(
                                         .membership()
                                         .members()
                                         .any(|(m, s)| m.id == *peer && s == foca::State::Alive);
-                                    if up && wants(&wanted, peer) {
+                                    // (A pair we hold SAs with is kept
+                                    // keyed even if only the peer wants it.)
+                                    let keyed =
+                                        tunnels.as_ref().is_some_and(|(t, _)| t.keyed(peer));
+                                    if up && (wants(&wanted, peer) || keyed) {
                                         unkeyed.entry(peer.clone()).or_insert(now + RETRY_EVERY);
                                     }
                                 }
