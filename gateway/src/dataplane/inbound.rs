@@ -320,6 +320,12 @@ fn report(
         });
     }
     match ev {
+        LifetimeEvent::Soft { spi, kind } if notices.is_some() => tracing::debug!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "inbound SA reached its soft lifetime; rekeying"
+        ),
         LifetimeEvent::Soft { spi, kind } => tracing::warn!(
             peer,
             spi = format_args!("{spi:#010x}"),

@@ -443,6 +443,9 @@ fn report(
         });
     }
     match ev {
+        // A mesh member rekeys by itself: routine. A configured SA needs
+        // an operator.
+        LifetimeEvent::Soft { spi, kind } if notices.is_some() => tracing::debug!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its soft lifetime; rekeying"),
         LifetimeEvent::Soft { spi, kind } => tracing::warn!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its soft lifetime; rekey due"),
         LifetimeEvent::Hard { spi, kind } => tracing::error!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its hard lifetime; traffic to this peer is dropped until it is rekeyed"),
     }

@@ -240,6 +240,9 @@ pub const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 /// completed by then (so the two rarely collide, and neither depends on
 /// the other alone). See [`first_attempt`].
 const HIGHER_ID_WAITS: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long one signalling message may take to arrive whole.
+const MESSAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often a member looks whether the health of its paths moved enough
 /// to advertise it anew.
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -778,16 +781,27 @@ pub async fn run(
                     // not yet timed out); the newest is the one sent on.
                     let (c, tx2) = (conn.clone(), tx.clone());
                     let from = peer.clone();
-                    // Key-exchange messages, one per stream.
+                    // Key-exchange messages, one per stream, each read on
+                    // its own and given a deadline: a stream a peer opens
+                    // and never finishes holds up nothing else. (QUIC's
+                    // stream limit bounds how many are open at once.)
                     tokio::spawn(async move {
                         while let Ok(stream) = c.accept_uni().await {
-                            let input = match messages::read(stream).await {
-                                Ok((Kind::KeyExchange, body)) => Input::KeyExchange(from.clone(), body),
-                                Err(e) => Input::BadMessage(from.clone(), e),
-                            };
-                            if tx2.send(input).is_err() {
-                                return;
-                            }
+                            let (tx, from) = (tx2.clone(), from.clone());
+                            tokio::spawn(async move {
+                                let read = tokio::time::timeout(MESSAGE_DEADLINE, messages::read(stream));
+                                let input = match read.await {
+                                    Ok(Ok((Kind::KeyExchange, body))) => Input::KeyExchange(from, body),
+                                    Ok(Err(e)) => Input::BadMessage(from, e),
+                                    Err(_) => Input::BadMessage(
+                                        from,
+                                        messages::MessageError::Read(format!(
+                                            "not finished within {MESSAGE_DEADLINE:?}"
+                                        )),
+                                    ),
+                                };
+                                let _ = tx.send(input);
+                            });
                         }
                     });
                     let (c, tx) = (conn.clone(), tx.clone());

@@ -46,10 +46,14 @@ impl CertRecords {
 
 impl RecordAuthority for CertRecords {
     fn sign(&self, body: &[u8]) -> Vec<u8> {
-        self.signer
-            .sign(&self.rng, body)
-            .map(|s| s.as_ref().to_vec())
-            .unwrap_or_default()
+        match self.signer.sign(&self.rng, body) {
+            Ok(s) => s.as_ref().to_vec(),
+            Err(_) => {
+                // Every member will refuse the unsigned record; say why here.
+                tracing::error!("signing this member's record failed; the mesh will refuse it");
+                Vec::new()
+            }
+        }
     }
 
     fn check(&self, info: &MemberInfo, body: &[u8], signature: &[u8]) -> Check {
