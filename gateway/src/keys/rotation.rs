@@ -12,6 +12,11 @@ use super::Epoch;
 /// first, long after any SA of theirs is gone.
 pub const MAX_REVOKED: usize = 64;
 
+/// How far one member's record may move the mesh's epoch at once: a
+/// rotation moves it by one (a revocation of the current one by one more),
+/// so a record far ahead is a misconfigured member, not news.
+pub const MAX_EPOCH_STEP: Epoch = 16;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochState {
     current: Epoch,
@@ -112,14 +117,25 @@ impl EpochState {
                 change.revoked.push(e);
             }
         }
-        if current > self.current && !self.revoked.contains(&current) {
+        let ahead = current.saturating_sub(self.current);
+        if ahead > MAX_EPOCH_STEP {
+            tracing::warn!(
+                "a member advertises epoch {current}, {ahead} ahead of this one's {}: not adopted (a misconfigured [keys] epoch?)",
+                self.current
+            );
+        } else if ahead > 0 && !self.revoked.contains(&current) {
             self.current = current;
             change.current = Some(current);
         }
         if self.revoked.contains(&self.current) {
-            if let Ok(next) = self.next_after(self.current) {
-                self.current = next;
-                change.current = Some(next);
+            match self.next_after(self.current) {
+                Ok(next) => {
+                    self.current = next;
+                    change.current = Some(next);
+                }
+                Err(e) => {
+                    tracing::error!("the current epoch is revoked and {e}: no SA can be negotiated")
+                }
             }
         }
         self.trim();
@@ -183,6 +199,13 @@ mod tests {
         assert_eq!(a.rotate().unwrap().current, Some(5));
         let mut z = EpochState::new(Epoch::MAX);
         assert_eq!(z.rotate(), Err(EpochError::Exhausted(Epoch::MAX)));
+    }
+
+    #[test]
+    fn a_record_far_ahead_does_not_move_the_mesh() {
+        let mut a = EpochState::new(3);
+        assert!(a.merge(3 + MAX_EPOCH_STEP + 1, &[]).is_empty());
+        assert_eq!(a.merge(3 + MAX_EPOCH_STEP, &[]).current, Some(19));
     }
 
     #[test]

@@ -496,6 +496,11 @@ pub async fn run(
                 }
                 MembershipEvent::Down(m) => {
                     unkeyed.remove(&m.id);
+                    // Its exchanges under way end first, so each SPI is
+                    // released by the one that holds it.
+                    if let Some(n) = negotiator.as_mut() {
+                        n.forget(&m.id);
+                    }
                     if let Some((t, _)) = tunnels.as_mut() {
                         t.member_down(&m.id);
                     }

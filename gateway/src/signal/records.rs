@@ -20,6 +20,7 @@ use crate::membership::info::{Check, MemberInfo, RecordAuthority};
 
 pub struct CertRecords {
     signer: EcdsaKeyPair,
+    ca: std::sync::Arc<crate::identity::MeshCa>,
     rng: SystemRandom,
     certs: Mutex<HashMap<String, (Claims, CertificateDer<'static>)>>,
 }
@@ -28,6 +29,7 @@ impl CertRecords {
     pub fn new(creds: &Credentials) -> Result<CertRecords, TransportError> {
         Ok(CertRecords {
             signer: creds.record_signer()?,
+            ca: creds.ca().clone(),
             rng: SystemRandom::new(),
             certs: Mutex::new(HashMap::new()),
         })
@@ -65,6 +67,13 @@ impl RecordAuthority for CertRecords {
         else {
             return Check::Unknown;
         };
+        // Still valid now (certificates expire while members run).
+        if let Err(e) = self
+            .ca
+            .verify(&der, Some(&info.id), rustls_pki_types::UnixTime::now())
+        {
+            return Check::Invalid(format!("the member's certificate: {e}"));
+        }
         let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
             return Check::Invalid("the member's certificate does not parse".into());
         };
