@@ -185,7 +185,7 @@ fn render(observed: &[Observed], now: Instant) -> String {
 /// Runs until the member's event channel closes: logs and counts what the
 /// member reports, and hands membership to the policy.
 pub async fn run(
-    local: MemberInfo,
+    mut local: MemberInfo,
     mut events: UnboundedReceiver<NodeEvent>,
     policy: EventSender,
     metrics: Arc<Metrics>,
@@ -196,7 +196,11 @@ pub async fn run(
         ..Seen::default()
     };
     while let Some(e) = events.recv().await {
-        on_node_event(e, &mut seen, &local, &policy, &metrics);
+        match e {
+            // The policy's view of this member follows its record.
+            NodeEvent::OwnRecord(info) => local = *info,
+            e => on_node_event(e, &mut seen, &local, &policy, &metrics),
+        }
     }
 }
 
@@ -270,6 +274,7 @@ fn on_node_event(
             }
         }
         NodeEvent::Observed(observed) => on_observed(observed, seen, local, policy, metrics),
+        NodeEvent::OwnRecord(_) => {}
         NodeEvent::Epochs { current, revoked } => {
             m.epoch.set(i64::from(current));
             tracing::info!(current, ?revoked, "new SAs use key epoch {current}");

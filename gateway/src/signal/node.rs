@@ -177,6 +177,8 @@ pub enum NodeEvent {
     },
     /// How many SAs in the data plane are of each epoch.
     SaEpochs(Vec<(keys::Epoch, usize)>),
+    /// This member's own record, as advertised now (after a change).
+    OwnRecord(Box<MemberInfo>),
     /// A negotiated SA is in the data plane (with a [`TunnelLink`]).
     Installed {
         peer: String,
@@ -423,7 +425,9 @@ pub async fn run(
     discover(tx.clone());
     let _ = agent.advertise(cfg.info.clone(), Instant::now());
 
-    let mut conns: HashMap<String, (quinn::Connection, String)> = HashMap::new();
+    // Each peer's open connections and who dialed each, newest last: sends
+    // go on the newest; if it closes, the one before takes over.
+    let mut conns: HashMap<String, Vec<(quinn::Connection, String)>> = HashMap::new();
     // Peers being dialed, and what waits to be sent to them (bounded: SWIM
     // tolerates loss, and a peer that never answers must not grow it).
     let mut dialing: HashMap<String, Vec<Outgoing>> = HashMap::new();
@@ -441,6 +445,7 @@ pub async fn run(
     };
     let mut next_observe = Instant::now();
     let mut records_seen = 0;
+    let mut own_sent = 0;
     let mut next_health_ad = Instant::now() + HEALTH_EVERY;
     // While this member knows no other alive (at start, or cut off by a
     // partition), it announces itself to the seeds again at this pace.
@@ -554,6 +559,10 @@ pub async fn run(
                 };
                 ctx.apply(&change, now);
             }
+            if info.version != own_sent {
+                own_sent = info.version;
+                let _ = events.send(NodeEvent::OwnRecord(Box::new(info.clone())));
+            }
             let _ = events.send(NodeEvent::Observed(observed));
         }
         if let Some(n) = negotiator.as_mut() {
@@ -644,7 +653,7 @@ pub async fn run(
             out.push((to, Outgoing::Datagram(Bytes::from(data))));
         }
         for (to, o) in out {
-            if let Some((conn, _)) = conns.get(&to) {
+            if let Some((conn, _)) = conns.get(&to).and_then(|v| v.last()) {
                 send_out(conn, o);
             } else if let Some(queue) = dialing.get_mut(&to) {
                 if queue.len() < QUEUED_PER_PEER {
@@ -819,16 +828,23 @@ pub async fn run(
                         }
                         let _ = tx.send(Input::Closed(from, c.stable_id()));
                     });
-                    if let Some((old, old_dialer)) = conns.insert(peer, (conn, dialer.clone())) {
-                        // A redial by the same side supersedes its old connection.
-                        if old_dialer == dialer {
+                    let open = conns.entry(peer).or_default();
+                    // A redial by the same side supersedes its old connection.
+                    open.retain(|(old, old_dialer)| {
+                        let superseded = *old_dialer == dialer;
+                        if superseded {
                             old.close(0u32.into(), b"superseded");
                         }
-                    }
+                        !superseded
+                    });
+                    open.push((conn, dialer));
                 }
                 Some(Input::Closed(peer, id)) => {
-                    if conns.get(&peer).is_some_and(|(c, _)| c.stable_id() == id) {
-                        conns.remove(&peer);
+                    if let Some(open) = conns.get_mut(&peer) {
+                        open.retain(|(c, _)| c.stable_id() != id);
+                        if open.is_empty() {
+                            conns.remove(&peer);
+                        }
                     }
                 }
                 Some(Input::Seeds(source, Ok(seeds))) => {
