@@ -55,14 +55,6 @@ impl Slots {
         self.by_id.insert(id.to_string(), s);
         s
     }
-
-    /// The member in `slot`, if any.
-    pub fn id_of(&self, slot: usize) -> Option<&str> {
-        self.by_id
-            .iter()
-            .find(|(_, &s)| s == slot)
-            .map(|(id, _)| id.as_str())
-    }
 }
 
 /// What the gateway must do.

@@ -203,10 +203,6 @@ pub struct Refusal {
 /// What the owner asks of a member.
 #[derive(Debug)]
 pub enum NodeCommand {
-    /// Negotiate new SAs with this member (a lifetime limit is near).
-    Rekey(String),
-    /// An SPI this gateway received on is free again.
-    Release(u32),
     /// The members the policy connects this one to: SAs are negotiated
     /// with these (and with whoever starts an exchange with us).
     Peers(std::collections::HashSet<String>),
@@ -711,13 +707,6 @@ pub async fn run(
                 }
             }
             command = commands.recv(), if commands_open => match command {
-                Some(NodeCommand::Rekey(peer)) => {
-                    if let Some(n) = negotiator.as_mut() {
-                        if let Err(err) = n.initiate(&peer, Instant::now()) {
-                            tracing::warn!("cannot rekey with {peer}: {err}");
-                        }
-                    }
-                }
                 Some(NodeCommand::Peers(ids)) => {
                     let now = Instant::now();
                     unkeyed.retain(|id, _| ids.contains(id));
@@ -734,11 +723,6 @@ pub async fn run(
                         }
                     }
                     wanted = Some(ids);
-                }
-                Some(NodeCommand::Release(spi)) => {
-                    if let Some(n) = negotiator.as_mut() {
-                        n.release_spi(spi);
-                    }
                 }
                 Some(NodeCommand::Update { load_permille, policy_version }) => {
                     let before = (info.load_permille, info.policy_version);
