@@ -454,6 +454,42 @@ impl Lab {
         probe::http_get(&self.regions[i].appliance, ADMIN, "/metrics")
     }
 
+    /// Waits until every gateway (mesh members) sees all the others alive
+    /// and its SAs have settled (the same for half a second: the policy
+    /// decides how many there are); returns how long it took.
+    pub fn wait_mesh(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let others = self.regions.len() as f64 - 1.0;
+        let (mut last, mut since) = (Vec::new(), Instant::now());
+        loop {
+            let mut now_sas = Vec::new();
+            let mut all_alive = true;
+            for i in 0..self.regions.len() {
+                let text = self.metrics(i).unwrap_or_default();
+                let sum = |name, filter| crate::metrics::sum_samples(&text, name, filter);
+                all_alive &= sum("meshgate_members", "state=\"alive\"") == others;
+                now_sas.push(sum("meshgate_sa_info", "direction=\"out\"") as u64);
+            }
+            let keyed = all_alive && now_sas.iter().all(|&n| n > 0);
+            if !keyed || now_sas != last {
+                (last, since) = (now_sas, Instant::now());
+            } else if since.elapsed() >= Duration::from_millis(500) {
+                return Ok(start.elapsed().saturating_sub(Duration::from_millis(500)));
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the mesh did not form within {timeout:?}:\n{}",
+                    (0..self.regions.len())
+                        .map(|i| format!("--- gateway {}:\n{}", i + 1, self.log_tail(i)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills gateway `i` with SIGKILL: no goodbye, no clean-up, as a
     /// crashed or powered-off appliance.
     pub fn kill_gateway(&mut self, i: usize) {

@@ -63,6 +63,13 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !opts.static_keys {
+        let took = lab.wait_mesh(Duration::from_secs(30))?;
+        println!(
+            "mesh formed: every member alive everywhere and the SAs negotiated, {:.2} s after the gateways answered",
+            took.as_secs_f64()
+        );
+    }
 
     let mut results = Vec::new();
     for from in 0..lab.regions.len() {
