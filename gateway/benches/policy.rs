@@ -88,11 +88,8 @@ fn view_from_membership(c: &mut Criterion) {
             std::net::SocketAddr::from(([192, 0, 2, (i % 250 + 1) as u8], 4500)),
         )],
         policy_version: 1,
-        load_permille: 0,
-        rtt_us: 0,
-        loss_ppm: 0,
         epoch: 1,
-        revoked: vec![],
+        ..Default::default()
     };
     let now = std::time::Instant::now();
     let mut group = c.benchmark_group("view_from_membership");

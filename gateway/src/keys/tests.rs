@@ -398,15 +398,27 @@ fn negotiated_keys_carry_esp_both_ways() {
     }
 }
 
+/// `a` ("a") starts an exchange and `b` ("b") answers it; returns b's
+/// response, not yet delivered.
+fn answered(
+    a: &mut Negotiator,
+    sa: &mut Sas,
+    b: &mut Negotiator,
+    sb: &mut Sas,
+    now: Instant,
+) -> Vec<u8> {
+    a.initiate("b", now).unwrap();
+    let init = drain(a, sa).remove(0);
+    b.handle("a", &init, now).unwrap();
+    drain(b, sb).remove(0)
+}
+
 #[test]
 fn revoking_an_epoch_ends_its_exchanges_under_way_and_a_late_confirm_installs_nothing() {
     let now = Instant::now();
     let (mut a, mut b) = (node("a", 7), node("b", 7));
     let (mut sa, mut sb) = (Sas::default(), Sas::default());
-    a.initiate("b", now).unwrap();
-    let init = drain(&mut a, &mut sa).remove(0);
-    b.handle("a", &init, now).unwrap();
-    let response = drain(&mut b, &mut sb).remove(0);
+    let response = answered(&mut a, &mut sa, &mut b, &mut sb, now);
     assert_eq!(sb.inbound.len(), 1, "b receives on the new SA already");
     a.handle("b", &response, now).unwrap();
     let confirm = drain(&mut a, &mut sa).remove(0);
@@ -429,10 +441,7 @@ fn a_failed_response_is_reported_so_the_pair_is_tried_again() {
     // b derives with another master key: a's check of b's MAC fails.
     let (mut a, mut b) = (node("a", 7), node("b", 8));
     let (mut sa, mut sb) = (Sas::default(), Sas::default());
-    a.initiate("b", now).unwrap();
-    let init = drain(&mut a, &mut sa).remove(0);
-    b.handle("a", &init, now).unwrap();
-    let response = drain(&mut b, &mut sb).remove(0);
+    let response = answered(&mut a, &mut sa, &mut b, &mut sb, now);
     assert_eq!(
         a.handle("b", &response, now),
         Err(ExchangeError::Authentication)
@@ -447,10 +456,7 @@ fn a_member_answering_an_exchange_starts_none_of_its_own() {
     let now = Instant::now();
     let (mut a, mut b) = (node("a", 7), node("b", 7));
     let (mut sa, mut sb) = (Sas::default(), Sas::default());
-    a.initiate("b", now).unwrap();
-    let init = drain(&mut a, &mut sa).remove(0);
-    b.handle("a", &init, now).unwrap();
-    drain(&mut b, &mut sb);
+    answered(&mut a, &mut sa, &mut b, &mut sb, now);
     b.initiate("a", now).unwrap();
     assert!(
         drain(&mut b, &mut sb).is_empty(),

@@ -22,7 +22,7 @@ pub const MAX_RECORD_LEN: usize = 900;
 pub const MAX_PREFIXES: usize = 256;
 pub const MAX_ENDPOINTS: usize = 8;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub id: String,
     /// Grows with every change the member makes to its record.
@@ -327,10 +327,8 @@ mod tests {
             endpoints: vec![("internet".into(), "192.0.2.1:4433".parse().unwrap())],
             policy_version: 1,
             load_permille: 10,
-            rtt_us: 0,
-            loss_ppm: 0,
             epoch: 1,
-            revoked: vec![],
+            ..Default::default()
         }
     }
 

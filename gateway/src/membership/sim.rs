@@ -407,11 +407,8 @@ pub(crate) fn info(i: usize, version: u64, prefixes: usize) -> super::info::Memb
             .collect(),
         endpoints: vec![("internet".into(), member(i).addr)],
         policy_version: 1,
-        load_permille: 0,
-        rtt_us: 0,
-        loss_ppm: 0,
         epoch: 1,
-        revoked: vec![],
+        ..Default::default()
     }
 }
 

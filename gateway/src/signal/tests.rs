@@ -257,11 +257,8 @@ async fn mesh_of(n: usize) {
             prefixes: vec![(std::net::IpAddr::from([10, i as u8, 0, 0]), 16)],
             endpoints: vec![],
             policy_version: 1,
-            load_permille: 0,
-            rtt_us: 0,
-            loss_ppm: 0,
             epoch: 1,
-            revoked: vec![],
+            ..Default::default()
         };
         let cfg = NodeConfig {
             creds: Arc::new(mesh.member(&id)),
@@ -385,11 +382,8 @@ fn member_records_carry_their_members_signature_and_nobody_elses() {
         prefixes: vec![(std::net::IpAddr::from([10, 1, 0, 0]), 16)],
         endpoints: vec![],
         policy_version: 1,
-        load_permille: 0,
-        rtt_us: 0,
-        loss_ppm: 0,
         epoch: 1,
-        revoked: vec![],
+        ..Default::default()
     };
     // m1's own record, relayed by m2: taken.
     let genuine = signer(&a).seal(&record("m1", 1, "eu-west-1"));

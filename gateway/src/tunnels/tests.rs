@@ -31,11 +31,8 @@ fn info(id: &str, n: u8) -> MemberInfo {
             format!("198.18.0.{n}:4500").parse().unwrap(),
         )],
         policy_version: 1,
-        load_permille: 0,
-        rtt_us: 0,
-        loss_ppm: 0,
         epoch: 1,
-        revoked: vec![],
+        ..Default::default()
     }
 }
 
