@@ -12,18 +12,18 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 
-use std::sync::Mutex;
-
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::keys::rotation::EpochError;
+use crate::member::EpochReport;
 use crate::metrics::Metrics;
-use crate::policy::runtime::PolicyRuntime;
-use crate::signal::node::{EpochReport, NodeCommand};
+use crate::policy::driver::PolicyHandle;
+use crate::signal::node::NodeCommand;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    policy: Arc<Mutex<PolicyRuntime>>,
+    policy: PolicyHandle,
     /// The signalling member and the member list, on a mesh member.
     node: Option<UnboundedSender<NodeCommand>>,
     members: Option<crate::mesh::MemberList>,
@@ -33,7 +33,7 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    policy: Arc<Mutex<PolicyRuntime>>,
+    policy: PolicyHandle,
     mesh: Option<(UnboundedSender<NodeCommand>, crate::mesh::MemberList)>,
 ) -> std::io::Result<()> {
     let (node, members) = match mesh {
@@ -59,16 +59,11 @@ pub async fn serve(
 }
 
 async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
-    match s.policy.lock() {
-        Ok(p) => (
-            StatusCode::OK,
-            format!("policy {} ({}) in force\n", p.name(), p.hash()),
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "policy state unavailable\n".to_string(),
-        ),
-    }
+    let p = s.policy.in_force();
+    (
+        StatusCode::OK,
+        format!("policy {} ({}) in force\n", p.name, p.hash),
+    )
 }
 
 /// Reloads the policy from its configured source, or from the module the
@@ -84,21 +79,16 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
                 Some(_) => crate::config::PolicySource::Builtin(m.to_string()),
                 None => crate::config::PolicySource::File(m.into()),
             });
-    let result = tokio::task::spawn_blocking(move || {
-        policy
-            .lock()
-            .map_err(|_| "policy state unavailable".to_string())
-            .and_then(|mut p| p.reload_from(source))
-    })
-    .await;
-    match result {
+    // The engine's thread compiles and swaps; this task only waits for
+    // its answer.
+    match policy.reload(source).await {
         Ok(Ok(report)) => (StatusCode::OK, report.to_string()),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("reload refused; the policy in force stays: {e}\n"),
         ),
         Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             format!("reload failed: {e}\n"),
         ),
     }
@@ -107,7 +97,7 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
 /// Sends an epoch command to the member and reports its answer.
 async fn epoch_command(
     s: &AppState,
-    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<EpochReport, String>>) -> NodeCommand,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<EpochReport, EpochError>>) -> NodeCommand,
 ) -> (StatusCode, String) {
     let Some(node) = &s.node else {
         return (

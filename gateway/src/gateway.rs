@@ -15,6 +15,7 @@ use crate::membership::liveness::LivenessSettings;
 use crate::membership::Settings as MembershipSettings;
 use crate::mesh;
 use crate::metrics::Metrics;
+use crate::policy::driver::PolicyHandle;
 use crate::policy::runtime::PolicyRuntime;
 use crate::policy::{self, Limits, PolicyEngine};
 use crate::signal::node::{self, NodeConfig};
@@ -36,8 +37,7 @@ async fn watch_files(
     config_path: std::path::PathBuf,
     policy_path: Option<std::path::PathBuf>,
     mut params: Vec<(String, String)>,
-    runtime: Arc<std::sync::Mutex<PolicyRuntime>>,
-    events: policy::driver::EventSender,
+    policy: PolicyHandle,
 ) {
     let mut config_stamp = stamp(&config_path);
     let mut policy_stamp = policy_path.as_deref().and_then(stamp);
@@ -49,8 +49,8 @@ async fn watch_files(
             if now != policy_stamp && now.is_some() {
                 policy_stamp = now;
                 tracing::info!("{} changed; reloading the policy", path.display());
-                if let Ok(mut r) = runtime.lock() {
-                    let _ = r.reload();
+                if policy.request_reload().is_err() {
+                    return;
                 }
             }
         }
@@ -68,7 +68,7 @@ async fn watch_files(
                 );
                 params = new.policy.params.clone();
                 let update = new.policy.params.clone();
-                let _ = events.send(policy::driver::PolicyEvent::new(
+                let _ = policy.send(policy::driver::PolicyEvent::new(
                     policy::schedule::Trigger::Config,
                     move |view| view.params = update,
                 ));
@@ -79,12 +79,6 @@ async fn watch_files(
             ),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Socket buffers sized for bursts of a few thousand full-size packets.
@@ -149,9 +143,9 @@ pub fn run(config_path: &Path) -> Result<()> {
             &[],
             &config.policy.params,
             std::time::Instant::now(),
-            now_ms(),
+            crate::time::unix_ms(),
         ),
-        None => policy::view::from_config(&config, now_ms()),
+        None => policy::view::from_config(&config, crate::time::unix_ms()),
     };
     let (mut runtime, tables) = PolicyRuntime::start(
         PolicyEngine::new(Limits::default())?.with_cache_dir(config.state_dir.join("policy-cache")),
@@ -199,10 +193,15 @@ pub fn run(config_path: &Path) -> Result<()> {
     drop(config);
     // The peers the policy connects are the ones the member keys.
     let mut peer_ids = runtime.watch_peers();
-    let runtime = Arc::new(std::sync::Mutex::new(runtime));
-    // Membership and health events join this channel with the signalling
-    // layer; the config watch sends configuration changes.
-    let (events, event_rx) = policy::driver::channel();
+    // The policy engine runs on a thread of its own; membership and health
+    // events from the signalling layer, configuration changes from the
+    // file watch and reloads from the admin API reach it by channel.
+    let (policy, engine) = policy::driver::spawn(
+        runtime,
+        metrics.clone(),
+        policy::schedule::Settings::default(),
+    )
+    .context("starting the policy engine's thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -217,13 +216,13 @@ pub fn run(config_path: &Path) -> Result<()> {
                 sa_defaults,
                 notice_rx,
                 &dataplane,
-                (events.clone(), node_command_rx, member_list.clone()),
+                (policy.clone(), node_command_rx, member_list.clone()),
                 metrics.clone(),
             )
         });
         let node_commands = member.as_ref().map(|_| node_commands);
         if let Some(node) = node_commands.clone() {
-            tokio::spawn(advertise_updates(node.clone(), runtime.clone()));
+            tokio::spawn(advertise_updates(node.clone(), policy.clone()));
             tokio::spawn(async move {
                 loop {
                     let ids = peer_ids.borrow_and_update().clone();
@@ -250,36 +249,29 @@ pub fn run(config_path: &Path) -> Result<()> {
         let listener = crate::admin::serve(
             admin,
             metrics.clone(),
-            runtime.clone(),
+            policy.clone(),
             node_commands.clone().map(|n| (n, member_list.clone())),
         );
-        let watcher = watch_files(
-            config_path.to_path_buf(),
-            watched,
-            params,
-            runtime.clone(),
-            events,
-        );
-        let driver = policy::driver::drive(
-            runtime.clone(),
-            event_rx,
-            metrics.clone(),
-            policy::schedule::Settings::default(),
-        );
+        let watcher = watch_files(config_path.to_path_buf(), watched, params, policy);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let watchdog = async {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-            while !dataplane.has_failed() {
+            loop {
                 tick.tick().await;
+                if dataplane.has_failed() {
+                    return "the data plane stopped (see the errors above)";
+                }
+                if engine.is_finished() {
+                    return "the policy engine stopped (see the errors above)";
+                }
             }
         };
         tokio::select! {
             r = listener => r.with_context(|| format!("admin listener {admin}")),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
-            _ = watchdog => Err(anyhow::anyhow!("the data plane stopped (see the errors above)")),
+            why = watchdog => Err(anyhow::anyhow!(why)),
             _ = watcher => Ok(()),
-            _ = driver => Ok(()),
             r = member => r,
         }
     });
@@ -299,7 +291,7 @@ const LOAD_STEP: u32 = 50;
 /// when it moves by [`LOAD_STEP`].
 async fn advertise_updates(
     node: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
-    runtime: Arc<std::sync::Mutex<PolicyRuntime>>,
+    policy: PolicyHandle,
 ) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -308,11 +300,10 @@ async fn advertise_updates(
     loop {
         tick.tick().await;
         let (mut load_permille, mut policy_version) = (None, None);
-        if let Some(hash) = runtime.lock().ok().map(|r| r.hash().to_string()) {
-            if hash != advertised_hash {
-                policy_version = Some(mesh::policy_version(&hash));
-                advertised_hash = hash;
-            }
+        let hash = policy.in_force().hash.clone();
+        if hash != advertised_hash {
+            policy_version = Some(mesh::policy_version(&hash));
+            advertised_hash = hash;
         }
         let (cpu, at) = (mesh::cpu_time(), std::time::Instant::now());
         let wall = at.duration_since(last_at);
@@ -345,7 +336,7 @@ fn start_member(
     notices: tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::SaNotice>,
     dataplane: &Dataplane,
     (policy, node_rx, list): (
-        policy::driver::EventSender,
+        PolicyHandle,
         tokio::sync::mpsc::UnboundedReceiver<node::NodeCommand>,
         mesh::MemberList,
     ),

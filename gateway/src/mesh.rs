@@ -11,12 +11,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::{Config, Placement};
 use crate::keys;
+use crate::member::NodeEvent;
 use crate::membership::info::MemberInfo;
 use crate::membership::{MembershipEvent, Observed};
 use crate::metrics::Metrics;
 use crate::policy::driver::{EventSender, PolicyEvent};
 use crate::policy::schedule::Trigger;
-use crate::signal::node::NodeEvent;
 
 /// What this gateway advertises of itself, from its config.
 pub fn local_info(config: &Config) -> MemberInfo {
@@ -80,12 +80,6 @@ pub fn cpu_time() -> std::time::Duration {
             + std::time::Duration::from_micros(t.tv_usec as u64)
     };
     tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A digest of what in a record is membership (placement, prefixes,
@@ -333,8 +327,13 @@ fn on_observed(
     }
     let local = local.clone();
     let _ = policy.send(PolicyEvent::new(trigger, move |view| {
-        let fresh =
-            crate::policy::view::from_observed(&local, &observed, &view.params, now, now_ms());
+        let fresh = crate::policy::view::from_observed(
+            &local,
+            &observed,
+            &view.params,
+            now,
+            crate::time::unix_ms(),
+        );
         crate::policy::view::replace_members(view, fresh);
     }));
 }

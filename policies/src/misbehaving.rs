@@ -44,9 +44,15 @@ impl Policy for Hogs {
         Vec::new()
     }
     fn routes(_: &View) -> Vec<Route> {
+        // Reserves a mebibyte at a time and touches one byte of each: the
+        // memory limit is reached in microseconds, not after writing 64 MiB
+        // (which on a loaded machine can outlast the call's time limit and
+        // trap as a timeout instead).
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
-            hoard.push(vec![1u8; 1 << 20]);
+            let mut block = Vec::with_capacity(1 << 20);
+            block.push(1u8);
+            hoard.push(block);
             std::hint::black_box(&hoard);
         }
     }

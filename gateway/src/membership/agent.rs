@@ -1,10 +1,14 @@
 //! One member's whole membership logic: SWIM (foca) for who is in the
 //! mesh and for spreading news, and the liveness detector for fast,
 //! confirmed failure detection between the members it watches. Sans-IO:
-//! datagrams from authenticated senders, timers and ticks in; datagrams,
-//! timers and membership events out.
+//! datagrams from authenticated senders and the time in; datagrams,
+//! membership events and the next deadline out. SWIM's relative timers are
+//! kept here as absolute deadlines, so the caller sees one timer, as with
+//! every other core: [`poll_timeout`](Agent::poll_timeout) and
+//! [`handle_timeout`](Agent::handle_timeout).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use foca::{State, Timer};
@@ -47,7 +51,11 @@ pub struct Agent {
     /// SWIM's suspicion timeout, to defer a verdict by.
     suspicion: Duration,
     out: VecDeque<(String, Vec<u8>)>,
-    timers: VecDeque<(Duration, Timer<MemberId>)>,
+    /// SWIM's timers by deadline; the sequence number keeps equal
+    /// deadlines in the order they were armed.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    armed: HashMap<u64, Timer<MemberId>>,
+    armed_seq: u64,
     events: VecDeque<MembershipEvent>,
     /// When a record was last asked of each member, or sent on request to it.
     asked: std::collections::HashMap<String, Instant>,
@@ -82,7 +90,9 @@ impl Agent {
             liveness: liveness.map(|l| Detector::new(&id, l)),
             suspicion: settings.suspicion,
             out: VecDeque::new(),
-            timers: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            armed: HashMap::new(),
+            armed_seq: 0,
             events: VecDeque::new(),
             asked: Default::default(),
             answered: Default::default(),
@@ -240,30 +250,63 @@ impl Agent {
         r
     }
 
-    /// A timer from [`poll_timer`](Self::poll_timer) ran out. SWIM's
+    /// When [`handle_timeout`](Self::handle_timeout) is next due: SWIM's
+    /// earliest timer or the liveness detector's next tick.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let swim = self.timers.peek().map(|Reverse((at, _))| *at);
+        let tick = self.liveness.as_ref().and_then(Detector::next_tick);
+        swim.into_iter().chain(tick).min()
+    }
+
+    /// Runs what is due at `now`: SWIM's timers that ran out, and the
+    /// liveness detector's tick (heartbeats, reports, verdicts).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(timer) = self.armed.remove(&seq) {
+                if let Err(e) = self.handle_timer(timer, now) {
+                    tracing::debug!("a membership timer: {e}");
+                }
+            }
+        }
+        if self
+            .liveness
+            .as_ref()
+            .and_then(Detector::next_tick)
+            .is_some_and(|t| t <= now)
+        {
+            self.tick(now);
+        }
+    }
+
+    fn arm(&mut self, at: Instant, timer: Timer<MemberId>) {
+        self.armed_seq += 1;
+        self.timers.push(Reverse((at, self.armed_seq)));
+        self.armed.insert(self.armed_seq, timer);
+    }
+
+    /// One of SWIM's timers ran out. SWIM's
     /// verdict on a suspect this member hears from directly is deferred:
     /// the suspicion came from lossy paths elsewhere, and declaring a live
     /// member down would take it out of every table (Lifeguard's rule of
     /// not confirming a death there is local evidence against).
-    pub fn handle_timer(
+    fn handle_timer(
         &mut self,
         timer: Timer<MemberId>,
         now: Instant,
     ) -> Result<(), MembershipError> {
         if let (Timer::ChangeSuspectToDown { member_id, .. }, Some(d)) = (&timer, &self.liveness) {
             if d.hears(&member_id.id, now) {
-                self.timers.push_back((self.suspicion, timer));
+                self.arm(now + self.suspicion, timer);
                 return Ok(());
             }
         }
         let r = self.swim.handle_timer(timer);
         self.collect(now);
         r
-    }
-
-    /// When [`tick`](Self::tick) is next due.
-    pub fn next_tick(&self) -> Option<Instant> {
-        self.liveness.as_ref().and_then(Detector::next_tick)
     }
 
     /// Sends heartbeats and reports, declares confirmed failures.
@@ -318,8 +361,12 @@ impl Agent {
         let _ = self.swim.declare_down(subject);
     }
 
-    /// Moves SWIM's output into ours, and keeps the watch list in step.
+    /// Moves SWIM's output into ours (its timers as deadlines from `now`),
+    /// and keeps the watch list in step.
     fn collect(&mut self, now: Instant) {
+        while let Some((after, timer)) = self.swim.poll_timer() {
+            self.arm(now + after, timer);
+        }
         while let Some((to, data)) = self.swim.poll_transmit() {
             let mut msg = Vec::with_capacity(data.len() + 1);
             msg.push(SWIM);
@@ -348,10 +395,6 @@ impl Agent {
 
     pub fn poll_transmit(&mut self) -> Option<(String, Vec<u8>)> {
         self.out.pop_front()
-    }
-
-    pub fn poll_timer(&mut self) -> Option<(Duration, Timer<MemberId>)> {
-        self.timers.pop_front().or_else(|| self.swim.poll_timer())
     }
 
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {

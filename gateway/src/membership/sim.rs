@@ -6,7 +6,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
-use foca::Timer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -19,13 +18,8 @@ enum Ev {
         from: usize,
         data: Vec<u8>,
     },
-    Timer {
-        node: usize,
-        timer: Timer<MemberId>,
-    },
-    Tick {
-        node: usize,
-    },
+    /// The member's deadline (from `poll_timeout`) is due.
+    Wake { node: usize },
 }
 
 pub(crate) struct Sim {
@@ -33,7 +27,8 @@ pub(crate) struct Sim {
     index: HashMap<String, usize>,
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
     pending: HashMap<u64, Ev>,
-    ticks: Vec<Option<Instant>>,
+    /// The deadline each member has an event queued for.
+    wakes: Vec<Option<Instant>>,
     seq: u64,
     t0: Instant,
     pub now: Duration,
@@ -85,7 +80,7 @@ impl Sim {
             index: HashMap::new(),
             queue: BinaryHeap::new(),
             pending: HashMap::new(),
-            ticks: Vec::new(),
+            wakes: Vec::new(),
             seq: 0,
             t0: Instant::now(),
             now: Duration::ZERO,
@@ -116,7 +111,7 @@ impl Sim {
         )));
         self.index.insert(member(i).id, i);
         self.sent_bytes.push(0);
-        self.ticks.push(None);
+        self.wakes.push(None);
         i
     }
 
@@ -132,18 +127,14 @@ impl Sim {
             return;
         };
         let mut sends = Vec::new();
-        let mut timers = Vec::new();
         let mut events = Vec::new();
         while let Some(t) = node.poll_transmit() {
             sends.push(t);
         }
-        while let Some(t) = node.poll_timer() {
-            timers.push(t);
-        }
         while let Some(e) = node.poll_event() {
             events.push(e);
         }
-        let tick = node.next_tick();
+        let wake = node.poll_timeout();
         for (to, data) in sends {
             self.sent_bytes[i] += data.len() as u64;
             if self.loss > 0.0 && self.rng.random::<f64>() < self.loss {
@@ -163,14 +154,11 @@ impl Sim {
                 },
             );
         }
-        for (after, timer) in timers {
-            self.schedule(self.now + after, Ev::Timer { node: i, timer });
-        }
-        if let Some(t) = tick {
-            if self.ticks[i] != Some(t) {
-                self.ticks[i] = Some(t);
-                let at = t.saturating_duration_since(self.t0);
-                self.schedule(at, Ev::Tick { node: i });
+        if let Some(t) = wake {
+            if self.wakes[i] != Some(t) {
+                self.wakes[i] = Some(t);
+                let at = t.saturating_duration_since(self.t0).max(self.now);
+                self.schedule(at, Ev::Wake { node: i });
             }
         }
         for e in events {
@@ -222,16 +210,15 @@ impl Sim {
                     }
                     to
                 }
-                Ev::Timer { node, timer } => {
-                    if let Some(n) = self.nodes[node].as_mut() {
-                        let _ = n.handle_timer(timer, now);
+                Ev::Wake { node } => {
+                    if self.wakes[node].is_some_and(|t| t > now) {
+                        // An earlier deadline replaced this one; a later
+                        // event is queued for it.
+                        continue;
                     }
-                    node
-                }
-                Ev::Tick { node } => {
-                    self.ticks[node] = None;
+                    self.wakes[node] = None;
                     if let Some(n) = self.nodes[node].as_mut() {
-                        n.tick(now);
+                        n.handle_timeout(now);
                     }
                     node
                 }

@@ -1,17 +1,26 @@
-//! The async shell around the [`Scheduler`]: receives the events that
-//! change the view (membership, health, configuration), applies them, and
-//! evaluates the policy when the scheduler says so, arming the policy's
-//! own timer after each evaluation. The data plane never waits for it: it
-//! reads whatever tables were last put in force.
+//! The policy engine on a thread of its own: one thread owns the
+//! [`PolicyRuntime`] and the [`Scheduler`], and everything else talks to it
+//! through a channel ([`PolicyHandle`]). Events that change the view
+//! (membership, health, configuration) are applied as they come and the
+//! policy is evaluated when the scheduler says so, its own timer armed
+//! after each evaluation; reloads (the file watch, the admin API) compile,
+//! dry-run and swap here too. So a compile of a hundred milliseconds, or a
+//! policy that runs to its time limit, never holds up the signalling
+//! runtime, which only sends on a channel and never waits on a lock the
+//! engine holds. The data plane never waits either: it reads whatever
+//! tables were last put in force.
 
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use meshgate_sdk::View;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
-use super::runtime::PolicyRuntime;
+use super::runtime::{PolicyRuntime, ReloadReport};
 use super::schedule::{Scheduler, Settings, Trigger};
+use crate::config::PolicySource;
 use crate::metrics::Metrics;
 
 /// A change to the view the policy decides from, and its kind.
@@ -29,82 +38,174 @@ impl PolicyEvent {
     }
 }
 
+enum Request {
+    Event(PolicyEvent),
+    /// Reload from the configured source, or from this one; the answer
+    /// goes to `reply` if given (else only to the log).
+    Reload {
+        source: Option<PolicySource>,
+        reply: Option<oneshot::Sender<Result<ReloadReport, String>>>,
+    },
+}
+
+/// The module in force, as the rest of the gateway may read it without
+/// asking the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    pub name: String,
+    pub hash: String,
+}
+
+/// The engine stopped (its thread ended).
+#[derive(Debug, thiserror::Error)]
+#[error("the policy engine has stopped")]
+pub struct Stopped;
+
+/// How the gateway talks to the policy engine. Cheap to clone; sending
+/// never blocks.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    tx: mpsc::Sender<Request>,
+    in_force: Arc<ArcSwap<InForce>>,
+}
+
 /// Where event sources send their changes.
-pub type EventSender = mpsc::UnboundedSender<PolicyEvent>;
+pub type EventSender = PolicyHandle;
 
-pub fn channel() -> (EventSender, mpsc::UnboundedReceiver<PolicyEvent>) {
-    mpsc::unbounded_channel()
-}
+impl PolicyHandle {
+    /// A change to the view; evaluated after the scheduler's debounce.
+    pub fn send(&self, event: PolicyEvent) -> Result<(), Stopped> {
+        self.tx.send(Request::Event(event)).map_err(|_| Stopped)
+    }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+    /// Reloads the policy (from `source`, or the configured one) and
+    /// answers with what changed, or why the new one was refused.
+    pub async fn reload(
+        &self,
+        source: Option<PolicySource>,
+    ) -> Result<Result<ReloadReport, String>, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request::Reload {
+                source,
+                reply: Some(reply),
+            })
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
 
-/// Asks the policy for its timer and arms it.
-fn arm(runtime: &Mutex<PolicyRuntime>, scheduler: &mut Scheduler) {
-    if let Ok(mut r) = runtime.lock() {
-        let timer = r.timer();
-        scheduler.set_timer(timer, Instant::now());
+    /// Asks for a reload from the configured source; the outcome is logged.
+    pub fn request_reload(&self) -> Result<(), Stopped> {
+        self.tx
+            .send(Request::Reload {
+                source: None,
+                reply: None,
+            })
+            .map_err(|_| Stopped)
+    }
+
+    /// The module in force now.
+    pub fn in_force(&self) -> Arc<InForce> {
+        self.in_force.load_full()
     }
 }
 
-/// Runs until the task is dropped.
-pub async fn drive(
-    runtime: Arc<Mutex<PolicyRuntime>>,
-    mut events: mpsc::UnboundedReceiver<PolicyEvent>,
+/// Starts the engine's thread with `runtime`; it runs until every handle
+/// is dropped.
+pub fn spawn(
+    runtime: PolicyRuntime,
     metrics: Arc<Metrics>,
     settings: Settings,
-) {
-    let mut scheduler = Scheduler::new(settings);
-    let reloaded = match runtime.lock() {
-        Ok(r) => r.reloaded(),
-        Err(_) => return,
-    };
-    arm(&runtime, &mut scheduler);
-    let mut open = true;
-    loop {
-        let deadline = scheduler.deadline();
-        let wake = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
+) -> std::io::Result<(PolicyHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let in_force = Arc::new(ArcSwap::from_pointee(InForce {
+        name: runtime.name().to_string(),
+        hash: runtime.hash().to_string(),
+    }));
+    let published = in_force.clone();
+    let thread = std::thread::Builder::new()
+        .name("policy".into())
+        .spawn(move || Engine::new(runtime, metrics, settings, published).run(&rx))?;
+    Ok((PolicyHandle { tx, in_force }, thread))
+}
+
+struct Engine {
+    runtime: PolicyRuntime,
+    scheduler: Scheduler,
+    metrics: Arc<Metrics>,
+    in_force: Arc<ArcSwap<InForce>>,
+}
+
+impl Engine {
+    fn new(
+        runtime: PolicyRuntime,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        in_force: Arc<ArcSwap<InForce>>,
+    ) -> Engine {
+        let mut engine = Engine {
+            runtime,
+            scheduler: Scheduler::new(settings),
+            metrics,
+            in_force,
         };
-        tokio::select! {
-            event = events.recv(), if open => match event {
-                Some(e) => {
-                    metrics.policy_event(e.trigger);
-                    if let Ok(mut r) = runtime.lock() {
-                        (e.update)(r.view_mut());
-                    }
-                    scheduler.event(e.trigger, Instant::now());
+        engine.arm();
+        engine
+    }
+
+    /// Asks the policy for its timer and arms it.
+    fn arm(&mut self) {
+        let timer = self.runtime.timer();
+        self.scheduler.set_timer(timer, Instant::now());
+    }
+
+    fn run(mut self, requests: &mpsc::Receiver<Request>) {
+        loop {
+            let request = match self.scheduler.deadline() {
+                Some(d) => requests.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match request {
+                Ok(Request::Event(e)) => {
+                    self.metrics.policy_event(e.trigger);
+                    (e.update)(self.runtime.view_mut());
+                    self.scheduler.event(e.trigger, Instant::now());
                 }
-                None => open = false,
-            },
-            _ = reloaded.notified() => {
-                // A new policy is in force: its timer, not the old one's.
-                scheduler.succeeded();
-                arm(&runtime, &mut scheduler);
+                Ok(Request::Reload { source, reply }) => {
+                    let result = self.runtime.reload_from(source);
+                    if result.is_ok() {
+                        // A new policy is in force: its timer, not the old one's.
+                        self.in_force.store(Arc::new(InForce {
+                            name: self.runtime.name().to_string(),
+                            hash: self.runtime.hash().to_string(),
+                        }));
+                        self.scheduler.succeeded();
+                        self.arm();
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            _ = wake => {}
+            self.evaluate_if_due();
         }
+    }
+
+    fn evaluate_if_due(&mut self) {
         let now = Instant::now();
-        let Some(batch) = scheduler.poll(now) else {
-            continue;
+        let Some(batch) = self.scheduler.poll(now) else {
+            return;
         };
         if batch.triggers().any(|t| t == Trigger::Timer) {
             // Channel events were counted as they came; the timer fires here.
-            metrics.policy_event(Trigger::Timer);
+            self.metrics.policy_event(Trigger::Timer);
         }
-        let Ok(mut r) = runtime.lock() else {
-            return;
-        };
         let triggers: Vec<&str> = batch.triggers().map(Trigger::as_str).collect();
-        match r.evaluate(now_ms()) {
+        match self.runtime.evaluate(crate::time::unix_ms()) {
             Ok(changes) => {
-                scheduler.succeeded();
+                self.scheduler.succeeded();
                 let moved = changes.added.len() + changes.withdrawn.len() + changes.changed.len();
                 if moved > 0 {
                     tracing::info!(
@@ -121,12 +222,11 @@ pub async fn drive(
             }
             Err(_) => {
                 // Tried again on the next event (its timer included), after the backoff.
-                scheduler.failed(now);
-                continue;
+                self.scheduler.failed(now);
+                return;
             }
         }
-        let timer = r.timer();
-        scheduler.set_timer(timer, Instant::now());
+        self.arm();
     }
 }
 
@@ -149,7 +249,7 @@ mod tests {
     use crate::tun::Tun;
 
     fn now() -> u64 {
-        now_ms()
+        crate::time::unix_ms()
     }
 
     /// The next hops (peer numbers) of `prefix` in force.
@@ -211,8 +311,6 @@ mod tests {
             }
             let tables: SharedTables = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
             runtime.attach(tables.clone());
-            let runtime = Arc::new(Mutex::new(runtime));
-            let (events, rx) = channel();
             let settings = Settings {
                 debounce: Duration::from_millis(20),
                 ..Settings::default()
@@ -229,7 +327,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let driver = tokio::spawn(drive(runtime.clone(), rx, metrics.clone(), settings));
+                let (events, engine) = spawn(runtime, metrics.clone(), settings).unwrap();
                 // Spoke-to-spoke goes through the active hub, the other the backup.
                 assert_eq!(hops(&tables, "10.2.0.0/16"), [0, 1]);
                 assert!(kernel_routes().contains("10.100.0.0/16"));
@@ -289,7 +387,8 @@ mod tests {
                     ),
                     0.0
                 );
-                driver.abort();
+                drop(events);
+                engine.join().unwrap();
             });
         })
         .unwrap();

@@ -112,9 +112,7 @@ impl PolicyImports for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::time::unix_ms()
     }
 }
 

@@ -87,8 +87,6 @@ pub struct PolicyRuntime {
     /// The ids of the peers the decisions in force connect, for the
     /// signalling member to key.
     peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
-    /// Told after each reload, so the driver asks the new policy for its timer.
-    reloaded: Arc<tokio::sync::Notify>,
 }
 
 /// Reads the module a source names.
@@ -156,7 +154,6 @@ impl PolicyRuntime {
             metrics,
             slots,
             peer_ids: None,
-            reloaded: Arc::new(tokio::sync::Notify::new()),
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
@@ -209,9 +206,6 @@ impl PolicyRuntime {
         }
         self.metrics
             .policy_reload(if result.is_ok() { "ok" } else { "refused" });
-        if result.is_ok() {
-            self.reloaded.notify_one();
-        }
         if let Err(e) = &result {
             tracing::warn!(
                 "policy reload refused, {} ({}) stays in force: {e}",
@@ -320,11 +314,6 @@ impl PolicyRuntime {
                 changed
             });
         }
-    }
-
-    /// Notified after each reload that put a new policy in force.
-    pub fn reloaded(&self) -> Arc<tokio::sync::Notify> {
-        self.reloaded.clone()
     }
 
     /// The view the policy decides from; event sources change it, then

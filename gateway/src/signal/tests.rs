@@ -229,9 +229,10 @@ async fn mesh_of_30_keys_every_pair() {
 }
 
 async fn mesh_of(n: usize) {
-    use super::node::{run, NodeConfig, NodeEvent};
+    use super::node::{run, NodeConfig};
     use crate::esp::{CipherSuite, KeyMaterial};
     use crate::keys::{epoch::test_keys, Event};
+    use crate::member::NodeEvent;
     use crate::membership::info::MemberInfo;
     use crate::membership::liveness::LivenessSettings;
     use crate::membership::{MembershipEvent, Settings};
@@ -410,7 +411,7 @@ fn member_records_carry_their_members_signature_and_nobody_elses() {
 
 #[test]
 fn a_member_advertises_the_median_round_trip_and_mean_loss_of_its_paths() {
-    use super::node::{health_moved, path_health};
+    use crate::member::health::{health_moved, path_health};
     use crate::membership::sim::info;
     use crate::membership::Observed;
     use std::time::Duration;

@@ -1,0 +1,524 @@
+//! One member of the mesh as a sans-IO value, in the style of quinn-proto
+//! under quinn: it owns the membership agent, the key negotiator, the SAs
+//! it holds with each member (tunnels), the key epochs, its own record,
+//! whom it keys and when, and which connection carries what. Datagrams,
+//! messages, connections coming and going, operator commands, data-plane
+//! notices and the time go in; I/O to carry out ([`Output`]), news for the
+//! owner ([`NodeEvent`]) and the next deadline
+//! ([`poll_timeout`](Member::poll_timeout)) come out. The shell
+//! (`signal::node`) only moves bytes, connections and timers, and
+//! `sim` runs whole meshes of these on virtual time.
+
+mod conns;
+mod epochs;
+pub mod health;
+mod keying;
+mod output;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use keying::{HIGHER_ID_WAITS, RETRY_EVERY};
+pub use output::{ConnId, EpochReport, NodeEvent, Output, Payload, Refusal};
+
+use crate::dataplane::SaNotice;
+use crate::esp::CipherSuite;
+use crate::keys::rotation::EpochState;
+use crate::keys::{self, KeyProvider, Negotiator};
+use crate::membership::info::{Infos, MemberInfo};
+use crate::membership::liveness::LivenessSettings;
+use crate::membership::{Agent, MemberId, MembershipEvent, Settings};
+use crate::tunnels::{Action, Tunnels};
+use conns::Conns;
+use health::{health_moved, path_health, HEALTH_EVERY, OBSERVE_EVERY};
+use keying::Keying;
+
+/// Between announcements to the seeds while no other member is known alive.
+pub const REJOIN_EVERY: Duration = Duration::from_secs(2);
+
+/// What a member is made of.
+pub struct MemberConfig {
+    /// Its id, signalling address and generation (a restart is a new one).
+    pub me: MemberId,
+    /// Its record as configured (placement, prefixes, endpoints, epoch).
+    pub info: MemberInfo,
+    pub settings: Settings,
+    pub liveness: Option<LivenessSettings>,
+    /// Seeds SWIM's choices (any value; tests fix it).
+    pub seed: u64,
+    /// Where records are kept, and who vouches for them.
+    pub infos: Infos,
+    /// Negotiate SAs with the members: the key provider, the epoch, the
+    /// cipher suite. `None`: membership only.
+    pub keys: Option<(Arc<dyn KeyProvider>, keys::Epoch, CipherSuite)>,
+    /// Keep the negotiated SAs for a data plane (as [`Output::Outbound`]
+    /// and [`Output::Inbound`]). `None`: hand the keys to the owner as
+    /// [`NodeEvent::Keys`].
+    pub tunnels: Option<Tunnels>,
+}
+
+pub struct Member {
+    me: String,
+    agent: Agent,
+    negotiator: Option<Negotiator>,
+    tunnels: Option<Tunnels>,
+    epochs: EpochState,
+    /// This member's record as advertised.
+    info: MemberInfo,
+    keying: Keying,
+    conns: Conns,
+    out: VecDeque<Output>,
+    events: VecDeque<NodeEvent>,
+    /// What handling one input gave to send; it leaves after the data-plane
+    /// changes of the same input (make-before-break).
+    sends: Vec<(String, Payload)>,
+    next_observe: Instant,
+    next_health_ad: Instant,
+    /// While this member knows no other alive (at start, or cut off by a
+    /// partition), it asks discovery again at this pace.
+    next_rejoin: Instant,
+    records_seen: u64,
+    own_sent: u64,
+}
+
+impl Member {
+    /// A member that has just started: it advertises its record and asks
+    /// discovery for members to join through.
+    pub fn new(cfg: MemberConfig, now: Instant) -> Member {
+        let me = cfg.me.id.clone();
+        let mut agent = Agent::with_infos(cfg.me, cfg.settings, cfg.liveness, cfg.seed, cfg.infos);
+        let negotiator = cfg
+            .keys
+            .as_ref()
+            .map(|(provider, epoch, suite)| Negotiator::new(&me, *suite, provider.clone(), *epoch));
+        let epochs = EpochState::new(cfg.keys.as_ref().map_or(cfg.info.epoch, |k| k.1));
+        if let Err(e) = agent.advertise(cfg.info.clone(), now) {
+            tracing::warn!("advertising this member's record: {e}");
+        }
+        let mut m = Member {
+            keying: Keying::new(&me),
+            me,
+            agent,
+            negotiator,
+            tunnels: cfg.tunnels,
+            epochs,
+            info: cfg.info,
+            conns: Conns::default(),
+            out: VecDeque::from([Output::Discover]),
+            events: VecDeque::new(),
+            sends: Vec::new(),
+            next_observe: now,
+            next_health_ad: now + HEALTH_EVERY,
+            next_rejoin: now + REJOIN_EVERY,
+            records_seen: 0,
+            own_sent: 0,
+        };
+        m.drive(now);
+        m
+    }
+
+    pub fn id(&self) -> &str {
+        &self.me
+    }
+
+    /// A membership datagram from `from`, whom the channel authenticated.
+    pub fn handle_datagram(&mut self, from: &str, data: &[u8], now: Instant) {
+        if let Err(e) = self.agent.handle(from, data, now) {
+            self.refuse(from, "membership", "malformed", e.to_string());
+        }
+        self.drive(now);
+    }
+
+    /// A key-exchange message from `from`, whom the channel authenticated.
+    pub fn handle_message(&mut self, from: &str, body: &[u8], now: Instant) {
+        if let Some(n) = self.negotiator.as_mut() {
+            if let Err(e) = n.handle(from, body, now) {
+                self.refuse(from, "key_exchange", e.kind(), e.to_string());
+            }
+        }
+        self.drive(now);
+    }
+
+    /// A connection to `peer` is up, dialed by this side or accepted.
+    /// (The shell has told the records' authority of its certificate.)
+    pub fn handle_connected(&mut self, peer: &str, conn: ConnId, dialed_here: bool, now: Instant) {
+        if self.agent.membership().infos().certified(peer) {
+            // Records that waited for this certificate may be taken now.
+            self.next_observe = now;
+        }
+        self.conns.connected(peer, conn, dialed_here, &mut self.out);
+        self.drive(now);
+    }
+
+    pub fn handle_closed(&mut self, conn: ConnId) {
+        self.conns.closed(conn);
+    }
+
+    /// Dialing `peer` failed (the shell reports the refusal itself).
+    pub fn handle_dial_failed(&mut self, peer: &str) {
+        self.conns.dial_failed(peer);
+    }
+
+    /// What discovery found: members to join through.
+    pub fn handle_seeds(
+        &mut self,
+        seeds: impl IntoIterator<Item = (String, SocketAddr)>,
+        now: Instant,
+    ) {
+        for (id, addr) in seeds.into_iter().filter(|(id, _)| *id != self.me) {
+            self.conns.ensure(&id, addr, &mut self.out);
+            let seed = MemberId {
+                id: id.clone(),
+                addr,
+                generation: 0,
+            };
+            if let Err(e) = self.agent.join(seed, now) {
+                tracing::debug!("joining through {id}: {e}");
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The packet threads' notice of an SA's lifetime (which may start a
+    /// rekey).
+    pub fn handle_notice(&mut self, notice: SaNotice, now: Instant) {
+        let SaNotice::Lifetime {
+            slot,
+            direction,
+            event,
+        } = notice;
+        if let Some(t) = self.tunnels.as_mut() {
+            t.lifetime(slot, direction, event);
+        }
+        self.drive(now);
+    }
+
+    /// The members the policy connects this one to: SAs are negotiated
+    /// with these (and with whoever starts an exchange with us).
+    pub fn set_peers(&mut self, ids: HashSet<String>, now: Instant) {
+        let (agent, tunnels) = (&self.agent, &self.tunnels);
+        let alive_unkeyed = |id: &str| {
+            let alive = agent
+                .membership()
+                .members()
+                .any(|(m, s)| m.id == id && s == foca::State::Alive);
+            alive && !tunnels.as_ref().is_some_and(|t| t.keyed(id))
+        };
+        self.keying.set_wanted(ids, alive_unkeyed, now);
+        self.drive(now);
+    }
+
+    /// This member's load (permille) or policy version changed: its
+    /// record is advertised anew if either moved.
+    pub fn update_record(
+        &mut self,
+        load_permille: Option<u32>,
+        policy_version: Option<u32>,
+        now: Instant,
+    ) {
+        let before = (self.info.load_permille, self.info.policy_version);
+        self.info.load_permille = load_permille.unwrap_or(self.info.load_permille);
+        self.info.policy_version = policy_version.unwrap_or(self.info.policy_version);
+        if (self.info.load_permille, self.info.policy_version) != before {
+            self.readvertise(now, "the load or policy version");
+        }
+        self.drive(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.agent.poll_timeout(),
+            self.negotiator.as_ref().and_then(Negotiator::poll_timeout),
+            self.tunnels.as_ref().and_then(Tunnels::poll_timeout),
+            Some(self.next_observe),
+            (self.agent.membership().active() == 0).then_some(self.next_rejoin),
+            self.negotiator.as_ref().and(self.keying.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.agent.handle_timeout(now);
+        if let Some(t) = self.tunnels.as_mut() {
+            if t.poll_timeout().is_some_and(|at| at <= now) {
+                t.handle_timeout(now);
+            }
+        }
+        if let Some(n) = self.negotiator.as_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The next I/O to carry out, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next news for the owner.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The membership as this member sees it.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    pub fn epochs(&self) -> &EpochState {
+        &self.epochs
+    }
+
+    /// This member's record as advertised now.
+    pub fn info(&self) -> &MemberInfo {
+        &self.info
+    }
+
+    /// How many SAs of each epoch this member holds (with tunnels).
+    pub fn sa_epochs(&self) -> Vec<(keys::Epoch, usize)> {
+        self.tunnels
+            .as_ref()
+            .map(Tunnels::epochs)
+            .unwrap_or_default()
+    }
+
+    fn refuse(&mut self, peer: &str, what: &'static str, kind: &'static str, reason: String) {
+        self.events.push_back(NodeEvent::Refused(Refusal {
+            peer: peer.to_string(),
+            what,
+            kind,
+            reason,
+        }));
+    }
+
+    /// Advertises this member's record with a new version.
+    fn readvertise(&mut self, now: Instant, what: &str) {
+        self.info.version += 1;
+        if let Err(e) = self.agent.advertise(self.info.clone(), now) {
+            tracing::warn!("advertising {what}: {e}");
+        }
+    }
+
+    /// Takes in what the last input changed: membership news, records,
+    /// epochs, keying, and the I/O that follows, in order.
+    fn drive(&mut self, now: Instant) {
+        if self.agent.membership().active() == 0 && now >= self.next_rejoin {
+            self.next_rejoin = now + REJOIN_EVERY;
+            self.out.push_back(Output::Discover);
+        }
+        for (by, why) in self.agent.membership().infos().take_refused() {
+            self.refuse(&by, "record", "forged", why);
+        }
+        let mut changed = false;
+        while let Some(e) = self.agent.poll_event() {
+            changed = true;
+            self.on_membership(&e, now);
+            self.events.push_back(NodeEvent::Membership(e));
+        }
+        // A record taken (a member's placement, prefixes or endpoint) is
+        // news for the tunnels and the policy too.
+        let record_changes = self.agent.membership().infos().changes();
+        if record_changes != self.records_seen {
+            self.records_seen = record_changes;
+            changed = true;
+        }
+        if changed || now >= self.next_observe {
+            self.observe(now);
+        }
+        self.key(now);
+        while let Some((to, data)) = self.agent.poll_transmit() {
+            self.sends.push((to, Payload::Datagram(data)));
+        }
+        for (to, payload) in std::mem::take(&mut self.sends) {
+            let addr = self
+                .agent
+                .membership()
+                .members()
+                .find(|(m, _)| m.id == to)
+                .map(|(m, _)| m.addr);
+            self.conns.send(to, payload, addr, &mut self.out);
+        }
+    }
+
+    fn on_membership(&mut self, e: &MembershipEvent, now: Instant) {
+        match e {
+            MembershipEvent::Up(m) => self.keying.up(&m.id, now),
+            MembershipEvent::Renamed { old, new } => {
+                // A restarted member lost its keys: its old SAs go, and so
+                // does any exchange with it under way (it may belong to
+                // either incarnation); a fresh one follows.
+                if let Some(n) = self.negotiator.as_mut() {
+                    n.forget(&new.id);
+                }
+                if let Some(t) = self.tunnels.as_mut() {
+                    t.member_down(&old.id);
+                }
+                self.keying.up(&new.id, now);
+            }
+            MembershipEvent::Down(m) => {
+                self.keying.down(&m.id);
+                // Its exchanges under way end first, so each SPI is
+                // released by the one that holds it.
+                if let Some(n) = self.negotiator.as_mut() {
+                    n.forget(&m.id);
+                }
+                if let Some(t) = self.tunnels.as_mut() {
+                    t.member_down(&m.id);
+                }
+            }
+            MembershipEvent::Active | MembershipEvent::Idle => {}
+        }
+    }
+
+    /// A fresh look at the members: their records to the tunnels, this
+    /// member's health advertised if it moved, the mesh's epochs merged,
+    /// and the whole to the owner.
+    fn observe(&mut self, now: Instant) {
+        self.next_observe = now + OBSERVE_EVERY;
+        let observed = self.agent.observe(now);
+        if let Some(t) = self.tunnels.as_mut() {
+            for o in observed.iter().filter(|o| o.state == foca::State::Alive) {
+                t.member(&o.info);
+            }
+            self.events.push_back(NodeEvent::SaEpochs(t.epochs()));
+        }
+        if now >= self.next_health_ad {
+            self.next_health_ad = now + HEALTH_EVERY;
+            let health = path_health(&observed);
+            if health_moved((self.info.rtt_us, self.info.loss_ppm), health) {
+                (self.info.rtt_us, self.info.loss_ppm) = health;
+                self.readvertise(now, "health");
+            }
+        }
+        self.merge_epochs(&observed, now);
+        if self.info.version != self.own_sent {
+            self.own_sent = self.info.version;
+            self.events
+                .push_back(NodeEvent::OwnRecord(Box::new(self.info.clone())));
+        }
+        self.events.push_back(NodeEvent::Observed(observed));
+    }
+
+    /// Starts the exchanges that are due, and turns the negotiator's
+    /// events into SAs in the data plane *before* any message goes out, so
+    /// a peer told to use an SA finds it installed; the tunnels' own
+    /// actions may in turn start exchanges. Until quiet.
+    fn key(&mut self, now: Instant) {
+        let Some(n) = self.negotiator.as_mut() else {
+            return;
+        };
+        for peer in self.keying.due(now) {
+            if let Err(err) = n.initiate(&peer, now) {
+                tracing::warn!("no SA with {peer}: {err}");
+            }
+        }
+        loop {
+            let mut busy = false;
+            while let Some(e) = n.poll_event() {
+                busy = true;
+                let other = match e {
+                    keys::Event::Send { peer, message } => {
+                        self.sends.push((peer, Payload::Message(message)));
+                        continue;
+                    }
+                    other => other,
+                };
+                match &other {
+                    keys::Event::InstallOutbound { peer, .. } => self.keying.keyed(peer),
+                    keys::Event::Failed { peer, .. } => {
+                        let up = self
+                            .agent
+                            .membership()
+                            .members()
+                            .any(|(m, s)| m.id == *peer && s == foca::State::Alive);
+                        let keyed = self.tunnels.as_ref().is_some_and(|t| t.keyed(peer));
+                        self.keying.failed(peer, up, keyed, now);
+                    }
+                    _ => {}
+                }
+                let event = match self.tunnels.as_mut() {
+                    Some(t) => install(t, other, now),
+                    None => NodeEvent::Keys(other),
+                };
+                self.events.push_back(event);
+            }
+            while let Some(a) = self.tunnels.as_mut().and_then(Tunnels::poll_action) {
+                busy = true;
+                match a {
+                    Action::Outbound(c) => self.out.push_back(Output::Outbound(c)),
+                    Action::Inbound(c) => self.out.push_back(Output::Inbound(c)),
+                    Action::Release(spi) => n.release_spi(spi),
+                    Action::Rekey(peer) if self.keying.wants(&peer) => {
+                        tracing::debug!(peer, "rekeying with {peer}");
+                        if let Err(err) = n.initiate(&peer, now) {
+                            tracing::warn!("cannot rekey with {peer}: {err}");
+                        }
+                    }
+                    Action::Rekey(peer) => {
+                        // Its SAs live out their lifetime unrenewed (unless
+                        // the peer's policy still wants the pair and rekeys).
+                        tracing::debug!(
+                            peer,
+                            "not rekeying with {peer}: the policy no longer connects it"
+                        );
+                    }
+                }
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+}
+
+/// Hands a negotiated SA to the tunnels; returns what the owner is told
+/// (never the key).
+fn install(t: &mut Tunnels, event: keys::Event, now: Instant) -> NodeEvent {
+    match event {
+        keys::Event::InstallInbound {
+            peer,
+            spi,
+            key,
+            epoch,
+        } => {
+            t.install_inbound(&peer, spi, key, epoch);
+            NodeEvent::Installed {
+                peer,
+                spi,
+                epoch,
+                outbound: false,
+            }
+        }
+        keys::Event::InstallOutbound {
+            peer,
+            spi,
+            key,
+            epoch,
+        } => {
+            t.install_outbound(&peer, spi, key, epoch, now);
+            NodeEvent::Installed {
+                peer,
+                spi,
+                epoch,
+                outbound: true,
+            }
+        }
+        keys::Event::RemoveInbound { peer, spi } => {
+            t.remove_inbound(&peer, spi);
+            NodeEvent::Keys(keys::Event::RemoveInbound { peer, spi })
+        }
+        other => NodeEvent::Keys(other),
+    }
+}

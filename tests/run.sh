@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need on a fresh
+# Debian machine, then runs every test of the workspace. Run as root: the
+# tests build network namespaces, TUN devices and iptables rules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+# tshark decrypts the gateway's ESP captures; promtool checks its metrics.
+command -v tshark >/dev/null || need+=(tshark)
+command -v promtool >/dev/null || need+=(prometheus)
+# The mesh tests cut and impair the lab's underlay with iptables.
+command -v iptables >/dev/null || need+=(iptables)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The toolchain and targets rust-toolchain.toml lists: the gateway's build
+# compiles the built-in policies for wasm32-unknown-unknown, and a plain
+# cargo build does not add a missing target.
+rustup toolchain install
+rustup target add wasm32-unknown-unknown
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
