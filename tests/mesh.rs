@@ -548,3 +548,129 @@ fn the_policy_decides_which_pairs_are_keyed() {
     let hub_out = metric(&lab, 0, "meshgate_peer_packets_total", "direction=\"out\"");
     assert!(hub_out >= 10, "the hub relayed both ways: {hub_out}");
 }
+
+/// `bytes` with a custom section appended: the same policy, another
+/// content hash, so the gateway compiles it afresh (its cache is by hash).
+fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"meshgate-test";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Samples of the heartbeat-gap histogram of gateway `g`: (upper bound,
+/// cumulative count) per bucket.
+fn beat_gaps(lab: &Lab, g: usize) -> Vec<(f64, u64)> {
+    let text = lab.metrics(g).expect("scraping metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("meshgate_member_heartbeat_gap_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The policy engine runs on its own thread: reloads of modules compiled
+/// afresh each time (a new hash, so not from the cache), one gateway after
+/// another while the mesh runs, leave the heartbeats between the members
+/// flowing. Reports the largest gap between heartbeats received during
+/// them (the bucket of `meshgate_member_heartbeat_gap_seconds` it fell in);
+/// target: under 200 ms, no suspicion, no member declared down.
+#[test]
+fn policy_reloads_compiled_afresh_do_not_stall_the_heartbeats() {
+    let lab = mesh_lab(3, "full-mesh", "cipher = \"aes128gcm16\"");
+    let base = meshgate::policy::builtin("full-mesh").unwrap();
+    // A second of heartbeats first, so each gateway has samples.
+    std::thread::sleep(Duration::from_secs(2));
+    let before: Vec<Vec<(f64, u64)>> = (0..3).map(|g| beat_gaps(&lab, g)).collect();
+    let suspicions = |g| metric(&lab, g, "meshgate_member_suspicions_total", "");
+    let suspected_before: Vec<u64> = (0..3).map(suspicions).collect();
+    let mut compiles = Vec::new();
+    for round in 0..4 {
+        for g in 0..3 {
+            let path = lab.dir.join(format!("fresh-{round}-{g}.wasm"));
+            std::fs::write(&path, with_custom_section(base, &format!("{round}.{g}"))).unwrap();
+            let report = meshgate::lab::probe::http_with_body(
+                &lab.regions[g].appliance,
+                meshgate::lab::ADMIN,
+                "POST",
+                "/policy/reload",
+                &path.display().to_string(),
+            )
+            .unwrap_or_else(|e| panic!("reload {round} at gateway {g}: {e}"));
+            // "compile 93.1 ms, evaluate ..."
+            let ms: f64 = report
+                .split("compile ")
+                .nth(1)
+                .and_then(|r| r.split(" ms").next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no compile time in: {report}"));
+            compiles.push(ms);
+        }
+    }
+    // The samples of the last second land at the next observation.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut largest = 0.0f64;
+    for g in 0..3 {
+        let after = beat_gaps(&lab, g);
+        let count =
+            |h: &[(f64, u64)], le: f64| h.iter().find(|(b, _)| *b == le).map_or(0, |(_, c)| *c);
+        let total = count(&after, f64::INFINITY) - count(&before[g], f64::INFINITY);
+        assert!(
+            total >= 10,
+            "gateway {g}: only {total} heartbeat-gap samples"
+        );
+        // The smallest bucket that holds every sample of the window.
+        let bound = after
+            .iter()
+            .find(|(le, c)| c - count(&before[g], *le) == total)
+            .map_or(f64::INFINITY, |(le, _)| *le);
+        eprintln!("gateway {g}: {total} samples, largest heartbeat gap <= {bound} s");
+        largest = largest.max(bound);
+        assert_eq!(
+            suspicions(g),
+            suspected_before[g],
+            "gateway {g} suspected a member"
+        );
+        assert_eq!(
+            members(&lab, g, "dead"),
+            0,
+            "gateway {g} declared a member down"
+        );
+    }
+    compiles.sort_by(f64::total_cmp);
+    eprintln!(
+        "{} reloads compiled afresh ({:.0}-{:.0} ms each, median {:.0} ms); largest heartbeat gap during them <= {largest} s",
+        compiles.len(),
+        compiles[0],
+        compiles[compiles.len() - 1],
+        compiles[compiles.len() / 2],
+    );
+    assert!(
+        largest <= 0.2,
+        "a heartbeat gap over 200 ms: <= {largest} s"
+    );
+}

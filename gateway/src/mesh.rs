@@ -312,6 +312,9 @@ fn on_observed(
         if let Some(rtt) = o.rtt {
             m.rtt.observe(rtt.as_secs_f64());
         }
+        if let Some(gap) = o.beat_gap {
+            m.beat_gap.observe(gap.as_secs_f64());
+        }
     }
     for (state, n) in counts {
         m.members.with_label_values(&[state]).set(n);

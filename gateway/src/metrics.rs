@@ -39,6 +39,9 @@ pub struct MeshMetrics {
     pub members: IntGaugeVec,
     /// The smoothed round-trip time to each member, sampled each second.
     pub rtt: prometheus::Histogram,
+    /// The largest gap between heartbeats from each member over each
+    /// second (a stall of either side shows here before any suspicion).
+    pub beat_gap: prometheus::Histogram,
     pub suspicions: IntCounter,
     /// Suspicions that ended with the member alive after all.
     pub refutations: IntCounter,
@@ -85,6 +88,19 @@ impl MeshMetrics {
         .expect("static metric definition is valid");
         registry
             .register(Box::new(rtt.clone()))
+            .expect("metric names are unique");
+        let beat_gap = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "meshgate_member_heartbeat_gap_seconds",
+                "The largest gap between heartbeats received from each member over each second (heartbeats are sent every 100 ms; a member silent for 600 ms is reported).",
+            )
+            .buckets(vec![
+                0.11, 0.12, 0.135, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.6, 1.0, 2.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(beat_gap.clone()))
             .expect("metric names are unique");
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("static metric definition is valid");
@@ -133,6 +149,7 @@ impl MeshMetrics {
         MeshMetrics {
             members,
             rtt,
+            beat_gap,
             suspicions,
             refutations,
             negotiations,

@@ -41,6 +41,9 @@ pub struct Observed {
     /// Inbound loss, 0 to 1.
     pub loss: f64,
     pub since: Instant,
+    /// The largest gap between heartbeats received from it since the last
+    /// observation (watched members).
+    pub beat_gap: Option<Duration>,
 }
 
 pub struct Agent {
@@ -134,12 +137,14 @@ impl Agent {
                 continue;
             };
             let (rtt, loss) = self.health(&id).unwrap_or((None, 0.0));
+            let beat_gap = self.liveness.as_mut().and_then(|d| d.take_gap(&id));
             out.push(Observed {
                 info,
                 state,
                 rtt,
                 loss,
                 since,
+                beat_gap,
             });
         }
         out

@@ -64,6 +64,9 @@ pub struct Detector {
     paths: BTreeMap<String, PathHealth>,
     /// When [`tick`](Self::tick) last ran, to tell a stall of our own.
     last_tick: Option<Instant>,
+    /// Per watched peer: when its last heartbeat came, and the largest gap
+    /// between two of its heartbeats since [`take_gap`](Self::take_gap).
+    gaps: BTreeMap<String, (Instant, Duration)>,
 }
 
 impl Detector {
@@ -78,6 +81,7 @@ impl Detector {
             next_beat: None,
             paths: BTreeMap::new(),
             last_tick: None,
+            gaps: BTreeMap::new(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Detector {
         self.paths.remove(peer);
         self.reporting.remove(peer);
         self.reports.remove(peer);
+        self.gaps.remove(peer);
     }
 
     /// A heartbeat (or any datagram) came from `peer`.
@@ -116,7 +121,21 @@ impl Detector {
                 .entry(peer.to_string())
                 .or_default()
                 .on_beat(beat, now);
+            let (last, largest) = self
+                .gaps
+                .entry(peer.to_string())
+                .or_insert((now, Duration::ZERO));
+            *largest = (*largest).max(now.saturating_duration_since(*last));
+            *last = now;
         }
+    }
+
+    /// The largest gap between two heartbeats received from `peer` since
+    /// the last call (what a stall on either side, or loss, looks like
+    /// from here); `None` before two have come.
+    pub fn take_gap(&mut self, peer: &str) -> Option<Duration> {
+        let (_, largest) = self.gaps.get_mut(peer)?;
+        Some(std::mem::take(largest)).filter(|g| !g.is_zero())
     }
 
     /// The round-trip time and inbound loss measured to `peer`.

@@ -421,6 +421,7 @@ fn a_member_advertises_the_median_round_trip_and_mean_loss_of_its_paths() {
         rtt: rtt_ms.map(Duration::from_millis),
         loss,
         since: Instant::now(),
+        beat_gap: None,
     };
     let observed = [
         seen(1, foca::State::Alive, Some(80), 0.0),
