@@ -102,6 +102,7 @@ fn view_from_membership(c: &mut Criterion) {
                 rtt: Some(Duration::from_millis(80)),
                 loss: 0.01,
                 since: now,
+                beat_gap: None,
             })
             .collect();
         let local = record(0);
