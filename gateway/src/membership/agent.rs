@@ -17,6 +17,7 @@ use super::core::{Membership, MembershipError, MembershipEvent, Settings};
 use super::health::{Beat, BEAT_LEN};
 use super::info::{Infos, MemberInfo};
 use super::liveness::{Detector, LivenessAction, LivenessSettings};
+use super::watch::WatchPlan;
 use super::MemberId;
 
 const SWIM: u8 = 0;
@@ -51,6 +52,10 @@ pub struct Agent {
     /// Each member's last state seen, and since when.
     states: std::collections::BTreeMap<String, (State, Instant)>,
     liveness: Option<Detector>,
+    /// Who watches whom (a bounded set each); `dirty` when the members or
+    /// their placement changed since the watch list was last made.
+    plan: WatchPlan,
+    dirty: bool,
     /// SWIM's suspicion timeout, to defer a verdict by.
     suspicion: Duration,
     out: VecDeque<(String, Vec<u8>)>,
@@ -87,10 +92,14 @@ impl Agent {
         infos: Infos,
     ) -> Agent {
         let id = me.id.clone();
+        let mut plan = WatchPlan::default();
+        plan.add(&id);
         Agent {
             swim: Membership::with_infos(me, settings, seed, infos),
             states: Default::default(),
             liveness: liveness.map(|l| Detector::new(&id, l)),
+            plan,
+            dirty: false,
             suspicion: settings.suspicion,
             out: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -241,7 +250,18 @@ impl Agent {
             Some((&RECORD, record)) => self.swim.learn(from, record),
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
                 (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
-                    if let Some(LivenessAction::Down(s)) = d.report(from, s, now) {
+                    // A report counts only from one of the subject's
+                    // watchers (the same at every member that sees the
+                    // same mesh); others' word on it is ignored.
+                    let watchers = self.plan.watchers(s);
+                    let verdict = if !watchers.contains(from) {
+                        None
+                    } else if d.watched().any(|w| w == s) {
+                        d.report(from, s, now)
+                    } else {
+                        d.report_unwatched(from, s, watchers.len(), now)
+                    };
+                    if let Some(LivenessAction::Down(s)) = verdict {
                         self.declare_down(&s);
                     }
                     Ok(())
@@ -386,15 +406,50 @@ impl Agent {
                 msg.extend_from_slice(&own);
                 self.out.push_back((m.id.clone(), msg));
             }
-            if let Some(d) = &mut self.liveness {
-                match &e {
-                    MembershipEvent::Up(m) => d.watch(&m.id, now),
-                    MembershipEvent::Down(m) => d.unwatch(&m.id),
-                    MembershipEvent::Renamed { new, .. } => d.watch(&new.id, now),
-                    _ => {}
+            match &e {
+                MembershipEvent::Up(m) | MembershipEvent::Renamed { new: m, .. } => {
+                    self.dirty |= self.plan.add(&m.id);
+                    if let Some(d) = &mut self.liveness {
+                        d.forget(&m.id);
+                    }
                 }
+                MembershipEvent::Down(m) => {
+                    self.dirty |= self.plan.remove(&m.id);
+                    if let Some(d) = &mut self.liveness {
+                        d.unwatch(&m.id);
+                    }
+                }
+                MembershipEvent::Active | MembershipEvent::Idle => {}
             }
             self.events.push_back(e);
+        }
+        for (id, region, group) in self.swim.infos().take_placements() {
+            self.dirty |= self.plan.place(&id, &region, group.as_deref());
+        }
+        if std::mem::take(&mut self.dirty) {
+            self.rewatch(now);
+        }
+    }
+
+    /// Makes the detector watch the members the plan says, and tells it
+    /// how many watch each.
+    fn rewatch(&mut self, now: Instant) {
+        let Some(d) = &mut self.liveness else {
+            return;
+        };
+        let me = self.swim.me().id.clone();
+        let wanted = self.plan.watchers(&me);
+        let gone: Vec<String> = d
+            .watched()
+            .filter(|w| !wanted.contains(*w))
+            .cloned()
+            .collect();
+        for peer in gone {
+            d.unwatch(&peer);
+        }
+        for peer in &wanted {
+            d.watch(peer, now);
+            d.set_watchers(peer, self.plan.watchers(peer).len());
         }
     }
 

@@ -134,6 +134,8 @@ struct State {
     refused: Vec<(String, String)>,
     /// Grows with every record taken.
     changes: u64,
+    /// Members placed anew since the member last looked.
+    placements: Vec<(String, String, Option<String>)>,
 }
 
 /// The records known, shared between SWIM's broadcast handler and the
@@ -211,6 +213,15 @@ impl Infos {
         }
     }
 
+    /// Members placed anew (region and group) since the last call: a new
+    /// member's record, or one that moved.
+    pub fn take_placements(&self) -> Vec<(String, String, Option<String>)> {
+        self.0
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.placements))
+            .unwrap_or_default()
+    }
+
     /// Forged records refused since the last call: who sent each, and why.
     pub fn take_refused(&self) -> Vec<(String, String)> {
         self.0
@@ -228,6 +239,11 @@ impl State {
             .get(&info.id)
             .is_none_or(|k| k.version < info.version);
         if newer {
+            let placed = |k: &MemberInfo| (k.region.clone(), k.group.clone());
+            if self.known.get(&info.id).map(placed) != Some(placed(&info)) {
+                self.placements
+                    .push((info.id.clone(), info.region.clone(), info.group.clone()));
+            }
             self.known.insert(info.id.clone(), info);
             self.changes += 1;
         }

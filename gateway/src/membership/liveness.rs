@@ -67,6 +67,9 @@ pub struct Detector {
     /// Per watched peer: when its last heartbeat came, and the largest gap
     /// between two of its heartbeats since [`take_gap`](Self::take_gap).
     gaps: BTreeMap<String, (Instant, Duration)>,
+    /// How many members watch each subject (when not everyone does): the
+    /// most reports that can come about it.
+    watchers: BTreeMap<String, usize>,
 }
 
 impl Detector {
@@ -82,6 +85,7 @@ impl Detector {
             paths: BTreeMap::new(),
             last_tick: None,
             gaps: BTreeMap::new(),
+            watchers: BTreeMap::new(),
         }
     }
 
@@ -94,7 +98,26 @@ impl Detector {
         }
     }
 
+    /// The peers watched now.
+    pub fn watched(&self) -> impl Iterator<Item = &String> {
+        self.heard.keys()
+    }
+
+    /// How many members watch `subject` (this one among them, if it does):
+    /// the quorum for it never asks for more reports than that.
+    pub fn set_watchers(&mut self, subject: &str, watchers: usize) {
+        self.watchers.insert(subject.to_string(), watchers);
+    }
+
+    /// `subject` is in the mesh again (it rejoined): a verdict reached on
+    /// it before does not stand in the way of the next one.
+    pub fn forget(&mut self, subject: &str) {
+        self.declared.remove(subject);
+        self.reports.remove(subject);
+    }
+
     pub fn unwatch(&mut self, peer: &str) {
+        self.watchers.remove(peer);
         self.heard.remove(peer);
         self.paths.remove(peer);
         self.reporting.remove(peer);
@@ -172,9 +195,37 @@ impl Detector {
         self.check(subject, now)
     }
 
+    /// `observer`, one of the `watchers` of a `subject` this member does not
+    /// watch itself, reports it silent (the caller has checked that the
+    /// observer watches it, and that the subject is in the mesh). Enough
+    /// such reports declare it down here as at its watchers, without
+    /// waiting for the news to spread by gossip.
+    pub fn report_unwatched(
+        &mut self,
+        observer: &str,
+        subject: &str,
+        watchers: usize,
+        now: Instant,
+    ) -> Option<LivenessAction> {
+        if subject == self.me || self.declared.contains(subject) || self.heard.contains_key(subject)
+        {
+            return None;
+        }
+        let ttl = self.settings.report_ttl;
+        let by = self.reports.entry(subject.to_string()).or_default();
+        by.insert(observer.to_string(), now);
+        by.retain(|_, at| now.saturating_duration_since(*at) <= ttl);
+        if by.len() >= self.settings.confirmations.min(watchers).max(1) {
+            self.declared.insert(subject.to_string());
+            self.reports.remove(subject);
+            return Some(LivenessAction::Down(subject.to_string()));
+        }
+        None
+    }
+
     /// Reports needed to declare `subject` down: `confirmations`, or all
     /// who can observe it when they are fewer: this member and every other
-    /// watched member it still hears. In a mesh of two, or three with one
+    /// watched member it still hears, and never more than watch it. In a mesh of two, or three with one
     /// gone, the survivors agree among themselves; on the small side of a
     /// partition, a member that hears nobody decides alone what it cannot
     /// reach (the far side refutes it when the partition heals).
@@ -185,7 +236,12 @@ impl Detector {
             .iter()
             .filter(|(p, at)| *p != subject && now.saturating_duration_since(**at) < detect)
             .count();
-        self.settings.confirmations.min(observers)
+        let watchers = self.watchers.get(subject).copied().unwrap_or(usize::MAX);
+        self.settings
+            .confirmations
+            .min(observers)
+            .min(watchers)
+            .max(1)
     }
 
     fn check(&mut self, subject: &str, now: Instant) -> Option<LivenessAction> {

@@ -10,10 +10,13 @@ pub mod health;
 mod id;
 pub mod info;
 pub mod liveness;
+pub mod watch;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};
 pub use agent::{Agent, Observed};
 pub use id::MemberId;
 
+#[cfg(test)]
+mod scale;
 #[cfg(test)]
 pub(crate) mod sim;
