@@ -72,13 +72,28 @@ async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
 /// force).
 async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
     let policy = s.policy.clone();
-    let source =
-        Some(body.trim())
-            .filter(|b| !b.is_empty())
-            .map(|m| match crate::policy::builtin(m) {
-                Some(_) => crate::config::PolicySource::Builtin(m.to_string()),
-                None => crate::config::PolicySource::File(m.into()),
-            });
+    // A built-in's name, or a file's absolute path (relative to what, on
+    // a daemon?).
+    let source = match Some(body.trim()).filter(|b| !b.is_empty()) {
+        None => None,
+        Some(m) => match crate::policy::PolicySource::parse(m, std::path::Path::new("/")) {
+            Ok(s) if m.starts_with('/') || matches!(s, crate::policy::PolicySource::Builtin(_)) => {
+                Some(s)
+            }
+            Ok(_) => return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "reload refused: a policy file must be given by its absolute path, not {m}\n"
+                ),
+            ),
+            Err(e) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload refused: {e}\n"),
+                )
+            }
+        },
+    };
     // The engine's thread compiles and swaps; this task only waits for
     // its answer.
     match policy.reload(source).await {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, PolicySource, SaDefaults, SignalConfig};
+use crate::config::{Config, PolicySource, SignalConfig};
 use crate::dataplane::Dataplane;
+use crate::esp::SaDefaults;
 use crate::keys::{KeyProvider, LocalKeys};
 use crate::membership::info::MemberInfo;
 use crate::membership::liveness::LivenessSettings;
@@ -103,6 +104,7 @@ impl MeshStart {
         let creds = Credentials::load(&signal.ca, &signal.cert, &signal.key)
             .context("loading the mesh credentials ([signal] ca, cert, key)")?;
         let local = mesh::local_info(config);
+        crate::membership::info::check_fits(&local).map_err(anyhow::Error::msg)?;
         let c = &creds.claims;
         if c.id != config.id || c.region != local.region || c.role != local.role {
             anyhow::bail!(
@@ -145,7 +147,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             std::time::Instant::now(),
             crate::time::unix_ms(),
         ),
-        None => policy::view::from_config(&config, crate::time::unix_ms()),
+        None => config.policy_view(crate::time::unix_ms()),
     };
     let (mut runtime, tables) = PolicyRuntime::start(
         PolicyEngine::new(Limits::default())?.with_cache_dir(config.state_dir.join("policy-cache")),
@@ -167,7 +169,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     set_buffers(&socket);
     let (notices, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let dataplane = Dataplane::start(
-        &config,
+        &config.dataplane(),
         tun,
         socket,
         &metrics,

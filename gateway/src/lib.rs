@@ -10,7 +10,8 @@
 pub mod admin;
 pub mod config;
 pub mod dataplane;
-pub mod esp;
+/// The ESP core, a crate of its own (`esp/` in the workspace).
+pub use meshgate_esp as esp;
 pub mod gateway;
 pub mod identity;
 pub mod keys;
@@ -27,3 +28,6 @@ pub mod signal;
 pub mod time;
 pub mod tun;
 pub mod tunnels;
+
+#[cfg(test)]
+mod layers;

@@ -193,10 +193,17 @@ enum PolicyCmd {
 /// `meshgate policy reload`: asks the admin listener, prints its answer.
 fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result<()> {
     let module = match module {
-        // A built-in by name; anything else is a file, sent as an absolute
-        // path (the gateway runs elsewhere).
-        Some(m) if meshgate::policy::builtin(&m).is_some() => m,
-        Some(m) => std::path::absolute(&m)?.display().to_string(),
+        // A built-in by name, or a file, sent as an absolute path (the
+        // gateway runs elsewhere).
+        Some(m) => {
+            let cwd = std::env::current_dir()?;
+            match meshgate::policy::PolicySource::parse(&m, &cwd)? {
+                meshgate::policy::PolicySource::File(p) => {
+                    std::path::absolute(p)?.display().to_string()
+                }
+                builtin => builtin.to_string(),
+            }
+        }
         None => String::new(),
     };
     let (status, body) =

@@ -7,7 +7,7 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::esp::{DropReason, LifetimeEvent};
+use crate::esp::{Direction, DropReason, LifetimeEvent};
 
 /// Every metric the gateway exports, registered in its own registry.
 pub struct Metrics {
@@ -156,22 +156,6 @@ impl MeshMetrics {
             epoch,
             sa_epochs,
             refused,
-        }
-    }
-}
-
-/// Direction of traffic relative to this gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
         }
     }
 }
@@ -343,9 +327,6 @@ impl Metrics {
             "Events that call for a policy evaluation, by trigger (several may be coalesced into one evaluation).",
             &["trigger"],
         );
-        for t in crate::policy::schedule::Trigger::ALL {
-            policy_events.with_label_values(&[t.as_str()]);
-        }
         let policy_event_evaluations = counter_vec(
             &registry,
             "meshgate_policy_event_evaluations_total",
@@ -457,10 +438,16 @@ impl Metrics {
         self.policy_reloads.with_label_values(&[outcome]).inc();
     }
 
-    pub fn policy_event(&self, trigger: crate::policy::schedule::Trigger) {
-        self.policy_events
-            .with_label_values(&[trigger.as_str()])
-            .inc();
+    /// An event of kind `trigger` asked for an evaluation.
+    pub fn policy_event(&self, trigger: &str) {
+        self.policy_events.with_label_values(&[trigger]).inc();
+    }
+
+    /// The triggers there are, so each series exists (at 0) from the start.
+    pub fn policy_triggers(&self, triggers: &[&str]) {
+        for t in triggers {
+            self.policy_events.with_label_values(&[t]);
+        }
     }
 
     pub fn policy_event_evaluation(&self, outcome: &str) {

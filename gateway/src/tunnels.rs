@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::SaDefaults;
 use crate::dataplane::{InboundCommand, OutboundCommand};
+use crate::esp::Direction;
+use crate::esp::SaDefaults;
 use crate::esp::{KeyMaterial, LifetimeEvent, SaParams};
 use crate::keys::Epoch;
 use crate::membership::info::MemberInfo;
-use crate::metrics::Direction;
 use crate::prefix::Prefix;
 
 /// How long an inbound SA outlives its replacement.

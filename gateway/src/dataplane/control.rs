@@ -13,8 +13,8 @@
 
 use std::net::SocketAddr;
 
+use crate::esp::Direction;
 use crate::esp::{LifetimeEvent, SaParams};
-use crate::metrics::Direction;
 use crate::prefix::Prefix;
 
 /// Slots beyond this are refused (a bound on the tables a command can grow).

@@ -12,13 +12,14 @@ use super::control::{InboundCommand, NoticeSender, SaNotice};
 use super::offload::Coalescer;
 use super::persist::StateMsg;
 use super::tables::SharedTables;
+use super::StaticPeer;
 use super::{inner, socket_fd, wait_readable, TICK};
-use crate::config::Config;
+use crate::esp::Direction;
 use crate::esp::{
     classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, UdpPayloadKind,
     NEXT_HEADER_NONE,
 };
-use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics, UdpControlCounters};
+use crate::metrics::{DropCounters, FlowCounters, Metrics, UdpControlCounters};
 use crate::prefix::Prefix;
 use crate::seqstate::{Half, SeqFile};
 use crate::tun::Tun;
@@ -69,14 +70,14 @@ pub enum Delivery {
 
 impl Inbound {
     pub fn new(
-        config: &Config,
+        configured: &[StaticPeer],
         metrics: &Arc<Metrics>,
         tables: SharedTables,
     ) -> Result<Inbound, SaError> {
         let now = Instant::now();
         let mut sas = HashMap::new();
         let mut peers = Vec::new();
-        for (i, p) in config.peers.iter().enumerate() {
+        for (i, p) in configured.iter().enumerate() {
             let s = &p.inbound;
             let sa = InboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::In, s.suite.name());

@@ -13,6 +13,7 @@ pub mod inner;
 pub mod offload;
 mod outbound;
 mod persist;
+mod settings;
 pub mod tables;
 
 use std::io;
@@ -27,9 +28,9 @@ pub use batch::RawAddr;
 pub use control::{DataplaneControl, InboundCommand, OutboundCommand, SaNotice};
 pub use inbound::Inbound;
 pub use outbound::Outbound;
+pub use settings::{DataplaneSettings, StaticPeer};
 pub use tables::{SharedTables, Tables};
 
-use crate::config::Config;
 use crate::esp::SaError;
 use crate::metrics::Metrics;
 use crate::seqstate::{SeqFile, StateError};
@@ -86,22 +87,22 @@ impl Dataplane {
     /// before any packet moves), and starts their threads. SA lifetime
     /// events go to `notices` when given.
     pub fn start(
-        config: &Config,
+        config: &DataplaneSettings,
         tun: Arc<Tun>,
         socket: UdpSocket,
         metrics: &Arc<Metrics>,
         tables: SharedTables,
         notices: Option<control::NoticeSender>,
     ) -> Result<Dataplane, StartError> {
-        let mut outbound = Outbound::new(config, metrics, tables.clone())?;
-        let mut inbound = Inbound::new(config, metrics, tables)?;
+        let mut outbound = Outbound::new(&config.peers, metrics, tables.clone())?;
+        let mut inbound = Inbound::new(&config.peers, metrics, tables)?;
         if let Some(n) = notices {
             outbound.attach_notices(n.clone());
             inbound.attach_notices(n);
         }
         let (out_tx, out_rx) = mpsc::channel();
         let (in_tx, in_rx) = mpsc::channel();
-        let state_file = config.state_file();
+        let state_file = config.state_file.clone();
         if let Some(dir) = state_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StartError::State(StateError::Io {
@@ -130,11 +131,7 @@ impl Dataplane {
         let gso = batch::probe_udp_gso(&socket);
         let gro = batch::enable_udp_gro(&socket);
         tracing::info!(tso, gso, gro, "data-plane offloads");
-        let size = if gro {
-            65_536
-        } else {
-            buffer_size(config.tun.mtu)
-        };
+        let size = if gro { 65_536 } else { buffer_size(config.mtu) };
         let socket = Arc::new(socket);
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));

@@ -10,13 +10,14 @@ use super::control::{NoticeSender, OutboundCommand, SaNotice};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::persist::StateMsg;
 use super::tables::SharedTables;
+use super::StaticPeer;
 use super::{inner, wait_readable, TICK};
-use crate::config::Config;
+use crate::esp::Direction;
 use crate::esp::{
     DropReason, LifetimeEvent, OutboundSa, SaError, SealError, ESP_HEADER_LEN, ICV_LEN,
     MAX_TRAILER_LEN,
 };
-use crate::metrics::{Direction, DropCounters, FlowCounters, Metrics};
+use crate::metrics::{DropCounters, FlowCounters, Metrics};
 use crate::seqstate::{Half, SeqFile, BLOCK};
 use crate::tun::Tun;
 use std::sync::mpsc::{Receiver, Sender};
@@ -70,13 +71,13 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(
-        config: &Config,
+        configured: &[StaticPeer],
         metrics: &Arc<Metrics>,
         tables: SharedTables,
     ) -> Result<Outbound, SaError> {
-        let mut peers = Vec::with_capacity(config.peers.len());
+        let mut peers = Vec::with_capacity(configured.len());
         let now = Instant::now();
-        for p in &config.peers {
+        for p in configured {
             let s = &p.outbound;
             let sa = OutboundSa::new(s.clone(), now)?;
             let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use super::StaticPeer;
 use crate::prefix::{Prefix, PrefixMap};
 
 /// Next hops of one route, as peer indices (the config's order).
@@ -58,9 +58,9 @@ pub struct Tables {
 impl Tables {
     /// The table a config implies without a policy: each peer's prefixes
     /// straight to it.
-    pub fn from_config(config: &Config) -> Tables {
+    pub fn from_peers(peers: &[StaticPeer]) -> Tables {
         let mut t = Tables::default();
-        for (i, p) in config.peers.iter().enumerate() {
+        for (i, p) in peers.iter().enumerate() {
             for prefix in &p.prefixes {
                 t.insert(
                     *prefix,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::inbound::Delivery;
 use super::*;
+use crate::config::Config;
 use crate::esp::{DropReason, ESP_HEADER_LEN};
 
 const KEY_AB: &str = "00112233445566778899aabbccddeeff01020304";
@@ -45,12 +46,12 @@ fn pair() -> (Outbound, Inbound, Arc<Metrics>) {
     let ma = Arc::new(Metrics::new("a"));
     let mb = Arc::new(Metrics::new("b"));
     let (ta, tb) = (
-        shared(Tables::from_config(&a)),
-        shared(Tables::from_config(&b)),
+        shared(Tables::from_peers(&a.dataplane().peers)),
+        shared(Tables::from_peers(&b.dataplane().peers)),
     );
     (
-        Outbound::new(&a, &ma, ta).unwrap(),
-        Inbound::new(&b, &mb, tb).unwrap(),
+        Outbound::new(&a.dataplane().peers, &ma, ta).unwrap(),
+        Inbound::new(&b.dataplane().peers, &mb, tb).unwrap(),
         mb,
     )
 }

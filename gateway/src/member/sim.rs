@@ -16,8 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::config::SaDefaults;
 use crate::dataplane::{InboundCommand, OutboundCommand};
+use crate::esp::SaDefaults;
 use crate::esp::{Backend, Lifetime, SaParams};
 use crate::keys::epoch::test_keys;
 use crate::tunnels::{Slots, GRACE};

@@ -74,6 +74,20 @@ impl MemberInfo {
     }
 }
 
+/// Refuses a record of this member's own that would not fit in one
+/// membership datagram once signed (an ECDSA signature is at most 72
+/// bytes): its prefixes must be aggregated.
+pub fn check_fits(info: &MemberInfo) -> Result<(), String> {
+    let len = Infos::default().seal(info).len() + 72;
+    if len > MAX_RECORD_LEN {
+        return Err(format!(
+            "{} prefixes make a member record of {len} bytes, over the {MAX_RECORD_LEN} one membership datagram carries; advertise fewer, aggregated prefixes (gateway.prefixes)",
+            info.prefixes.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Which record a broadcast carries: a newer version of the same member's
 /// record replaces one still being spread.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::runtime::{PolicyRuntime, ReloadReport};
 use super::schedule::{Scheduler, Settings, Trigger};
-use crate::config::PolicySource;
+use super::PolicySource;
 use crate::metrics::Metrics;
 
 /// A change to the view the policy decides from, and its kind.
@@ -117,6 +117,8 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     settings: Settings,
 ) -> std::io::Result<(PolicyHandle, std::thread::JoinHandle<()>)> {
+    let triggers: Vec<&str> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
+    metrics.policy_triggers(&triggers);
     let (tx, rx) = mpsc::channel();
     let in_force = Arc::new(ArcSwap::from_pointee(InForce {
         name: runtime.name().to_string(),
@@ -167,7 +169,7 @@ impl Engine {
             };
             match request {
                 Ok(Request::Event(e)) => {
-                    self.metrics.policy_event(e.trigger);
+                    self.metrics.policy_event(e.trigger.as_str());
                     (e.update)(self.runtime.view_mut());
                     self.scheduler.event(e.trigger, Instant::now());
                 }
@@ -200,7 +202,7 @@ impl Engine {
         };
         if batch.triggers().any(|t| t == Trigger::Timer) {
             // Channel events were counted as they came; the timer fires here.
-            self.metrics.policy_event(Trigger::Timer);
+            self.metrics.policy_event(Trigger::Timer.as_str());
         }
         let triggers: Vec<&str> = batch.triggers().map(Trigger::as_str).collect();
         match self.runtime.evaluate(crate::time::unix_ms()) {
@@ -299,7 +301,7 @@ mod tests {
             let metrics = Arc::new(Metrics::new("spoke-1"));
             let (mut runtime, initial) = PolicyRuntime::start(
                 PolicyEngine::new(Limits::default()).unwrap(),
-                crate::config::PolicySource::Builtin("hub-spoke".into()),
+                crate::policy::PolicySource::Builtin("hub-spoke".into()),
                 view,
                 metrics.clone(),
                 tun.clone(),

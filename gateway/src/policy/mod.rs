@@ -10,10 +10,12 @@ pub mod host;
 pub mod runtime;
 pub mod scenario;
 pub mod schedule;
+pub mod source;
 pub mod validate;
 pub mod view;
 
 pub use host::{Decisions, Limits, PolicyEngine, PolicyError, PolicyModule, TrapKind};
+pub use source::{PolicySource, DEFAULT_POLICY};
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_policies.rs"));

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use meshgate_sdk::View;
 
-use super::{builtin, validate, view, Decisions, PolicyEngine, PolicyError, PolicyModule};
-use crate::config::PolicySource;
+use super::{validate, view, Decisions, PolicyEngine, PolicyError, PolicyModule, PolicySource};
 use crate::dataplane::SharedTables;
 use crate::metrics::Metrics;
 use crate::prefix::Prefix;
@@ -89,18 +88,6 @@ pub struct PolicyRuntime {
     peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
 }
 
-/// Reads the module a source names.
-pub fn read_source(source: &PolicySource) -> Result<(String, Vec<u8>), String> {
-    match source {
-        PolicySource::Builtin(n) => builtin(n)
-            .map(|b| (n.clone(), b.to_vec()))
-            .ok_or_else(|| format!("no built-in policy {n}")),
-        PolicySource::File(p) => std::fs::read(p)
-            .map(|b| (p.display().to_string(), b))
-            .map_err(|e| format!("reading policy {}: {e}", p.display())),
-    }
-}
-
 /// Loads and evaluates a module on `view`, refusing invalid decisions.
 fn prepare(
     engine: &PolicyEngine,
@@ -134,7 +121,7 @@ impl PolicyRuntime {
         tun: Arc<Tun>,
         slots: Option<crate::tunnels::SharedSlots>,
     ) -> anyhow::Result<(PolicyRuntime, crate::dataplane::Tables)> {
-        let (name, bytes) = read_source(&source).map_err(anyhow::Error::msg)?;
+        let (name, bytes) = source.read().map_err(anyhow::Error::msg)?;
         let (module, decisions, took) =
             prepare(&engine, &name, &bytes, &view).map_err(anyhow::Error::msg)?;
         metrics.policy_evaluated(took);
@@ -217,7 +204,7 @@ impl PolicyRuntime {
     }
 
     fn try_reload(&mut self) -> Result<ReloadReport, String> {
-        let (name, bytes) = read_source(&self.source)?;
+        let (name, bytes) = self.source.read()?;
         let started = Instant::now();
         let (module, decisions, took) = prepare(&self.engine, &name, &bytes, &self.view)
             .inspect_err(|e| {

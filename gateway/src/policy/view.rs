@@ -1,17 +1,35 @@
 //! The gateway's side of the contract: the view it gives a policy, and the
 //! data-plane tables it makes of the answer.
 //!
-//! Until the membership protocol lands, the members are this gateway
-//! (member 0) and the peers of its config (member i + 1 is peer i), all
-//! alive, each with its configured endpoint labelled `internet`.
+//! A gateway with configured peers sees itself and them
+//! ([`from_peers`]); a mesh member sees what membership tells it
+//! ([`from_observed`]).
 
 use meshgate_sdk::{Endpoint, Health, Member, Names, Span, State, View};
 
-use crate::config::{Config, Placement};
 use crate::dataplane::tables::{NextHops, Tables};
 use crate::prefix::Prefix;
 
 use super::Decisions;
+
+/// Where a member stands: what policies decide by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub region: String,
+    pub zone: String,
+    pub account: String,
+    pub role: meshgate_sdk::Role,
+    /// Its redundancy group, if it is one of an active/passive pair.
+    pub group: Option<String>,
+}
+
+/// A peer with configured keys, as its gateway's view shows it.
+pub struct ConfiguredPeer<'a> {
+    pub id: &'a str,
+    pub placement: &'a Placement,
+    pub prefixes: &'a [Prefix],
+    pub endpoint: std::net::SocketAddr,
+}
 
 fn member(
     names: &mut Names,
@@ -59,32 +77,32 @@ fn member(
     }
 }
 
-/// The view of the mesh this gateway's config describes.
-pub fn from_config(config: &Config, now_ms: u64) -> View {
+/// The view of a gateway with configured peers: itself (member 0) and
+/// its peers (member i + 1 is peer i), all alive, each with its endpoint
+/// labelled `internet`.
+pub fn from_peers(
+    id: &str,
+    placement: &Placement,
+    params: &[(String, String)],
+    peers: &[ConfiguredPeer<'_>],
+    now_ms: u64,
+) -> View {
     let mut view = View {
         now_ms,
-        params: config.policy.params.clone(),
+        params: params.to_vec(),
         ..View::default()
     };
     let mut names = Names::default();
-    let local = member(
-        &mut names,
-        &mut view,
-        1,
-        &config.id,
-        &config.placement,
-        &[],
-        None,
-    );
+    let local = member(&mut names, &mut view, 1, id, placement, &[], None);
     view.members.push(local);
-    for (i, p) in config.peers.iter().enumerate() {
+    for (i, p) in peers.iter().enumerate() {
         let m = member(
             &mut names,
             &mut view,
             i as u64 + 2,
-            &p.id,
-            &p.placement,
-            &p.prefixes,
+            p.id,
+            p.placement,
+            p.prefixes,
             Some(p.endpoint),
         );
         view.members.push(m);
@@ -241,7 +259,7 @@ fn handle_of(id: &str) -> u64 {
 
 /// The data-plane tables for validated decisions. Members are numbered
 /// into data-plane slots by `slots` when given (a view from membership),
-/// else as [`from_config`] built them (member i + 1 is peer i).
+/// else as [`from_peers`] built them (member i + 1 is peer i).
 pub fn tables(
     view: &View,
     decisions: &Decisions,

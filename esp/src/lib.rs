@@ -6,8 +6,14 @@
 //! [`InboundSa::open`] turns an ESP packet back into the inner packet or a
 //! [`DropReason`], and both report [`LifetimeEvent`]s so the control plane
 //! knows when to rekey.
+//!
+//! A crate of its own so that it builds and tests without the gateway's
+//! runtime (tokio, quinn, wasmtime), and so that no `unsafe` enters it.
+
+#![forbid(unsafe_code)]
 
 pub mod aead;
+mod defaults;
 mod keys;
 mod lifetime;
 mod replay;
@@ -18,6 +24,7 @@ mod wire;
 mod tests;
 
 pub use aead::{Aead, AeadError, Backend, CipherSuite};
+pub use defaults::{SaDefaults, NEGOTIATED_HARD_SECONDS, NEGOTIATED_SOFT_SECONDS};
 pub use keys::{KeyError, KeyMaterial};
 pub use lifetime::{Lifetime, LifetimeEvent, LifetimeLimits, LimitKind};
 pub use replay::{ReplayWindow, MAX_REPLAY_WINDOW, MIN_REPLAY_WINDOW};
@@ -45,6 +52,23 @@ pub const NEXT_HEADER_IPV4: u8 = 4;
 pub const NEXT_HEADER_IPV6: u8 = 41;
 /// Next header of a dummy packet (RFC 4303 §2.6): the receiver discards it.
 pub const NEXT_HEADER_NONE: u8 = 59;
+
+/// Which way an SA carries traffic, relative to this gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    /// The `direction` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
 
 /// Every reason the data plane drops a packet; maps 1:1 onto the `reason`
 /// label of the drop counter.

@@ -1,15 +1,15 @@
 //! ESP encap/decap per packet against the raw AEAD of the same backend, so
 //! the cost of framing, replay and lifetime bookkeeping shows as the gap.
 //!
-//! `cargo bench -p meshgate --bench esp` (about two minutes). Ids read
+//! `cargo bench -p meshgate-esp --bench esp` (about two minutes). Ids read
 //! `<operation>/<backend>/<bytes>`; AES-128-GCM, no ESN.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use meshgate::esp::aead::NONCE_LEN;
-use meshgate::esp::{
+use meshgate_esp::aead::NONCE_LEN;
+use meshgate_esp::{
     Aead, Backend, CipherSuite, InboundSa, KeyMaterial, Lifetime, OutboundSa, SaParams,
     ESP_HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN, NEXT_HEADER_IPV4,
 };

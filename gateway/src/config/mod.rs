@@ -1,0 +1,190 @@
+//! The gateway's TOML configuration: parsing, validation and key loading.
+//!
+//! Every error names the file, the line and column, and the field
+//! (`gw.toml:14:9: peers[1].inbound.spi: ...`), because an operator who
+//! mistypes one value among hundreds should not have to guess which one.
+
+mod error;
+mod raw;
+mod sa;
+mod sections;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use error::ConfigError;
+use raw::*;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use crate::esp::{Backend, CipherSuite, KeyMaterial, Lifetime, SaDefaults, SaParams};
+pub use crate::policy::view::Placement;
+pub use crate::policy::{PolicySource, DEFAULT_POLICY};
+use crate::prefix::Prefix;
+
+/// Where sequence-number state lives unless `gateway.state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/meshgate";
+/// The default ESP-in-UDP port (RFC 3948).
+pub const DEFAULT_ESP_PORT: u16 = 4500;
+/// TUN MTU bounds: IPv6's minimum link MTU, and a jumbo-frame underlay's
+/// 9001 bytes less ESP-in-UDP overhead.
+pub const MIN_MTU: u32 = 1280;
+pub const MAX_MTU: u32 = 8900;
+/// The smallest anti-replay window we accept; the issue asks for at least 1,024.
+pub const MIN_REPLAY_WINDOW: usize = 1024;
+
+/// The validated configuration of one gateway.
+#[derive(Debug)]
+pub struct Config {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Where the sequence-number state of the SAs lives (see `seqstate`).
+    pub state_dir: PathBuf,
+    /// Where this gateway stands in the mesh, as its policy sees it.
+    pub placement: Placement,
+    pub policy: PolicyConfig,
+    pub tun: TunConfig,
+    /// What every SA uses (the `[sa]` section).
+    pub sa: SaDefaults,
+    /// The VPC prefixes behind this gateway, advertised to the mesh.
+    pub prefixes: Vec<Prefix>,
+    /// Where the mesh sends ESP to this gateway (`gateway.advertise`, else
+    /// `gateway.listen`).
+    pub advertise: SocketAddr,
+    pub peers: Vec<PeerConfig>,
+    /// Membership and negotiated keys over the signalling channel.
+    pub signal: Option<SignalConfig>,
+}
+
+/// The default port of the QUIC signalling channel.
+pub const DEFAULT_SIGNAL_PORT: u16 = 4433;
+
+/// The `[signal]` and `[keys]` sections: how this gateway joins the mesh.
+#[derive(Debug, Clone)]
+pub struct SignalConfig {
+    pub listen: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Members to join through: id and signalling address.
+    pub seeds: Vec<(String, SocketAddr)>,
+    pub keys: KeysConfig,
+}
+
+/// Where epoch keys come from.
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// The `local` provider's master key file.
+    pub master_key: PathBuf,
+    /// The epoch new SAs are negotiated under.
+    pub epoch: u32,
+}
+
+impl Config {
+    /// The file that keeps this gateway's SA sequence numbers across restarts.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.seq", self.id))
+    }
+
+    /// What the data plane is built from.
+    pub fn dataplane(&self) -> crate::dataplane::DataplaneSettings {
+        crate::dataplane::DataplaneSettings {
+            peers: self
+                .peers
+                .iter()
+                .map(|p| crate::dataplane::StaticPeer {
+                    id: p.id.clone(),
+                    endpoint: p.endpoint,
+                    prefixes: p.prefixes.clone(),
+                    outbound: p.outbound.clone(),
+                    inbound: p.inbound.clone(),
+                })
+                .collect(),
+            state_file: self.state_file(),
+            mtu: self.tun.mtu,
+        }
+    }
+
+    /// The view of the mesh this config describes (a gateway with
+    /// configured peers: itself and them, all alive).
+    pub fn policy_view(&self, now_ms: u64) -> meshgate_sdk::View {
+        let peers: Vec<crate::policy::view::ConfiguredPeer<'_>> = self
+            .peers
+            .iter()
+            .map(|p| crate::policy::view::ConfiguredPeer {
+                id: &p.id,
+                placement: &p.placement,
+                prefixes: &p.prefixes,
+                endpoint: p.endpoint,
+            })
+            .collect();
+        crate::policy::view::from_peers(
+            &self.id,
+            &self.placement,
+            &self.policy.params,
+            &peers,
+            now_ms,
+        )
+    }
+}
+
+/// Which policy module runs, and its operator parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub module: PolicySource,
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TunConfig {
+    pub name: String,
+    pub mtu: u16,
+    pub addresses: Vec<Prefix>,
+}
+
+/// One remote gateway and the pair of manually keyed SAs to it.
+#[derive(Debug)]
+pub struct PeerConfig {
+    pub id: String,
+    pub placement: Placement,
+    pub endpoint: SocketAddr,
+    pub prefixes: Vec<Prefix>,
+    pub outbound: SaParams,
+    pub inbound: SaParams,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, loading the keys it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        Self::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`; `env` resolves `key_env` names.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_raw(path, text)?;
+        Validator {
+            file: path,
+            text,
+            env,
+        }
+        .validate(raw)
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}

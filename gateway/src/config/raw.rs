@@ -1,0 +1,187 @@
+//! The file as written: serde's view of the TOML, every value with its
+//! span so that validation can say where a mistake is.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::ConfigError;
+use crate::esp::LifetimeLimits;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) gateway: RawGateway,
+    pub(super) tun: RawTun,
+    #[serde(default)]
+    pub(super) sa: RawSaDefaults,
+    #[serde(default)]
+    pub(super) policy: RawPolicy,
+    #[serde(default)]
+    pub(super) peers: Vec<RawPeer>,
+    pub(super) signal: Option<Spanned<RawSignal>>,
+    pub(super) keys: Option<Spanned<RawKeys>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignal {
+    pub(super) listen: Spanned<String>,
+    pub(super) ca: Spanned<String>,
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+    #[serde(default)]
+    pub(super) seeds: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeys {
+    #[serde(default = "default_provider")]
+    pub(super) provider: Spanned<String>,
+    pub(super) master_key: Option<Spanned<String>>,
+    #[serde(default = "default_epoch")]
+    pub(super) epoch: Spanned<u64>,
+}
+
+pub(super) fn default_provider() -> Spanned<String> {
+    Spanned::new(0..0, "local".to_string())
+}
+pub(super) fn default_epoch() -> Spanned<u64> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub(super) id: Spanned<String>,
+    pub(super) listen: Spanned<String>,
+    #[serde(default = "default_admin")]
+    pub(super) admin: Spanned<String>,
+    pub(super) state_dir: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) zone: Option<Spanned<String>>,
+    pub(super) account: Option<Spanned<String>>,
+    pub(super) role: Option<Spanned<String>>,
+    pub(super) group: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) prefixes: Vec<Spanned<String>>,
+    pub(super) advertise: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub(super) module: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) params: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+pub(super) fn default_admin() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9100".to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTun {
+    #[serde(default = "default_tun_name")]
+    pub(super) name: Spanned<String>,
+    #[serde(default = "default_mtu")]
+    pub(super) mtu: Spanned<u32>,
+    #[serde(default)]
+    pub(super) addresses: Vec<Spanned<String>>,
+}
+
+pub(super) fn default_tun_name() -> Spanned<String> {
+    Spanned::new(0..0, "mg0".to_string())
+}
+pub(super) fn default_mtu() -> Spanned<u32> {
+    Spanned::new(0..0, 1400)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSaDefaults {
+    pub(super) cipher: Option<Spanned<String>>,
+    pub(super) esn: Option<bool>,
+    pub(super) backend: Option<Spanned<String>>,
+    pub(super) replay_window: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(super) lifetime: RawLifetime,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLifetime {
+    #[serde(default)]
+    pub(super) soft: RawLimits,
+    #[serde(default)]
+    pub(super) hard: RawLimits,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) packets: Option<Spanned<u64>>,
+    pub(super) bytes: Option<Spanned<u64>>,
+    pub(super) seconds: Option<Spanned<u64>>,
+}
+
+impl RawLimits {
+    pub(super) fn to_limits(&self) -> LifetimeLimits {
+        let v = |x: &Option<Spanned<u64>>| x.as_ref().map(|s| *s.get_ref());
+        LifetimeLimits {
+            packets: v(&self.packets),
+            bytes: v(&self.bytes),
+            time: v(&self.seconds).map(Duration::from_secs),
+        }
+    }
+
+    pub(super) fn named(&self) -> [(&'static str, &Option<Spanned<u64>>); 3] {
+        [
+            ("packets", &self.packets),
+            ("bytes", &self.bytes),
+            ("seconds", &self.seconds),
+        ]
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub(super) id: Spanned<String>,
+    pub(super) endpoint: Spanned<String>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) zone: Option<Spanned<String>>,
+    pub(super) account: Option<Spanned<String>>,
+    pub(super) role: Option<Spanned<String>>,
+    pub(super) group: Option<Spanned<String>>,
+    pub(super) prefixes: Spanned<Vec<Spanned<String>>>,
+    pub(super) outbound: Spanned<RawSa>,
+    pub(super) inbound: Spanned<RawSa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSa {
+    pub(super) spi: Spanned<u64>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) key_env: Option<Spanned<String>>,
+}
+
+// ---- loading and validation ----------------------------------------------
+
+pub(super) fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::at(path, text, e.span(), "", e.message()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        // Spanned<T> shows up in the path as a private key; hide it.
+        let field = field.replace(".$__serde_spanned_private_value", "");
+        let field = if field == "." { String::new() } else { field };
+        ConfigError::at(path, text, inner.span(), &field, inner.message())
+    })
+}

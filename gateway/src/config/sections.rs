@@ -1,0 +1,188 @@
+//! Validation of the sections beside `[gateway]`: `[signal]` and
+//! `[keys]`, placement, `[policy]` and `[tun]`.
+
+use super::*;
+
+impl Validator<'_> {
+    /// `[signal]` and `[keys]`: both or neither.
+    pub(super) fn signal(
+        &self,
+        raw: &RawConfig,
+        id: &str,
+        listen: SocketAddr,
+        advertise: SocketAddr,
+    ) -> Result<Option<SignalConfig>, ConfigError> {
+        let (s, k) = match (&raw.signal, &raw.keys) {
+            (None, None) => return Ok(None),
+            (Some(s), Some(k)) => (s, k),
+            (Some(s), None) => return self.err(s.span(), "signal", "a mesh member needs a [keys] section too (where its epoch keys come from); without it no SA could be negotiated"),
+            (None, Some(k)) => return self.err(k.span(), "keys", "[keys] without [signal]: keys are negotiated over the signalling channel"),
+        };
+        if let Some(p) = raw.peers.first() {
+            return self.err(p.id.span(), "peers[0]", "configured peers and [signal] cannot be combined: in a mesh, peers are learnt from membership and keyed by negotiation");
+        }
+        if advertise.ip().is_unspecified() {
+            return self.err(s.span(), "gateway.advertise", format!("gateway.listen is {listen}: say in gateway.advertise where the mesh should send ESP to this gateway"));
+        }
+        let s = s.get_ref();
+        let listen_sig = self.socket_addr(&s.listen, "signal.listen", Some(DEFAULT_SIGNAL_PORT))?;
+        let mut seeds = Vec::new();
+        for (j, seed) in s.seeds.iter().enumerate() {
+            let field = format!("signal.seeds[{j}]");
+            let v = seed.get_ref().trim();
+            let Some((sid, addr)) = v.split_once('@') else {
+                return self.err(seed.span(), &field, format!("'{v}' is not member-id@address:port (for example region-2@198.51.100.7:4433)"));
+            };
+            if !crate::keys::message::valid_id(sid) {
+                return self.err(seed.span(), &field, format!("'{sid}' is not a member id"));
+            }
+            if sid == id {
+                continue; // Every member may share one seed list.
+            }
+            let at = self.socket_addr(
+                &Spanned::new(seed.span(), addr.to_string()),
+                &field,
+                Some(DEFAULT_SIGNAL_PORT),
+            )?;
+            seeds.push((sid.to_string(), at));
+        }
+        let k = k.get_ref();
+        if k.provider.get_ref() != "local" {
+            return self.err(
+                k.provider.span(),
+                "keys.provider",
+                format!(
+                    "unknown key provider '{}'; expected local",
+                    k.provider.get_ref()
+                ),
+            );
+        }
+        let Some(master) = &k.master_key else {
+            return self.err(
+                raw.keys.as_ref().map_or(0..0, |k| k.span()),
+                "keys.master_key",
+                "the local provider needs master_key, a file made by `meshgate keys init`",
+            );
+        };
+        let epoch = *k.epoch.get_ref();
+        let Ok(epoch) = u32::try_from(epoch) else {
+            return self.err(
+                k.epoch.span(),
+                "keys.epoch",
+                format!("{epoch} is above {}", u32::MAX),
+            );
+        };
+        if epoch == 0 {
+            return self.err(k.epoch.span(), "keys.epoch", "epochs start at 1");
+        }
+        if !crate::keys::message::valid_id(id) {
+            return self.err(
+                raw.gateway.id.span(),
+                "gateway.id",
+                format!(
+                    "'{id}' cannot be a member id (at most {} letters, digits, '-', '_' or '.')",
+                    crate::keys::message::MAX_ID_LEN
+                ),
+            );
+        }
+        Ok(Some(SignalConfig {
+            listen: listen_sig,
+            ca: self.relative_path(s.ca.get_ref()),
+            cert: self.relative_path(s.cert.get_ref()),
+            key: self.relative_path(s.key.get_ref()),
+            seeds,
+            keys: KeysConfig {
+                master_key: self.relative_path(master.get_ref()),
+                epoch,
+            },
+        }))
+    }
+
+    /// Region, zone, account, role and group of the gateway or a peer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn placement(
+        &self,
+        field: &str,
+        region: &Option<Spanned<String>>,
+        zone: &Option<Spanned<String>>,
+        account: &Option<Spanned<String>>,
+        role: &Option<Spanned<String>>,
+        group: &Option<Spanned<String>>,
+    ) -> Result<Placement, ConfigError> {
+        let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().trim().to_string());
+        let role = match role {
+            None => meshgate_sdk::Role::Edge,
+            Some(r) => match r.get_ref().as_str() {
+                "edge" => meshgate_sdk::Role::Edge,
+                "leaf" => meshgate_sdk::Role::Leaf,
+                "hub" => meshgate_sdk::Role::Hub,
+                other => {
+                    return self.err(
+                        r.span(),
+                        &format!("{field}role"),
+                        format!("unknown role '{other}'; expected edge, leaf or hub"),
+                    )
+                }
+            },
+        };
+        let region = text(region).unwrap_or_default();
+        Ok(Placement {
+            zone: text(zone).unwrap_or_else(|| region.clone()),
+            region,
+            account: text(account).unwrap_or_default(),
+            role,
+            group: text(group).filter(|g| !g.is_empty()),
+        })
+    }
+
+    pub(super) fn policy(&self, p: &RawPolicy) -> Result<PolicyConfig, ConfigError> {
+        let module = match &p.module {
+            None => PolicySource::Builtin(DEFAULT_POLICY.to_string()),
+            Some(m) => match PolicySource::parse(m.get_ref(), &self.relative_path("")) {
+                Ok(source) => source,
+                Err(e) => return self.err(m.span(), "policy.module", e),
+            },
+        };
+        let params = p
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect();
+        Ok(PolicyConfig { module, params })
+    }
+
+    pub(super) fn tun(&self, t: &RawTun) -> Result<TunConfig, ConfigError> {
+        let name = t.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return self.err(
+                t.name.span(),
+                "tun.name",
+                format!(
+                    "'{name}' is not a valid interface name (1-15 characters of [A-Za-z0-9._-])"
+                ),
+            );
+        }
+        let mtu = *t.mtu.get_ref();
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return self.err(
+                t.mtu.span(),
+                "tun.mtu",
+                format!("{mtu} is outside {MIN_MTU}..={MAX_MTU} (IPv6 needs 1280; a jumbo-frame underlay allows 9000)"),
+            );
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in t.addresses.iter().enumerate() {
+            addresses.push(self.prefix_host(a, &format!("tun.addresses[{j}]"))?);
+        }
+        Ok(TunConfig {
+            name,
+            mtu: mtu as u16,
+            addresses,
+        })
+    }
+}

@@ -1,0 +1,237 @@
+use std::time::Duration;
+
+use super::*;
+
+const KEY_A: &str = "00112233445566778899aabbccddeeff01020304";
+const KEY_B: &str = "ffeeddccbbaa99887766554433221100a1a2a3a4";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "KEY_A" => Some(KEY_A.into()),
+        "KEY_B" => Some(KEY_B.into()),
+        "KEY_C" => Some("0102030405060708090a0b0c0d0e0f1011121314".into()),
+        "KEY_D" => Some("1112131415161718191a1b1c1d1e1f2021222324".into()),
+        "SHORT" => Some("0011".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(Path::new("gw.toml"), text, &env).map_err(|e| e.to_string())
+}
+
+const GOOD: &str = r#"
+[gateway]
+id = "gw-a"
+listen = "198.18.0.1:4500"
+
+[tun]
+name = "mg0"
+mtu = 1400
+
+[[peers]]
+id = "gw-b"
+endpoint = "198.18.0.2"
+prefixes = ["10.2.0.0/16", "fd00:2::/48"]
+outbound = { spi = 0x1001, key_env = "KEY_A" }
+inbound = { spi = 0x2001, key_env = "KEY_B" }
+"#;
+
+#[test]
+fn parses_a_good_config() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.id, "gw-a");
+    assert_eq!(c.admin, "127.0.0.1:9100".parse().unwrap());
+    assert_eq!(c.peers[0].endpoint, "198.18.0.2:4500".parse().unwrap());
+    assert_eq!(c.peers[0].outbound.spi, 0x1001);
+    assert_eq!(c.peers[0].prefixes.len(), 2);
+    assert!(c.peers[0].inbound.esn);
+    assert_eq!(c.peers[0].inbound.replay_window, 4096);
+}
+
+#[test]
+fn errors_name_file_line_and_field() {
+    let bad = GOOD.replace("spi = 0x2001", "spi = 7");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.starts_with("gw.toml:15:"), "{e}");
+    assert!(e.contains("peers[0].inbound.spi"), "{e}");
+
+    let bad = GOOD.replace("\"10.2.0.0/16\"", "\"10.2.0.0/33\"");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.starts_with("gw.toml:13:"), "{e}");
+    assert!(e.contains("peers[0].prefixes[0]"), "{e}");
+
+    let bad = GOOD.replace("mtu = 1400", "mtu = \"big\"");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.starts_with("gw.toml:8:"), "{e}");
+    assert!(e.contains(": tun.mtu: "), "{e}");
+
+    let bad = GOOD.replace("mtu = 1400", "mtu = 1400\ncolour = 3");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.contains("gw.toml:9:") && e.contains("colour"), "{e}");
+
+    let bad = GOOD.replace("KEY_B", "SHORT");
+    let e = parse(&bad).unwrap_err();
+    assert!(
+        e.contains("peers[0].inbound.key_env") && e.contains("gw.toml:15:"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("0011"),
+        "key material leaked into an error: {e}"
+    );
+
+    let bad = GOOD.replace("KEY_B", "NOPE");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.contains("NOPE is not set"), "{e}");
+
+    let e = parse("[gateway\nid=1").unwrap_err();
+    assert!(e.starts_with("gw.toml:1:"), "{e}");
+}
+
+#[test]
+fn refuses_ambiguous_peers() {
+    let two = format!(
+        "{GOOD}\n[[peers]]\nid = \"gw-c\"\nendpoint = \"198.18.0.3:4500\"\nprefixes = [\"10.2.128.0/17\"]\noutbound = {{ spi = 0x1002, key_env = \"KEY_C\" }}\ninbound = {{ spi = 0x2002, key_env = \"KEY_D\" }}\n"
+    );
+    let e = parse(&two).unwrap_err();
+    assert!(e.contains("overlaps"), "{e}");
+    let dup = two
+        .replace("10.2.128.0/17", "10.3.0.0/16")
+        .replace("0x2002", "0x2001");
+    let e = parse(&dup).unwrap_err();
+    assert!(
+        e.contains("peers[1].inbound.spi") && e.contains("unique"),
+        "{e}"
+    );
+    let ok = two.replace("10.2.128.0/17", "10.3.0.0/16");
+    assert_eq!(parse(&ok).unwrap().peers.len(), 2);
+}
+
+#[test]
+fn admin_must_be_loopback() {
+    let bad = GOOD.replace(
+        "listen = \"198.18.0.1:4500\"",
+        "listen = \"198.18.0.1:4500\"\nadmin = \"0.0.0.0:9100\"",
+    );
+    let e = parse(&bad).unwrap_err();
+    assert!(e.contains("gateway.admin") && e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn the_shipped_examples_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-gateways");
+    let a = Config::load(&dir.join("a.toml")).unwrap();
+    let b = Config::load(&dir.join("b.toml")).unwrap();
+    assert_eq!(a.peers[0].outbound.spi, b.peers[0].inbound.spi);
+    assert_eq!(a.peers[0].inbound.spi, b.peers[0].outbound.spi);
+    assert_eq!(
+        a.peers[0].outbound.lifetime.hard.time,
+        Some(Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn refuses_configs_that_would_break_the_tunnel() {
+    let e = parse(&GOOD.replace("KEY_B", "KEY_A")).unwrap_err();
+    assert!(
+        e.contains("peers[0].inbound") && e.contains("same key as peers[0].outbound"),
+        "{e}"
+    );
+    let e = parse(&GOOD.replace("\"10.2.0.0/16\"", "\"198.18.0.0/16\"")).unwrap_err();
+    assert!(
+        e.contains("peers[0].prefixes") && e.contains("routed into the tunnel itself"),
+        "{e}"
+    );
+    let e = parse(&GOOD.replace(
+        "endpoint = \"198.18.0.2\"",
+        "endpoint = \"[2001:db8::2]:4500\"",
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("peers[0].endpoint") && e.contains("address family"),
+        "{e}"
+    );
+    let e = parse(&GOOD.replace("mtu = 1400", "mtu = 1000")).unwrap_err();
+    assert!(e.contains("gw.toml:8:") && e.contains("tun.mtu"), "{e}");
+    let lt = GOOD.replace(
+        "mtu = 1400\n",
+        "mtu = 1400\n\n[sa]\nlifetime.soft = { packets = 0 }\n",
+    );
+    let e = parse(&lt).unwrap_err();
+    assert!(
+        e.contains("gw.toml:11:")
+            && e.contains("sa.lifetime.soft.packets")
+            && e.contains("limit of 0"),
+        "{e}"
+    );
+    let lt = GOOD.replace(
+        "mtu = 1400\n",
+        "mtu = 1400\n\n[sa]\nlifetime.soft = { seconds = 60 }\nlifetime.hard = { seconds = 60 }\n",
+    );
+    let e = parse(&lt).unwrap_err();
+    assert!(
+        e.contains("gw.toml:11:")
+            && e.contains("sa.lifetime.soft.seconds")
+            && e.contains("below the hard limit"),
+        "{e}"
+    );
+}
+
+const MESH: &str = r#"
+[gateway]
+id = "gw-a"
+listen = "198.18.0.1:4500"
+prefixes = ["10.1.0.0/16"]
+
+[tun]
+name = "mg0"
+
+[signal]
+listen = "198.18.0.1"
+ca = "ca.pem"
+cert = "gw-a.pem"
+key = "gw-a.key"
+seeds = ["gw-a@198.18.0.1:4433", "gw-b@198.18.0.2"]
+
+[keys]
+master_key = "/etc/meshgate/master.key"
+"#;
+
+#[test]
+fn a_mesh_member_config_and_its_mistakes() {
+    let c = parse(MESH).unwrap();
+    let sig = c.signal.as_ref().unwrap();
+    assert_eq!(sig.listen, "198.18.0.1:4433".parse().unwrap());
+    assert_eq!(
+        sig.seeds,
+        [("gw-b".to_string(), "198.18.0.2:4433".parse().unwrap())],
+        "its own entry in a shared seed list is skipped"
+    );
+    assert_eq!(sig.ca, Path::new("ca.pem"));
+    assert_eq!(sig.keys.epoch, 1);
+    assert_eq!(c.advertise, c.listen);
+
+    let cases = [
+        (MESH.replace("\n[keys]\nmaster_key = \"/etc/meshgate/master.key\"\n", ""), "needs a [keys] section"),
+        (format!("{MESH}\n[[peers]]\nid = \"gw-c\"\nendpoint = \"198.18.0.3\"\nprefixes = [\"10.3.0.0/16\"]\noutbound = {{ spi = 0x1001, key_env = \"KEY_A\" }}\ninbound = {{ spi = 0x2001, key_env = \"KEY_B\" }}\n"), "cannot be combined"),
+        (MESH.replace("\"gw-b@198.18.0.2\"", "\"198.18.0.2:4433\""), "is not member-id@address:port"),
+        (MESH.replace("listen = \"198.18.0.1:4500\"", "listen = \"0.0.0.0:4500\""), "gateway.advertise"),
+        (MESH.replace("master_key =", "epoch = 0\nmaster_key ="), "epochs start at 1"),
+        (MESH.replace("[\"10.1.0.0/16\"]", "[\"198.18.0.0/24\"]"), "contains gateway.listen"),
+    ];
+    for (text, expected) in cases {
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+    }
+    let many: Vec<String> = (0..60).map(|i| format!("\"fd00:{i:x}::/48\"")).collect();
+    // The config takes it; the member refuses its record (the gateway
+    // does not start).
+    let config =
+        parse(&MESH.replace("[\"10.1.0.0/16\"]", &format!("[{}]", many.join(", ")))).unwrap();
+    let e = crate::membership::info::check_fits(&crate::mesh::local_info(&config)).unwrap_err();
+    assert!(
+        e.contains("gateway.prefixes") && e.contains("aggregated"),
+        "{e}"
+    );
+}

@@ -1,0 +1,28 @@
+//! What the data plane is built from: the configured peers with their
+//! SAs, where sequence-number state lives, and the TUN's MTU. (The config
+//! file says all this among much else; the data plane needs only this.)
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::esp::SaParams;
+use crate::prefix::Prefix;
+
+pub struct DataplaneSettings {
+    /// Peers with configured keys, in slot order (a mesh member has none:
+    /// its SAs arrive as commands).
+    pub peers: Vec<StaticPeer>,
+    /// Where sequence numbers are reserved and replay windows recorded.
+    pub state_file: PathBuf,
+    pub mtu: u16,
+}
+
+/// A peer with configured SAs.
+pub struct StaticPeer {
+    pub id: String,
+    pub endpoint: SocketAddr,
+    /// What it may send from, and what is routed to it.
+    pub prefixes: Vec<Prefix>,
+    pub outbound: SaParams,
+    pub inbound: SaParams,
+}
