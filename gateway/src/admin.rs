@@ -80,12 +80,14 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
             Ok(s) if m.starts_with('/') || matches!(s, crate::policy::PolicySource::Builtin(_)) => {
                 Some(s)
             }
-            Ok(_) => return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
+            Ok(_) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
                     "reload refused: a policy file must be given by its absolute path, not {m}\n"
                 ),
-            ),
+                )
+            }
             Err(e) => {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,

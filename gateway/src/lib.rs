@@ -1,11 +1,23 @@
 //! meshgate: a multi-region VPN appliance.
 //!
-//! The crate is laid out as the architecture: [`esp`] is the sans-IO IPsec
-//! core (SAs, replay window, lifetimes), [`dataplane`] is the thin threaded
-//! shell that moves packets between the [`tun`] device and the UDP socket,
-//! [`config`] parses and validates the TOML file, [`metrics`] and [`admin`]
-//! expose counters, [`gateway`] ties them together for `meshgate run`, and
-//! [`lab`] builds a multi-region lab in network namespaces ([`netns`]).
+//! The crate is laid out as the architecture, in layers that only point
+//! down (README.md draws them; a test fails on a cycle):
+//!
+//! - Cores, sans-IO, tested on virtual time: [`esp`] (the ESP crate: SAs,
+//!   replay window, lifetimes), [`membership`] (SWIM, the liveness
+//!   detector and whom it watches, member records), [`keys`] (key
+//!   exchange, epochs), [`tunnels`] (the SAs held with each member),
+//!   [`member`] (one mesh member composing them), [`policy`] (the wasm
+//!   policy engine on its own thread, and the view and tables it works on).
+//! - Shells around them: [`dataplane`] (the packet threads between the
+//!   [`tun`] device and the UDP socket), [`signal`] (QUIC with mutual TLS,
+//!   carrying a member's datagrams and messages), [`mesh`] (what a member
+//!   reports, into metrics and policy events).
+//! - The rest: [`config`] (the TOML file, validated with spans),
+//!   [`metrics`], [`admin`] (the admin API), [`identity`] (the mesh CA and
+//!   certificates), [`seqstate`] (sequence numbers across restarts),
+//!   [`prefix`], [`time`], and at the top [`gateway`] (`meshgate run`) and
+//!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
 pub mod config;

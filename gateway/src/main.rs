@@ -57,14 +57,14 @@ enum Cmd {
         #[arg(long, default_value = "aes128gcm16", value_parser = ["aes128gcm16", "aes256gcm16"])]
         cipher: String,
     },
-    /// Build a multi-region lab in network namespaces, prove every host
-    /// reaches every other through the gateways, and remove it (needs root).
     /// The members this gateway sees: state, since when, round-trip time
     /// and loss of the path, and what each advertises.
     Members {
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
     },
+    /// Build a multi-region lab in network namespaces, prove every host
+    /// reaches every other through the gateways, and remove it (needs root).
     Lab {
         /// Number of regions (appliance + VPC host each).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]

@@ -126,16 +126,19 @@ struct Seen {
 pub type MemberList = Arc<std::sync::Mutex<String>>;
 
 /// One line per member: what the operator asks first (is it up, since
-/// when, how is the path, what does it advertise).
+/// when, how is the path from here: `rtt` and `loss`; what does it
+/// advertise: `med-rtt`, the median round trip of its own paths, its
+/// region, role, policy version, load, epoch, endpoint and prefixes).
 fn render(observed: &[Observed], now: Instant) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<20} {:<8} {:>8} {:>9} {:>6} {:<16} {:<5} {:>8} {:>5} {:>5}  {:<22} prefixes\n",
+        "{:<20} {:<8} {:>8} {:>9} {:>6} {:>9} {:<16} {:<5} {:>8} {:>5} {:>5}  {:<22} prefixes\n",
         "member",
         "state",
         "for",
         "rtt",
         "loss",
+        "med-rtt",
         "region",
         "role",
         "policy",
