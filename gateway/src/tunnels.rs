@@ -427,4 +427,4 @@ impl Tunnels {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -33,7 +33,7 @@ impl Validator<'_> {
             let Some((sid, addr)) = v.split_once('@') else {
                 return self.err(seed.span(), &field, format!("'{v}' is not member-id@address:port (for example region-2@198.51.100.7:4433)"));
             };
-            if !crate::keys::message::valid_id(sid) {
+            if !crate::membership::valid_id(sid) {
                 return self.err(seed.span(), &field, format!("'{sid}' is not a member id"));
             }
             if sid == id {
@@ -75,13 +75,13 @@ impl Validator<'_> {
         if epoch == 0 {
             return self.err(k.epoch.span(), "keys.epoch", "epochs start at 1");
         }
-        if !crate::keys::message::valid_id(id) {
+        if !crate::membership::valid_id(id) {
             return self.err(
                 raw.gateway.id.span(),
                 "gateway.id",
                 format!(
                     "'{id}' cannot be a member id (at most {} letters, digits, '-', '_' or '.')",
-                    crate::keys::message::MAX_ID_LEN
+                    crate::membership::MAX_ID_LEN
                 ),
             );
         }

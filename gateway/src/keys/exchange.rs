@@ -21,17 +21,19 @@
 //! A plain state machine in the sans-IO style: messages and time in,
 //! [`Event`]s out.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use ring::agreement::{EphemeralPrivateKey, X25519};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::{digest, hkdf, hmac};
 use zeroize::Zeroizing;
 
 use super::epoch::{Epoch, EpochKeyError, KeyProvider};
-use super::message::{Confirm, Init, Malformed, Message, Response, MAC_LEN, NONCE_LEN, PUBLIC_LEN};
+pub use super::error::ExchangeError;
+use super::message::{Confirm, Init, Message, Response, MAC_LEN, NONCE_LEN, PUBLIC_LEN};
+use super::schedule::{derive, mac, transcript, verify};
+use super::spi::SpiPool;
 use crate::esp::{CipherSuite, KeyMaterial};
 
 /// What the gateway must do after the negotiator has seen a message or the
@@ -58,89 +60,6 @@ pub enum Event {
     RemoveInbound { peer: String, spi: u32 },
     /// An exchange this side started or answered ended without SAs.
     Failed { peer: String, error: ExchangeError },
-}
-
-/// Why a message was refused or an exchange failed. None of these carry
-/// key bytes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExchangeError {
-    #[error(transparent)]
-    Malformed(#[from] Malformed),
-    #[error("no key for epoch {epoch}: {reason}")]
-    NoEpochKey { epoch: Epoch, reason: String },
-    #[error("epoch {0} is revoked")]
-    Revoked(Epoch),
-    #[error("the peer authenticated as {authenticated} but claims to be {claimed}")]
-    Impersonation {
-        claimed: String,
-        authenticated: String,
-    },
-    #[error("the init is addressed to {0}, not to this gateway")]
-    NotForUs(String),
-    #[error("exchange {0:016x} was seen before (a replay)")]
-    Replay(u64),
-    #[error("a {0} for no exchange in progress")]
-    Unexpected(&'static str),
-    #[error("the peer proposes {theirs}, this gateway runs {ours}")]
-    Suite {
-        theirs: &'static str,
-        ours: &'static str,
-    },
-    #[error("the MAC does not verify (the peer derived other keys: another epoch key?)")]
-    Authentication,
-    #[error("both sides started an exchange; this side's goes on")]
-    Collision,
-    #[error("SPI {0:#x} is reserved")]
-    ReservedSpi(u32),
-    #[error("the exchange timed out")]
-    Timeout,
-    #[error("key agreement failed")]
-    Crypto,
-}
-
-impl ExchangeError {
-    /// The `reason` label of the negotiation counter.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ExchangeError::Malformed(_) => "malformed",
-            ExchangeError::NoEpochKey { .. } => "no_epoch_key",
-            ExchangeError::Revoked(_) => "revoked_epoch",
-            ExchangeError::Impersonation { .. } => "impersonation",
-            ExchangeError::NotForUs(_) => "misaddressed",
-            ExchangeError::Replay(_) => "replay",
-            ExchangeError::Unexpected(_) => "unexpected",
-            ExchangeError::Suite { .. } => "suite",
-            ExchangeError::Authentication => "authentication",
-            ExchangeError::Collision => "collision",
-            ExchangeError::ReservedSpi(_) => "reserved_spi",
-            ExchangeError::Timeout => "timeout",
-            ExchangeError::Crypto => "crypto",
-        }
-    }
-}
-
-/// SPIs this gateway receives on: random, unique among those in use, never
-/// in the range RFC 4303 reserves (0 to 255).
-#[derive(Default)]
-struct SpiPool {
-    used: HashSet<u32>,
-}
-
-impl SpiPool {
-    fn allocate(&mut self, rng: &SystemRandom) -> Result<u32, ExchangeError> {
-        loop {
-            let mut b = [0u8; 4];
-            rng.fill(&mut b).map_err(|_| ExchangeError::Crypto)?;
-            let spi = u32::from_be_bytes(b);
-            if spi > 255 && self.used.insert(spi) {
-                return Ok(spi);
-            }
-        }
-    }
-
-    fn release(&mut self, spi: u32) {
-        self.used.remove(&spi);
-    }
 }
 
 struct Outgoing {
@@ -193,86 +112,6 @@ pub struct Negotiator {
     seen: HashMap<String, VecDeque<u64>>,
     events: VecDeque<Event>,
     rng: SystemRandom,
-}
-
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-/// The keys one exchange yields.
-struct Derived {
-    initiator_to_responder: KeyMaterial,
-    responder_to_initiator: KeyMaterial,
-    confirm: Zeroizing<[u8; 32]>,
-}
-
-/// A hash of everything both sides said, so the keys and MACs bind the
-/// whole exchange (ids, epoch, suite, nonces, public keys and SPIs).
-fn transcript(init: &[u8], r: &Response) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"meshgate key exchange v1\0");
-    ctx.update(init);
-    ctx.update(&r.exchange.to_be_bytes());
-    ctx.update(&r.nonce);
-    ctx.update(&r.public);
-    ctx.update(&r.spi.to_be_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-fn mac(key: &[u8; 32], role: &[u8], transcript: &[u8; 32]) -> [u8; MAC_LEN] {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(role);
-    ctx.update(transcript);
-    let mut out = [0u8; MAC_LEN];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
-}
-
-fn verify(key: &[u8; 32], role: &[u8], transcript: &[u8; 32], tag: &[u8; MAC_LEN]) -> bool {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut msg = Vec::with_capacity(role.len() + 32);
-    msg.extend_from_slice(role);
-    msg.extend_from_slice(transcript);
-    hmac::verify(&key, &msg, tag).is_ok()
-}
-
-fn derive(
-    suite: CipherSuite,
-    epoch_key: &[u8; 32],
-    secret: EphemeralPrivateKey,
-    peer_public: &[u8; PUBLIC_LEN],
-    transcript: &[u8; 32],
-) -> Result<Derived, ExchangeError> {
-    let n = suite.key_material_len();
-    let mut okm = Zeroizing::new([0u8; 2 * 36 + 32]);
-    agreement::agree_ephemeral(
-        secret,
-        &UnparsedPublicKey::new(&X25519, peer_public),
-        |shared| {
-            hkdf::Salt::new(hkdf::HKDF_SHA256, epoch_key)
-                .extract(shared)
-                .expand(&[b"meshgate sa keys v1", transcript], Len(2 * n + 32))
-                .and_then(|o| o.fill(&mut okm[..2 * n + 32]))
-        },
-    )
-    .map_err(|_| ExchangeError::Crypto)?
-    .map_err(|_| ExchangeError::Crypto)?;
-    let mut confirm = Zeroizing::new([0u8; 32]);
-    confirm.copy_from_slice(&okm[2 * n..2 * n + 32]);
-    Ok(Derived {
-        initiator_to_responder: KeyMaterial::new(suite, &okm[..n])
-            .map_err(|_| ExchangeError::Crypto)?,
-        responder_to_initiator: KeyMaterial::new(suite, &okm[n..2 * n])
-            .map_err(|_| ExchangeError::Crypto)?,
-        confirm,
-    })
 }
 
 impl Negotiator {

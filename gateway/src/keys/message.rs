@@ -13,6 +13,7 @@
 //! - confirm (3): exchange id u64, MAC (32).
 
 use crate::esp::CipherSuite;
+use crate::membership::valid_id;
 
 use super::epoch::Epoch;
 
@@ -24,7 +25,6 @@ pub const MAX_MESSAGE_LEN: usize = 256;
 pub const NONCE_LEN: usize = 16;
 pub const PUBLIC_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
-pub const MAX_ID_LEN: usize = 63;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Init {
@@ -64,14 +64,6 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed key-exchange message: {0}")]
 pub struct Malformed(pub String);
-
-/// Whether `id` may name a member on the wire.
-pub fn valid_id(id: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
 
 fn suite_code(s: CipherSuite) -> u8 {
     match s {

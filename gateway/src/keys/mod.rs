@@ -2,9 +2,12 @@
 //! exchange that derives SAs from them.
 
 pub mod epoch;
+mod error;
 pub mod exchange;
 pub mod message;
 pub mod rotation;
+mod schedule;
+mod spi;
 
 pub use epoch::{Epoch, EpochKey, EpochKeyError, KeyProvider, LocalKeys};
 pub use exchange::{Event, ExchangeError, Negotiator};

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 
 use super::Epoch;
 
-/// Revoked epochs remembered (and advertised); the oldest are forgotten
-/// first, long after any SA of theirs is gone.
-pub const MAX_REVOKED: usize = 64;
+pub use crate::membership::info::MAX_REVOKED;
 
 /// How far one member's record may move the mesh's epoch at once: a
 /// rotation moves it by one (a revocation of the current one by one more),

@@ -17,10 +17,19 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::dataplane::{InboundCommand, OutboundCommand};
-use crate::esp::SaDefaults;
-use crate::esp::{Backend, Lifetime, SaParams};
+use crate::esp::SaParams;
 use crate::keys::epoch::test_keys;
-use crate::tunnels::{Slots, GRACE};
+use crate::membership::sim::VirtualTime;
+
+impl VirtualTime for MeshSim {
+    fn now(&self) -> Duration {
+        self.now
+    }
+
+    fn run_until(&mut self, end: Duration) {
+        MeshSim::run_until(self, end);
+    }
+}
 
 /// The data plane of one member, as the commands it was given left it.
 #[derive(Default)]
@@ -210,13 +219,6 @@ impl MeshSim {
     /// Starts member `i` (again, after a kill: a new generation).
     pub fn start(&mut self, i: usize) {
         self.generations[i] += 1;
-        let sa = SaDefaults {
-            suite: CipherSuite::Aes128Gcm,
-            esn: true,
-            backend: Backend::Ring,
-            replay_window: 4096,
-            lifetime: Lifetime::default(),
-        };
         let cfg = MemberConfig {
             me: MemberId {
                 id: id(i),
@@ -229,7 +231,7 @@ impl MeshSim {
             seed: self.rng.random(),
             infos: Infos::default(),
             keys: Some((Arc::new(test_keys(9)), 1, CipherSuite::Aes128Gcm)),
-            tunnels: Some(Tunnels::new(sa, GRACE, Slots::starting_at(0))),
+            tunnels: Some(crate::tunnels::tests::tunnels()),
         };
         let member = Member::new(cfg, self.at());
         self.nodes[i] = Some(Node {
@@ -540,23 +542,6 @@ impl MeshSim {
             }
         }
         self.now = end;
-    }
-
-    /// Runs in 50 ms steps until `cond` holds; how long that took.
-    pub fn run_until_true(
-        &mut self,
-        limit: Duration,
-        mut cond: impl FnMut(&MeshSim) -> bool,
-    ) -> Option<Duration> {
-        let start = self.now;
-        while self.now - start <= limit {
-            if cond(self) {
-                return Some(self.now - start);
-            }
-            let next = self.now + Duration::from_millis(50);
-            self.run_until(next);
-        }
-        None
     }
 
     /// Runs something on member `i` and carries out what it asked for.

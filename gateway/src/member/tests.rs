@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::sim::{id, MeshSim};
 use super::NodeEvent;
 use crate::keys::{Event, ExchangeError};
+use crate::membership::sim::VirtualTime;
 use crate::membership::MembershipEvent;
 
 const S: fn(u64) -> Duration = Duration::from_secs;

@@ -249,7 +249,7 @@ impl Agent {
             }
             Some((&RECORD, record)) => self.swim.learn(from, record),
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
-                (Ok(s), Some(d)) if crate::keys::message::valid_id(s) => {
+                (Ok(s), Some(d)) if crate::membership::valid_id(s) => {
                     // A report counts only from one of the subject's
                     // watchers (the same at every member that sees the
                     // same mesh); others' word on it is ignored.

@@ -21,6 +21,9 @@ pub const MAX_RECORD_LEN: usize = 900;
 /// Records larger than this are refused (a member has a few dozen prefixes).
 pub const MAX_PREFIXES: usize = 256;
 pub const MAX_ENDPOINTS: usize = 8;
+/// Revoked epochs remembered (and advertised); the oldest are forgotten
+/// first, long after any SA of theirs is gone.
+pub const MAX_REVOKED: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
@@ -53,10 +56,10 @@ pub struct MemberInfo {
 impl MemberInfo {
     /// What is wrong with a record that came off the wire, if anything.
     fn problem(&self) -> Option<String> {
-        if !crate::keys::message::valid_id(&self.id) {
+        if !super::valid_id(&self.id) {
             return Some("the member id is not one".into());
         }
-        if self.revoked.len() > crate::keys::rotation::MAX_REVOKED {
+        if self.revoked.len() > MAX_REVOKED {
             return Some(format!("{} revoked epochs", self.revoked.len()));
         }
         if self.prefixes.len() > MAX_PREFIXES || self.endpoints.len() > MAX_ENDPOINTS {

@@ -14,7 +14,7 @@ pub mod watch;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};
 pub use agent::{Agent, Observed};
-pub use id::MemberId;
+pub use id::{valid_id, MemberId, MAX_ID_LEN};
 
 #[cfg(test)]
 mod scale;

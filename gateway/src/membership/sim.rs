@@ -22,6 +22,44 @@ enum Ev {
     Wake { node: usize },
 }
 
+/// A simulation on virtual time: the membership's clusters here, the
+/// member cores' meshes in `member::sim`.
+pub(crate) trait VirtualTime {
+    fn now(&self) -> Duration;
+    /// Runs every event up to `end`.
+    fn run_until(&mut self, end: Duration);
+
+    /// Runs in 50 ms steps until `cond` holds; how long that took.
+    fn run_until_true(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration>
+    where
+        Self: Sized,
+    {
+        let start = self.now();
+        while self.now() - start <= limit {
+            if cond(self) {
+                return Some(self.now() - start);
+            }
+            let next = self.now() + Duration::from_millis(50);
+            self.run_until(next);
+        }
+        None
+    }
+}
+
+impl VirtualTime for Sim {
+    fn now(&self) -> Duration {
+        self.now
+    }
+
+    fn run_until(&mut self, end: Duration) {
+        Sim::run_until(self, end);
+    }
+}
+
 pub(crate) struct Sim {
     nodes: Vec<Option<Agent>>,
     index: HashMap<String, usize>,
@@ -234,23 +272,6 @@ impl Sim {
             n.advertise(info, at).unwrap();
         }
         self.pump(i);
-    }
-
-    /// Runs in 50 ms steps until `cond` holds; how long that took.
-    pub fn run_until_true(
-        &mut self,
-        limit: Duration,
-        mut cond: impl FnMut(&Sim) -> bool,
-    ) -> Option<Duration> {
-        let start = self.now;
-        while self.now - start <= limit {
-            if cond(self) {
-                return Some(self.now - start);
-            }
-            let next = self.now + Duration::from_millis(50);
-            self.run_until(next);
-        }
-        None
     }
 
     pub fn instant(&self) -> Instant {

@@ -1,7 +1,9 @@
 use super::*;
 use crate::esp::{Backend, CipherSuite, Lifetime, LimitKind};
 
-fn tunnels() -> Tunnels {
+/// Tunnels as the tests (here and the member's simulations) use them:
+/// AES-128-GCM, ESN, no configured lifetime, slots from 0.
+pub(crate) fn tunnels() -> Tunnels {
     let sa = SaDefaults {
         suite: CipherSuite::Aes128Gcm,
         esn: true,
