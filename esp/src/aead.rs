@@ -60,11 +60,17 @@ pub enum Backend {
 impl Backend {
     pub const ALL: [Backend; 2] = [Backend::Ring, Backend::RustCrypto];
 
+    /// The name used in config files.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ring => "ring",
             Backend::RustCrypto => "rustcrypto",
         }
+    }
+
+    /// Inverse of [`Backend::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
     }
 }
 

@@ -54,7 +54,7 @@ enum Cmd {
     },
     /// Print fresh random key material (key and salt, hex) for a manual SA.
     Keygen {
-        #[arg(long, default_value = "aes128gcm16", value_parser = ["aes128gcm16", "aes256gcm16"])]
+        #[arg(long, default_value = "aes128gcm16", value_parser = clap::builder::PossibleValuesParser::new(CipherSuite::ALL.map(CipherSuite::name)))]
         cipher: String,
     },
     /// The members this gateway sees: state, since when, round-trip time
@@ -81,14 +81,14 @@ enum Cmd {
         /// The built-in policy the gateways run: full-mesh, hub-spoke
         /// (region 1 is the hub; with 4+ regions regions 1 and 2 are an
         /// active/passive hub pair) or mesh-with-leaves.
-        #[arg(long, default_value = "full-mesh", value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
+        #[arg(long, default_value = "full-mesh", value_parser = builtin_names())]
         policy: String,
         /// Place the members (roles, groups) for this topology rather than
         /// the policy's, to start on one policy and reload another on the
         /// running lab (for example `--policy full-mesh --placement
         /// hub-spoke`, then `meshgate policy reload --module hub-spoke` on
         /// each appliance).
-        #[arg(long, value_parser = ["full-mesh", "hub-spoke", "mesh-with-leaves"])]
+        #[arg(long, value_parser = builtin_names())]
         placement: Option<String>,
         /// Give each gateway a configured peer list with fixed keys, as
         /// before the mesh: no membership, no negotiation.
@@ -188,6 +188,11 @@ enum PolicyCmd {
         #[arg(long)]
         module: Option<String>,
     },
+}
+
+/// The built-in policies' names, for the lab's options.
+fn builtin_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(meshgate::policy::BUILTIN.iter().map(|(n, _)| *n))
 }
 
 /// `meshgate policy reload`: asks the admin listener, prints its answer.
@@ -296,11 +301,7 @@ fn main() -> ExitCode {
             command: KeysCmd::Revoke { epoch, admin },
         } => admin_post(admin, "/keys/revoke", &epoch.to_string()),
         Cmd::Keygen { cipher } => {
-            let suite = if cipher == "aes256gcm16" {
-                CipherSuite::Aes256Gcm
-            } else {
-                CipherSuite::Aes128Gcm
-            };
+            let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
             println!(

@@ -37,12 +37,7 @@ pub fn local_info(config: &Config) -> MemberInfo {
         region: region.clone(),
         zone: zone.clone(),
         account: account.clone(),
-        role: match role {
-            meshgate_sdk::Role::Hub => "hub",
-            meshgate_sdk::Role::Leaf => "leaf",
-            meshgate_sdk::Role::Edge => "edge",
-        }
-        .into(),
+        role: role.as_str().into(),
         group: group.clone(),
         prefixes: config
             .prefixes

@@ -19,6 +19,24 @@ pub enum Role {
     Hub,
 }
 
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Edge, Role::Leaf, Role::Hub];
+
+    /// The name in configs, certificates and member records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Leaf => "leaf",
+            Role::Hub => "hub",
+        }
+    }
+
+    /// Inverse of [`Role::as_str`].
+    pub fn from_name(name: &str) -> Option<Role> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
     Alive,

@@ -7,28 +7,32 @@ impl Validator<'_> {
     pub(super) fn sa_defaults(&self, d: &RawSaDefaults) -> Result<SaDefaults, ConfigError> {
         let suite = match &d.cipher {
             None => CipherSuite::Aes128Gcm,
-            Some(c) => match c.get_ref().as_str() {
-                "aes128gcm16" => CipherSuite::Aes128Gcm,
-                "aes256gcm16" => CipherSuite::Aes256Gcm,
-                other => {
+            Some(c) => match CipherSuite::from_name(c.get_ref()) {
+                Some(suite) => suite,
+                None => {
                     return self.err(
                         c.span(),
                         "sa.cipher",
-                        format!("unknown cipher '{other}'; expected aes128gcm16 or aes256gcm16"),
+                        format!(
+                            "unknown cipher '{}'; expected aes128gcm16 or aes256gcm16",
+                            c.get_ref()
+                        ),
                     )
                 }
             },
         };
         let backend = match &d.backend {
             None => Backend::Ring,
-            Some(b) => match b.get_ref().as_str() {
-                "ring" => Backend::Ring,
-                "rustcrypto" => Backend::RustCrypto,
-                other => {
+            Some(b) => match Backend::from_name(b.get_ref()) {
+                Some(backend) => backend,
+                None => {
                     return self.err(
                         b.span(),
                         "sa.backend",
-                        format!("unknown AEAD backend '{other}'; expected ring or rustcrypto"),
+                        format!(
+                            "unknown AEAD backend '{}'; expected ring or rustcrypto",
+                            b.get_ref()
+                        ),
                     )
                 }
             },

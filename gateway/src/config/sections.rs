@@ -112,15 +112,13 @@ impl Validator<'_> {
         let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().trim().to_string());
         let role = match role {
             None => meshgate_sdk::Role::Edge,
-            Some(r) => match r.get_ref().as_str() {
-                "edge" => meshgate_sdk::Role::Edge,
-                "leaf" => meshgate_sdk::Role::Leaf,
-                "hub" => meshgate_sdk::Role::Hub,
-                other => {
+            Some(r) => match meshgate_sdk::Role::from_name(r.get_ref()) {
+                Some(role) => role,
+                None => {
                     return self.err(
                         r.span(),
                         &format!("{field}role"),
-                        format!("unknown role '{other}'; expected edge, leaf or hub"),
+                        format!("unknown role '{}'; expected edge, leaf or hub", r.get_ref()),
                     )
                 }
             },

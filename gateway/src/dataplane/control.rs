@@ -73,3 +73,66 @@ pub struct DataplaneControl {
 
 /// Where the threads send their notices (never blocks them).
 pub type NoticeSender = tokio::sync::mpsc::UnboundedSender<SaNotice>;
+
+/// Grows a thread's peer table to hold `slot`; false (and said) for a slot
+/// out of range, which is not installed.
+pub(super) fn make_room<T>(peers: &mut Vec<Option<T>>, slot: usize, id: &str) -> bool {
+    if slot >= MAX_SLOTS {
+        tracing::error!(peer = %id, "peer slot {slot} is out of range; not installed");
+        return false;
+    }
+    if peers.len() <= slot {
+        peers.resize_with(slot + 1, || None);
+    }
+    true
+}
+
+/// An SA of the peer in `slot` crossed a lifetime limit: counted, told to
+/// the control plane (which rekeys a mesh member's SAs), and logged by how
+/// much it matters: routine for a member that rekeys by itself, a warning
+/// for a configured SA that needs an operator, an error at a hard limit.
+pub(super) fn report(
+    metrics: &crate::metrics::Metrics,
+    notices: Option<&NoticeSender>,
+    direction: Direction,
+    slot: usize,
+    peer: &str,
+    ev: &LifetimeEvent,
+) {
+    metrics.lifetime_event(peer, direction, ev);
+    if let Some(n) = notices {
+        let _ = n.send(SaNotice::Lifetime {
+            slot,
+            direction,
+            event: *ev,
+        });
+    }
+    let which = match direction {
+        Direction::In => "inbound",
+        Direction::Out => "outbound",
+    };
+    let hard = match direction {
+        Direction::In => "its packets are dropped",
+        Direction::Out => "traffic to this peer is dropped until it is rekeyed",
+    };
+    match ev {
+        LifetimeEvent::Soft { spi, kind } if notices.is_some() => tracing::debug!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "{which} SA reached its soft lifetime; rekeying"
+        ),
+        LifetimeEvent::Soft { spi, kind } => tracing::warn!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "{which} SA reached its soft lifetime; rekey due"
+        ),
+        LifetimeEvent::Hard { spi, kind } => tracing::error!(
+            peer,
+            spi = format_args!("{spi:#010x}"),
+            ?kind,
+            "{which} SA reached its hard lifetime; {hard}"
+        ),
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{BatchIo, Buffers, Received, BATCH};
-use super::control::{InboundCommand, NoticeSender, SaNotice};
+use super::control::{InboundCommand, NoticeSender};
 use super::offload::Coalescer;
 use super::persist::StateMsg;
 use super::tables::SharedTables;
@@ -16,8 +16,7 @@ use super::StaticPeer;
 use super::{inner, socket_fd, wait_readable, TICK};
 use crate::esp::Direction;
 use crate::esp::{
-    classify_udp_payload, DropReason, InboundSa, LifetimeEvent, SaError, UdpPayloadKind,
-    NEXT_HEADER_NONE,
+    classify_udp_payload, DropReason, InboundSa, SaError, UdpPayloadKind, NEXT_HEADER_NONE,
 };
 use crate::metrics::{DropCounters, FlowCounters, Metrics, UdpControlCounters};
 use crate::prefix::Prefix;
@@ -119,12 +118,8 @@ impl Inbound {
     pub fn apply(&mut self, command: InboundCommand, now: Instant) {
         match command {
             InboundCommand::Peer { slot, id, prefixes } => {
-                if slot >= super::control::MAX_SLOTS {
-                    tracing::error!(peer = %id, "peer slot {slot} is out of range; not installed");
+                if !super::control::make_room(&mut self.peers, slot, &id) {
                     return;
-                }
-                if self.peers.len() <= slot {
-                    self.peers.resize_with(slot + 1, || None);
                 }
                 if self.peers[slot].as_ref().is_some_and(|p| p.id != id) {
                     self.remove_peer(slot);
@@ -249,7 +244,14 @@ impl Inbound {
         };
         let opened = sa.sa.open(now, datagram)?;
         if let Some(ev) = opened.event {
-            report(&self.metrics, self.notices.as_ref(), sa.peer, &peer.id, &ev);
+            super::control::report(
+                &self.metrics,
+                self.notices.as_ref(),
+                Direction::In,
+                sa.peer,
+                &peer.id,
+                &ev,
+            );
         }
         if opened.next_header == NEXT_HEADER_NONE {
             // A dummy packet (RFC 4303 §2.6, traffic flow confidentiality).
@@ -279,7 +281,14 @@ impl Inbound {
                 _ => "",
             };
             while let Some(ev) = sa.sa.poll_lifetime(now) {
-                report(&self.metrics, self.notices.as_ref(), sa.peer, id, &ev);
+                super::control::report(
+                    &self.metrics,
+                    self.notices.as_ref(),
+                    Direction::In,
+                    sa.peer,
+                    id,
+                    &ev,
+                );
             }
             let top = sa.sa.window_top();
             let Some(fingerprint) = &sa.fingerprint else {
@@ -302,43 +311,6 @@ impl Inbound {
 
     pub fn count_drop(&self, reason: DropReason) {
         self.drops.count(reason);
-    }
-}
-
-fn report(
-    metrics: &Metrics,
-    notices: Option<&NoticeSender>,
-    slot: usize,
-    peer: &str,
-    ev: &LifetimeEvent,
-) {
-    metrics.lifetime_event(peer, Direction::In, ev);
-    if let Some(n) = notices {
-        let _ = n.send(SaNotice::Lifetime {
-            slot,
-            direction: Direction::In,
-            event: *ev,
-        });
-    }
-    match ev {
-        LifetimeEvent::Soft { spi, kind } if notices.is_some() => tracing::debug!(
-            peer,
-            spi = format_args!("{spi:#010x}"),
-            ?kind,
-            "inbound SA reached its soft lifetime; rekeying"
-        ),
-        LifetimeEvent::Soft { spi, kind } => tracing::warn!(
-            peer,
-            spi = format_args!("{spi:#010x}"),
-            ?kind,
-            "inbound SA reached its soft lifetime; rekey due"
-        ),
-        LifetimeEvent::Hard { spi, kind } => tracing::error!(
-            peer,
-            spi = format_args!("{spi:#010x}"),
-            ?kind,
-            "inbound SA reached its hard lifetime; its packets are dropped"
-        ),
     }
 }
 

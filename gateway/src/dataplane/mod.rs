@@ -7,6 +7,7 @@
 //! free of I/O; [`run_outbound`] and [`run_inbound`] are the I/O loops.
 
 mod batch;
+pub mod checksum;
 pub mod control;
 mod inbound;
 pub mod inner;

@@ -8,6 +8,8 @@
 //! (GRO) so one TUN write carries many packets. Both are pure functions of
 //! bytes, tested in memory.
 
+use super::checksum::{csum_add, csum_fold};
+
 /// Length of `struct virtio_net_hdr` (no `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -73,34 +75,6 @@ impl VnetHdr {
 /// Why an offloaded packet from the TUN could not be handled.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OffloadError;
-
-// ---- checksums -------------------------------------------------------------
-
-/// Adds `data` to a ones'-complement running sum (not folded).
-pub fn csum_add(mut sum: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let (s, carry) = sum.overflowing_add(w);
-        sum = s + u64::from(carry);
-    }
-    let rest = chunks.remainder();
-    let mut tail = [0u8; 8];
-    tail[..rest.len()].copy_from_slice(rest);
-    let w = u64::from_be_bytes(tail);
-    let (s, carry) = sum.overflowing_add(w);
-    s + u64::from(carry)
-}
-
-/// Folds a running sum to 16 bits (not complemented).
-pub fn csum_fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
 
 /// The TCP/UDP pseudo-header sum for `ip` (the IP header) and an L4 length.
 fn pseudo_header(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {

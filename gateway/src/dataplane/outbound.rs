@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{push_datagram, BatchIo, RawAddr, Train, BATCH};
-use super::control::{NoticeSender, OutboundCommand, SaNotice};
+use super::control::{NoticeSender, OutboundCommand};
 use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, VNET_HDR_LEN};
 use super::persist::StateMsg;
 use super::tables::SharedTables;
@@ -14,8 +14,7 @@ use super::StaticPeer;
 use super::{inner, wait_readable, TICK};
 use crate::esp::Direction;
 use crate::esp::{
-    DropReason, LifetimeEvent, OutboundSa, SaError, SealError, ESP_HEADER_LEN, ICV_LEN,
-    MAX_TRAILER_LEN,
+    DropReason, OutboundSa, SaError, SealError, ESP_HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN,
 };
 use crate::metrics::{DropCounters, FlowCounters, Metrics};
 use crate::seqstate::{Half, SeqFile, BLOCK};
@@ -113,12 +112,8 @@ impl Outbound {
     pub fn apply(&mut self, command: OutboundCommand, now: Instant) {
         match command {
             OutboundCommand::Peer { slot, id, endpoint } => {
-                if slot >= super::control::MAX_SLOTS {
-                    tracing::error!(peer = %id, "peer slot {slot} is out of range; not installed");
+                if !super::control::make_room(&mut self.peers, slot, &id) {
                     return;
-                }
-                if self.peers.len() <= slot {
-                    self.peers.resize_with(slot + 1, || None);
                 }
                 let sa = self.peers[slot].take().and_then(|p| {
                     if p.id == id {
@@ -284,7 +279,14 @@ impl Outbound {
             Ok(sealed) => {
                 s.counters.count(len);
                 if let Some(ev) = sealed.event {
-                    report(&self.metrics, self.notices.as_ref(), slot, id, &ev);
+                    super::control::report(
+                        &self.metrics,
+                        self.notices.as_ref(),
+                        Direction::Out,
+                        slot,
+                        id,
+                        &ev,
+                    );
                 }
                 Ok(sealed.len)
             }
@@ -413,7 +415,14 @@ impl Outbound {
                 continue;
             };
             while let Some(ev) = s.sa.poll_lifetime(now) {
-                report(&self.metrics, self.notices.as_ref(), slot, id, &ev);
+                super::control::report(
+                    &self.metrics,
+                    self.notices.as_ref(),
+                    Direction::Out,
+                    slot,
+                    id,
+                    &ev,
+                );
             }
         }
     }
@@ -425,30 +434,6 @@ impl Outbound {
 
     fn dst(&self, slot: usize) -> Option<RawAddr> {
         Some(self.peers.get(slot)?.as_ref()?.dst)
-    }
-}
-
-fn report(
-    metrics: &Metrics,
-    notices: Option<&NoticeSender>,
-    slot: usize,
-    peer: &str,
-    ev: &LifetimeEvent,
-) {
-    metrics.lifetime_event(peer, Direction::Out, ev);
-    if let Some(n) = notices {
-        let _ = n.send(SaNotice::Lifetime {
-            slot,
-            direction: Direction::Out,
-            event: *ev,
-        });
-    }
-    match ev {
-        // A mesh member rekeys by itself: routine. A configured SA needs
-        // an operator.
-        LifetimeEvent::Soft { spi, kind } if notices.is_some() => tracing::debug!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its soft lifetime; rekeying"),
-        LifetimeEvent::Soft { spi, kind } => tracing::warn!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its soft lifetime; rekey due"),
-        LifetimeEvent::Hard { spi, kind } => tracing::error!(peer, spi = format_args!("{spi:#010x}"), ?kind, "outbound SA reached its hard lifetime; traffic to this peer is dropped until it is rekeyed"),
     }
 }
 

@@ -139,23 +139,10 @@ fn echo_request(v6: bool, id: u16, seq: u16) -> [u8; 64] {
         *b = i as u8;
     }
     if !v6 {
-        let sum = internet_checksum(&p);
+        let sum = crate::dataplane::checksum::internet_checksum(&p);
         p[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     p
-}
-
-/// RFC 1071 checksum.
-pub fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The outcome of one TCP transfer.
@@ -285,16 +272,4 @@ pub fn http_with_body(
         bail!("{status}: {}", body.trim());
     }
     Ok(body)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn checksum_matches_rfc1071_example() {
-        // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complement 220d.
-        assert_eq!(
-            super::internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            0x220d
-        );
-    }
 }

@@ -167,11 +167,9 @@ pub fn from_observed(
                 port: addr.port(),
             });
         }
-        let role = match info.role.as_str() {
-            "hub" => meshgate_sdk::Role::Hub,
-            "leaf" => meshgate_sdk::Role::Leaf,
-            _ => meshgate_sdk::Role::Edge,
-        };
+        // Records are checked against the certificate's role; an unknown
+        // one (a newer member) counts as an edge.
+        let role = meshgate_sdk::Role::from_name(&info.role).unwrap_or(meshgate_sdk::Role::Edge);
         view.members.push(Member {
             handle: handle_of(&info.id),
             id: names.intern(&info.id),
