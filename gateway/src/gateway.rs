@@ -24,6 +24,27 @@ use crate::signal::transport::Credentials;
 use crate::tun::Tun;
 use crate::tunnels::{SharedSlots, Slots, Tunnels};
 
+/// The policy's kernel routes go into the TUN device.
+impl crate::policy::runtime::KernelRoutes for Tun {
+    fn name(&self) -> &str {
+        Tun::name(self)
+    }
+
+    fn add_route(
+        &self,
+        prefix: &crate::prefix::Prefix,
+    ) -> Result<(), crate::policy::runtime::RouteError> {
+        Ok(Tun::add_route(self, prefix)?)
+    }
+
+    fn del_route(
+        &self,
+        prefix: &crate::prefix::Prefix,
+    ) -> Result<(), crate::policy::runtime::RouteError> {
+        Ok(Tun::del_route(self, prefix)?)
+    }
+}
+
 /// The modification time of `path`, if it can be read.
 fn stamp(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()

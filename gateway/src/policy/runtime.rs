@@ -17,7 +17,6 @@ use super::{validate, view, Decisions, PolicyEngine, PolicyError, PolicyModule, 
 use crate::dataplane::SharedTables;
 use crate::metrics::Metrics;
 use crate::prefix::Prefix;
-use crate::tun::Tun;
 
 /// What a reload did, for the operator.
 #[derive(Debug, Clone)]
@@ -60,6 +59,55 @@ impl std::fmt::Display for ReloadReport {
     }
 }
 
+/// A kernel route could not be added or removed.
+pub type RouteError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The kernel's side of the routes the policy decides: prefixes routed
+/// into the tunnel device, so the kernel hands their packets to the data
+/// plane. The gateway gives its TUN; tests give a table in memory.
+pub trait KernelRoutes: Send + Sync {
+    /// The device's name, for messages.
+    fn name(&self) -> &str;
+    fn add_route(&self, prefix: &Prefix) -> Result<(), RouteError>;
+    fn del_route(&self, prefix: &Prefix) -> Result<(), RouteError>;
+}
+
+/// Why a policy could not be put into force; the one in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The module could not be read.
+    #[error("{0}")]
+    Source(String),
+    /// Refused on load, or trapped, ran out of time or memory, or answered
+    /// what does not decode.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Answered decisions that do not hold on the view.
+    #[error("policy {name} ({hash}) returned invalid decisions:\n  {}", problems.join("\n  "))]
+    Invalid {
+        name: String,
+        hash: String,
+        problems: Vec<String>,
+    },
+    /// The kernel refused a route the decisions need.
+    #[error("routing {prefix} into {tun}: {source}")]
+    Route {
+        prefix: Prefix,
+        tun: String,
+        source: RouteError,
+    },
+}
+
+impl RuntimeError {
+    /// The `kind` label of the traps counter, for a trap.
+    fn trap_kind(&self) -> Option<&'static str> {
+        match self {
+            RuntimeError::Policy(PolicyError::Trapped { kind, .. }) => Some(kind.as_str()),
+            _ => None,
+        }
+    }
+}
+
 /// What putting new decisions into force changed.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -79,7 +127,7 @@ pub struct PolicyRuntime {
     view: View,
     decisions: Decisions,
     tables: SharedTables,
-    tun: Arc<Tun>,
+    tun: Arc<dyn KernelRoutes>,
     metrics: Arc<Metrics>,
     /// The data-plane slots of mesh members (`None`: configured peers).
     slots: Option<crate::tunnels::SharedSlots>,
@@ -88,25 +136,36 @@ pub struct PolicyRuntime {
     peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
 }
 
+/// Refuses decisions that do not hold on `view`.
+fn validated(
+    view: &View,
+    module: &PolicyModule,
+    decisions: Decisions,
+) -> Result<Decisions, RuntimeError> {
+    let problems = validate::problems(view, &decisions);
+    if problems.is_empty() {
+        Ok(decisions)
+    } else {
+        Err(RuntimeError::Invalid {
+            name: module.name.clone(),
+            hash: module.hash.clone(),
+            problems,
+        })
+    }
+}
+
 /// Loads and evaluates a module on `view`, refusing invalid decisions.
 fn prepare(
     engine: &PolicyEngine,
     name: &str,
     bytes: &[u8],
     view: &View,
-) -> Result<(PolicyModule, Decisions, Duration), String> {
-    let mut module = engine.load(name, bytes).map_err(|e| e.to_string())?;
+) -> Result<(PolicyModule, Decisions, Duration), RuntimeError> {
+    let mut module = engine.load(name, bytes)?;
     let started = Instant::now();
-    let decisions = module.evaluate(view).map_err(|e| e.to_string())?;
+    let decisions = module.evaluate(view)?;
     let took = started.elapsed();
-    let problems = validate::problems(view, &decisions);
-    if !problems.is_empty() {
-        return Err(format!(
-            "policy {name} ({}) returned invalid decisions:\n  {}",
-            module.hash,
-            problems.join("\n  ")
-        ));
-    }
+    let decisions = validated(view, &module, decisions)?;
     Ok((module, decisions, took))
 }
 
@@ -118,12 +177,11 @@ impl PolicyRuntime {
         source: PolicySource,
         view: View,
         metrics: Arc<Metrics>,
-        tun: Arc<Tun>,
+        tun: Arc<dyn KernelRoutes>,
         slots: Option<crate::tunnels::SharedSlots>,
     ) -> anyhow::Result<(PolicyRuntime, crate::dataplane::Tables)> {
         let (name, bytes) = source.read().map_err(anyhow::Error::msg)?;
-        let (module, decisions, took) =
-            prepare(&engine, &name, &bytes, &view).map_err(anyhow::Error::msg)?;
+        let (module, decisions, took) = prepare(&engine, &name, &bytes, &view)?;
         metrics.policy_evaluated(took);
         metrics.policy_in_force(&module.name, &module.hash);
         let tables = view::tables(&view, &decisions, slots.as_ref());
@@ -179,13 +237,16 @@ impl PolicyRuntime {
 
     /// Reads the configured source again and replaces the policy in force
     /// if the new one compiles, runs and answers validly.
-    pub fn reload(&mut self) -> Result<ReloadReport, String> {
+    pub fn reload(&mut self) -> Result<ReloadReport, RuntimeError> {
         self.reload_from(None)
     }
 
     /// As [`reload`](Self::reload), from `source` when given; once that
     /// module is in force, later reloads read it.
-    pub fn reload_from(&mut self, source: Option<PolicySource>) -> Result<ReloadReport, String> {
+    pub fn reload_from(
+        &mut self,
+        source: Option<PolicySource>,
+    ) -> Result<ReloadReport, RuntimeError> {
         let previous = source.map(|s| std::mem::replace(&mut self.source, s));
         let result = self.try_reload();
         if let (Err(_), Some(p)) = (&result, previous) {
@@ -203,12 +264,12 @@ impl PolicyRuntime {
         result
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, String> {
-        let (name, bytes) = self.source.read()?;
+    fn try_reload(&mut self) -> Result<ReloadReport, RuntimeError> {
+        let (name, bytes) = self.source.read().map_err(RuntimeError::Source)?;
         let started = Instant::now();
         let (module, decisions, took) = prepare(&self.engine, &name, &bytes, &self.view)
             .inspect_err(|e| {
-                if let Some(kind) = trap_kind(e) {
+                if let Some(kind) = e.trap_kind() {
                     self.metrics.policy_trap(kind);
                 }
             })?;
@@ -236,7 +297,7 @@ impl PolicyRuntime {
     /// Puts validated decisions into force: new kernel routes first, so
     /// nothing the new tables route is dropped by the kernel; the atomic
     /// swap of the data plane's tables; then the withdrawals.
-    fn apply(&mut self, decisions: &Decisions) -> Result<Changes, String> {
+    fn apply(&mut self, decisions: &Decisions) -> Result<Changes, RuntimeError> {
         let new = view::tables(&self.view, decisions, self.slots.as_ref());
         let old = self.tables.load_full();
         let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
@@ -253,7 +314,11 @@ impl PolicyRuntime {
         for p in &added {
             self.tun
                 .add_route(p)
-                .map_err(|e| format!("routing {p} into {}: {e}", self.tun.name()))?;
+                .map_err(|source| RuntimeError::Route {
+                    prefix: *p,
+                    tun: self.tun.name().to_string(),
+                    source,
+                })?;
         }
         let swap_started = Instant::now();
         self.tables.store(Arc::new(new));
@@ -313,33 +378,19 @@ impl PolicyRuntime {
     /// changed) and puts the answer into force. If the policy traps, runs
     /// out of time or memory, or answers invalidly, the last good tables
     /// stay in force and the error names the policy and its hash.
-    pub fn evaluate(&mut self, now_ms: u64) -> Result<Changes, String> {
+    pub fn evaluate(&mut self, now_ms: u64) -> Result<Changes, RuntimeError> {
         self.view.now_ms = now_ms;
         let started = Instant::now();
         let result = self.module.evaluate(&self.view);
         let took = started.elapsed();
-        let outcome = result
-            .map_err(|e| {
-                if let PolicyError::Trapped { kind, .. } = &e {
-                    self.metrics.policy_trap(kind.as_str());
-                }
-                e.to_string()
-            })
-            .and_then(|d| {
-                self.metrics.policy_evaluated(took);
-                let problems = validate::problems(&self.view, &d);
-                if problems.is_empty() {
-                    Ok(d)
-                } else {
-                    Err(format!(
-                        "policy {} ({}) returned invalid decisions:\n  {}",
-                        self.module.name,
-                        self.module.hash,
-                        problems.join("\n  ")
-                    ))
-                }
-            });
+        let outcome = result.map_err(RuntimeError::from).and_then(|d| {
+            self.metrics.policy_evaluated(took);
+            validated(&self.view, &self.module, d)
+        });
         let decisions = outcome.inspect_err(|e| {
+            if let Some(kind) = e.trap_kind() {
+                self.metrics.policy_trap(kind);
+            }
             self.metrics.policy_event_evaluation("failed");
             tracing::warn!("policy evaluation failed, the last good tables stay in force: {e}");
         })?;
@@ -368,10 +419,4 @@ impl PolicyRuntime {
     pub fn decisions(&self) -> &Decisions {
         &self.decisions
     }
-}
-
-fn trap_kind(message: &str) -> Option<&'static str> {
-    ["timeout", "out_of_memory", "trap"]
-        .into_iter()
-        .find(|k| message.contains(&format!(": {k} in ")))
 }
