@@ -1,0 +1,183 @@
+//! The lab's gateways as processes: started, waited for, scraped, killed
+//! and stopped, and the lab taken down on drop or on a signal.
+
+use super::*;
+
+impl Lab {
+    /// Starts `binary run` in every appliance and waits until each serves
+    /// its health check.
+    pub fn start_gateways(&mut self, binary: &Path) -> Result<()> {
+        for i in 0..self.regions.len() {
+            self.start_gateway(binary, i)?;
+        }
+        for i in 0..self.regions.len() {
+            self.wait_ready(i, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the gateway of region `i` (without waiting for it).
+    pub fn start_gateway(&mut self, binary: &Path, i: usize) -> Result<()> {
+        let log = std::fs::File::create(self.log_path(i))?;
+        let child = self.regions[i]
+            .appliance
+            .command(&binary.to_string_lossy())
+            .args(["run", "--config"])
+            .arg(self.config_path(i))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        if self.gateways.len() <= i {
+            self.gateways.resize_with(i + 1, || None);
+        }
+        self.gateways[i] = Some(child);
+        Ok(())
+    }
+
+    /// Waits until gateway `i` answers its health check.
+    pub fn wait_ready(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(Some(child)) = self.gateways.get_mut(i) {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "gateway {} exited ({status}) at start:\n{}",
+                        i + 1,
+                        self.log_tail(i)
+                    );
+                }
+            }
+            if probe::http_get(&self.regions[i].appliance, ADMIN, "/healthz").is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "gateway {} not ready after {timeout:?}:\n{}",
+                    i + 1,
+                    self.log_tail(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of gateway `i`'s log.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The Prometheus text of gateway `i`.
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        probe::http_get(&self.regions[i].appliance, ADMIN, "/metrics")
+    }
+
+    /// Waits until every gateway (mesh members) sees all the others alive
+    /// and its SAs have settled (the same for half a second: the policy
+    /// decides how many there are); returns how long it took.
+    pub fn wait_mesh(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let others = self.regions.len() as f64 - 1.0;
+        let (mut last, mut since) = (Vec::new(), Instant::now());
+        loop {
+            let mut now_sas = Vec::new();
+            let mut all_alive = true;
+            for i in 0..self.regions.len() {
+                let text = self.metrics(i).unwrap_or_default();
+                let sum = |name, filter| crate::metrics::sum_samples(&text, name, filter);
+                all_alive &= sum("meshgate_members", "state=\"alive\"") == others;
+                now_sas.push(sum("meshgate_sa_info", "direction=\"out\"") as u64);
+            }
+            let keyed = all_alive && now_sas.iter().all(|&n| n > 0);
+            if !keyed || now_sas != last {
+                (last, since) = (now_sas, Instant::now());
+            } else if since.elapsed() >= Duration::from_millis(500) {
+                return Ok(start.elapsed().saturating_sub(Duration::from_millis(500)));
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the mesh did not form within {timeout:?}:\n{}",
+                    (0..self.regions.len())
+                        .map(|i| format!("--- gateway {}:\n{}", i + 1, self.log_tail(i)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills gateway `i` with SIGKILL: no goodbye, no clean-up, as a
+    /// crashed or powered-off appliance.
+    pub fn kill_gateway(&mut self, i: usize) {
+        if let Some(Some(mut child)) = self.gateways.get_mut(i).map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops gateway `i`: SIGTERM, then SIGKILL after two seconds.
+    pub fn stop_gateway(&mut self, i: usize) {
+        if let Some(Some(mut child)) = self.gateways.get_mut(i).map(Option::take) {
+            stop_child(&mut child);
+        }
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    // SAFETY: kill on a pid we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.gateways.len() {
+            self.stop_gateway(i);
+        }
+        // Regions and the underlay delete their namespaces as they drop.
+        if std::env::var_os("MESHGATE_LAB_KEEP_FILES").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM while a lab runs; checked between steps.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT and SIGTERM to [`interrupted`] so the lab can clean up.
+pub fn catch_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Fails if the lab was asked to stop.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
