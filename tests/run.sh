@@ -26,5 +26,10 @@ rustup toolchain install
 rustup target add wasm32-unknown-unknown
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-cargo test --workspace --all-targets
+# Every target (--all-targets) in two runs: the unit tests, simulations and
+# bench smoke runs in parallel; the integration tests, which build labs of
+# namespaces and processes on this 2-core machine, one at a time, so no
+# lab's timing depends on another's load.
+cargo test --workspace --lib --bins --benches --examples
+cargo test --workspace --test '*' -- --test-threads=1
 cargo test --workspace --doc

@@ -101,7 +101,12 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
 
     let replay_before = drops(&lab, 1, "replay");
     inject(&a.appliance, target, to_b.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    // Counted as they are read: wait for the count, then check it exactly.
+    eventually(
+        Duration::from_secs(5),
+        "the replays were not all counted",
+        || drops(&lab, 1, "replay") - replay_before >= to_b.len() as u64,
+    );
     assert_eq!(
         drops(&lab, 1, "replay") - replay_before,
         to_b.len() as u64,
@@ -118,7 +123,11 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x80;
     inject(&a.appliance, target, vec![forged, flipped]);
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(
+        Duration::from_secs(5),
+        "the forgeries were not counted",
+        || drops(&lab, 1, "icv") - icv_before >= 2,
+    );
     assert_eq!(drops(&lab, 1, "icv") - icv_before, 2);
     // Had the window jumped to 1,000,000, these would now be "replays".
     ping_ok(
@@ -345,9 +354,13 @@ fn restarts_reuse_no_nonce_and_reopen_no_replay_window() {
         .filter(|p| p[..4] == a_to_b.to_be_bytes())
         .collect();
     inject(&lab.regions[0].appliance, target, old.clone());
-    std::thread::sleep(Duration::from_millis(300));
     // With ESN a number far left of the window reads as the next epoch
     // (RFC 4303 Appendix A) and then fails the ICV: dropped either way.
+    eventually(
+        Duration::from_secs(5),
+        "the old packets were not all refused",
+        || drops(&lab, 1, "replay") + drops(&lab, 1, "icv") >= old.len() as u64,
+    );
     let refused = drops(&lab, 1, "replay") + drops(&lab, 1, "icv");
     assert_eq!(
         refused,

@@ -308,7 +308,7 @@ mod tests {
                 .endpoint("internet", "192.0.2.2:4500")
                 .member("spoke-2", "us-west-2", Role::Leaf, &["10.2.0.0/16"])
                 .endpoint("internet", "192.0.2.3:4500")
-                .param("failover.hold_down_ms", "400")
+                .param("failover.hold_down_ms", "1000")
                 .param("failover.preempt", "true")
                 .local("spoke-1")
                 .now_ms(now())
@@ -388,7 +388,7 @@ mod tests {
                 })
                 .await;
                 assert!(
-                    now() - back >= 400,
+                    now() - back >= 1000,
                     "preempted after {} ms, within the hold-down",
                     now() - back
                 );

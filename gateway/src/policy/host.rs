@@ -251,11 +251,11 @@ impl PolicyEngine {
             .lock()
             .ok()
             .and_then(|c| c.get(&hash).cloned());
-        let component = match cached {
-            Some(c) => c,
+        let (component, origin) = match cached {
+            Some(c) => (c, Origin::Memory),
             None => {
-                let c = match self.load_cached(&hash) {
-                    Some(c) => c,
+                let (c, origin) = match self.load_cached(&hash) {
+                    Some(c) => (c, Origin::Disk),
                     None => {
                         let c = Component::new(&self.engine, bytes).map_err(|e| {
                             PolicyError::NotAComponent {
@@ -264,13 +264,13 @@ impl PolicyEngine {
                             }
                         })?;
                         self.store_cached(&hash, &c);
-                        c
+                        (c, Origin::Compiled)
                     }
                 };
                 if let Ok(mut cache) = self.compiled.lock() {
                     cache.insert(hash.clone(), c.clone());
                 }
-                c
+                (c, origin)
             }
         };
         let compile_time = started.elapsed();
@@ -290,6 +290,7 @@ impl PolicyEngine {
             hash,
             size: bytes.len(),
             compile_time,
+            origin,
             pre,
             instance: None,
             scratch: convert::empty_view(),
@@ -331,12 +332,25 @@ pub fn hash_of(bytes: &[u8]) -> String {
 /// What a policy decided for one view.
 pub use super::decisions::Decisions;
 
+/// Where a loaded module's machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now.
+    Compiled,
+    /// This engine's in-memory cache.
+    Memory,
+    /// The compile cache on disk (`<state_dir>/policy-cache`).
+    Disk,
+}
+
 /// A loaded policy, ready to evaluate.
 pub struct PolicyModule {
     pub name: String,
     pub hash: String,
     pub size: usize,
     pub compile_time: Duration,
+    /// Where its machine code came from.
+    pub origin: Origin,
     pre: PolicyPre<HostState>,
     instance: Option<(Store<HostState>, Policy)>,
     /// The view as last encoded, its buffers reused by the next evaluation.

@@ -24,6 +24,8 @@ pub struct ReloadReport {
     pub name: String,
     pub hash: String,
     pub compile: Duration,
+    /// Whether it was compiled, or found compiled in a cache.
+    pub origin: super::host::Origin,
     pub evaluate: Duration,
     /// From validated decisions to tables in force (the swap itself).
     pub swap: Duration,
@@ -46,9 +48,14 @@ impl std::fmt::Display for ReloadReport {
             }
         };
         writeln!(f, "policy {} ({}) in force", self.name, self.hash)?;
+        let origin = match self.origin {
+            super::host::Origin::Compiled => "compiled",
+            super::host::Origin::Memory => "from the memory cache",
+            super::host::Origin::Disk => "from the disk cache",
+        };
         writeln!(
             f,
-            "compile {:.1} ms, evaluate {:.1} µs, swap {:.1} µs",
+            "compile {:.1} ms ({origin}), evaluate {:.1} µs, swap {:.1} µs",
             self.compile.as_secs_f64() * 1e3,
             self.evaluate.as_secs_f64() * 1e6,
             self.swap.as_secs_f64() * 1e6
@@ -284,6 +291,7 @@ impl PolicyRuntime {
             name,
             hash: self.module.hash.clone(),
             compile,
+            origin: self.module.origin,
             evaluate: took,
             swap: changes.swap,
             added: changes.added,

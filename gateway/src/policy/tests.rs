@@ -207,8 +207,12 @@ fn compiled_policies_are_cached_on_disk_across_engines() {
     let mut again = second
         .load("full-mesh", builtin("full-mesh").unwrap())
         .unwrap();
-    assert!(
-        again.compile_time * 4 < m.compile_time,
+    // Whether it was compiled is a fact the engine reports, not a timing
+    // (a loaded machine makes any timing ratio flaky).
+    assert_eq!(m.origin, super::host::Origin::Compiled);
+    assert_eq!(
+        again.origin,
+        super::host::Origin::Disk,
         "loading {:?} vs compiling {:?}",
         again.compile_time,
         m.compile_time
