@@ -372,6 +372,25 @@ fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_
     assert!(rtt > 0.18, "the relay delays both ways: RTT {rtt} s");
     all_pairs_reach(&lab, 3);
 
+    // Every pair rekeyed over the same lossy, slow paths: `keys rotate`
+    // moves the mesh to epoch 2, each gateway's 6 SAs are renegotiated
+    // (exchanges lost on the way are retried) and the old ones retire.
+    let (out, ok) = cli(&lab, 0, &["keys", "rotate"]);
+    assert!(ok && out.contains("epoch 2 in force"), "{out}");
+    let took = eventually(
+        Duration::from_secs(60),
+        "the mesh was not rekeyed onto epoch 2 under loss",
+        || {
+            (0..4).all(|g| {
+                metric(&lab, g, "meshgate_key_epoch", "") == 2
+                    && sas_of_epoch(&lab, g, 2) == 6
+                    && sas_of_epoch(&lab, g, 1) == 0
+            })
+        },
+    );
+    eprintln!("at 10% loss and 100 ms delay, every pair rekeyed onto epoch 2 and the old SAs retired {took:?} after keys rotate");
+    all_pairs_reach(&lab, 3);
+
     // A kill is still seen by every other member, over the same paths.
     lab.kill_gateway(3);
     let took = eventually(Duration::from_secs(10), "region-4's death not seen", || {

@@ -747,3 +747,120 @@ fn a_policy_that_traps_on_an_event_keeps_the_last_good_tables_and_recovers() {
         assert_eq!(metric(&lab, g, "meshgate_drops_total", ""), 0);
     }
 }
+
+/// Configured keys cannot be renewed: at the soft limit the SA says a rekey
+/// is due, at the hard limit it stops carrying traffic, and what it would
+/// have carried is dropped as `expired`, counted and never sent.
+#[test]
+fn a_configured_sa_past_its_hard_lifetime_carries_nothing_and_says_so() {
+    let lab = lab_with(
+        2,
+        "cipher = \"aes128gcm16\"\n\n[sa.lifetime.soft]\npackets = 20\n\n[sa.lifetime.hard]\npackets = 30",
+    );
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let p = ping(&a.host, b.host_ip().into(), 60, Duration::from_millis(10)).unwrap();
+    eprintln!("{} of 60 echoes came back", p.received);
+    assert!(
+        p.received <= 30,
+        "an expired SA carried traffic: {} echoes",
+        p.received
+    );
+    assert!(
+        p.received >= 15,
+        "the SA carried too little before its limit: {}",
+        p.received
+    );
+    eventually(Duration::from_secs(5), "no expired drops counted", || {
+        drops(&lab, 0, "expired") + drops(&lab, 1, "expired") > 0
+    });
+    let events = |g, stage: &str| {
+        metric(
+            &lab,
+            g,
+            "meshgate_sa_lifetime_events_total",
+            &format!("stage=\"{stage}\""),
+        )
+    };
+    for stage in ["soft", "hard"] {
+        assert!(
+            events(0, stage) + events(1, stage) >= 1,
+            "no {stage} lifetime event counted"
+        );
+    }
+    let log = std::fs::read_to_string(lab.log_path(0)).unwrap()
+        + &std::fs::read_to_string(lab.log_path(1)).unwrap();
+    assert!(log.contains("reached its hard lifetime"), "{log}");
+    // Nothing after the hard limit went on the wire: a second round of
+    // echoes is lost whole.
+    let p = ping(&a.host, b.host_ip().into(), 5, Duration::from_millis(10)).unwrap();
+    assert_eq!(p.received, 0);
+}
+
+/// The watched policy file replaced the two ways it happens: written in
+/// place (a reload may read it half written: refused, the old policy
+/// forwards, and the completed file is taken), and by an atomic rename.
+#[test]
+fn a_policy_file_replaced_while_being_written_is_taken_once_whole() {
+    let mut lab = common::lab_unstarted(2);
+    let policy = lab.dir.join("policy.wasm");
+    let full_mesh = meshgate::policy::builtin("full-mesh").unwrap();
+    std::fs::write(&policy, full_mesh).unwrap();
+    let cfg = lab.config_path(0);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "module = \"full-mesh\"",
+        &format!("module = \"{}\"", policy.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .unwrap();
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let reloads = |outcome: &str| {
+        metric(
+            &lab,
+            0,
+            "meshgate_policy_reloads_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    };
+    let in_force =
+        || meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/policy").unwrap();
+    let hash = |bytes: &[u8]| meshgate::policy::host::hash_of(bytes);
+    // Half of hub-spoke, written in place: the watch reads it and refuses it.
+    let hub_spoke = meshgate::policy::builtin("hub-spoke").unwrap();
+    std::fs::write(&policy, &hub_spoke[..hub_spoke.len() / 2]).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the half-written file was not tried",
+        || reloads("refused") >= 1,
+    );
+    assert!(in_force().contains(&hash(full_mesh)), "{}", in_force());
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        5,
+        "forwarding while the file is half written",
+    );
+    // The rest arrives: the whole file is taken.
+    std::fs::write(&policy, hub_spoke).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the completed file was not taken",
+        || in_force().contains(&hash(hub_spoke)),
+    );
+    // An atomic rename over it: taken too.
+    let next = lab.dir.join("policy.wasm.new");
+    std::fs::write(&next, full_mesh).unwrap();
+    std::fs::rename(&next, &policy).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the renamed file was not taken",
+        || in_force().contains(&hash(full_mesh)),
+    );
+    assert!(reloads("ok") >= 2);
+    ping_ok(
+        &a.host,
+        b.host_ip().into(),
+        5,
+        "forwarding after the replacements",
+    );
+}

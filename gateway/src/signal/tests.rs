@@ -442,3 +442,88 @@ fn a_member_advertises_the_median_round_trip_and_mean_loss_of_its_paths() {
     assert!(health_moved((120_000, 20_000), (160_000, 20_000)));
     assert!(health_moved((120_000, 20_000), (120_000, 30_000)));
 }
+
+/// A member that opens a message stream and never finishes it holds up
+/// nothing: after the per-message deadline (5 s) the stream is refused,
+/// named and counted, and a whole message sent after it on the same
+/// connection is read at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_never_finished_is_refused_at_its_deadline_and_holds_up_nothing() {
+    use super::node::{run, NodeConfig};
+    use crate::member::NodeEvent;
+    use crate::membership::info::MemberInfo;
+    use crate::membership::Settings;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mesh = Mesh::new("deadline");
+    let cfg = NodeConfig {
+        creds: Arc::new(mesh.member("m1")),
+        listen: local(),
+        discovery: Arc::new(super::discovery::StaticSeeds(Vec::new())),
+        info: MemberInfo {
+            id: "m1".into(),
+            version: 1,
+            region: "eu-west-1".into(),
+            role: "edge".into(),
+            epoch: 1,
+            ..Default::default()
+        },
+        settings: Settings::default(),
+        liveness: None,
+        keys: Some((
+            Arc::new(crate::keys::epoch::test_keys(1)),
+            1,
+            crate::esp::CipherSuite::Aes128Gcm,
+        )),
+        tunnels: None,
+    };
+    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (_commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = tokio::spawn(run(cfg, events, command_rx, bound_tx));
+    let addr = bound_rx.await.unwrap();
+    let peer = mesh.member("m2");
+    let ep = endpoint(&peer, local()).unwrap();
+    let (conn, _) = connect(&ep, &peer, "m1", addr).await.unwrap();
+    // The kind byte of a key-exchange message, and then nothing, for ever.
+    let mut stuck = conn.open_uni().await.unwrap();
+    stuck.write_all(&[1]).await.unwrap();
+    let opened = Instant::now();
+    // A second message, whole (not a valid exchange message: refused by
+    // the member at once, which shows it was read).
+    messages::send(&conn, Kind::KeyExchange, b"not an exchange")
+        .await
+        .unwrap();
+    let mut seen_whole = None;
+    let mut refused_late = None;
+    while refused_late.is_none() {
+        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no refusal within 10 s")
+            .unwrap();
+        if let NodeEvent::Refused(r) = e {
+            match (r.what, r.kind) {
+                ("key_exchange", _) => seen_whole = Some(opened.elapsed()),
+                ("message", "unreadable") => {
+                    assert_eq!(r.peer, "m2", "the sender is named");
+                    assert!(r.reason.contains("not finished within"), "{}", r.reason);
+                    refused_late = Some(opened.elapsed());
+                }
+                other => panic!("unexpected refusal {other:?}: {}", r.reason),
+            }
+        }
+    }
+    let (whole, late) = (
+        seen_whole.expect("the whole message was read"),
+        refused_late.unwrap(),
+    );
+    eprintln!("whole message read after {whole:?}; the stuck one refused after {late:?}");
+    assert!(whole < Duration::from_secs(2), "{whole:?}");
+    assert!(
+        late >= Duration::from_secs(5) && late < Duration::from_secs(8),
+        "{late:?}"
+    );
+    drop(stuck);
+    node.abort();
+}
