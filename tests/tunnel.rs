@@ -561,18 +561,9 @@ fn a_hundred_policy_reloads_lose_no_packet() {
 
 #[test]
 fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
-    let mut lab = common::lab_unstarted(2);
     // Gateway 1 runs a policy from a file, which we then replace.
-    let policy = lab.dir.join("policy.wasm");
-    std::fs::write(&policy, meshgate::policy::builtin("full-mesh").unwrap()).unwrap();
-    let cfg = lab.config_path(0);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "module = \"full-mesh\"",
-        &format!("module = \"{}\"", policy.display()),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
-        .unwrap();
+    let (lab, policy) =
+        common::lab_with_policy_file(2, meshgate::policy::builtin("full-mesh").unwrap());
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let admin = meshgate::lab::ADMIN;
     for (what, bytes) in [
@@ -801,18 +792,8 @@ fn a_configured_sa_past_its_hard_lifetime_carries_nothing_and_says_so() {
 /// forwards, and the completed file is taken), and by an atomic rename.
 #[test]
 fn a_policy_file_replaced_while_being_written_is_taken_once_whole() {
-    let mut lab = common::lab_unstarted(2);
-    let policy = lab.dir.join("policy.wasm");
     let full_mesh = meshgate::policy::builtin("full-mesh").unwrap();
-    std::fs::write(&policy, full_mesh).unwrap();
-    let cfg = lab.config_path(0);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "module = \"full-mesh\"",
-        &format!("module = \"{}\"", policy.display()),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    lab.start_gateways(std::path::Path::new(env!("CARGO_BIN_EXE_meshgate")))
-        .unwrap();
+    let (lab, policy) = common::lab_with_policy_file(2, full_mesh);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
     let reloads = |outcome: &str| {
         metric(

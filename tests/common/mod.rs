@@ -47,6 +47,26 @@ pub fn lab_unstarted_placed(regions: usize, policy: &str, placement: &str) -> La
     lab
 }
 
+/// A started lab whose gateway 1 runs its policy from a file,
+/// `policy.wasm` in the lab's folder, holding `bytes` (the others run the
+/// default built-in); returns the lab and the file's path.
+pub fn lab_with_policy_file(regions: usize, bytes: &[u8]) -> (Lab, std::path::PathBuf) {
+    let mut lab = lab_unstarted(regions);
+    let policy = lab.dir.join("policy.wasm");
+    std::fs::write(&policy, bytes).expect("writing the policy file");
+    let cfg = lab.config_path(0);
+    let text = std::fs::read_to_string(&cfg)
+        .expect("reading a config")
+        .replace(
+            "module = \"full-mesh\"",
+            &format!("module = \"{}\"", policy.display()),
+        );
+    std::fs::write(&cfg, text).expect("writing a config");
+    lab.start_gateways(Path::new(env!("CARGO_BIN_EXE_meshgate")))
+        .expect("starting gateways");
+    (lab, policy)
+}
+
 /// A lab of mesh members (configs from [`Lab::write_mesh_configs`]), not
 /// started, whose `[sa]` sections read `sa_settings`.
 pub fn mesh_lab_unstarted(regions: usize, policy: &str, sa_settings: &str) -> Lab {

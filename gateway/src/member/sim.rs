@@ -6,8 +6,7 @@
 //! plane kept as the commands it was given. No sockets, no sleeps; the
 //! order of events is fixed by a seed (the keys themselves are random).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use super::*;
 use crate::dataplane::{InboundCommand, OutboundCommand};
 use crate::esp::SaParams;
 use crate::keys::epoch::test_keys;
-use crate::membership::sim::VirtualTime;
+use crate::membership::sim::{EventQueue, VirtualTime};
 
 impl VirtualTime for MeshSim {
     fn now(&self) -> Duration {
@@ -131,9 +130,7 @@ pub(crate) struct MeshSim {
     generations: Vec<u64>,
     t0: Instant,
     pub now: Duration,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    pending: HashMap<u64, Ev>,
-    seq: u64,
+    queue: EventQueue<Ev>,
     rng: StdRng,
     wakes: Vec<Option<Instant>>,
     ends: HashMap<ConnId, End>,
@@ -148,6 +145,9 @@ pub(crate) struct MeshSim {
     pub messages: HashMap<(usize, usize), usize>,
     /// Which to lose: (from, to, nth message of that pair, from 1).
     pub lose_messages: HashSet<(usize, usize, usize)>,
+    /// Pairs (from, to) whose every key-exchange message is lost while
+    /// listed (membership datagrams still pass).
+    pub block_messages: HashSet<(usize, usize)>,
     /// What discovery answers: these members.
     pub seeds: Vec<usize>,
     pub settings: Settings,
@@ -193,9 +193,7 @@ impl MeshSim {
             generations: vec![0; n],
             t0: Instant::now(),
             now: Duration::ZERO,
-            queue: BinaryHeap::new(),
-            pending: HashMap::new(),
-            seq: 0,
+            queue: EventQueue::default(),
             rng: StdRng::seed_from_u64(seed),
             wakes: vec![None; n],
             ends: HashMap::new(),
@@ -205,6 +203,7 @@ impl MeshSim {
             cut: HashSet::new(),
             messages: HashMap::new(),
             lose_messages: HashSet::new(),
+            block_messages: HashSet::new(),
             seeds: vec![0],
             settings: Settings::default(),
             liveness: Some(LivenessSettings::default()),
@@ -303,9 +302,7 @@ impl MeshSim {
     }
 
     fn schedule(&mut self, at: Duration, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq)));
-        self.pending.insert(self.seq, ev);
+        self.queue.schedule(at, ev);
     }
 
     /// Carries out what member `i` asked for.
@@ -392,7 +389,9 @@ impl MeshSim {
             Payload::Message(_) => {
                 let nth = self.messages.entry((i, end.peer)).or_default();
                 *nth += 1;
-                if self.lose_messages.remove(&(i, end.peer, *nth)) {
+                if self.lose_messages.remove(&(i, end.peer, *nth))
+                    || self.block_messages.contains(&(i, end.peer))
+                {
                     return;
                 }
             }
@@ -410,16 +409,9 @@ impl MeshSim {
 
     /// Runs events up to `end`.
     pub fn run_until(&mut self, end: Duration) {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > end {
-                break;
-            }
-            self.queue.pop();
+        while let Some((at, ev)) = self.queue.pop_until(end) {
             self.now = at;
             let now = self.at();
-            let Some(ev) = self.pending.remove(&seq) else {
-                continue;
-            };
             let touched: Vec<usize> = match ev {
                 Ev::Connect {
                     dialer,

@@ -281,3 +281,86 @@ fn a_partition_splits_the_mesh_and_it_heals() {
     eprintln!("partition healed: every pair keyed again {took:?} after it ended");
     let _ = healed;
 }
+
+/// A rekey that keeps failing (every key-exchange message between the pair
+/// lost, membership still fine): each attempt times out and is retried,
+/// the old SAs carry on meanwhile (until their hard limit, which the data
+/// plane enforces), and once messages pass the pair is rekeyed.
+#[test]
+fn a_rekey_that_keeps_failing_is_retried_and_the_old_sas_carry_on() {
+    use crate::dataplane::SaNotice;
+    use crate::esp::{Direction, LifetimeEvent, LimitKind};
+
+    let mut sim = MeshSim::new(2, 17);
+    formed(&mut sim, 2, S(10));
+    let old = sim
+        .node(0)
+        .plane
+        .sends_to(&id(1))
+        .map(|sa| sa.spi)
+        .expect("m00 -> m01");
+    let slot = *sim
+        .node(0)
+        .plane
+        .slots
+        .iter()
+        .find(|(_, p)| **p == id(1))
+        .expect("a slot")
+        .0;
+    sim.block_messages.insert((0, 1));
+    sim.block_messages.insert((1, 0));
+    let at = sim.now;
+    let soft = LifetimeEvent::Soft {
+        spi: old,
+        kind: LimitKind::Packets,
+    };
+    sim.with(0, |m, now| {
+        m.handle_notice(
+            SaNotice::Lifetime {
+                slot,
+                direction: Direction::Out,
+                event: soft,
+            },
+            now,
+        )
+    });
+    sim.run_until(at + S(20));
+    let timeouts = sim
+        .node(0)
+        .events
+        .iter()
+        .filter(|(t, e)| {
+            *t >= at
+                && matches!(
+                    e,
+                    NodeEvent::Keys(Event::Failed {
+                        error: ExchangeError::Timeout,
+                        ..
+                    })
+                )
+        })
+        .count();
+    assert!(
+        timeouts >= 2,
+        "the rekey was tried {timeouts} times in 20 s"
+    );
+    assert_eq!(
+        sim.node(0).plane.sends_to(&id(1)).map(|sa| sa.spi),
+        Some(old),
+        "the old SA carries on"
+    );
+    assert!(sim.keyed(0, 1));
+    sim.block_messages.clear();
+    let healed = sim.now;
+    let took = sim
+        .run_until_true(S(15), |s| {
+            s.keyed(0, 1)
+                && s.node(0)
+                    .plane
+                    .sends_to(&id(1))
+                    .is_some_and(|sa| sa.spi != old)
+        })
+        .expect("not rekeyed once messages passed");
+    eprintln!("{timeouts} failed rekeys in 20 s; rekeyed {took:?} after messages passed again");
+    let _ = healed;
+}

@@ -22,6 +22,41 @@ enum Ev {
     Wake { node: usize },
 }
 
+/// Events in virtual-time order (equal times in the order scheduled).
+pub(crate) struct EventQueue<E> {
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    pending: HashMap<u64, E>,
+    seq: u64,
+}
+
+impl<E> Default for EventQueue<E> {
+    fn default() -> Self {
+        EventQueue {
+            queue: BinaryHeap::new(),
+            pending: HashMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<E> EventQueue<E> {
+    pub fn schedule(&mut self, at: Duration, ev: E) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.pending.insert(self.seq, ev);
+    }
+
+    /// The next event due at or before `end`, and its time.
+    pub fn pop_until(&mut self, end: Duration) -> Option<(Duration, E)> {
+        let Reverse((at, seq)) = self.queue.peek().copied()?;
+        if at > end {
+            return None;
+        }
+        self.queue.pop();
+        self.pending.remove(&seq).map(|ev| (at, ev))
+    }
+}
+
 /// A simulation on virtual time: the membership's clusters here, the
 /// member cores' meshes in `member::sim`.
 pub(crate) trait VirtualTime {
@@ -63,11 +98,9 @@ impl VirtualTime for Sim {
 pub(crate) struct Sim {
     nodes: Vec<Option<Agent>>,
     index: HashMap<String, usize>,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    pending: HashMap<u64, Ev>,
+    queue: EventQueue<Ev>,
     /// The deadline each member has an event queued for.
     wakes: Vec<Option<Instant>>,
-    seq: u64,
     t0: Instant,
     pub now: Duration,
     rng: StdRng,
@@ -116,10 +149,8 @@ impl Sim {
         Sim {
             nodes: Vec::new(),
             index: HashMap::new(),
-            queue: BinaryHeap::new(),
-            pending: HashMap::new(),
+            queue: EventQueue::default(),
             wakes: Vec::new(),
-            seq: 0,
             t0: Instant::now(),
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),
@@ -154,9 +185,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: Duration, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq)));
-        self.pending.insert(self.seq, ev);
+        self.queue.schedule(at, ev);
     }
 
     /// Carries out what member `i` asked for.
@@ -230,16 +259,9 @@ impl Sim {
     }
 
     pub fn run_until(&mut self, end: Duration) {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > end {
-                break;
-            }
-            self.queue.pop();
+        while let Some((at, ev)) = self.queue.pop_until(end) {
             self.now = at;
             let now = self.at();
-            let Some(ev) = self.pending.remove(&seq) else {
-                continue;
-            };
             let i = match ev {
                 Ev::Deliver { to, from, data } => {
                     let from = member(from).id;
