@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Summarise `cargo bench -p meshgate --bench esp` from criterion's own
+"""Summarise `cargo bench -p meshgate-esp --bench esp` from criterion's own
 estimates: per backend and size, ESP encap/decap against the raw AEAD of the
 same backend, measured in the same run, as ratios; and the 64-byte encap
 rate of one core.
 
 Usage: python3 bench/esp-report.py [TARGET_DIR]   (default: target)
 """
+import datetime
 import json
 import pathlib
+import subprocess
 import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target") / "criterion"
+
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+print(f"# commit {commit or 'unknown'}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
 def median_ns(group, backend, size):

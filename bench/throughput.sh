@@ -616,7 +616,8 @@ for f in aes vaes vpclmulqdq avx2 avx512f; do
     grep -qw "$f" /proc/cpuinfo 2>/dev/null && cpu_flags="${cpu_flags#none }$f "
 done
 echo "# meshgate throughput harness"
-echo "# date:     $(date -Is)"
+echo "# date:     $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "# commit:   $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown)"
 echo "# host:     $(uname -n), kernel $(uname -r)"
 echo "# cpu:      ${cpu_model:-unknown} (flags: ${cpu_flags% }), nproc=$(nproc)"
 echo "# load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the run)"

@@ -224,6 +224,22 @@ impl Agent {
                 };
                 match (beat, &mut self.liveness) {
                     (Some(b), Some(d)) => {
+                        // It watches us, so we watch it back: while two
+                        // members' views of the mesh differ (one just
+                        // joined, or has not yet heard of a death) their
+                        // plans may disagree, and a member beating only
+                        // one way would be reported silent by its watchers.
+                        // (A member this one has not heard of yet counts:
+                        // the channel proved it is one of the mesh.)
+                        let down = || {
+                            self.swim
+                                .members()
+                                .any(|(m, s)| m.id == from && s == State::Down)
+                        };
+                        if !d.watched().any(|w| w == from) && !down() {
+                            d.watch(from, now);
+                            d.set_watchers(from, self.plan.watchers(from).len().max(1));
+                        }
                         d.on_beat(from, b, now);
                         if let Some(v) = version {
                             self.want_record(from, v, now);

@@ -61,26 +61,51 @@ fn scaled(n: usize, seed: u64) {
         sim.downs.len()
     );
     let per_member = bytes_per_member(&mut sim, n, S(10));
-    let newcomer = sim.add();
-    let at = sim.now;
-    sim.join(newcomer, 0);
-    sim.run_until(at + S(5));
-    let joined = (0..n)
-        .map(|i| sim.ups.get(&(i, newcomer)).map(|t| *t - at))
-        .collect::<Option<Vec<_>>>()
-        .map(|v| v.into_iter().max().unwrap_or_default())
-        .expect("every member learned of the newcomer");
+    // The kill first, among members that all know the victim.
     let victim = n / 2;
     let at = sim.now;
     sim.kill(victim);
     sim.run_until(at + S(5));
+    let missing: Vec<usize> = sim
+        .alive()
+        .filter(|i| !sim.downs.contains_key(&(*i, victim)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} members did not declare the victim down: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
     let killed = sim
         .alive()
-        .map(|i| sim.downs.get(&(i, victim)).map(|t| *t - at))
+        .filter_map(|i| sim.downs.get(&(i, victim)).map(|t| *t - at))
+        .max()
+        .unwrap_or_default();
+    let newcomer = sim.add();
+    let at = sim.now;
+    sim.join(newcomer, 0);
+    sim.run_until(at + S(5));
+    let joined = sim
+        .alive()
+        .filter(|&i| i != newcomer)
+        .map(|i| sim.ups.get(&(i, newcomer)).map(|t| *t - at))
         .collect::<Option<Vec<_>>>()
         .map(|v| v.into_iter().max().unwrap_or_default())
-        .expect("every member declared the victim down");
+        .expect("every member learned of the newcomer");
     let false_downs = sim.downs.keys().filter(|(_, j)| *j != victim).count();
+    if false_downs > 0 {
+        let mut by: Vec<(usize, usize, Duration)> = sim
+            .downs
+            .iter()
+            .filter(|((_, j), _)| *j != victim)
+            .map(|((i, j), t)| (*i, *j, *t))
+            .collect();
+        by.sort();
+        eprintln!(
+            "false downs (observer, subject, when): {:?}",
+            &by[..by.len().min(10)]
+        );
+    }
     eprintln!(
         "{n} members, detector on (bounded watch sets): newcomer known to all after {joined:?}; \
          a kill seen down by all after {killed:?}; {per_member:.0} B/s of payload sent per member; \
