@@ -237,7 +237,7 @@ impl Agent {
                                 .any(|(m, s)| m.id == from && s == State::Down)
                         };
                         if !d.watched().any(|w| w == from) && !down() {
-                            d.watch(from, now);
+                            d.watch_back(from, now);
                             d.set_watchers(from, self.plan.watchers(from).len().max(1));
                         }
                         d.on_beat(from, b, now);
@@ -455,15 +455,18 @@ impl Agent {
         };
         let me = self.swim.me().id.clone();
         let wanted = self.plan.watchers(&me);
+        // Peers watched back because they watch us stay until they stop.
         let gone: Vec<String> = d
             .watched()
-            .filter(|w| !wanted.contains(*w))
+            .filter(|w| !wanted.contains(*w) && !d.is_courtesy(w))
             .cloned()
             .collect();
         for peer in gone {
             d.unwatch(&peer);
         }
         for peer in &wanted {
+            // In our plan now: watched on its own account.
+            d.adopt(peer);
             d.watch(peer, now);
             d.set_watchers(peer, self.plan.watchers(peer).len());
         }

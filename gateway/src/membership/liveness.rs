@@ -70,6 +70,10 @@ pub struct Detector {
     /// How many members watch each subject (when not everyone does): the
     /// most reports that can come about it.
     watchers: BTreeMap<String, usize>,
+    /// Peers watched only because they watch us (their view of the mesh
+    /// differs from ours for now): beaten back while they beat us, and let
+    /// go quietly, not reported, when they stop.
+    courtesy: BTreeSet<String>,
 }
 
 impl Detector {
@@ -86,7 +90,27 @@ impl Detector {
             last_tick: None,
             gaps: BTreeMap::new(),
             watchers: BTreeMap::new(),
+            courtesy: BTreeSet::new(),
         }
+    }
+
+    /// Watches `peer` back because it beats us, though our plan does not
+    /// name it (see [`courtesy`](Self#structfield.courtesy)).
+    pub fn watch_back(&mut self, peer: &str, now: Instant) {
+        if peer != self.me && !self.heard.contains_key(peer) {
+            self.courtesy.insert(peer.to_string());
+            self.watch(peer, now);
+        }
+    }
+
+    /// `peer` is in our plan now: watched on its own account.
+    pub fn adopt(&mut self, peer: &str) {
+        self.courtesy.remove(peer);
+    }
+
+    /// Whether `peer` is watched only because it watches us.
+    pub fn is_courtesy(&self, peer: &str) -> bool {
+        self.courtesy.contains(peer)
     }
 
     /// Starts watching `peer` (as if just heard from).
@@ -117,6 +141,7 @@ impl Detector {
     }
 
     pub fn unwatch(&mut self, peer: &str) {
+        self.courtesy.remove(peer);
         self.watchers.remove(peer);
         self.heard.remove(peer);
         self.paths.remove(peer);
@@ -299,6 +324,12 @@ impl Detector {
             .map(|(p, _)| p.clone())
             .collect();
         for subject in silent {
+            if self.courtesy.contains(&subject) {
+                // It stopped watching us (our views agree again, or it is
+                // gone: its own watchers say so).
+                self.unwatch(&subject);
+                continue;
+            }
             // Report, and repeat it every three heartbeat intervals while
             // the silence lasts: a report lost on a lossy path is made up
             // for well within the time a verdict should take (and the
