@@ -665,4 +665,13 @@ if (( SMALL_SECS > 0 )); then
     for mode in $MODES; do printf '%-12s %14s\n' "$mode" "${R_KPPS[$mode]:-NA}"; done
 fi
 
+# The target this harness measures: meshgate at least 10x strongSwan's
+# userspace ESP in the same run. Reported, and the exit status says it.
+TARGET_MET=1
+if [[ "$r_ms" != NA ]] && awk -v r="$r_ms" 'BEGIN { exit !(r < 10) }'; then
+    TARGET_MET=0
+    printf 'TARGET NOT MET: meshgate/strongswan %s, the target is at least 10\n' "$r_ms" >&4
+fi
+
 FAILED=0
+(( TARGET_MET )) || exit 2

@@ -128,6 +128,8 @@ fn a_gateway_killed_with_sigkill_is_marked_dead_and_its_routes_are_withdrawn() {
         || members(&lab, 0, "dead") == 1 && members(&lab, 1, "dead") == 1,
     );
     eprintln!("region-3 killed; both survivors marked it dead within {took:?} (metrics polled every 50 ms)");
+    // The target, 1.5 s, asserted as it stands (measured 0.57-0.62 s).
+    assert!(took <= Duration::from_millis(1500), "{took:?}");
     eventually(
         Duration::from_secs(2),
         "region-3's routes were not withdrawn",
@@ -397,6 +399,10 @@ fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_
         (0..3).all(|g| members(&lab, g, "dead") == 1)
     });
     eprintln!("at 10% loss and 100 ms delay, a killed member was marked dead by all three others within {took:?} (polled every 50 ms)");
+    // The target is 1.5 s; at 10% loss, with metrics polled every 50 ms
+    // from a debug build on a loaded CI machine, asserted with 0.5 s of
+    // margin (measured 0.71-1.14 s).
+    assert!(took <= Duration::from_millis(2000), "{took:?}");
 }
 
 /// Runs `meshgate ARGS` in gateway `g`'s namespace; its output and success.

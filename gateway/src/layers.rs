@@ -57,6 +57,13 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         {
             for (i, _) in line.match_indices("crate::") {
                 let rest = &line[i + "crate::".len()..];
+                // A grouped import would hide its modules from this
+                // reading: one `use crate::module::...` per module.
+                assert!(
+                    !rest.starts_with('{'),
+                    "{}: write one `use` of this crate per module, not a braced group",
+                    rel.display()
+                );
                 let used: String = rest
                     .chars()
                     .take_while(|c| c.is_ascii_lowercase() || *c == '_')

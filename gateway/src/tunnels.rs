@@ -69,32 +69,9 @@ pub enum Action {
 
 impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SaParams hold keys: print what, never the key bytes.
         match self {
-            Action::Outbound(OutboundCommand::Peer { slot, id, endpoint }) => {
-                write!(f, "Outbound::Peer({slot}, {id}, {endpoint})")
-            }
-            Action::Outbound(OutboundCommand::Sa { slot, params }) => {
-                write!(f, "Outbound::Sa({slot}, {:#010x})", params.spi)
-            }
-            Action::Outbound(OutboundCommand::ClearSa { slot }) => {
-                write!(f, "Outbound::ClearSa({slot})")
-            }
-            Action::Outbound(OutboundCommand::Remove { slot }) => {
-                write!(f, "Outbound::Remove({slot})")
-            }
-            Action::Inbound(InboundCommand::Peer { slot, id, .. }) => {
-                write!(f, "Inbound::Peer({slot}, {id})")
-            }
-            Action::Inbound(InboundCommand::Sa { slot, params }) => {
-                write!(f, "Inbound::Sa({slot}, {:#010x})", params.spi)
-            }
-            Action::Inbound(InboundCommand::RemoveSa { spi }) => {
-                write!(f, "Inbound::RemoveSa({spi:#010x})")
-            }
-            Action::Inbound(InboundCommand::Remove { slot }) => {
-                write!(f, "Inbound::Remove({slot})")
-            }
+            Action::Outbound(c) => write!(f, "{c:?}"),
+            Action::Inbound(c) => write!(f, "{c:?}"),
             Action::Release(spi) => write!(f, "Release({spi:#010x})"),
             Action::Rekey(p) => write!(f, "Rekey({p})"),
         }

@@ -53,6 +53,36 @@ pub enum InboundCommand {
     Remove { slot: usize },
 }
 
+// The commands hold keys (`SaParams`): their `Debug` says which SA, by
+// SPI, and never prints key bytes.
+impl std::fmt::Debug for OutboundCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundCommand::Peer { slot, id, endpoint } => {
+                write!(f, "Outbound::Peer({slot}, {id}, {endpoint})")
+            }
+            OutboundCommand::Sa { slot, params } => {
+                write!(f, "Outbound::Sa({slot}, {:#010x})", params.spi)
+            }
+            OutboundCommand::ClearSa { slot } => write!(f, "Outbound::ClearSa({slot})"),
+            OutboundCommand::Remove { slot } => write!(f, "Outbound::Remove({slot})"),
+        }
+    }
+}
+
+impl std::fmt::Debug for InboundCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InboundCommand::Peer { slot, id, .. } => write!(f, "Inbound::Peer({slot}, {id})"),
+            InboundCommand::Sa { slot, params } => {
+                write!(f, "Inbound::Sa({slot}, {:#010x})", params.spi)
+            }
+            InboundCommand::RemoveSa { spi } => write!(f, "Inbound::RemoveSa({spi:#010x})"),
+            InboundCommand::Remove { slot } => write!(f, "Inbound::Remove({slot})"),
+        }
+    }
+}
+
 /// What the packet threads report back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaNotice {
@@ -134,5 +164,50 @@ pub(super) fn report(
             ?kind,
             "{which} SA reached its hard lifetime; {hard}"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esp::{Backend, CipherSuite, KeyMaterial, Lifetime};
+
+    /// Commands are logged at debug level: an SA shows by SPI, and no
+    /// byte of its key, in any radix the derived form would use.
+    #[test]
+    fn commands_print_the_spi_and_never_the_key() {
+        let key = [0xa7u8; 20];
+        let params = || SaParams {
+            spi: 0x1234_5678,
+            suite: CipherSuite::Aes128Gcm,
+            key: KeyMaterial::new(CipherSuite::Aes128Gcm, &key).unwrap(),
+            esn: true,
+            backend: Backend::Ring,
+            lifetime: Lifetime::default(),
+            replay_window: 1024,
+        };
+        let printed = [
+            format!(
+                "{:?}",
+                OutboundCommand::Sa {
+                    slot: 3,
+                    params: params()
+                }
+            ),
+            format!(
+                "{:?}",
+                InboundCommand::Sa {
+                    slot: 3,
+                    params: params()
+                }
+            ),
+        ];
+        for p in &printed {
+            assert!(p.contains("0x12345678"), "{p}");
+            for key_form in ["a7", "A7", "167"] {
+                assert!(!p.contains(key_form), "{p}");
+            }
+        }
+        assert_eq!(printed[0], "Outbound::Sa(3, 0x12345678)");
     }
 }

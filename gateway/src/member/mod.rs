@@ -130,7 +130,7 @@ impl Member {
     /// A membership datagram from `from`, whom the channel authenticated.
     pub fn handle_datagram(&mut self, from: &str, data: &[u8], now: Instant) {
         if let Err(e) = self.agent.handle(from, data, now) {
-            self.refuse(from, "membership", "malformed", e.to_string());
+            self.refuse(from, "membership", e.kind(), e.to_string());
         }
         self.drive(now);
     }

@@ -65,29 +65,10 @@ impl std::fmt::Debug for Output {
             Output::Dial { peer, addr } => write!(f, "Dial {{ peer: {peer:?}, addr: {addr} }}"),
             Output::Close { conn } => write!(f, "Close {{ conn: {conn:?} }}"),
             Output::Discover => write!(f, "Discover"),
-            // The commands hold keys: say which, never the bytes.
-            Output::Outbound(c) => write!(
-                f,
-                "{:?}",
-                crate::tunnels::Action::Outbound(clone_outbound(c))
-            ),
-            Output::Inbound(_) => write!(f, "Inbound(..)"),
+            // The commands' own Debug names the SA by SPI, never its keys.
+            Output::Outbound(c) => write!(f, "{c:?}"),
+            Output::Inbound(c) => write!(f, "{c:?}"),
         }
-    }
-}
-
-/// The variant of an outbound command without its SA (for `Debug`).
-fn clone_outbound(c: &OutboundCommand) -> OutboundCommand {
-    match c {
-        OutboundCommand::Peer { slot, id, endpoint } => OutboundCommand::Peer {
-            slot: *slot,
-            id: id.clone(),
-            endpoint: *endpoint,
-        },
-        OutboundCommand::Sa { slot, .. } | OutboundCommand::ClearSa { slot } => {
-            OutboundCommand::ClearSa { slot: *slot }
-        }
-        OutboundCommand::Remove { slot } => OutboundCommand::Remove { slot: *slot },
     }
 }
 

@@ -203,7 +203,7 @@ impl Agent {
             Some((&SWIM, rest)) => {
                 match postcard::take_from_bytes::<foca::Header<MemberId>>(rest) {
                     Ok((h, _)) if h.src.id == from => self.swim.handle_data(rest),
-                    Ok((h, _)) => Err(MembershipError::new(&format!(
+                    Ok((h, _)) => Err(MembershipError::unauthorized(format!(
                         "a SWIM message in the name of {}",
                         h.src.id
                     ))),
@@ -270,9 +270,15 @@ impl Agent {
                     // watchers (the same at every member that sees the
                     // same mesh); others' word on it is ignored.
                     let watchers = self.plan.watchers(s);
-                    let verdict = if !watchers.contains(from) {
-                        None
-                    } else if d.watched().any(|w| w == s) {
+                    // (While views differ, a member may think it watches
+                    // one it no longer does here: counted, not acted on.)
+                    if !watchers.contains(from) {
+                        self.collect(now);
+                        return Err(MembershipError::unauthorized(format!(
+                            "a report that {s} is silent, from a member that does not watch it"
+                        )));
+                    }
+                    let verdict = if d.watched().any(|w| w == s) {
                         d.report(from, s, now)
                     } else {
                         d.report_unwatched(from, s, watchers.len(), now)
@@ -532,5 +538,57 @@ mod tests {
             requests <= 4,
             "asked once each, not on every beat: {requests}"
         );
+    }
+
+    /// A member's death counts only from its watchers: reports about it
+    /// from any number of others are refused as unauthorized (each named
+    /// and counted by the member core) and change nothing; its watchers'
+    /// reports declare it down.
+    #[test]
+    fn reports_from_members_that_do_not_watch_the_subject_are_refused() {
+        let t0 = Instant::now();
+        let mut agent = Agent::new(
+            member(0),
+            Settings::default(),
+            Some(LivenessSettings::default()),
+            0,
+        );
+        agent.assume((1..40).map(member), t0).unwrap();
+        let subject = member(20).id;
+        let watchers = agent.plan.watchers(&subject);
+        assert!(!watchers.is_empty() && watchers.len() < 20, "{watchers:?}");
+        let report = [&[REPORT][..], subject.as_bytes()].concat();
+        let now = t0 + Duration::from_millis(100);
+        let others: Vec<String> = (1..40)
+            .map(|i| member(i).id)
+            .filter(|m| *m != subject && !watchers.contains(m))
+            .collect();
+        for other in &others {
+            let refused = agent.handle(other, &report, now).unwrap_err();
+            assert_eq!(refused.kind(), "unauthorized");
+            assert!(refused.to_string().contains(&subject), "{refused}");
+        }
+        let down = |a: &mut Agent| {
+            std::iter::from_fn(|| a.poll_event())
+                .any(|e| matches!(&e, MembershipEvent::Down(m) if m.id == subject))
+        };
+        assert!(
+            !down(&mut agent),
+            "{} non-watchers declared it down",
+            others.len()
+        );
+        // Once declared down it leaves the plan, and further reports
+        // about it count for nothing: stop at the verdict.
+        let (mut reported, mut declared) = (0, false);
+        for w in &watchers {
+            agent.handle(w, &report, now).unwrap();
+            reported += 1;
+            declared = down(&mut agent);
+            if declared {
+                break;
+            }
+        }
+        assert!(declared, "its watchers' reports declare it down");
+        assert_eq!(reported, LivenessSettings::default().confirmations);
     }
 }

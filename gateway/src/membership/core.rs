@@ -91,13 +91,38 @@ pub enum MembershipEvent {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("membership: {0}")]
-pub struct MembershipError(String);
+#[error("membership: {reason}")]
+pub struct MembershipError {
+    kind: &'static str,
+    reason: String,
+}
 
 impl MembershipError {
+    /// Something that does not parse or does not fit.
     pub(crate) fn new(reason: &str) -> MembershipError {
-        MembershipError(reason.to_string())
+        MembershipError {
+            kind: "malformed",
+            reason: reason.to_string(),
+        }
     }
+
+    /// Well formed, but the sender may not say it: in another member's
+    /// name, or about a member it does not watch.
+    pub(crate) fn unauthorized(reason: String) -> MembershipError {
+        MembershipError {
+            kind: "unauthorized",
+            reason,
+        }
+    }
+
+    /// The refusal counter's reason label.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+}
+
+fn swim_error(e: impl std::fmt::Display) -> MembershipError {
+    MembershipError::new(&e.to_string())
 }
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, Infos>;
@@ -146,7 +171,7 @@ impl Membership {
             .swim
             .add_broadcast(&self.infos.seal(&info))
             .map(|_| ())
-            .map_err(|e| MembershipError(e.to_string()));
+            .map_err(swim_error);
         self.own = Some(info);
         r
     }
@@ -174,7 +199,7 @@ impl Membership {
         };
         foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&sender))
             .map(|_| ())
-            .map_err(|e| MembershipError(e.to_string()))
+            .map_err(swim_error)
     }
 
     fn drain(&mut self) {
@@ -195,7 +220,7 @@ impl Membership {
     pub fn join(&mut self, seed: MemberId) -> Result<(), MembershipError> {
         self.swim
             .announce(seed, &mut self.runtime)
-            .map_err(|e| MembershipError(e.to_string()))?;
+            .map_err(swim_error)?;
         self.drain();
         Ok(())
     }
@@ -213,7 +238,7 @@ impl Membership {
                 false,
                 &mut self.runtime,
             )
-            .map_err(|e| MembershipError(e.to_string()));
+            .map_err(swim_error);
         self.drain();
         r
     }
@@ -236,7 +261,7 @@ impl Membership {
                 true,
                 &mut self.runtime,
             )
-            .map_err(|e| MembershipError(e.to_string()));
+            .map_err(swim_error);
         self.drain();
         r
     }
@@ -247,7 +272,7 @@ impl Membership {
         let r = self
             .swim
             .handle_data(data, &mut self.runtime)
-            .map_err(|e| MembershipError(e.to_string()));
+            .map_err(swim_error);
         self.drain();
         r
     }
@@ -257,7 +282,7 @@ impl Membership {
         let r = self
             .swim
             .handle_timer(timer, &mut self.runtime)
-            .map_err(|e| MembershipError(e.to_string()));
+            .map_err(swim_error);
         self.drain();
         r
     }

@@ -110,9 +110,31 @@ pub(crate) struct Sim {
     pub delay: (Duration, Duration),
     pub loss: f64,
     pub sent_bytes: Vec<u64>,
+    /// Bytes sent by every member, by kind of message (see [`kind`]).
+    pub sent_by_kind: std::collections::BTreeMap<String, u64>,
     /// (observer, subject) -> when the observer saw it down / up.
     pub downs: HashMap<(usize, usize), Duration>,
     pub ups: HashMap<(usize, usize), Duration>,
+}
+
+/// What a datagram is, for the breakdown of bytes sent: the agent's tag,
+/// and for SWIM the kind of message foca sent.
+pub(crate) fn kind(data: &[u8]) -> String {
+    match data.split_first() {
+        Some((0, rest)) => match postcard::take_from_bytes::<foca::Header<MemberId>>(rest) {
+            Ok((h, _)) => format!("swim {:?}", h.message)
+                .split(['(', ' ', '{'])
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(_) => "swim ?".into(),
+        },
+        Some((1, _)) => "heartbeat".into(),
+        Some((2, _)) => "report".into(),
+        Some((3, _)) => "record".into(),
+        Some((4, _)) => "record request".into(),
+        _ => "other".into(),
+    }
 }
 
 pub(crate) fn member(i: usize) -> MemberId {
@@ -159,6 +181,7 @@ impl Sim {
             delay: (Duration::from_millis(10), Duration::from_millis(125)),
             loss: 0.0,
             sent_bytes: Vec::new(),
+            sent_by_kind: Default::default(),
             downs: HashMap::new(),
             ups: HashMap::new(),
         }
@@ -204,6 +227,7 @@ impl Sim {
         let wake = node.poll_timeout();
         for (to, data) in sends {
             self.sent_bytes[i] += data.len() as u64;
+            *self.sent_by_kind.entry(kind(&data)).or_default() += data.len() as u64;
             if self.loss > 0.0 && self.rng.random::<f64>() < self.loss {
                 continue;
             }
