@@ -21,7 +21,7 @@
 # measurement.
 #
 # ENVIRONMENT
-#   ROUNDS     lab runs per side (default 3)
+#   ROUNDS     lab runs per side (default 3; 0 = ESP only)
 #   DURATION   seconds of each iperf3 run (default 10)
 #   OLD_DIR    where the BEFORE worktree goes (default /tmp/meshgate-before)
 #   SKIP_ESP   1 = skip the ESP benches
@@ -70,6 +70,7 @@ if [ "$SKIP_ESP" != 1 ]; then
     done
 fi
 
+(( ROUNDS > 0 )) || exit 0
 declare -a OLD_GBPS=() NEW_GBPS=()
 for round in $(seq 1 "$ROUNDS"); do
     for side in before after; do
