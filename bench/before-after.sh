@@ -59,13 +59,13 @@ if [ "$SKIP_ESP" != 1 ]; then
     if [ -f "$OLD_DIR/esp/benches/esp.rs" ]; then old_pkg=meshgate-esp; fi
     for side in before after; do
         if [ "$side" = before ]; then
-            (cd "$OLD_DIR" && CARGO_TARGET_DIR="$OLD_TARGET" cargo bench --quiet -p "$old_pkg" --bench esp >/dev/null)
+            (cd "$OLD_DIR" && CARGO_TARGET_DIR="$OLD_TARGET" cargo bench --quiet -p "$old_pkg" --bench esp >/dev/null 2>&1)
             echo "## ESP, before ($before_rev, package $old_pkg)"
-            python3 bench/esp-report.py "$OLD_TARGET" | tail -n +2
+            python3 bench/esp-report.py "$OLD_TARGET" | tail -n +2 || true
         else
-            cargo bench --quiet -p meshgate-esp --bench esp >/dev/null
+            cargo bench --quiet -p meshgate-esp --bench esp >/dev/null 2>&1
             echo "## ESP, after ($after_rev)"
-            python3 bench/esp-report.py "$NEW_TARGET" | tail -n +2
+            python3 bench/esp-report.py "$NEW_TARGET" | tail -n +2 || true
         fi
     done
 fi
