@@ -3,8 +3,10 @@
 # bench/before-after.sh: the same benchmarks on two commits, in one run.
 #
 # WHAT IT MEASURES
-#   1. ESP encap+decap against the raw AEAD of the same backend (criterion,
-#      bench/esp-report.py), for the BEFORE commit and for the working tree.
+#   1. ESP encap+decap against the raw AEAD of the same backend: paired
+#      rounds (esp/benches/paired.rs), twice each side, alternating; then
+#      criterion (bench/esp-report.py), for the BEFORE commit and the
+#      working tree.
 #   2. The lab's single TCP flow through two meshgate gateways
 #      (bench/throughput.sh, MODES=meshgate), alternating the two binaries
 #      ROUNDS times (before, after, before, after, ...) so that drift of
@@ -25,6 +27,7 @@
 #   DURATION   seconds of each iperf3 run (default 10)
 #   OLD_DIR    where the BEFORE worktree goes (default /tmp/meshgate-before)
 #   SKIP_ESP   1 = skip the ESP benches
+#   SKIP_CRITERION 1 = of the ESP benches, run only the paired one
 
 set -euo pipefail
 
@@ -54,10 +57,30 @@ echo "# building both (release)"
 cargo build --release --quiet -p meshgate
 
 if [ "$SKIP_ESP" != 1 ]; then
+    # The paired measurement (esp/benches/paired.rs): ESP and raw AEAD
+    # timed round by round, so drift cancels; before, after, before, after.
+    # A BEFORE commit without it gets this tree's copy, pointed at the
+    # gateway crate's `esp` module where the ESP core lived then.
+    if [ -f "$OLD_DIR/esp/benches/paired.rs" ]; then
+        old_paired=(-p meshgate-esp --bench paired)
+    else
+        old_paired=(-p meshgate --bench paired)
+        if [ ! -f "$OLD_DIR/gateway/benches/paired.rs" ]; then
+            sed 's/^use meshgate_esp as esp;/use meshgate::esp;/' esp/benches/paired.rs >"$OLD_DIR/gateway/benches/paired.rs"
+            printf '\n[[bench]]\nname = "paired"\nharness = false\n' >>"$OLD_DIR/gateway/Cargo.toml"
+        fi
+    fi
+    for round in 1 2; do
+        echo "## ESP paired, round $round, before ($before_rev)"
+        (cd "$OLD_DIR" && CARGO_TARGET_DIR="$OLD_TARGET" cargo bench --quiet "${old_paired[@]}" 2>/dev/null) || true
+        echo "## ESP paired, round $round, after ($after_rev)"
+        cargo bench --quiet -p meshgate-esp --bench paired 2>/dev/null || true
+    done
     # Before the move the ESP benches were in the gateway crate.
     old_pkg=meshgate
     if [ -f "$OLD_DIR/esp/benches/esp.rs" ]; then old_pkg=meshgate-esp; fi
     for side in before after; do
+        [ "${SKIP_CRITERION:-0}" = 1 ] && break
         if [ "$side" = before ]; then
             (cd "$OLD_DIR" && CARGO_TARGET_DIR="$OLD_TARGET" cargo bench --quiet -p "$old_pkg" --bench esp >/dev/null 2>&1)
             echo "## ESP, before ($before_rev, package $old_pkg)"
