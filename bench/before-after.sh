@@ -65,8 +65,8 @@ if [ "$SKIP_ESP" != 1 ]; then
         old_paired=(-p meshgate-esp --bench paired)
     else
         old_paired=(-p meshgate --bench paired)
-        if [ ! -f "$OLD_DIR/gateway/benches/paired.rs" ]; then
-            sed 's/^use meshgate_esp as esp;/use meshgate::esp;/' esp/benches/paired.rs >"$OLD_DIR/gateway/benches/paired.rs"
+        sed 's/^use meshgate_esp as esp;/use meshgate::esp;/' esp/benches/paired.rs >"$OLD_DIR/gateway/benches/paired.rs"
+        if ! grep -q '^name = "paired"' "$OLD_DIR/gateway/Cargo.toml"; then
             printf '\n[[bench]]\nname = "paired"\nharness = false\n' >>"$OLD_DIR/gateway/Cargo.toml"
         fi
     fi

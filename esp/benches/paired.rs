@@ -7,7 +7,7 @@
 //! and exits 2 when ring at 1400 B is above 1.1x.
 //!
 //! `cargo bench -p meshgate-esp --bench paired` (about a minute).
-//! `ROUNDS` sets the rounds per case (default 101).
+//! `PAIRED_ROUNDS` sets the rounds per case (default 101).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ fn quartiles(v: &mut [f64]) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS")
+    let rounds: usize = std::env::var("PAIRED_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(101)
