@@ -32,7 +32,7 @@ section() {
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), $(rustc --version)"
-cargo build --release --quiet
+cargo build --release --quiet -p meshgate
 
 if want before-after; then
     section before-after "bench/before-after.sh $BEFORE"
