@@ -75,18 +75,7 @@ fn keying_is_retried_after_a_lost_message() {
         let took = sim.run_until_true(S(30), |s| s.keyed(0, 1));
         let took = took.unwrap_or_else(|| panic!("{what} lost: not keyed within 30 s"));
         assert!(sim.lose_messages.is_empty(), "{what}: the fault fired");
-        let timeouts = (0..2)
-            .flat_map(|i| sim.node(i).events.iter())
-            .filter(|(_, e)| {
-                matches!(
-                    e,
-                    NodeEvent::Keys(Event::Failed {
-                        error: ExchangeError::Timeout,
-                        ..
-                    })
-                )
-            })
-            .count();
+        let timeouts = timeouts_since(&sim, &[0, 1], Duration::ZERO);
         assert!(
             timeouts >= 1,
             "{what} lost: the exchange should have timed out"
@@ -325,21 +314,7 @@ fn a_rekey_that_keeps_failing_is_retried_and_the_old_sas_carry_on() {
         )
     });
     sim.run_until(at + S(20));
-    let timeouts = sim
-        .node(0)
-        .events
-        .iter()
-        .filter(|(t, e)| {
-            *t >= at
-                && matches!(
-                    e,
-                    NodeEvent::Keys(Event::Failed {
-                        error: ExchangeError::Timeout,
-                        ..
-                    })
-                )
-        })
-        .count();
+    let timeouts = timeouts_since(&sim, &[0], at);
     assert!(
         timeouts >= 2,
         "the rekey was tried {timeouts} times in 20 s"
@@ -363,4 +338,22 @@ fn a_rekey_that_keeps_failing_is_retried_and_the_old_sas_carry_on() {
         .expect("not rekeyed once messages passed");
     eprintln!("{timeouts} failed rekeys in 20 s; rekeyed {took:?} after messages passed again");
     let _ = healed;
+}
+
+/// Key exchanges of `nodes` that timed out at or after `t`.
+fn timeouts_since(sim: &MeshSim, nodes: &[usize], t: Duration) -> usize {
+    nodes
+        .iter()
+        .flat_map(|&i| sim.node(i).events.iter())
+        .filter(|(at, e)| {
+            *at >= t
+                && matches!(
+                    e,
+                    NodeEvent::Keys(Event::Failed {
+                        error: ExchangeError::Timeout,
+                        ..
+                    })
+                )
+        })
+        .count()
 }
