@@ -4,9 +4,12 @@
 //! A peer may have two open connections for a while (both sides dialed at
 //! once, or the peer restarted while its old connection has not yet timed
 //! out); everything read on either counts, and sends go on the newest. A
-//! redial by the same side supersedes its older connection. While a
-//! connection is being set up, what is to be sent waits (bounded: SWIM
-//! tolerates loss, and a peer that never answers must not grow it).
+//! redial by the same side supersedes its older connection. When a peer
+//! restarts, its open connections may belong to the old incarnation, which
+//! no longer answers: a fresh one is dialed, and sends wait for it rather
+//! than vanish into a connection that only its idle timeout would close.
+//! While a connection is being set up, what is to be sent waits (bounded:
+//! SWIM tolerates loss, and a peer that never answers must not grow it).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,8 +29,9 @@ pub(super) struct Conns {
 }
 
 impl Conns {
-    /// Sends `payload` to `peer`: on its newest connection, or queued while
-    /// one is being set up, or queued behind a dial to `addr` (where the
+    /// Sends `payload` to `peer`: queued while a connection is being set up
+    /// (a fresh one after a restart goes before those already open), else on
+    /// its newest connection, else queued behind a dial to `addr` (where the
     /// membership knows the peer). Without an address it is dropped.
     pub fn send(
         &mut self,
@@ -36,12 +40,12 @@ impl Conns {
         addr: Option<SocketAddr>,
         out: &mut VecDeque<Output>,
     ) {
-        if let Some(&(conn, _)) = self.open.get(&peer).and_then(|v| v.last()) {
-            out.push_back(Output::Send { conn, payload });
-        } else if let Some(queue) = self.dialing.get_mut(&peer) {
+        if let Some(queue) = self.dialing.get_mut(&peer) {
             if queue.len() < QUEUED_PER_PEER {
                 queue.push(payload);
             }
+        } else if let Some(&(conn, _)) = self.open.get(&peer).and_then(|v| v.last()) {
+            out.push_back(Output::Send { conn, payload });
         } else if let Some(addr) = addr {
             self.dialing.insert(peer.clone(), vec![payload]);
             out.push_back(Output::Dial { peer, addr });
@@ -51,6 +55,19 @@ impl Conns {
     /// Dials `peer` at `addr` unless it is connected or being dialed.
     pub fn ensure(&mut self, peer: &str, addr: SocketAddr, out: &mut VecDeque<Output>) {
         if !self.open.contains_key(peer) && !self.dialing.contains_key(peer) {
+            self.dialing.insert(peer.to_string(), Vec::new());
+            out.push_back(Output::Dial {
+                peer: peer.to_string(),
+                addr,
+            });
+        }
+    }
+
+    /// `peer` restarted at `addr`: a fresh connection is dialed (unless one
+    /// is being dialed) and sends wait for it. The open ones stay for what
+    /// they still carry in; if the dial fails, sends go on them again.
+    pub fn restarted(&mut self, peer: &str, addr: SocketAddr, out: &mut VecDeque<Output>) {
+        if !self.dialing.contains_key(peer) {
             self.dialing.insert(peer.to_string(), Vec::new());
             out.push_back(Output::Dial {
                 peer: peer.to_string(),
@@ -160,6 +177,48 @@ mod tests {
         // Unknown address: nothing to dial, nothing kept.
         c.send("m3".into(), Payload::Message(vec![0; 3]), None, &mut out);
         assert!(out.is_empty());
+    }
+
+    /// The peer restarted while this side's connection to the old
+    /// incarnation was still open: sends wait for a fresh connection, and
+    /// go on the old one again only if that dial fails.
+    #[test]
+    fn a_restart_dials_afresh_and_sends_wait_for_it() {
+        let addr: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let mut c = Conns::default();
+        let mut out = VecDeque::new();
+        c.ensure("m2", addr, &mut out);
+        c.connected("m2", ConnId(1), true, &mut out);
+        out.clear();
+        c.restarted("m2", addr, &mut out);
+        c.restarted("m2", addr, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            ["Dial { peer: \"m2\", addr: 192.0.2.1:4433 }"],
+            "one fresh dial"
+        );
+        c.send("m2".into(), Payload::Message(vec![1]), Some(addr), &mut out);
+        assert!(
+            out.is_empty(),
+            "nothing goes on the old incarnation's connection"
+        );
+        c.connected("m2", ConnId(3), true, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            [
+                "Send { conn: ConnId(3), payload: Message(1 bytes) }",
+                "Close { conn: ConnId(1) }"
+            ]
+        );
+        // A fresh dial that fails: the open connection carries again.
+        c.restarted("m2", addr, &mut out);
+        out.clear();
+        c.dial_failed("m2");
+        c.send("m2".into(), Payload::Message(vec![1]), Some(addr), &mut out);
+        assert_eq!(
+            drain(&mut out),
+            ["Send { conn: ConnId(3), payload: Message(1 bytes) }"]
+        );
     }
 
     #[test]

@@ -365,6 +365,7 @@ impl Member {
                 if let Some(t) = self.tunnels.as_mut() {
                     t.member_down(&old.id);
                 }
+                self.conns.restarted(&new.id, new.addr, &mut self.out);
                 self.keying.up(&new.id, now);
             }
             MembershipEvent::Down(m) => {
