@@ -165,6 +165,21 @@ impl Member {
         self.conns.dial_failed(peer);
     }
 
+    /// Whether the membership holds `peer` down and knows no newer
+    /// incarnation of it. Members reach out to those now and then (how a
+    /// healed partition is found), so a dial to one that fails is expected,
+    /// not a refusal worth counting.
+    pub fn holds_down(&self, peer: &str) -> bool {
+        let mut states = self
+            .agent
+            .membership()
+            .members()
+            .filter(|(m, _)| m.id == peer)
+            .map(|(_, s)| s)
+            .peekable();
+        states.peek().is_some() && states.all(|s| s == foca::State::Down)
+    }
+
     /// What discovery found: members to join through.
     pub fn handle_seeds(
         &mut self,

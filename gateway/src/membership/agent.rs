@@ -20,12 +20,13 @@ use super::liveness::{Detector, LivenessAction, LivenessSettings};
 use super::watch::WatchPlan;
 use super::MemberId;
 
-const SWIM: u8 = 0;
-const HEARTBEAT: u8 = 1;
-const REPORT: u8 = 2;
-const RECORD: u8 = 3;
+// The first byte of each membership datagram: what follows.
+pub(crate) const SWIM: u8 = 0;
+pub(crate) const HEARTBEAT: u8 = 1;
+pub(crate) const REPORT: u8 = 2;
+pub(crate) const RECORD: u8 = 3;
 /// "Send me your record": a heartbeat said the sender's is newer than ours.
-const RECORD_REQUEST: u8 = 4;
+pub(crate) const RECORD_REQUEST: u8 = 4;
 
 /// At most one record request to a member, and one answer to it, per this.
 const RECORD_PACE: Duration = Duration::from_millis(500);
@@ -335,7 +336,8 @@ impl Agent {
         self.armed.insert(self.armed_seq, timer);
     }
 
-    /// One of SWIM's timers ran out. SWIM's
+    /// One of SWIM's timers ran out. A verdict timer the suspect has
+    /// refuted since is dropped (see [`Membership::suspect_at`]). SWIM's
     /// verdict on a suspect this member hears from directly is deferred:
     /// the suspicion came from lossy paths elsewhere, and declaring a live
     /// member down would take it out of every table (Lifeguard's rule of
@@ -345,8 +347,21 @@ impl Agent {
         timer: Timer<MemberId>,
         now: Instant,
     ) -> Result<(), MembershipError> {
-        if let (Timer::ChangeSuspectToDown { member_id, .. }, Some(d)) = (&timer, &self.liveness) {
-            if d.hears(&member_id.id, now) {
+        if let Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            ..
+        } = &timer
+        {
+            if !self.swim.suspect_at(member_id, *incarnation) {
+                // Refuted (or superseded) since it was armed.
+                return Ok(());
+            }
+            if self
+                .liveness
+                .as_ref()
+                .is_some_and(|d| d.hears(&member_id.id, now))
+            {
                 self.arm(now + self.suspicion, timer);
                 return Ok(());
             }

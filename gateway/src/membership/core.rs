@@ -33,6 +33,11 @@ pub struct Settings {
     pub gossip_fanout: usize,
     /// Times each update is piggybacked.
     pub max_transmissions: u8,
+    /// How often each member announces itself to one member it holds
+    /// down. A member declared down while alive (the far side of a
+    /// partition) answers that it thinks the sender down, the sender
+    /// rejoins under its next generation, and the two sides merge again.
+    pub announce_to_down: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +50,7 @@ impl Default for Settings {
             gossip_period: Duration::from_millis(100),
             gossip_fanout: 3,
             max_transmissions: 12,
+            announce_to_down: Duration::from_secs(5),
         }
     }
 }
@@ -68,6 +74,10 @@ impl Settings {
         });
         c.periodic_announce = Some(foca::PeriodicParams {
             frequency: Duration::from_secs(30),
+            num_members: NonZeroUsize::MIN,
+        });
+        c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: self.announce_to_down,
             num_members: NonZeroUsize::MIN,
         });
         c
@@ -203,6 +213,7 @@ impl Membership {
     }
 
     fn drain(&mut self) {
+        let mut rejoined = false;
         while let Some(n) = self.runtime.to_notify() {
             self.events.push_back(match n {
                 OwnedNotification::MemberUp(m) => MembershipEvent::Up(m),
@@ -210,10 +221,41 @@ impl Membership {
                 OwnedNotification::Rename(old, new) => MembershipEvent::Renamed { old, new },
                 OwnedNotification::Active => MembershipEvent::Active,
                 OwnedNotification::Idle => MembershipEvent::Idle,
-                // Renew is on, so a member declared down rejoins.
+                // Renew is on, so a member declared down rejoins under its
+                // next generation.
+                OwnedNotification::Rejoin(_) => {
+                    rejoined = true;
+                    continue;
+                }
                 _ => continue,
             });
         }
+        if rejoined {
+            // foca leaves a rejoined member disconnected (no probes, no
+            // gossip) until a message addressed to its new identity comes,
+            // and none will: the others only learn of it from what it
+            // sends. Left so, it stays silent until the others declare it
+            // down again. An empty update makes foca look at its members
+            // and resume at once.
+            if let Err(e) = self
+                .swim
+                .apply_many(std::iter::empty(), false, &mut self.runtime)
+            {
+                tracing::debug!("resuming after a rejoin: {e}");
+            }
+            self.drain();
+        }
+    }
+
+    /// Whether `member` is still suspect at `incarnation`, as a verdict
+    /// timer armed then expects. foca 0.19 tells the member it is down when
+    /// any such timer runs out, stale or not (the member refuted long ago),
+    /// and the member then rejoins under a new generation for nothing; the
+    /// caller drops stale timers instead.
+    pub fn suspect_at(&self, member: &MemberId, incarnation: foca::Incarnation) -> bool {
+        self.swim.iter_membership_state().any(|m| {
+            m.id() == member && m.state() == State::Suspect && m.incarnation() == incarnation
+        })
     }
 
     /// Joins the cluster through `seed`.

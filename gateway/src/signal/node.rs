@@ -230,11 +230,14 @@ pub async fn run(
                     let peer = match &e {
                         TransportError::Connect { peer, .. } => {
                             member.handle_dial_failed(peer);
-                            peer.clone()
+                            Some(peer.clone()).filter(|p| !member.holds_down(p))
                         }
-                        other => other.peer().unwrap_or_default(),
+                        other => Some(other.peer().unwrap_or_default()),
                     };
-                    refuse(&events, peer, "connection", e.kind(), e.to_string());
+                    match peer {
+                        Some(peer) => refuse(&events, peer, "connection", e.kind(), e.to_string()),
+                        None => tracing::debug!("a member held down is still unreachable: {e}"),
+                    }
                 }
                 None => return Ok(()),
             },
