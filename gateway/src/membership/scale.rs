@@ -163,7 +163,21 @@ fn lossy(n: usize, duration: Duration) {
     let mut sim = shipped(n, 7);
     sim.loss = 0.1;
     sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
-    let per_member = bytes_per_member(&mut sim, n, duration);
+    // In windows of 10 s, each reported as it ends: a long run shows its
+    // progress (and what it found so far, should it be stopped).
+    let started = std::time::Instant::now();
+    let mut sum = 0.0;
+    let windows = (duration.as_secs() / 10).max(1);
+    for _ in 0..windows {
+        sum += bytes_per_member(&mut sim, n, duration / windows as u32);
+        eprintln!(
+            "{n} members, 10% loss: {:?} simulated in {:.0?}; {} false downs so far",
+            sim.now,
+            started.elapsed(),
+            sim.downs.len()
+        );
+    }
+    let per_member = sum / windows as f64;
     eprintln!(
         "{n} members, 10% loss, 100 ms one way, {duration:?}: {} false downs; {per_member:.0} B/s sent per member",
         sim.downs.len()
