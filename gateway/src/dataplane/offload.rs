@@ -533,20 +533,7 @@ pub(crate) mod tests {
     fn coalescing_rebuilds_the_super_packet() {
         for v6 in [false, true] {
             let (p, segs) = segments(v6, 10_000, 1348, 0x18);
-            let mut c = Coalescer::default();
-            let mut out: Vec<Vec<u8>> = Vec::new();
-            for s in &segs {
-                c.push(s, &mut |b: &[u8]| -> Result<(), ()> {
-                    out.push(b.to_vec());
-                    Ok(())
-                })
-                .unwrap();
-            }
-            c.flush(&mut |b: &[u8]| -> Result<(), ()> {
-                out.push(b.to_vec());
-                Ok(())
-            })
-            .unwrap();
+            let out = coalesced(segs.iter().map(|s| s.as_slice()));
             assert_eq!(out.len(), 1, "one write for the whole flight");
             let hdr = VnetHdr::parse(&out[0]).unwrap();
             assert!(hdr.is_tcp_gso());
@@ -606,24 +593,28 @@ pub(crate) mod tests {
         );
     }
 
+    /// What one coalescer writes for `packets`, flushed at the end.
+    fn coalesced<'a>(packets: impl IntoIterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+        let mut c = Coalescer::default();
+        let mut out = Vec::new();
+        let mut sink = |b: &[u8]| -> Result<(), ()> {
+            out.push(b.to_vec());
+            Ok(())
+        };
+        for p in packets {
+            c.push(p, &mut sink).unwrap();
+        }
+        c.flush(&mut sink).unwrap();
+        out
+    }
+
     #[test]
     fn non_tcp_passes_through_marked_authenticated() {
-        let mut c = Coalescer::default();
         let icmp = [
             0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 1, 10, 10, 2, 1, 10, 8, 0, 0, 0, 0,
             0, 0, 0,
         ];
-        let mut out = Vec::new();
-        c.push(&icmp, &mut |b: &[u8]| -> Result<(), ()> {
-            out.push(b.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        c.flush(&mut |b: &[u8]| -> Result<(), ()> {
-            out.push(b.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let out = coalesced([icmp.as_slice()]);
         assert_eq!(out.len(), 1);
         assert_eq!(VnetHdr::parse(&out[0]).unwrap(), VnetHdr::authenticated());
         assert_eq!(&out[0][VNET_HDR_LEN..], &icmp);

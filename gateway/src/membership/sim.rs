@@ -403,14 +403,7 @@ fn no_member_is_falsely_declared_down_under_10_percent_loss_ten_seeds() {
 #[test]
 fn refuted_suspicions_make_no_member_rejoin() {
     for seed in [7, 100] {
-        let mut sim = Sim::converged(
-            30,
-            Settings::default(),
-            Some(LivenessSettings::default()),
-            seed,
-        );
-        sim.loss = 0.1;
-        sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
+        let mut sim = lossy_30(seed);
         sim.run_until(S(45));
         let rejoined: Vec<String> = sim
             .nodes
@@ -425,16 +418,22 @@ fn refuted_suspicions_make_no_member_rejoin() {
     }
 }
 
+/// 30 members as shipped, 10% of datagrams lost, 100 ms each way.
+fn lossy_30(seed: u64) -> Sim {
+    let mut sim = Sim::converged(
+        30,
+        Settings::default(),
+        Some(LivenessSettings::default()),
+        seed,
+    );
+    sim.loss = 0.1;
+    sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
+    sim
+}
+
 fn lossy_run(seeds: &[u64]) {
     for &seed in seeds {
-        let mut sim = Sim::converged(
-            30,
-            Settings::default(),
-            Some(LivenessSettings::default()),
-            seed,
-        );
-        sim.loss = 0.1;
-        sim.delay = (Duration::from_millis(100), Duration::from_millis(100));
+        let mut sim = lossy_30(seed);
         sim.run_until(S(300));
         assert!(
             sim.downs.is_empty(),
