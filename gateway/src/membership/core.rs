@@ -18,7 +18,10 @@ use super::MemberId;
 /// on lossy paths (BENCHMARKS.md); this one is the backstop.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
-    /// How often each member probes another.
+    /// How often each member probes another. It must leave room after
+    /// `probe_rtt` for an indirect probe (two round trips): at 500 ms and
+    /// 100 ms one way the indirect probes never finished, and every lost
+    /// ping made a suspicion (BENCHMARKS.md, "Membership at scale").
     pub probe_period: Duration,
     /// How long a direct probe may take before indirect ones are sent: above
     /// the round trip between the farthest regions.
@@ -43,7 +46,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            probe_period: Duration::from_millis(500),
+            probe_period: Duration::from_secs(1),
             probe_rtt: Duration::from_millis(300),
             indirect_probes: 3,
             suspicion: Duration::from_secs(30),
