@@ -72,19 +72,19 @@ if want lab; then
     cargo test --quiet -p meshgate --test mesh -- --nocapture --test-threads 1 2>&1 | grep -vE '^$|^running|^test |has been running' || true
 fi
 if want hotswap; then
-    section hotswap "meshgate lab --regions 3 --keep, then six times: meshgate policy reload (in app1)"
+    section hotswap "meshgate lab --regions 3 --keep, then six times: meshgate policy reload (over region 1's control socket)"
     log="$(mktemp)"
     ./target/release/meshgate lab --regions 3 --keep >"$log" 2>&1 &
     lab=$!
-    ns=""
+    control=""
     for _ in $(seq 1 600); do
-        ns="$(sed -n 's/.*ip netns exec \([^ ]*-app1\) curl.*/\1/p' "$log" | head -n1)"
-        [ -n "$ns" ] && break
+        control="$(sed -n 's/.*policy reload --module hub-spoke --control \([^ ]*\)$/\1/p' "$log" | head -n1)"
+        [ -n "$control" ] && break
         sleep 0.2
     done
-    if [ -z "$ns" ]; then echo "the lab did not come up:"; cat "$log"; kill -INT "$lab"; exit 1; fi
+    if [ -z "$control" ]; then echo "the lab did not come up:"; cat "$log"; kill -INT "$lab"; exit 1; fi
     for i in 1 2 3 4 5 6; do
-        echo "reload $i: $(ip netns exec "$ns" ./target/release/meshgate policy reload 2>&1 | tr '\n' ' ')"
+        echo "reload $i: $(./target/release/meshgate policy reload --control "$control" 2>&1 | tr '\n' ' ')"
     done
     kill -INT "$lab"
     wait "$lab" || true

@@ -459,7 +459,6 @@ fn reloading_full_mesh_to_hub_spoke_moves_the_paths_without_losing_a_packet() {
         "spoke-to-spoke on full-mesh",
     );
     assert!(out_to(1, "region-3") >= 5, "full-mesh goes straight");
-    let admin = meshgate::lab::ADMIN;
     std::thread::scope(|s| {
         let pings = s.spawn(|| {
             ping(
@@ -472,10 +471,8 @@ fn reloading_full_mesh_to_hub_spoke_moves_the_paths_without_losing_a_packet() {
         std::thread::sleep(Duration::from_millis(300));
         // The hub first, then the spokes, one by one under the ping.
         for g in [hub, s2, s3] {
-            let report = meshgate::lab::probe::http_with_body(
-                &g.appliance,
-                admin,
-                "POST",
+            let report = meshgate::lab::probe::control(
+                &lab.control_socket(g.index),
                 "/policy/reload",
                 "hub-spoke",
             )
@@ -514,9 +511,8 @@ fn reloading_full_mesh_to_hub_spoke_moves_the_paths_without_losing_a_packet() {
 fn a_hundred_policy_reloads_lose_no_packet() {
     let lab = lab(2);
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
-    let admin = meshgate::lab::ADMIN;
     let reload = |i: usize| {
-        let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload")
+        let report = meshgate::lab::probe::control(&lab.control_socket(0), "/policy/reload", "")
             .unwrap_or_else(|e| panic!("reload {i}: {e:#}"));
         assert!(report.contains("in force"), "{report}");
         std::thread::sleep(Duration::from_millis(15));
@@ -571,7 +567,7 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
     let (lab, policy) =
         common::lab_with_policy_file(2, meshgate::policy::builtin("full-mesh").unwrap());
     let (a, b) = (&lab.regions[0], &lab.regions[1]);
-    let admin = meshgate::lab::ADMIN;
+    let control = lab.control_socket(0);
     for (what, bytes) in [
         ("junk", b"definitely not wasm".to_vec()),
         (
@@ -596,7 +592,7 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
         ),
     ] {
         std::fs::write(&policy, &bytes).unwrap();
-        let err = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload")
+        let err = meshgate::lab::probe::control(&control, "/policy/reload", "")
             .expect_err(what)
             .to_string();
         assert!(
@@ -635,7 +631,7 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
     );
     // A good module again is taken.
     std::fs::write(&policy, meshgate::policy::builtin("hub-spoke").unwrap()).unwrap();
-    let report = meshgate::lab::probe::http(&a.appliance, admin, "POST", "/policy/reload").unwrap();
+    let report = meshgate::lab::probe::control(&control, "/policy/reload", "").unwrap();
     assert!(report.contains("in force"), "{report}");
 }
 
@@ -850,4 +846,185 @@ fn a_policy_file_replaced_while_being_written_is_taken_once_whole() {
         5,
         "forwarding after the replacements",
     );
+}
+
+/// The gateway replaces and removes only the routes it installed: a route
+/// for the same prefix that an operator (or another daemon) put in the
+/// main table stays as it is, even one into the tunnel device itself.
+#[test]
+fn routes_the_gateway_did_not_install_are_left_alone() {
+    let ns = meshgate::netns::Netns::create("mg-routes").expect("a namespace");
+    let result = ns
+        .run(|| -> anyhow::Result<Vec<String>> {
+            let tun = meshgate::tun::Tun::create("mgt0")?;
+            tun.configure(1400, &[])?;
+            let show = |p: &str| -> anyhow::Result<String> {
+                let out = Command::new("ip").args(["route", "show", "exact", p]).output()?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            };
+            meshgate::tun::ip(&["route", "add", "10.9.0.0/16", "dev", "lo"])?;
+            meshgate::tun::ip(&["route", "add", "10.7.0.0/16", "dev", "mgt0"])?;
+            let mut seen = Vec::new();
+            for p in ["10.9.0.0/16", "10.7.0.0/16"] {
+                let before = show(p)?;
+                let err = tun.add_route(&p.parse().map_err(anyhow::Error::msg)?);
+                seen.push(format!("{}", err.expect_err("a foreign route is not replaced")));
+                assert_eq!(show(p)?, before, "{p} changed");
+                let err = tun.del_route(&p.parse().map_err(anyhow::Error::msg)?);
+                assert!(err.is_err(), "{p} was removed");
+                assert_eq!(show(p)?, before, "{p} changed");
+            }
+            // Its own: installed, replaced again (idempotent), removed.
+            let ours: meshgate::prefix::Prefix = "10.8.0.0/16".parse().map_err(anyhow::Error::msg)?;
+            tun.add_route(&ours)?;
+            tun.add_route(&ours)?;
+            seen.push(show("10.8.0.0/16")?);
+            tun.del_route(&ours)?;
+            seen.push(show("10.8.0.0/16")?);
+            Ok(seen)
+        })
+        .expect("running in the namespace")
+        .expect("the routes behave");
+    assert!(
+        result[0].starts_with("a route for 10.9.0.0/16 that meshgate did not install is in the main table (10.9.0.0/16 dev lo"),
+        "{}",
+        result[0]
+    );
+    assert!(result[1].contains("(10.7.0.0/16 dev mgt0"), "{}", result[1]);
+    assert!(result[2].contains("dev mgt0 proto 147"), "{}", result[2]);
+    assert_eq!(result[3], "");
+}
+
+/// What a local user who is not root can do to a running gateway: nothing
+/// through the control socket (its mode, and its check of the peer's
+/// credentials when the mode is opened by mistake), nothing through the
+/// TCP admin listener but read. Reload bodies that would make the root
+/// process read another file (`/dev/zero`, a FIFO, a module of the user's)
+/// are refused, and forwarding carries on. Before the control socket, any
+/// local user could rotate or revoke the mesh's keys and have any path
+/// loaded as a policy through the TCP listener.
+#[test]
+fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let lab = lab(2);
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let socket = lab.control_socket(0);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    // The binary where the unprivileged user may run it.
+    let dir = scratch("local-user");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("meshgate");
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_meshgate"));
+    if std::fs::hard_link(binary, &exe).is_err() {
+        std::fs::copy(binary, &exe).unwrap();
+    }
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new(&exe)
+            .args(args)
+            .arg("--control")
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("running meshgate as nobody");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The lab's directory (mode 0700) opened for passing through, so the
+    // socket's own mode is what is tested.
+    let lab_mode = mode(&lab.dir);
+    std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    for args in [
+        &["keys", "rotate"][..],
+        &["keys", "revoke", "1"],
+        &["policy", "reload"],
+    ] {
+        let (ok, err) = as_nobody(args);
+        assert!(!ok && err.contains("permission denied"), "{args:?}: {err}");
+    }
+    // A mode opened to everyone by mistake: the peer's credentials are
+    // still checked, and the user gets no answer.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, err) = as_nobody(&["keys", "rotate"]);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(lab_mode)).unwrap();
+    assert!(!ok && err.contains("closed the connection without an answer"), "{err}");
+    eventually(Duration::from_secs(5), "the refusal was not logged", || {
+        std::fs::read_to_string(lab.log_path(0))
+            .unwrap_or_default()
+            .contains("refused a connection from uid 65534")
+    });
+    // The TCP listener reads, and says where changes go.
+    for path in ["/keys/rotate", "/keys/revoke", "/policy/reload"] {
+        let e = meshgate::lab::probe::http(&a.appliance, meshgate::lab::ADMIN, "POST", path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("403") && e.contains("control socket"), "{path}: {e}");
+    }
+    assert!(meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/policy")
+        .unwrap()
+        .contains("full-mesh"));
+    // Reload bodies that name another file, over the control socket.
+    let fifo = dir.join("fifo.wasm");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let theirs = dir.join("theirs.wasm");
+    std::fs::write(&theirs, meshgate::policy::builtin("hub-spoke").unwrap()).unwrap();
+    for body in [
+        "/dev/zero".to_string(),
+        fifo.display().to_string(),
+        theirs.display().to_string(),
+        "/etc/passwd".to_string(),
+        "relative.wasm".to_string(),
+    ] {
+        let e = meshgate::lab::probe::control(&socket, "/policy/reload", &body)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("422") && e.contains("is not the configured policy"),
+            "{body}: {e}"
+        );
+    }
+    ping_ok(&a.host, b.host_ip().into(), 5, "forwarding after the refusals");
+    assert_eq!(
+        metric(&lab, 0, "meshgate_policy_reloads_total", "outcome=\"ok\""),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Another module is loaded by configuring it: the gateway follows a
+/// change of `[policy] module` in its config file, and that file becomes
+/// the one reloads may read.
+#[test]
+fn a_module_configured_anew_is_loaded_and_reloads_then_read_it() {
+    let lab = lab(2);
+    let (a, b) = (&lab.regions[0], &lab.regions[1]);
+    let module = lab.dir.join("custom.wasm");
+    std::fs::write(&module, meshgate::policy::builtin("full-mesh").unwrap()).unwrap();
+    let socket = lab.control_socket(0);
+    let refused = meshgate::lab::probe::control(&socket, "/policy/reload", &module.display().to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("is not the configured policy (full-mesh)"), "{refused}");
+    let cfg = lab.config_path(0);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "module = \"full-mesh\"",
+        &format!("module = \"{}\"", module.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let in_force = || {
+        meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/policy").unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), "the configured module was not loaded", || {
+        in_force().contains("custom.wasm")
+    });
+    let report =
+        meshgate::lab::probe::control(&socket, "/policy/reload", &module.display().to_string()).unwrap();
+    assert!(report.contains("in force"), "{report}");
+    ping_ok(&a.host, b.host_ip().into(), 5, "forwarding on the configured module");
 }

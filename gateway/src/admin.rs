@@ -1,9 +1,13 @@
-//! The admin listener, on loopback: Prometheus metrics, a health check,
-//! the policy (`GET /policy`, `POST /policy/reload`) and, on a mesh
-//! member, the members it sees (`GET /members`) and the key epochs
+//! The admin API. What reads is on the admin listener (TCP, loopback or
+//! a private address a Prometheus server scrapes): metrics, a health
+//! check, the policy in force (`GET /policy`) and, on a mesh member, the
+//! members it sees (`GET /members`). What changes the gateway or the mesh
+//! goes over the [control socket](crate::control) only, which serves the
+//! reads too: `POST /policy/reload` and, on a mesh member, the key epochs
 //! (`POST /keys/rotate`, `POST /keys/revoke` with the epoch as the body).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -20,18 +24,35 @@ use crate::metrics::Metrics;
 use crate::policy::driver::PolicyHandle;
 use crate::signal::node::NodeCommand;
 
+/// The policy source the config names now: the only file a reload reads.
+/// The config's watcher changes it when `[policy] module` changes.
+pub type ConfiguredPolicy = Arc<std::sync::RwLock<crate::policy::PolicySource>>;
+
+/// Where the admin API listens.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    /// The read-only TCP listener.
+    pub admin: SocketAddr,
+    /// The control socket, and the group that may use it besides root.
+    pub control: PathBuf,
+    pub control_group: Option<String>,
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     policy: PolicyHandle,
+    configured: ConfiguredPolicy,
+    control: PathBuf,
     /// The signalling member and the member list, on a mesh member.
     node: Option<UnboundedSender<NodeCommand>>,
     members: Option<crate::mesh::MemberList>,
 }
 
-/// Serves the admin API on `addr` until the task is dropped.
+/// Serves the admin API until the task is dropped, or one listener fails.
 pub async fn serve(
-    addr: SocketAddr,
+    at: Listeners,
+    configured: ConfiguredPolicy,
     metrics: Arc<Metrics>,
     policy: PolicyHandle,
     mesh: Option<(UnboundedSender<NodeCommand>, crate::mesh::MemberList)>,
@@ -40,22 +61,52 @@ pub async fn serve(
         Some((n, m)) => (Some(n), Some(m)),
         None => (None, None),
     };
-    let app = Router::new()
+    let reads = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/policy", get(policy_handler))
+        .route("/members", get(members_handler));
+    let changes = Router::new()
         .route("/policy/reload", post(reload_handler))
         .route("/keys/rotate", post(rotate_handler))
-        .route("/keys/revoke", post(revoke_handler))
-        .route("/members", get(members_handler))
-        .with_state(AppState {
-            metrics,
-            policy,
-            node,
-            members,
-        });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+        .route("/keys/revoke", post(revoke_handler));
+    let elsewhere = Router::new()
+        .route("/policy/reload", post(on_control_socket))
+        .route("/keys/rotate", post(on_control_socket))
+        .route("/keys/revoke", post(on_control_socket));
+    let state = AppState {
+        metrics,
+        policy,
+        configured,
+        control: at.control.clone(),
+        node,
+        members,
+    };
+    let tcp_app = reads.clone().merge(elsewhere).with_state(state.clone());
+    let control_app = reads.merge(changes).with_state(state);
+    let group = match &at.control_group {
+        None => None,
+        Some(name) => Some(crate::control::group_id(name).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no group {name}"))
+        })?),
+    };
+    let control = crate::control::ControlListener::bind(&at.control, group)?;
+    let tcp = tokio::net::TcpListener::bind(at.admin).await?;
+    tokio::select! {
+        r = axum::serve(tcp, tcp_app) => r,
+        r = axum::serve(control, control_app) => r,
+    }
+}
+
+/// A change asked of the TCP listener: refused, and where to go instead.
+async fn on_control_socket(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "changes go over the control socket {} (root and gateway.control_group only); the admin listener only reads\n",
+            s.control.display()
+        ),
+    )
 }
 
 async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -66,26 +117,29 @@ async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Reloads the policy from its configured source, or from the module the
-/// request body names (a built-in's name, or a file's path): 200 with what
-/// changed, or 422 with why the new one was refused (the old one stays in
-/// force).
+/// Reloads the policy from its configured source, or from the built-in
+/// the request body names (or the configured file, by its absolute path):
+/// 200 with what changed, or 422 with why the new one was refused (the
+/// old one stays in force). No other file is read: the gateway runs as
+/// root, and the file a reload may load is the one its config names.
 async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
+    use crate::policy::PolicySource;
     let policy = s.policy.clone();
-    // A built-in's name, or a file's absolute path (relative to what, on
-    // a daemon?).
+    let configured = match s.configured.read() {
+        Ok(c) => c.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
     let source = match Some(body.trim()).filter(|b| !b.is_empty()) {
         None => None,
-        Some(m) => match crate::policy::PolicySource::parse(m, std::path::Path::new("/")) {
-            Ok(s) if m.starts_with('/') || matches!(s, crate::policy::PolicySource::Builtin(_)) => {
-                Some(s)
-            }
+        Some(m) => match PolicySource::parse(m, std::path::Path::new("/")) {
+            Ok(b @ PolicySource::Builtin(_)) => Some(b),
+            Ok(f) if f == configured && m.starts_with('/') => Some(f),
             Ok(_) => {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!(
-                    "reload refused: a policy file must be given by its absolute path, not {m}\n"
-                ),
+                        "reload refused: {m} is not the configured policy ({configured}); a reload loads a built-in or the file [policy] module names (change it there to load another; the gateway follows the change)\n"
+                    ),
                 )
             }
             Err(e) => {
@@ -198,7 +252,7 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// A plain HTTP/1.0 request to the admin listener at `addr`; returns the
-/// status code and the body. Used by `meshgate policy reload` and the lab.
+/// status code and the body. Used by the lab and `meshgate members`.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     request_with_body(addr, method, path, "")
 }
@@ -210,21 +264,9 @@ pub fn request_with_body(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(30);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+    let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
         .map_err(|e| anyhow::anyhow!("cannot reach the admin listener at {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP status from {addr}"))?;
-    Ok((status, body.to_string()))
+    crate::control::exchange(s, &format!("the admin listener {addr}"), method, path, body)
 }

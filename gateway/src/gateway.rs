@@ -34,7 +34,15 @@ impl crate::policy::runtime::KernelRoutes for Tun {
         &self,
         prefix: &crate::prefix::Prefix,
     ) -> Result<(), crate::policy::runtime::RouteError> {
-        Ok(Tun::add_route(self, prefix)?)
+        match Tun::add_route(self, prefix) {
+            // Another's route stays, and so do the rest of the tables: one
+            // prefix unrouted, said, rather than every change refused.
+            Err(e @ crate::tun::TunError::ForeignRoute { .. }) => {
+                tracing::warn!("{e}");
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     fn del_route(
@@ -57,10 +65,16 @@ fn stamp(path: &Path) -> Option<std::time::SystemTime> {
 /// the reason and changes nothing. Never returns.
 async fn watch_files(
     config_path: std::path::PathBuf,
-    policy_path: Option<std::path::PathBuf>,
+    configured: crate::admin::ConfiguredPolicy,
     mut params: Vec<(String, String)>,
     policy: PolicyHandle,
 ) {
+    let file_of = |source: &PolicySource| match source {
+        PolicySource::File(p) => Some(p.clone()),
+        PolicySource::Builtin(_) => None,
+    };
+    let mut module = configured.read().map(|m| m.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let mut policy_path = file_of(&module);
     let mut config_stamp = stamp(&config_path);
     let mut policy_stamp = policy_path.as_deref().and_then(stamp);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -71,7 +85,7 @@ async fn watch_files(
             if now != policy_stamp && now.is_some() {
                 policy_stamp = now;
                 tracing::info!("{} changed; reloading the policy", path.display());
-                if policy.request_reload().is_err() {
+                if policy.request_reload(None).is_err() {
                     return;
                 }
             }
@@ -83,6 +97,22 @@ async fn watch_files(
         config_stamp = now;
         match Config::load(&config_path) {
             Err(e) => tracing::warn!("config changed but is refused, nothing changes: {e:#}"),
+            // Another module configured: it becomes the one reloads load.
+            Ok(new) if new.policy.module != module => {
+                module = new.policy.module.clone();
+                tracing::info!(
+                    "{} changed; loading the policy it configures now, {module}",
+                    config_path.display()
+                );
+                if let Ok(mut c) = configured.write() {
+                    *c = module.clone();
+                }
+                policy_path = file_of(&module);
+                policy_stamp = policy_path.as_deref().and_then(stamp);
+                if policy.request_reload(Some(module.clone())).is_err() {
+                    return;
+                }
+            }
             Ok(new) if new.policy.params != params => {
                 tracing::info!(
                     "{} changed; new policy parameters, re-evaluating (other changes take effect on restart)",
@@ -131,6 +161,16 @@ impl MeshStart {
             anyhow::bail!(
                 "{} certifies {} (region {}, role {}), but this gateway is {} (region {}, role {}): issue it a certificate of its own",
                 signal.cert.display(), c.id, c.region, c.role, config.id, local.region, local.role
+            );
+        }
+        // Every member would refuse a record with a prefix the certificate
+        // does not grant: say so here, not by silence there.
+        if let Some(p) = config.prefixes.iter().find(|p| !c.grants(p)) {
+            let granted: Vec<String> = c.prefixes.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "gateway.prefixes: {p} is not granted by {} (it grants {}); issue the certificate with --prefix {p}",
+                signal.cert.display(),
+                if granted.is_empty() { "none".to_string() } else { granted.join(", ") }
             );
         }
         let keys = LocalKeys::load(&signal.keys.master_key)
@@ -208,10 +248,12 @@ pub fn run(config_path: &Path) -> Result<()> {
     let sa_defaults = config.sa.clone();
     // The SAs hold their own copies of the keys now; the config's are wiped.
     let admin = config.admin;
-    let watched = match &config.policy.module {
-        PolicySource::File(p) => Some(p.clone()),
-        PolicySource::Builtin(_) => None,
+    let listeners = crate::admin::Listeners {
+        admin,
+        control: config.control.path.clone(),
+        control_group: config.control.group.clone(),
     };
+    let configured = crate::admin::ConfiguredPolicy::new(config.policy.module.clone().into());
     let params = config.policy.params.clone();
     drop(config);
     // The peers the policy connects are the ones the member keys.
@@ -270,12 +312,13 @@ pub fn run(config_path: &Path) -> Result<()> {
             }
         };
         let listener = crate::admin::serve(
-            admin,
+            listeners,
+            configured.clone(),
             metrics.clone(),
             policy.clone(),
             node_commands.clone().map(|n| (n, member_list.clone())),
         );
-        let watcher = watch_files(config_path.to_path_buf(), watched, params, policy);
+        let watcher = watch_files(config_path.to_path_buf(), configured, params, policy);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let watchdog = async {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -290,7 +333,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             }
         };
         tokio::select! {
-            r = listener => r.with_context(|| format!("admin listener {admin}")),
+            r = listener => r.with_context(|| format!("admin listener {admin} or control socket")),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
             why = watchdog => Err(anyhow::anyhow!(why)),

@@ -5,6 +5,11 @@
 //! name check of TLS (webpki, as rustls runs it) proves which member a
 //! peer is, and a peer whose certificate does not chain to the mesh CA, or
 //! names another member, is refused before anything it says is read.
+//!
+//! The prefixes an appliance may advertise are bound the same way, one
+//! name each (`10-1-0-0-16.v4.prefix.meshgate`, `fd00-1-0-0-0-0-0-0-48.v6.prefix.meshgate`),
+//! as Nebula's certificates carry the subnets a host may route for: a
+//! member's record is taken only for prefixes its certificate grants.
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +19,26 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::prefix::Prefix;
+
 /// What an appliance certificate says of its holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims {
     pub id: String,
     pub region: String,
     pub role: String,
+    /// What the holder may advertise: a prefix of its record must lie
+    /// within one of these.
+    pub prefixes: Vec<Prefix>,
+}
+
+impl Claims {
+    /// Whether `prefix` lies within a prefix this certificate grants.
+    pub fn grants(&self, prefix: &Prefix) -> bool {
+        self.prefixes
+            .iter()
+            .any(|g| g.prefix_len() <= prefix.prefix_len() && g.contains(prefix.addr()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +49,8 @@ pub enum IdentityError {
     Name { what: &'static str, value: String },
     #[error("role '{0}' is not edge, leaf or hub")]
     Role(String),
+    #[error("prefix {0} cannot be granted: {1}")]
+    Grant(Prefix, &'static str),
     #[error("making the certificate: {0}")]
     Generate(String),
     #[error("the certificate does not chain to the mesh CA: {0}")]
@@ -70,6 +91,57 @@ fn label(what: &'static str, s: &str) -> Result<(), IdentityError> {
 
 fn member_name(id: &str) -> String {
     format!("{id}.member.meshgate")
+}
+
+const PREFIX_SUFFIX: &str = ".prefix.meshgate";
+
+/// The name that grants `p`: its address's parts and its length as one
+/// DNS label (lowercase hex for IPv6, all eight groups), then its family.
+fn prefix_name(p: &Prefix) -> String {
+    let (parts, family): (Vec<String>, &str) = match p.addr() {
+        std::net::IpAddr::V4(a) => (a.octets().iter().map(u8::to_string).collect(), "v4"),
+        std::net::IpAddr::V6(a) => (a.segments().iter().map(|s| format!("{s:x}")).collect(), "v6"),
+    };
+    format!("{}-{}.{family}{PREFIX_SUFFIX}", parts.join("-"), p.prefix_len())
+}
+
+/// The prefix a name of [`prefix_name`]'s form grants; `None` for any
+/// other name (which grants nothing).
+fn parse_prefix_name(name: &str) -> Option<Prefix> {
+    let (label, family) = name.strip_suffix(PREFIX_SUFFIX)?.split_once('.')?;
+    let parts: Vec<&str> = label.split('-').collect();
+    let (len, addr) = parts.split_last()?;
+    let len: u8 = len.parse().ok()?;
+    let addr = match (family, addr.len()) {
+        ("v4", 4) => {
+            let mut o = [0u8; 4];
+            for (o, a) in o.iter_mut().zip(addr) {
+                *o = a.parse().ok()?;
+            }
+            std::net::IpAddr::from(o)
+        }
+        ("v6", 8) => {
+            let mut g = [0u16; 8];
+            for (g, a) in g.iter_mut().zip(addr) {
+                *g = u16::from_str_radix(a, 16).ok()?;
+            }
+            std::net::IpAddr::from(g)
+        }
+        _ => return None,
+    };
+    Prefix::new(addr, len)
+}
+
+/// Refuses a grant no record could use: a default route, or a prefix that
+/// is not canonical.
+fn check_grant(p: &Prefix) -> Result<(), IdentityError> {
+    if p.prefix_len() == 0 {
+        return Err(IdentityError::Grant(*p, "a default route is never advertised in the mesh"));
+    }
+    if p.network() != p.addr() {
+        return Err(IdentityError::Grant(*p, "its host bits are set"));
+    }
+    Ok(())
 }
 
 /// The CA's parameters, the same each time for one CA key: an issuer is
@@ -151,14 +223,19 @@ pub fn issue(
     if !ROLES.contains(&claims.role.as_str()) {
         return Err(IdentityError::Role(claims.role.clone()));
     }
+    for p in &claims.prefixes {
+        check_grant(p)?;
+    }
     let ca_key_path = ca_dir.join(CA_KEY);
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| file_err(&ca_key_path, e))?;
     let issuer = Issuer::new(ca_params(&ca_key), ca_key);
-    let mut params = CertificateParams::new(vec![
+    let mut names = vec![
         member_name(&claims.id),
         format!("{}.region.meshgate", claims.region),
         format!("{}.role.meshgate", claims.role),
-    ])
+    ];
+    names.extend(claims.prefixes.iter().map(prefix_name));
+    let mut params = CertificateParams::new(names)
     .map_err(|e| IdentityError::Generate(e.to_string()))?;
     params.distinguished_name.push(
         DnType::CommonName,
@@ -251,10 +328,15 @@ impl MeshCa {
                 });
             }
         }
+        let prefixes = ee
+            .valid_dns_names()
+            .filter_map(parse_prefix_name)
+            .collect();
         Ok(Claims {
             id: id.clone(),
             region: region.clone(),
             role: role.clone(),
+            prefixes,
         })
     }
 }
@@ -275,7 +357,52 @@ mod tests {
             id: id.into(),
             region: "eu-west-1".into(),
             role: "edge".into(),
+            prefixes: vec!["10.1.0.0/16".parse().unwrap(), "fd00:1::/48".parse().unwrap()],
         }
+    }
+
+    #[test]
+    fn granted_prefixes_round_trip_and_bound_what_may_be_advertised() {
+        let d = dir("grants");
+        let ca = MeshCa::load(&init_ca(&d, 30).unwrap()).unwrap();
+        let (cert, _) = issue(&d, &claims("r1"), &d, 30).unwrap();
+        let c = ca
+            .verify(&load_cert(&cert).unwrap(), Some("r1"), UnixTime::now())
+            .unwrap();
+        assert_eq!(c, claims("r1"));
+        for (p, granted) in [
+            ("10.1.0.0/16", true),
+            ("10.1.200.0/24", true),
+            ("10.0.0.0/15", false),
+            ("10.2.0.0/16", false),
+            ("fd00:1:0:5::/64", true),
+            ("fd00:2::/48", false),
+        ] {
+            assert_eq!(c.grants(&p.parse().unwrap()), granted, "{p}");
+        }
+        for name in [
+            "10-1-0-0-16.v4.prefix.meshgate",
+            "fd00-1-0-0-0-0-0-0-48.v6.prefix.meshgate",
+        ] {
+            assert_eq!(prefix_name(&parse_prefix_name(name).unwrap()), name);
+        }
+        // Names that grant nothing: host bits, bad lengths, wrong counts.
+        for name in [
+            "10-1-0-1-16.v4.prefix.meshgate",
+            "10-1-0-0-33.v4.prefix.meshgate",
+            "10-1-0-16.v4.prefix.meshgate",
+            "10-1-0-0-16.v6.prefix.meshgate",
+            "10-1-0-0-16.prefix.meshgate",
+        ] {
+            assert_eq!(parse_prefix_name(name), None, "{name}");
+        }
+        let mut bad = claims("r2");
+        bad.prefixes = vec!["0.0.0.0/0".parse().unwrap()];
+        assert_eq!(
+            issue(&d, &bad, &d, 30).unwrap_err().to_string(),
+            "prefix 0.0.0.0/0 cannot be granted: a default route is never advertised in the mesh"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -14,13 +14,15 @@
 //!   carrying a member's datagrams and messages), [`mesh`] (what a member
 //!   reports, into metrics and policy events).
 //! - The rest: [`config`] (the TOML file, validated with spans),
-//!   [`metrics`], [`admin`] (the admin API), [`identity`] (the mesh CA and
+//!   [`metrics`], [`admin`] (the admin API: reads on TCP, changes on the
+//!   [`control`] socket), [`identity`] (the mesh CA and
 //!   certificates), [`seqstate`] (sequence numbers across restarts),
 //!   [`prefix`], [`time`], and at the top [`gateway`] (`meshgate run`) and
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 /// The ESP core, a crate of its own (`esp/` in the workspace).
 pub use meshgate_esp as esp;

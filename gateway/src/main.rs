@@ -124,6 +124,11 @@ enum CertCmd {
         region: String,
         #[arg(long, value_parser = ["edge", "leaf", "hub"])]
         role: String,
+        /// A prefix the appliance may advertise to the mesh (CIDR, no host
+        /// bits; repeat for each). Members refuse a record with a prefix
+        /// outside these.
+        #[arg(long = "prefix", value_name = "CIDR")]
+        prefixes: Vec<meshgate::prefix::Prefix>,
         #[arg(long, default_value = ".")]
         out: PathBuf,
         /// Validity in days.
@@ -144,17 +149,18 @@ enum KeysCmd {
     /// Move the whole mesh to the next key epoch: this gateway rekeys every
     /// peer under it, and the others follow by gossip (make-before-break).
     Rotate {
-        /// The gateway's admin listener.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: std::net::SocketAddr,
+        /// The gateway's control socket (gateway.control).
+        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+        control: PathBuf,
     },
     /// Revoke a key epoch mesh-wide: every SA derived from it is torn down
     /// at once and renegotiated under the current epoch (the next one, if
     /// EPOCH is current).
     Revoke {
         epoch: u32,
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: std::net::SocketAddr,
+        /// The gateway's control socket (gateway.control).
+        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+        control: PathBuf,
     },
 }
 
@@ -177,14 +183,15 @@ enum PolicyCmd {
         scenario: PathBuf,
     },
     /// Reload the policy of the running gateway (from its configured
-    /// module) through its admin listener; prints what changed, or why the
+    /// module) through its control socket; prints what changed, or why the
     /// new policy was refused (the old one then stays in force).
     Reload {
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: std::net::SocketAddr,
-        /// Load this module instead: a .wasm file, or a built-in's name
-        /// (full-mesh, hub-spoke, mesh-with-leaves). It stays the source
-        /// for later reloads.
+        /// The gateway's control socket (gateway.control).
+        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Load a built-in instead, by name (full-mesh, hub-spoke,
+        /// mesh-with-leaves); it stays the source for later reloads. No
+        /// file but the configured one is ever loaded.
         #[arg(long)]
         module: Option<String>,
     },
@@ -195,8 +202,8 @@ fn builtin_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(meshgate::policy::BUILTIN.iter().map(|(n, _)| *n))
 }
 
-/// `meshgate policy reload`: asks the admin listener, prints its answer.
-fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result<()> {
+/// `meshgate policy reload`: asks the control socket, prints its answer.
+fn reload(control: &std::path::Path, module: Option<String>) -> anyhow::Result<()> {
     let module = match module {
         // A built-in by name, or a file, sent as an absolute path (the
         // gateway runs elsewhere).
@@ -211,8 +218,7 @@ fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result
         }
         None => String::new(),
     };
-    let (status, body) =
-        meshgate::admin::request_with_body(admin, "POST", "/policy/reload", &module)?;
+    let (status, body) = meshgate::control::request(control, "POST", "/policy/reload", &module)?;
     print!("{body}");
     if status != 200 {
         anyhow::bail!("reload refused (HTTP {status})");
@@ -220,9 +226,9 @@ fn reload(admin: std::net::SocketAddr, module: Option<String>) -> anyhow::Result
     Ok(())
 }
 
-/// POSTs to the admin listener; prints the answer, fails unless 200.
-fn admin_post(admin: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Result<()> {
-    let (status, answer) = meshgate::admin::request_with_body(admin, "POST", path, body)?;
+/// POSTs to the control socket; prints the answer, fails unless 200.
+fn control_post(control: &std::path::Path, path: &str, body: &str) -> anyhow::Result<()> {
+    let (status, answer) = meshgate::control::request(control, "POST", path, body)?;
     print!("{answer}");
     if status != 200 {
         anyhow::bail!("refused (HTTP {status})");
@@ -254,8 +260,8 @@ fn main() -> ExitCode {
             command: PolicyCmd::Test { file, scenario },
         } => meshgate::policy::scenario::run(&file, &scenario),
         Cmd::Policy {
-            command: PolicyCmd::Reload { admin, module },
-        } => reload(admin, module),
+            command: PolicyCmd::Reload { control, module },
+        } => reload(&control, module),
         Cmd::Ca {
             command: CaCmd::Init { dir, days },
         } => meshgate::identity::init_ca(&dir, days)
@@ -268,12 +274,18 @@ fn main() -> ExitCode {
                     id,
                     region,
                     role,
+                    prefixes,
                     out,
                     days,
                 },
         } => meshgate::identity::issue(
             &ca,
-            &meshgate::identity::Claims { id, region, role },
+            &meshgate::identity::Claims {
+                id,
+                region,
+                role,
+                prefixes,
+            },
             &out,
             days,
         )
@@ -285,8 +297,8 @@ fn main() -> ExitCode {
             .map(|()| println!("master key written: {}", file.display()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
         Cmd::Keys {
-            command: KeysCmd::Rotate { admin },
-        } => admin_post(admin, "/keys/rotate", ""),
+            command: KeysCmd::Rotate { control },
+        } => control_post(&control, "/keys/rotate", ""),
         Cmd::Members { admin } => {
             meshgate::admin::request(admin, "GET", "/members").and_then(|(status, body)| {
                 print!("{body}");
@@ -298,8 +310,8 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Keys {
-            command: KeysCmd::Revoke { epoch, admin },
-        } => admin_post(admin, "/keys/revoke", &epoch.to_string()),
+            command: KeysCmd::Revoke { epoch, control },
+        } => control_post(&control, "/keys/revoke", &epoch.to_string()),
         Cmd::Keygen { cipher } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);

@@ -37,6 +37,30 @@ pub enum TunError {
     Create { name: String, err: io::Error },
     #[error("`ip {args}` failed: {msg}")]
     Ip { args: String, msg: String },
+    #[error("a route for {prefix} that meshgate did not install is in the main table ({route}); left as it is, and {prefix} is not routed into {tun}")]
+    ForeignRoute {
+        prefix: Prefix,
+        route: String,
+        tun: String,
+    },
+}
+
+/// The routing protocol number that marks the routes the gateway installs
+/// (`proto 147` in `ip route`): it replaces and removes only those, never
+/// a route an operator or another daemon put there.
+pub const ROUTE_PROTO: &str = "147";
+
+/// Whether a line of `ip route show` is a route this gateway installed
+/// into `dev`.
+fn installed_by_us(line: &str, dev: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| {
+        words
+            .windows(2)
+            .find(|w| w[0] == key)
+            .map(|w| w[1])
+    };
+    after("dev") == Some(dev) && after("proto") == Some(ROUTE_PROTO)
 }
 
 /// An open TUN interface. The fd is shared by the data-plane threads; a
@@ -141,14 +165,31 @@ impl Tun {
         ip(&["link", "set", "dev", &self.name, "up"])
     }
 
-    /// Routes `prefix` into this device (idempotent).
+    /// Routes `prefix` into this device (idempotent), unless a route for
+    /// exactly `prefix` that the gateway did not install is there.
     pub fn add_route(&self, prefix: &Prefix) -> Result<(), TunError> {
-        ip(&["route", "replace", &prefix.to_string(), "dev", &self.name])
+        let p = prefix.to_string();
+        let family = if prefix.is_ipv4() { "-4" } else { "-6" };
+        let existing = ip_output(&[family, "route", "show", "exact", &p, "table", "main"])?;
+        if let Some(route) = existing
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !installed_by_us(l, &self.name))
+        {
+            return Err(TunError::ForeignRoute {
+                prefix: *prefix,
+                route: route.to_string(),
+                tun: self.name.clone(),
+            });
+        }
+        ip(&["route", "replace", &p, "dev", &self.name, "proto", ROUTE_PROTO])
     }
 
-    /// Removes the route for `prefix` into this device.
+    /// Removes the route for `prefix` into this device, if the gateway
+    /// installed it.
     pub fn del_route(&self, prefix: &Prefix) -> Result<(), TunError> {
-        ip(&["route", "del", &prefix.to_string(), "dev", &self.name])
+        let p = prefix.to_string();
+        ip(&["route", "del", &p, "dev", &self.name, "proto", ROUTE_PROTO])
     }
 
     /// Reads one virtio_net_hdr and packet; `Ok(0)` never happens for a live TUN.
@@ -200,6 +241,11 @@ pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
 
 /// Runs `ip ARGS`, turning a failure into an error that quotes the command.
 pub fn ip(args: &[&str]) -> Result<(), TunError> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip ARGS` and returns what it printed.
+fn ip_output(args: &[&str]) -> Result<String, TunError> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -208,7 +254,7 @@ pub fn ip(args: &[&str]) -> Result<(), TunError> {
             msg: format!("cannot run ip (is iproute2 installed?): {e}"),
         })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(TunError::Ip {
             args: args.join(" "),

@@ -43,7 +43,12 @@ pub const MIN_REPLAY_WINDOW: usize = 1024;
 pub struct Config {
     pub id: String,
     pub listen: SocketAddr,
+    /// The read-only admin listener (metrics, health, what is in force).
     pub admin: SocketAddr,
+    /// The control socket, where the operator's changes go (reloads, key
+    /// epochs): a Unix socket only root, this process's user or the
+    /// members of `control.group` may use.
+    pub control: ControlConfig,
     /// Where the sequence-number state of the SAs lives (see `seqstate`).
     pub state_dir: PathBuf,
     /// Where this gateway stands in the mesh, as its policy sees it.
@@ -140,6 +145,18 @@ pub struct PolicyConfig {
     pub module: PolicySource,
     pub params: Vec<(String, String)>,
 }
+
+/// The control socket (`gateway.control`, `gateway.control_group`).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub path: PathBuf,
+    /// A group whose members may use it besides root (mode 0660 then,
+    /// else 0600).
+    pub group: Option<String>,
+}
+
+/// Where the control socket is unless `gateway.control` says otherwise.
+pub const DEFAULT_CONTROL: &str = "/run/meshgate/control.sock";
 
 #[derive(Debug, Clone)]
 pub struct TunConfig {

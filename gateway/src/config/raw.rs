@@ -60,6 +60,8 @@ pub(super) struct RawGateway {
     pub(super) listen: Spanned<String>,
     #[serde(default = "default_admin")]
     pub(super) admin: Spanned<String>,
+    pub(super) control: Option<Spanned<String>>,
+    pub(super) control_group: Option<Spanned<String>>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) region: Option<Spanned<String>>,
     pub(super) zone: Option<Spanned<String>>,

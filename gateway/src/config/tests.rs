@@ -118,6 +118,37 @@ fn admin_must_be_loopback() {
     assert!(e.contains("gateway.admin") && e.contains("loopback"), "{e}");
 }
 
+/// The admin listener only reads now: a private address, where a
+/// Prometheus server in the VPC scrapes it, is fine; a public one is not.
+#[test]
+fn admin_may_bind_a_private_address_and_the_control_socket_has_a_default() {
+    let with = |admin: &str| {
+        GOOD.replace(
+            "listen = \"198.18.0.1:4500\"",
+            &format!("listen = \"198.18.0.1:4500\"\nadmin = \"{admin}\""),
+        )
+    };
+    assert_eq!(
+        parse(&with("10.0.0.5:9100")).unwrap().admin,
+        "10.0.0.5:9100".parse().unwrap()
+    );
+    assert!(parse(&with("[fd00::5]:9100")).is_ok());
+    let e = parse(&with("198.51.100.1:9100")).unwrap_err();
+    assert!(e.contains("gateway.admin") && e.contains("private"), "{e}");
+    let c = parse(GOOD).unwrap().control;
+    assert_eq!(c.path, Path::new(DEFAULT_CONTROL));
+    assert_eq!(c.group, None);
+    let grouped = GOOD.replace(
+        "listen = \"198.18.0.1:4500\"",
+        "listen = \"198.18.0.1:4500\"\ncontrol_group = \"no-such-group-here\"",
+    );
+    let e = parse(&grouped).unwrap_err();
+    assert!(
+        e.contains("gateway.control_group") && e.contains("no group 'no-such-group-here'"),
+        "{e}"
+    );
+}
+
 #[test]
 fn the_shipped_examples_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-gateways");

@@ -5,6 +5,15 @@
 
 use super::*;
 
+/// RFC 1918, shared (RFC 6598) and unique-local (RFC 4193) addresses:
+/// where a Prometheus server in the VPC can scrape the admin listener.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a.is_private() || (a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64),
+        std::net::IpAddr::V6(a) => a.segments()[0] & 0xfe00 == 0xfc00,
+    }
+}
+
 impl Validator<'_> {
     pub(super) fn err<T>(
         &self,
@@ -31,13 +40,14 @@ impl Validator<'_> {
             Some(DEFAULT_ESP_PORT),
         )?;
         let admin = self.socket_addr(&raw.gateway.admin, "gateway.admin", None)?;
-        if !admin.ip().is_loopback() {
+        if !(admin.ip().is_loopback() || is_private(admin.ip())) {
             return self.err(
                 raw.gateway.admin.span(),
                 "gateway.admin",
-                format!("{admin} is not a loopback address; the admin listener has no authentication and must stay on loopback"),
+                format!("{admin} is neither a loopback nor a private address; the admin listener (metrics and health, read-only) has no authentication and must not face the internet"),
             );
         }
+        let control = self.control(&raw.gateway)?;
         let tun = self.tun(&raw.tun)?;
         let defaults = self.sa_defaults(&raw.sa)?;
 
@@ -201,6 +211,7 @@ impl Validator<'_> {
             id,
             listen,
             admin,
+            control,
             state_dir,
             placement,
             policy,
@@ -244,6 +255,31 @@ impl Validator<'_> {
                 "'{v}' is not an address:port (for example 192.0.2.1:4500 or [2001:db8::1]:4500)"
             ),
         )
+    }
+
+    /// The control socket: a path, and a group that must exist.
+    fn control(&self, g: &RawGateway) -> Result<ControlConfig, ConfigError> {
+        let path = match &g.control {
+            None => PathBuf::from(DEFAULT_CONTROL),
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return self.err(p.span(), "gateway.control", "must be the path of a Unix socket")
+            }
+            Some(p) => self.relative_path(p.get_ref()),
+        };
+        let group = match &g.control_group {
+            None => None,
+            Some(name) => {
+                if crate::control::group_id(name.get_ref()).is_none() {
+                    return self.err(
+                        name.span(),
+                        "gateway.control_group",
+                        format!("there is no group '{}' on this host", name.get_ref()),
+                    );
+                }
+                Some(name.get_ref().clone())
+            }
+        };
+        Ok(ControlConfig { path, group })
     }
 
     pub(super) fn prefix(&self, s: &Spanned<String>, field: &str) -> Result<Prefix, ConfigError> {

@@ -257,6 +257,16 @@ pub fn http(ns: &Netns, addr: SocketAddr, method: &str, path: &str) -> Result<St
     http_with_body(ns, addr, method, path, "")
 }
 
+/// A POST to a gateway's control socket (a file: no namespace needed);
+/// the body of a 200 answer, else an error with the status and the answer.
+pub fn control(socket: &std::path::Path, path: &str, body: &str) -> Result<String> {
+    let (status, body) = crate::control::request(socket, "POST", path, body)?;
+    if status != 200 {
+        bail!("{status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
 /// As [`http`], sending `body`.
 pub fn http_with_body(
     ns: &Netns,

@@ -114,6 +114,11 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             lab.regions[0].appliance.name(),
             super::ADMIN
         );
+        println!(
+            "  {} policy reload --module hub-spoke --control {}",
+            std::env::args().next().unwrap_or_else(|| "meshgate".into()),
+            lab.control_socket(0).display()
+        );
         println!("  configs, keys and logs: {}", lab.dir.display());
         while check_interrupted().is_ok() {
             std::thread::sleep(Duration::from_millis(200));

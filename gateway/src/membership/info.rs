@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
 
+use super::admission::Admission;
 use super::MemberId;
 
 /// The largest record (signed, as it travels) that fits in one membership
@@ -69,11 +70,13 @@ impl MemberInfo {
                 self.endpoints.len()
             ));
         }
-        let bad_len = self
-            .prefixes
-            .iter()
-            .any(|(a, l)| *l > if a.is_ipv4() { 32 } else { 128 });
-        bad_len.then(|| "a prefix length past its address family".into())
+        // Canonical (no host bits: the policies' validation refuses those,
+        // which froze every member's tables), and never a default route.
+        self.prefixes.iter().find_map(|(a, l)| match crate::prefix::Prefix::new(*a, *l) {
+            None => Some(format!("{a}/{l} is not a prefix (host bits set, or a length past its family)")),
+            Some(p) if *l == 0 => Some(format!("{p} is a default route")),
+            Some(_) => None,
+        })
     }
 }
 
@@ -147,6 +150,8 @@ struct State {
     /// signature.
     pending: BTreeMap<String, (MemberInfo, Vec<u8>, Vec<u8>)>,
     authority: Option<Arc<dyn RecordAuthority>>,
+    /// This gateway's own checks of what a record may route here.
+    admission: Option<Admission>,
     /// Refusals of forged records: (who relayed it, why).
     refused: Vec<(String, String)>,
     /// Grows with every record taken.
@@ -168,6 +173,15 @@ impl Infos {
             authority: Some(authority),
             ..State::default()
         })))
+    }
+
+    /// Records are also refused if they would route what is not theirs
+    /// here (`admission`).
+    pub fn admitting(self, admission: Admission) -> Infos {
+        if let Ok(mut s) = self.0.lock() {
+            s.admission = Some(admission);
+        }
+        self
     }
 
     pub fn get(&self, id: &str) -> Option<MemberInfo> {
@@ -218,7 +232,13 @@ impl Infos {
             None => Check::Valid,
         };
         match check {
-            Check::Valid => s.take(info),
+            Check::Valid => match s.admission_refusal(&info) {
+                None => s.take(info),
+                Some(why) => {
+                    s.refused.push((id.to_string(), why));
+                    false
+                }
+            },
             Check::Invalid(why) => {
                 s.refused.push((id.to_string(), why));
                 false
@@ -249,6 +269,10 @@ impl Infos {
 }
 
 impl State {
+    fn admission_refusal(&self, info: &MemberInfo) -> Option<String> {
+        self.admission.as_ref()?.refusal(info, &self.known)
+    }
+
     /// Keeps `info` if it is newer than what is known; true if it was.
     fn take(&mut self, info: MemberInfo) -> bool {
         let newer = self
@@ -306,6 +330,13 @@ impl BroadcastHandler<MemberId> for Infos {
         let check = match &s.authority {
             Some(a) => a.check(&info, &envelope.body, &envelope.signature),
             None => Check::Valid,
+        };
+        let check = match check {
+            Check::Valid => match s.admission_refusal(&info) {
+                Some(why) => Check::Invalid(why),
+                None => Check::Valid,
+            },
+            other => other,
         };
         match check {
             Check::Valid => Ok(s.take(info).then_some(key)),

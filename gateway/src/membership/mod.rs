@@ -4,6 +4,7 @@
 //! the signalling channel and a timer queue, and the tests run whole
 //! clusters on virtual time.
 
+pub mod admission;
 mod agent;
 mod core;
 pub mod health;

@@ -94,11 +94,12 @@ impl PolicyHandle {
         answer.await.map_err(|_| Stopped)
     }
 
-    /// Asks for a reload from the configured source; the outcome is logged.
-    pub fn request_reload(&self) -> Result<(), Stopped> {
+    /// Asks for a reload (from `source`, or the configured one); the
+    /// outcome is logged.
+    pub fn request_reload(&self, source: Option<PolicySource>) -> Result<(), Stopped> {
         self.tx
             .send(Request::Reload {
-                source: None,
+                source,
                 reply: None,
             })
             .map_err(|_| Stopped)

@@ -23,6 +23,7 @@ use crate::keys::{self, rotation::EpochError, KeyProvider};
 use crate::member::{
     ConnId, EpochReport, Member, MemberConfig, NodeEvent, Output, Payload, Refusal,
 };
+use crate::membership::admission::Admission;
 use crate::membership::info::{Infos, MemberInfo};
 use crate::membership::liveness::LivenessSettings;
 use crate::membership::{MemberId, Settings};
@@ -128,6 +129,8 @@ pub async fn run(
         // A restart is a new generation.
         generation: crate::time::unix_ms(),
     };
+    // And refused where they would route what is not theirs here.
+    let admission = Admission::new(&cfg.info, [addr.ip()]);
     let mut member = Member::new(
         MemberConfig {
             me,
@@ -135,7 +138,7 @@ pub async fn run(
             settings: cfg.settings,
             liveness: cfg.liveness,
             seed: rand::random(),
-            infos: Infos::with_authority(records.clone()),
+            infos: Infos::with_authority(records.clone()).admitting(admission),
             keys: cfg.keys,
             tunnels,
         },

@@ -1,7 +1,8 @@
 //! Member records signed with the appliance key and checked against the
 //! member's certificate: gossip relays records, and a member relaying
 //! must not be able to speak for another (claim its id, move its
-//! prefixes, change its region or role).
+//! prefixes, change its region or role), nor a member advertise a prefix
+//! its certificate does not grant.
 //!
 //! A member's certificate is learnt from a direct connection to it (every
 //! connection is mutual TLS with the mesh CA); until then its records
@@ -87,6 +88,17 @@ impl RecordAuthority for CertRecords {
             return Check::Invalid(format!(
                 "it says region {} and role {}, the member's certificate {} and {}",
                 info.region, info.role, claims.region, claims.role
+            ));
+        }
+        // Prefixes off the wire are canonical by now (`MemberInfo::problem`).
+        let ungranted = info
+            .prefixes
+            .iter()
+            .filter_map(|(a, l)| crate::prefix::Prefix::new(*a, *l))
+            .find(|p| !claims.grants(p));
+        if let Some(p) = ungranted {
+            return Check::Invalid(format!(
+                "it advertises {p}, which its certificate does not grant"
             ));
         }
         Check::Valid

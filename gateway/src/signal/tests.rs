@@ -27,6 +27,7 @@ impl Mesh {
             id: id.into(),
             region: "eu-west-1".into(),
             role: "edge".into(),
+            prefixes: vec!["10.0.0.0/8".parse().unwrap()],
         };
         let (cert, key) = issue(&self.dir, &claims, &self.dir, 30).unwrap();
         Credentials::load(&self.dir.join("ca.pem"), &cert, &key).unwrap()
@@ -407,6 +408,78 @@ fn member_records_carry_their_members_signature_and_nobody_elses() {
         "the forgery changed nothing"
     );
     assert!(at_c.get("m2").is_none());
+}
+
+/// A member with a valid certificate advertises what the CA did not
+/// grant it (all of IPv4 as two halves, another member's prefix or a
+/// more specific part of it, the metadata service, a prefix with host
+/// bits, a default route): each record is refused and the member named;
+/// its granted record is taken. Before prefixes were granted, every one
+/// of these records was taken and routed into every member's TUN.
+#[test]
+fn a_member_may_advertise_only_what_its_certificate_grants() {
+    use crate::membership::admission::Admission;
+    use crate::membership::info::{Infos, MemberInfo};
+    use crate::membership::MemberId;
+    use foca::BroadcastHandler;
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    let mesh = Mesh::new("grants");
+    // Each certificate grants 10.0.0.0/8 (`Mesh::member`); m3 is this
+    // gateway, with 10.3.0.0/16 of its own.
+    let (hostile, me) = (mesh.member("m2"), mesh.member("m3"));
+    let checker = super::records::CertRecords::new(&me).unwrap();
+    checker.learn(&hostile.as_peer());
+    let own = MemberInfo {
+        id: "m3".into(),
+        region: "eu-west-1".into(),
+        role: "edge".into(),
+        prefixes: vec![(IpAddr::from([10, 3, 0, 0]), 16)],
+        endpoints: vec![("internet".into(), "192.0.2.3:4500".parse().unwrap())],
+        ..Default::default()
+    };
+    let mut at_me = Infos::with_authority(Arc::new(checker)).admitting(Admission::new(&own, []));
+    let sender = MemberId {
+        id: "m2".into(),
+        addr: local(),
+        generation: 0,
+    };
+    let sign = Infos::with_authority(Arc::new(super::records::CertRecords::new(&hostile).unwrap()));
+    let record = |version, prefixes: &[(IpAddr, u8)]| MemberInfo {
+        id: "m2".into(),
+        version,
+        region: "eu-west-1".into(),
+        role: "edge".into(),
+        prefixes: prefixes.to_vec(),
+        ..Default::default()
+    };
+    let v4 = |a: [u8; 4], l| (IpAddr::from(a), l);
+    let attacks: [(&[(IpAddr, u8)], &str); 5] = [
+        (&[v4([0, 0, 0, 0], 1), v4([128, 0, 0, 0], 1)], "0.0.0.0/1, which its certificate does not grant"),
+        (&[v4([11, 0, 0, 0], 8)], "11.0.0.0/8, which its certificate does not grant"),
+        (&[v4([169, 254, 169, 254], 32)], "does not grant"),
+        (&[v4([10, 3, 0, 0], 16)], "10.3.0.0/16, which overlaps 10.3.0.0/16, this gateway's own"),
+        (&[v4([10, 3, 7, 0], 24)], "this gateway's own"),
+    ];
+    for (version, (prefixes, why)) in attacks.iter().enumerate() {
+        let sealed = sign.seal(&record(version as u64 + 1, prefixes));
+        assert_eq!(at_me.receive_item(&sealed, Some(&sender)).unwrap(), None);
+        let refused = at_me.take_refused();
+        assert_eq!(refused.len(), 1, "{prefixes:?}");
+        assert_eq!(refused[0].0, "m2");
+        assert!(refused[0].1.contains(why), "{prefixes:?}: {refused:?}");
+        assert!(at_me.get("m2").is_none());
+    }
+    // Malformed prefixes are refused before any signature is checked.
+    for bad in [v4([10, 2, 0, 1], 16), v4([0, 0, 0, 0], 0)] {
+        let sealed = sign.seal(&record(10, &[bad]));
+        assert!(at_me.receive_item(&sealed, Some(&sender)).is_err(), "{bad:?}");
+    }
+    // What the CA granted is taken.
+    let sealed = sign.seal(&record(11, &[v4([10, 2, 0, 0], 16)]));
+    assert!(at_me.receive_item(&sealed, Some(&sender)).unwrap().is_some());
+    assert_eq!(at_me.get("m2").unwrap().version, 11);
 }
 
 #[test]
