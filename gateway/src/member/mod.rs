@@ -336,6 +336,9 @@ impl Member {
         for (by, why) in self.agent.membership().infos().take_refused() {
             self.refuse(&by, "record", "forged", why);
         }
+        for (by, why) in self.agent.take_refused() {
+            self.refuse(&by, "membership", "unauthorized", why);
+        }
         let mut changed = false;
         while let Some(e) = self.agent.poll_event() {
             changed = true;

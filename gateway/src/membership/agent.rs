@@ -164,6 +164,11 @@ impl Agent {
         &self.swim
     }
 
+    /// Gossip updates refused since the last call: (sender, why).
+    pub fn take_refused(&mut self) -> Vec<(String, String)> {
+        self.swim.take_refused()
+    }
+
     /// Advertises this member's record.
     pub fn advertise(
         &mut self,

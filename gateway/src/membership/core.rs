@@ -41,6 +41,12 @@ pub struct Settings {
     /// partition) answers that it thinks the sender down, the sender
     /// rejoins under its next generation, and the two sides merge again.
     pub announce_to_down: Duration,
+    /// The most members (up and down) a member keeps: gossip naming a new
+    /// member past it is refused.
+    pub max_members: usize,
+    /// How long a member declared down is remembered (so stale gossip
+    /// cannot bring it back, and partitions heal), then forgotten.
+    pub forget_down_after: Duration,
 }
 
 impl Default for Settings {
@@ -54,6 +60,8 @@ impl Default for Settings {
             gossip_fanout: 3,
             max_transmissions: 12,
             announce_to_down: Duration::from_secs(5),
+            max_members: 4096,
+            forget_down_after: Duration::from_secs(3600),
         }
     }
 }
@@ -69,6 +77,7 @@ impl Settings {
         c.max_transmissions =
             NonZeroU8::new(self.max_transmissions.max(1)).unwrap_or(NonZeroU8::MIN);
         c.notify_down_members = true;
+        c.remove_down_after = self.forget_down_after;
         // One QUIC datagram, with room for the tag and QUIC's own framing.
         c.max_packet_size = NonZeroUsize::new(1100).unwrap_or(NonZeroUsize::MIN);
         c.periodic_gossip = Some(foca::PeriodicParams {
@@ -140,6 +149,18 @@ fn swim_error(e: impl std::fmt::Display) -> MembershipError {
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, Infos>;
 
+/// foca's table, as the screen asks about it.
+struct Table<'a>(&'a Swim);
+
+impl super::screen::Known for Table<'_> {
+    fn knows(&self, id: &str) -> bool {
+        self.0.iter_membership_state().any(|m| m.id().id == id)
+    }
+    fn count(&self) -> usize {
+        self.0.iter_membership_state().len()
+    }
+}
+
 pub struct Membership {
     swim: Swim,
     runtime: AccumulatingRuntime<MemberId>,
@@ -147,6 +168,10 @@ pub struct Membership {
     infos: Infos,
     /// This member's own record, sent to each member that joins.
     own: Option<MemberInfo>,
+    /// The most members the table holds (`Settings::max_members`).
+    max_members: usize,
+    /// Updates refused by the screen: (sender, why).
+    refused: Vec<(String, String)>,
 }
 
 impl Membership {
@@ -170,6 +195,8 @@ impl Membership {
             events: Default::default(),
             infos,
             own: None,
+            max_members: settings.max_members,
+            refused: Vec::new(),
         }
     }
 
@@ -311,15 +338,27 @@ impl Membership {
         r
     }
 
-    /// A datagram from the signalling channel. Malformed ones are refused
-    /// whole (and counted by the caller).
+    /// A datagram from the signalling channel, whose header names its
+    /// sender (checked before). Malformed ones are refused whole (and
+    /// counted by the caller); updates about others that the sender may
+    /// not give are cut out ([`screen`](super::screen)) and kept for
+    /// [`take_refused`](Self::take_refused).
     pub fn handle_data(&mut self, data: &[u8]) -> Result<(), MembershipError> {
+        let screened = super::screen::screen(data, &Table(&self.swim), self.max_members)?;
+        for why in screened.refused {
+            self.refused.push((screened.sender.clone(), why));
+        }
         let r = self
             .swim
-            .handle_data(data, &mut self.runtime)
+            .handle_data(screened.data.as_deref().unwrap_or(data), &mut self.runtime)
             .map_err(swim_error);
         self.drain();
         r
+    }
+
+    /// Updates refused since the last call: who sent each, and why.
+    pub fn take_refused(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.refused)
     }
 
     /// A timer armed through [`poll_timer`](Self::poll_timer) ran out.

@@ -11,6 +11,7 @@ pub mod health;
 mod id;
 pub mod info;
 pub mod liveness;
+mod screen;
 pub mod watch;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};

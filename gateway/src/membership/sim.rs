@@ -418,6 +418,46 @@ fn refuted_suspicions_make_no_member_rejoin() {
     }
 }
 
+/// A member with a valid certificate gossips to every other that member
+/// 2 is down (and, for good measure, that member 3 is). Before the screen,
+/// every member took it: each declared both down (and would have torn
+/// down their SAs). Now the updates are cut out, named and counted, and
+/// nobody is declared down.
+#[test]
+fn a_member_cannot_declare_others_down() {
+    use bytes::BufMut;
+    use foca::Codec;
+    let mut sim = Sim::converged(10, Settings::default(), Some(LivenessSettings::default()), 3);
+    sim.run_until(S(3));
+    let hostile = member(1);
+    for j in (0..10).filter(|&j| j != 1) {
+        let mut data = vec![super::agent::SWIM];
+        let mut codec = foca::PostcardCodec;
+        let header = foca::Header {
+            src: hostile.clone(),
+            src_incarnation: 0,
+            dst: member(j),
+            message: foca::Message::Gossip,
+        };
+        codec.encode_header(&header, &mut data).unwrap();
+        data.put_u16(2);
+        for victim in [2, 3] {
+            codec
+                .encode_member(&foca::Member::new(member(victim), 0, foca::State::Down), &mut data)
+                .unwrap();
+        }
+        let now = sim.instant();
+        sim.agent_mut(j).handle(&hostile.id, &data, now).unwrap();
+        let refused = sim.agent_mut(j).take_refused();
+        assert_eq!(refused.len(), 2, "member {j}: {refused:?}");
+        assert!(refused.iter().all(|(by, why)| by == &hostile.id && why.contains("down")));
+        sim.pump(j);
+    }
+    let end = sim.now + S(10);
+    sim.run_until(end);
+    assert!(sim.downs.is_empty(), "declared down: {:?}", sim.downs);
+}
+
 /// 30 members as shipped, 10% of datagrams lost, 100 ms each way.
 fn lossy_30(seed: u64) -> Sim {
     let mut sim = Sim::converged(

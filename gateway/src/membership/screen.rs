@@ -1,0 +1,180 @@
+//! What a SWIM datagram may say about members other than its sender,
+//! checked before foca reads it. The channel proves who sent a datagram,
+//! and the header must name that member (the agent checks); the updates
+//! it carries about the others are only its word. A member's death is
+//! this member's own verdict (the liveness detector's quorum of watchers,
+//! or SWIM's suspicion timing out here), never another's say-so: a member
+//! declaring others down would otherwise make every peer tear down their
+//! SAs. Updates naming an invalid id, or a new member past the cap, are
+//! refused too. Refused updates are cut out of the datagram; the rest of
+//! it (the sender's own news, records) is taken.
+
+use bytes::{Buf, BufMut};
+use foca::{Codec, Header, Member, PostcardCodec, State};
+
+use super::core::MembershipError;
+use super::MemberId;
+
+/// A datagram as foca should read it, and the updates cut out of it.
+pub struct Screened {
+    pub data: Option<Vec<u8>>,
+    /// The sender, as its header names it.
+    pub sender: String,
+    pub refused: Vec<String>,
+}
+
+/// What the screen needs to know of this member's table.
+pub trait Known {
+    /// Whether a member of this id is in the table (any state).
+    fn knows(&self, id: &str) -> bool;
+    /// How many members the table holds.
+    fn count(&self) -> usize;
+}
+
+/// Screens `data`, a SWIM datagram whose header names its sender (checked
+/// before). `data` is kept as it is (`data: None`) when nothing is cut.
+pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, MembershipError> {
+    let malformed = |e: postcard::Error| MembershipError::new(&format!("an undecodable SWIM message: {e}"));
+    let mut codec = PostcardCodec;
+    let mut rest = data;
+    let header: Header<MemberId> = codec.decode_header(&mut rest).map_err(malformed)?;
+    let header_len = data.len() - rest.len();
+    let untouched = Screened {
+        data: None,
+        sender: header.src.id.clone(),
+        refused: Vec::new(),
+    };
+    // As foca reads them: a broadcast and an announce carry no updates.
+    if rest.remaining() < 2
+        || matches!(header.message, foca::Message::Broadcast | foca::Message::Announce)
+    {
+        return Ok(untouched);
+    }
+    let count = rest.get_u16();
+    // Whether a member is known is asked only near the cap.
+    let near_cap = known.count() + usize::from(count) >= cap;
+    let mut kept = Vec::with_capacity(usize::from(count));
+    let mut refused = Vec::new();
+    let mut new_members = 0;
+    for _ in 0..count {
+        let m: Member<MemberId> = codec.decode_member(&mut rest).map_err(malformed)?;
+        let subject = &m.id().id;
+        let why = if subject == &header.src.id {
+            None // About itself: its own word is the word.
+        } else if !super::valid_id(subject) {
+            Some("an update about a member whose id is not one".to_string())
+        } else if m.state() == State::Down {
+            Some(format!(
+                "declares {subject} down (a death counts only from this member's own verdict)"
+            ))
+        } else if near_cap && !known.knows(subject) {
+            if known.count() + new_members >= cap {
+                Some(format!("a new member {subject} past the cap of {cap} members"))
+            } else {
+                new_members += 1;
+                None
+            }
+        } else {
+            None
+        };
+        match why {
+            None => kept.push(m),
+            Some(w) => refused.push(w),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(untouched);
+    }
+    let mut out = Vec::with_capacity(data.len());
+    out.extend_from_slice(&data[..header_len]);
+    out.put_u16(kept.len() as u16);
+    for m in &kept {
+        codec.encode_member(m, &mut out).map_err(malformed)?;
+    }
+    // The custom broadcasts (member records) after the updates, unchanged.
+    out.extend_from_slice(rest);
+    Ok(Screened {
+        data: Some(out),
+        sender: header.src.id,
+        refused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    struct Table(BTreeSet<String>);
+    impl Known for Table {
+        fn knows(&self, id: &str) -> bool {
+            self.0.contains(id)
+        }
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    fn id(name: &str) -> MemberId {
+        MemberId {
+            id: name.into(),
+            addr: "192.0.2.1:4433".parse().unwrap(),
+            generation: 1,
+        }
+    }
+
+    fn datagram(updates: &[Member<MemberId>], tail: &[u8]) -> Vec<u8> {
+        let mut codec = PostcardCodec;
+        let mut out = Vec::new();
+        let header = Header {
+            src: id("m1"),
+            src_incarnation: 0,
+            dst: id("me"),
+            message: foca::Message::Ping(7),
+        };
+        codec.encode_header(&header, &mut out).unwrap();
+        out.put_u16(updates.len() as u16);
+        for u in updates {
+            codec.encode_member(u, &mut out).unwrap();
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    #[test]
+    fn deaths_of_others_invalid_ids_and_members_past_the_cap_are_cut_out() {
+        let table = Table(["me", "m1", "m2", "m3"].map(String::from).into());
+        let fine = [
+            Member::new(id("m1"), 3, State::Down), // about itself
+            Member::new(id("m2"), 1, State::Suspect),
+            Member::new(id("m4"), 0, State::Alive), // a newcomer
+        ];
+        let d = datagram(&fine, b"records");
+        let s = screen(&d, &table, 10).unwrap();
+        assert!(s.data.is_none() && s.refused.is_empty());
+
+        let hostile = [
+            Member::new(id("m2"), 1, State::Alive),
+            Member::new(id("m3"), 1, State::Down),
+            Member::new(id("me"), 1, State::Down),
+            Member::new(id("Not An Id"), 0, State::Alive),
+            Member::new(id("m5"), 0, State::Alive),
+            Member::new(id("m6"), 0, State::Alive),
+        ];
+        let d = datagram(&hostile, b"records");
+        let s = screen(&d, &table, 5).unwrap();
+        assert_eq!(s.refused.len(), 4, "{:?}", s.refused);
+        assert!(s.refused[0].starts_with("declares m3 down"));
+        assert!(s.refused[1].starts_with("declares me down"));
+        assert!(s.refused[2].contains("id is not one"));
+        assert_eq!(s.refused[3], "a new member m6 past the cap of 5 members");
+        // What is left reads as a datagram of the two fine updates and the
+        // same records.
+        assert_eq!(
+            s.data.unwrap(),
+            datagram(&[hostile[0].clone(), hostile[4].clone()], b"records")
+        );
+        // Garbage is refused whole.
+        assert!(screen(&d[..d.len() / 3], &table, 5).is_err());
+    }
+}
