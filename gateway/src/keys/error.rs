@@ -13,6 +13,8 @@ pub enum ExchangeError {
     NoEpochKey { epoch: Epoch, reason: String },
     #[error("epoch {0} is revoked")]
     Revoked(Epoch),
+    #[error("the peer offers epoch {theirs}; this gateway answers epoch {ours} only (and the one before, for a minute after a rotation)")]
+    Epoch { theirs: Epoch, ours: Epoch },
     #[error("the peer authenticated as {authenticated} but claims to be {claimed}")]
     Impersonation {
         claimed: String,
@@ -48,6 +50,7 @@ impl ExchangeError {
             ExchangeError::Malformed(_) => "malformed",
             ExchangeError::NoEpochKey { .. } => "no_epoch_key",
             ExchangeError::Revoked(_) => "revoked_epoch",
+            ExchangeError::Epoch { .. } => "epoch",
             ExchangeError::Impersonation { .. } => "impersonation",
             ExchangeError::NotForUs(_) => "misaddressed",
             ExchangeError::Replay(_) => "replay",

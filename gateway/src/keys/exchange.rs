@@ -99,11 +99,18 @@ fn take_matching<T>(
 /// Exchange ids remembered per peer, to refuse replays.
 const SEEN_PER_PEER: usize = 1024;
 
+/// How long after a rotation an exchange under the epoch before is still
+/// answered: while the rotation spreads by gossip, a member that has not
+/// heard of it yet starts exchanges under the old epoch.
+pub const EPOCH_GRACE: Duration = Duration::from_secs(60);
+
 pub struct Negotiator {
     local: String,
     suite: CipherSuite,
     keys: Arc<dyn KeyProvider>,
     epoch: Epoch,
+    /// The epoch before the last rotation, answered until the instant.
+    previous: Option<(Epoch, Instant)>,
     revoked: BTreeSet<Epoch>,
     timeout: Duration,
     spis: SpiPool,
@@ -126,6 +133,7 @@ impl Negotiator {
             suite,
             keys,
             epoch,
+            previous: None,
             revoked: BTreeSet::new(),
             timeout: Duration::from_secs(5),
             spis: SpiPool::default(),
@@ -142,9 +150,30 @@ impl Negotiator {
         self.epoch
     }
 
-    /// Moves to `epoch` (a rotation): exchanges from now on use it.
-    pub fn set_epoch(&mut self, epoch: Epoch) {
-        self.epoch = epoch;
+    /// Moves to `epoch` (a rotation) at `now`: exchanges from now on use
+    /// it; the epoch before is answered for [`EPOCH_GRACE`] more.
+    pub fn set_epoch(&mut self, epoch: Epoch, now: Instant) {
+        if epoch != self.epoch {
+            self.previous = Some((self.epoch, now + EPOCH_GRACE));
+            self.epoch = epoch;
+        }
+    }
+
+    /// Whether an init under `epoch` is answered at `now`: the current
+    /// epoch, or the one before during its grace. Never an epoch the
+    /// initiator picks (an old one, or one the mesh has not moved to).
+    fn answers(&self, epoch: Epoch, now: Instant) -> Result<(), ExchangeError> {
+        let previous = self
+            .previous
+            .is_some_and(|(e, until)| e == epoch && now < until);
+        if epoch == self.epoch || previous {
+            Ok(())
+        } else {
+            Err(ExchangeError::Epoch {
+                theirs: epoch,
+                ours: self.epoch,
+            })
+        }
     }
 
     /// No SA is negotiated under `epoch` again; exchanges of it under way
@@ -339,6 +368,7 @@ impl Negotiator {
                 self.spis.release(o.spi);
             }
         }
+        self.answers(m.epoch, now)?;
         let epoch_key = self.epoch_key(m.epoch)?;
         let seen = self.seen.entry(peer.to_string()).or_default();
         seen.push_back(m.exchange);

@@ -259,8 +259,8 @@ fn revoked_epochs_are_refused_and_rotation_moves_on() {
         ExchangeError::Revoked(1)
     );
     // A new epoch: exchanges work again, with keys from the new epoch.
-    a.set_epoch(2);
-    b.set_epoch(2);
+    a.set_epoch(2, Instant::now());
+    b.set_epoch(2, Instant::now());
     a.handle_timeout(Instant::now() + Duration::from_secs(10));
     drain(&mut a, &mut sa);
     exchange(&mut a, &mut sa, &mut b, &mut sb, Instant::now());
@@ -461,5 +461,48 @@ fn a_member_answering_an_exchange_starts_none_of_its_own() {
     assert!(
         drain(&mut b, &mut sb).is_empty(),
         "b is confirming a's exchange: no second one"
+    );
+}
+
+/// The responder answers only its current epoch, and the one before for
+/// [`EPOCH_GRACE`](super::exchange::EPOCH_GRACE) after a rotation: an
+/// initiator cannot pick an old epoch, nor one the mesh has not moved to.
+/// (Before, any epoch whose key could be had was answered.)
+#[test]
+fn an_exchange_is_answered_only_under_the_current_epoch_or_the_one_before_in_its_grace() {
+    let t0 = Instant::now();
+    let grace = super::exchange::EPOCH_GRACE;
+    let (mut a, mut b) = (node("a", 1), node("b", 1));
+    let (mut sa, mut sb) = (Sas::default(), Sas::default());
+    // a picks an epoch b has not moved to.
+    a.set_epoch(7, t0);
+    a.initiate("b", t0).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    assert_eq!(
+        b.handle("a", &init, t0).unwrap_err(),
+        ExchangeError::Epoch { theirs: 7, ours: 1 }
+    );
+    // b moves to 2; a, not yet told, starts under 1: answered during the
+    // grace, refused after it.
+    let (mut a, mut sa) = (node("a", 1), Sas::default());
+    b.set_epoch(2, t0);
+    a.initiate("b", t0).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    assert_eq!(
+        b.handle("a", &init, t0 + grace).unwrap_err(),
+        ExchangeError::Epoch { theirs: 1, ours: 2 }
+    );
+    a.handle_timeout(t0 + Duration::from_secs(10));
+    drain(&mut a, &mut sa);
+    exchange(&mut a, &mut sa, &mut b, &mut sb, t0 + Duration::from_secs(10));
+    assert!(keyed(&sa, &sb), "the epoch before is answered in its grace");
+    // Two rotations on, epoch 1 is no longer the one before.
+    b.set_epoch(3, t0 + Duration::from_secs(20));
+    let (mut a, mut sa) = (node("a", 1), Sas::default());
+    a.initiate("b", t0 + Duration::from_secs(21)).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    assert_eq!(
+        b.handle("a", &init, t0 + Duration::from_secs(21)).unwrap_err(),
+        ExchangeError::Epoch { theirs: 1, ours: 3 }
     );
 }

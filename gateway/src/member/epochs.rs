@@ -63,7 +63,7 @@ impl Member {
     fn apply_epochs(&mut self, change: &EpochChange, now: Instant) -> usize {
         let current = self.epochs.current();
         if let Some(n) = self.negotiator.as_mut() {
-            n.set_epoch(current);
+            n.set_epoch(current, now);
             for e in &change.revoked {
                 n.revoke(*e);
             }
