@@ -115,7 +115,14 @@ struct Seen {
     keyed: HashSet<String>,
     /// The members as the admin API shows them.
     list: MemberList,
+    /// Refusals logged, per what and kind: when last, and how many were
+    /// counted but not logged since (a flood is counted, and logged
+    /// once every [`SAY_EVERY`]).
+    said: HashMap<(&'static str, &'static str), (Option<std::time::Instant>, u64)>,
 }
+
+/// How often a refusal of one kind is logged at most.
+const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The members as `GET /members` shows them, rendered at each look.
 pub type MemberList = Arc<std::sync::Mutex<String>>;
@@ -258,9 +265,22 @@ fn on_node_event(
         NodeEvent::Refused(r) => {
             m.refused.with_label_values(&[r.what, r.kind]).inc();
             // Two members starting at once, or a message of an exchange
-            // that already ended, is ordinary; the rest is worth a look.
+            // that already ended, is ordinary; the rest is worth a look,
+            // once every SAY_EVERY per kind (all are counted).
             if matches!(r.kind, "collision" | "unexpected") {
                 tracing::debug!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
+                return;
+            }
+            let now = std::time::Instant::now();
+            let said = seen.said.entry((r.what, r.kind)).or_insert((None, 0));
+            if said.0.is_some_and(|t| now.duration_since(t) < SAY_EVERY) {
+                said.1 += 1;
+                return;
+            }
+            let unsaid = std::mem::take(&mut said.1);
+            said.0 = Some(now);
+            if unsaid > 0 {
+                tracing::warn!(peer = %r.peer, what = r.what, "refused: {} ({unsaid} more of this kind since the last said, counted in meshgate_signal_refused_total)", r.reason);
             } else {
                 tracing::warn!(peer = %r.peer, what = r.what, "refused: {}", r.reason);
             }

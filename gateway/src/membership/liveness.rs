@@ -59,6 +59,10 @@ pub struct Detector {
     /// subject -> observer -> when reported.
     reports: BTreeMap<String, BTreeMap<String, Instant>>,
     declared: BTreeSet<String>,
+    /// Subjects declared down here, still reported until the instant: a
+    /// watcher that missed reports (lost on a lossy path) reaches the
+    /// verdict from these, as a death is never taken from gossip.
+    reported_after: BTreeMap<String, Instant>,
     next_beat: Option<Instant>,
     /// What the heartbeats measure of each watched path.
     paths: BTreeMap<String, PathHealth>,
@@ -85,6 +89,7 @@ impl Detector {
             reporting: BTreeMap::new(),
             reports: BTreeMap::new(),
             declared: BTreeSet::new(),
+            reported_after: BTreeMap::new(),
             next_beat: None,
             paths: BTreeMap::new(),
             last_tick: None,
@@ -138,6 +143,7 @@ impl Detector {
     pub fn forget(&mut self, subject: &str) {
         self.declared.remove(subject);
         self.reports.remove(subject);
+        self.reported_after.remove(subject);
     }
 
     pub fn unwatch(&mut self, peer: &str) {
@@ -159,6 +165,7 @@ impl Detector {
         self.reporting.remove(peer);
         self.reports.remove(peer);
         self.declared.remove(peer);
+        self.reported_after.remove(peer);
     }
 
     /// A heartbeat from `peer`.
@@ -282,7 +289,10 @@ impl Detector {
         if by.len() >= needed {
             self.declared.insert(subject.to_string());
             self.reports.remove(subject);
-            self.reporting.remove(subject);
+            let last = self.reporting.remove(subject).unwrap_or(now);
+            self.reporting.insert(subject.to_string(), last);
+            self.reported_after
+                .insert(subject.to_string(), now + self.settings.report_ttl);
             self.heard.remove(subject);
             return Some(LivenessAction::Down(subject.to_string()));
         }
@@ -317,6 +327,22 @@ impl Detector {
                 out.push(LivenessAction::Heartbeat(p.clone(), beat));
             }
         }
+        self.reported_after.retain(|_, until| now < *until);
+        let every = (self.settings.interval * 3).min(self.settings.report_ttl / 2);
+        for subject in self.reported_after.keys() {
+            let due = self
+                .reporting
+                .get(subject)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= every);
+            if due {
+                self.reporting.insert(subject.clone(), now);
+                out.push(LivenessAction::Report {
+                    subject: subject.clone(),
+                });
+            }
+        }
+        self.reporting
+            .retain(|s, _| self.heard.contains_key(s) || self.reported_after.contains_key(s));
         let silent: Vec<String> = self
             .heard
             .iter()
@@ -334,7 +360,6 @@ impl Detector {
             // the silence lasts: a report lost on a lossy path is made up
             // for well within the time a verdict should take (and the
             // repeats keep it from expiring).
-            let every = (self.settings.interval * 3).min(self.settings.report_ttl / 2);
             let due = self
                 .reporting
                 .get(&subject)
@@ -392,6 +417,25 @@ mod tests {
             Some(LivenessAction::Down("x".into()))
         );
         assert_eq!(d.report("c", "x", t), None, "declared once");
+        // After its verdict this member goes on reporting x for the
+        // reports' lifetime, so a watcher that lost reports on a lossy
+        // path still gets three: deaths are not taken from gossip.
+        let ttl = LivenessSettings::default().report_ttl;
+        let mut after = 0;
+        let end = t + ttl + 500 * MS;
+        while t < end {
+            t += 100 * MS;
+            d.heard("b", t);
+            d.heard("c", t);
+            for a in d.tick(t) {
+                if a == (LivenessAction::Report { subject: "x".into() }) {
+                    assert!(t <= end - 500 * MS + 100 * MS, "reported past its lifetime");
+                    after += 1;
+                }
+                assert!(!matches!(a, LivenessAction::Down(_)));
+            }
+        }
+        assert!((4..=6).contains(&after), "{after} reports after the verdict");
     }
 
     #[test]

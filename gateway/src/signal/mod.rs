@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod messages;
 pub mod node;
+mod queue;
 pub mod records;
 pub mod transport;
 

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::discovery::{Discovery, Seed};
 use super::messages::{self, Kind};
+use super::queue::{PeerQueue, Slot, PER_PEER};
 use super::records::CertRecords;
 use super::transport::{accept, connect, endpoint, Credentials, PeerCert, TransportError};
 use crate::dataplane::{DataplaneControl, SaNotice};
@@ -86,8 +87,12 @@ impl Drop for CloseOnDrop {
 }
 
 enum Input {
-    Datagram(String, Bytes),
-    KeyExchange(String, Vec<u8>),
+    /// A datagram and a key-exchange message, each holding its place in
+    /// its peer's queue until the loop has taken it.
+    Datagram(String, Bytes, Slot),
+    KeyExchange(String, Vec<u8>, Slot),
+    /// Inputs of a peer dropped because its queue was full.
+    Overflow(String, u64),
     Connected {
         peer: String,
         conn: quinn::Connection,
@@ -210,8 +215,11 @@ pub async fn run(
                 None => commands_open = false,
             },
             input = rx.recv() => match input {
-                Some(Input::KeyExchange(from, body)) => member.handle_message(&from, &body, Instant::now()),
-                Some(Input::Datagram(from, data)) => member.handle_datagram(&from, &data, Instant::now()),
+                Some(Input::KeyExchange(from, body, _slot)) => member.handle_message(&from, &body, Instant::now()),
+                Some(Input::Datagram(from, data, _slot)) => member.handle_datagram(&from, &data, Instant::now()),
+                Some(Input::Overflow(from, n)) => refuse(&events, from, "input", "overflow", format!(
+                    "{n} datagrams or messages dropped: more than {PER_PEER} were waiting for the member loop"
+                )),
                 Some(Input::Connected { peer, conn, dialed_here, cert }) => {
                     records.learn(&cert);
                     next_conn += 1;
@@ -272,21 +280,41 @@ fn send(conn: &quinn::Connection, payload: Payload) {
         Payload::Message(m) => {
             let conn = conn.clone();
             tokio::spawn(async move {
-                if let Err(e) = messages::send(&conn, Kind::KeyExchange, &m).await {
-                    tracing::debug!("key exchange message: {e}");
+                // A peer that stops reading holds no task for ever.
+                match tokio::time::timeout(MESSAGE_DEADLINE, messages::send(&conn, Kind::KeyExchange, &m)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("key exchange message: {e}"),
+                    Err(_) => tracing::debug!("key exchange message not sent within {MESSAGE_DEADLINE:?}"),
                 }
             });
         }
     }
 }
 
+/// Handshakes in progress past which a client must first prove its address
+/// (a QUIC retry, one round trip): a flood from spoofed addresses then
+/// costs this gateway a stateless packet each, not a handshake.
+const VALIDATE_ABOVE: usize = 16;
+
 /// Accepts connections; each that authenticates becomes an input.
 fn spawn_acceptor(ep: quinn::Endpoint, creds: Arc<Credentials>, tx: mpsc::UnboundedSender<Input>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let handshaking = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
-            let (creds, tx) = (creds.clone(), tx.clone());
+            if handshaking.load(Ordering::Acquire) >= VALIDATE_ABOVE
+                && !incoming.remote_address_validated()
+                && incoming.may_retry()
+            {
+                let _ = incoming.retry();
+                continue;
+            }
+            handshaking.fetch_add(1, Ordering::AcqRel);
+            let (creds, tx, handshaking) = (creds.clone(), tx.clone(), handshaking.clone());
             tokio::spawn(async move {
-                let _ = tx.send(match accept(incoming, &creds).await {
+                let accepted = accept(incoming, &creds).await;
+                handshaking.fetch_sub(1, Ordering::AcqRel);
+                let _ = tx.send(match accepted {
                     Ok((conn, cert)) => Input::Connected {
                         peer: cert.claims.id.clone(),
                         conn,
@@ -338,14 +366,18 @@ fn spawn_readers(
     peer: &str,
     tx: &mpsc::UnboundedSender<Input>,
 ) {
-    let (c, tx2, from) = (conn.clone(), tx.clone(), peer.to_string());
+    let queue = PeerQueue::default();
+    let (c, tx2, from, q) = (conn.clone(), tx.clone(), peer.to_string(), queue.clone());
     tokio::spawn(async move {
         while let Ok(stream) = c.accept_uni().await {
-            let (tx, from) = (tx2.clone(), from.clone());
+            let (tx, from, q) = (tx2.clone(), from.clone(), q.clone());
             tokio::spawn(async move {
                 let read = tokio::time::timeout(MESSAGE_DEADLINE, messages::read(stream));
                 let input = match read.await {
-                    Ok(Ok((Kind::KeyExchange, body))) => Input::KeyExchange(from, body),
+                    Ok(Ok((Kind::KeyExchange, body))) => match q.slot() {
+                        Some(slot) => Input::KeyExchange(from, body, slot),
+                        None => return,
+                    },
                     Ok(Err(e)) => Input::BadMessage(from, e),
                     Err(_) => Input::BadMessage(
                         from,
@@ -361,7 +393,15 @@ fn spawn_readers(
     let (c, tx, from) = (conn.clone(), tx.clone(), peer.to_string());
     tokio::spawn(async move {
         while let Ok(d) = c.read_datagram().await {
-            if tx.send(Input::Datagram(from.clone(), d)).is_err() {
+            let Some(slot) = queue.slot() else {
+                continue;
+            };
+            if tx.send(Input::Datagram(from.clone(), d, slot)).is_err() {
+                return;
+            }
+            // Said once the queue has room again, not per drop.
+            let dropped = queue.take_dropped();
+            if dropped > 0 && tx.send(Input::Overflow(from.clone(), dropped)).is_err() {
                 return;
             }
         }
