@@ -31,6 +31,16 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Limits {
     pub memory_bytes: usize,
     pub call_timeout: Duration,
+    /// Elements of any one table, and how many tables, memories and
+    /// instances a policy may make: a module growing tables or
+    /// instantiating without end is stopped like one eating memory.
+    pub table_elements: usize,
+    pub tables: usize,
+    pub memories: usize,
+    pub instances: usize,
+    /// The largest module compiled, and how long compiling it may take.
+    pub module_bytes: usize,
+    pub compile_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +48,12 @@ impl Default for Limits {
         Limits {
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_millis(100),
+            table_elements: 100_000,
+            tables: 16,
+            memories: 4,
+            instances: 32,
+            module_bytes: super::source::MAX_MODULE_BYTES as usize,
+            compile_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -129,7 +145,7 @@ pub struct PolicyEngine {
     /// version) does not compile it again.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
     /// Where compiled components are kept across restarts, if anywhere.
-    cache_dir: Option<std::path::PathBuf>,
+    cache: Option<super::cache::DiskCache>,
 }
 
 impl PolicyEngine {
@@ -156,70 +172,46 @@ impl PolicyEngine {
             limits,
             stop,
             compiled: Default::default(),
-            cache_dir: None,
+            cache: None,
         })
     }
 
     /// Keeps compiled components in `dir` (created, mode 0700), so a
     /// restart loads them instead of compiling again.
     pub fn with_cache_dir(mut self, dir: std::path::PathBuf) -> PolicyEngine {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-        {
-            Ok(()) => self.cache_dir = Some(dir),
+        match super::cache::DiskCache::open(dir.clone(), &self.engine) {
+            Ok(c) => self.cache = Some(c),
             Err(e) => tracing::warn!("no policy cache at {}: {e}", dir.display()),
         }
         self
     }
 
-    /// The cache file for content `hash` under this engine's settings:
-    /// artifacts are tied to the wasmtime version and configuration.
-    fn cache_path(&self, hash: &str) -> Option<std::path::PathBuf> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        Some(
-            self.cache_dir
-                .as_ref()?
-                .join(format!("{hash}-{:016x}.cwasm", h.finish())),
-        )
-    }
-
-    fn load_cached(&self, hash: &str) -> Option<Component> {
-        let path = self.cache_path(hash)?;
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: only files this gateway wrote (into its own 0700 state
-        // directory, named for the module's content hash and this engine's
-        // compatibility hash) are deserialized.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!("ignoring policy cache file {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    fn store_cached(&self, hash: &str, component: &Component) {
-        let Some(path) = self.cache_path(hash) else {
-            return;
-        };
-        let tmp = path.with_extension("tmp");
-        let written = component
-            .serialize()
-            .map_err(|e| e.to_string())
-            .and_then(|b| std::fs::write(&tmp, b).map_err(|e| e.to_string()))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            tracing::warn!(
-                "cannot cache the compiled policy at {}: {e}",
-                path.display()
-            );
+    /// Compiles `bytes`, within the compile timeout: on a thread of its
+    /// own, given up on (and left to finish unseen) past the deadline.
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, PolicyError> {
+        let (engine, owned) = (self.engine.clone(), bytes.to_vec());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("mg-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Component::new(&engine, owned));
+            })
+            .map_err(|e| PolicyError::NotAComponent {
+                name: name.into(),
+                reason: format!("cannot start compiling: {e}"),
+            })?;
+        match rx.recv_timeout(self.limits.compile_timeout) {
+            Ok(r) => r.map_err(|e| PolicyError::NotAComponent {
+                name: name.into(),
+                reason: brief(&e),
+            }),
+            Err(_) => Err(PolicyError::NotAComponent {
+                name: name.into(),
+                reason: format!(
+                    "compiling took longer than {:?}",
+                    self.limits.compile_timeout
+                ),
+            }),
         }
     }
 
@@ -227,6 +219,16 @@ impl PolicyEngine {
     /// a component of our contract. Nothing runs yet.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, PolicyError> {
         let started = Instant::now();
+        if bytes.len() > self.limits.module_bytes {
+            return Err(PolicyError::NotAComponent {
+                name: name.into(),
+                reason: format!(
+                    "{} bytes, over the {} a policy module may have",
+                    bytes.len(),
+                    self.limits.module_bytes
+                ),
+            });
+        }
         // A policy fresh from `cargo build --target wasm32-unknown-unknown`
         // is a core module carrying its WIT: make it a component here.
         let wrapped;
@@ -254,16 +256,14 @@ impl PolicyEngine {
         let (component, origin) = match cached {
             Some(c) => (c, Origin::Memory),
             None => {
-                let (c, origin) = match self.load_cached(&hash) {
+                let cached = self.cache.as_ref().and_then(|d| d.load(&self.engine, &hash));
+                let (c, origin) = match cached {
                     Some(c) => (c, Origin::Disk),
                     None => {
-                        let c = Component::new(&self.engine, bytes).map_err(|e| {
-                            PolicyError::NotAComponent {
-                                name: name.into(),
-                                reason: brief(&e),
-                            }
-                        })?;
-                        self.store_cached(&hash, &c);
+                        let c = self.compile(name, bytes)?;
+                        if let Some(d) = &self.cache {
+                            d.store(&hash, &c);
+                        }
                         (c, Origin::Compiled)
                     }
                 };
@@ -366,6 +366,10 @@ impl PolicyModule {
                 module: self.name.clone(),
                 limits: StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
+                    .table_elements(self.limits.table_elements)
+                    .tables(self.limits.tables)
+                    .memories(self.limits.memories)
+                    .instances(self.limits.instances)
                     .trap_on_grow_failure(true)
                     .build(),
             };

@@ -2,6 +2,7 @@
 //! contract (sdk/wit) that make every routing, peer-selection and failover
 //! decision.
 
+mod cache;
 pub mod check;
 mod convert;
 pub mod decisions;

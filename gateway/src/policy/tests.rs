@@ -44,6 +44,7 @@ fn engine() -> PolicyEngine {
     PolicyEngine::new(Limits {
         memory_bytes: 16 << 20,
         call_timeout: std::time::Duration::from_millis(200),
+        ..Limits::default()
     })
     .unwrap()
 }
@@ -222,4 +223,27 @@ fn compiled_policies_are_cached_on_disk_across_engines() {
         native::<FullMesh>(&views()[0])
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A module over the size cap is refused before it is compiled, and one
+/// whose compiling outlasts the compile timeout is given up on.
+#[test]
+fn modules_over_the_size_cap_or_the_compile_time_cap_are_refused() {
+    let module = builtin("full-mesh").unwrap();
+    let small = PolicyEngine::new(Limits {
+        module_bytes: module.len() - 1,
+        ..Limits::default()
+    })
+    .unwrap();
+    let e = small.load("full-mesh", module).err().expect("refused").to_string();
+    assert!(e.contains("over the") && e.contains("a policy module may have"), "{e}");
+    let hasty = PolicyEngine::new(Limits {
+        compile_timeout: std::time::Duration::from_micros(1),
+        ..Limits::default()
+    })
+    .unwrap();
+    let e = hasty.load("full-mesh", module).err().expect("refused").to_string();
+    assert!(e.contains("compiling took longer than"), "{e}");
+    // The default limits take it.
+    assert!(PolicyEngine::new(Limits::default()).unwrap().load("full-mesh", module).is_ok());
 }
