@@ -33,3 +33,11 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo test --workspace --lib --bins --benches --examples
 cargo test --workspace --test '*' -- --test-threads=1
 cargo test --workspace --doc
+
+# Coverage-guided fuzzing on the stable toolchain: every target for 10 s
+# from its seeds (fuzz/run.sh; the long runs are in BENCHMARKS.md).
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+  export CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz"
+fi
+fuzz/run.sh 10

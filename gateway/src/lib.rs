@@ -26,6 +26,9 @@ pub mod control;
 pub mod dataplane;
 /// The ESP core, a crate of its own (`esp/` in the workspace).
 pub use meshgate_esp as esp;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod keys;

@@ -142,8 +142,8 @@ impl KeyProvider for LocalKeys {
     }
 }
 
-/// For tests: epoch keys from a fixed master key.
-#[cfg(test)]
+/// For tests and the fuzzer: epoch keys from a fixed master key.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn test_keys(master: u8) -> LocalKeys {
     LocalKeys {
         master: Zeroizing::new([master; KEY_LEN]),

@@ -10,7 +10,7 @@ use meshgate_sdk::{Role, View};
 use super::{builtin, validate, Limits, PolicyEngine};
 
 /// A small view of the kinds of members every topology has.
-fn sample_view() -> View {
+pub(crate) fn sample_view() -> View {
     ViewBuilder::new()
         .member("edge-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
         .group("edges-eu")
