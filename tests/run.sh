@@ -40,4 +40,4 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz"
 fi
-fuzz/run.sh 10
+FUZZ_PROFILE=--dev fuzz/run.sh 10
