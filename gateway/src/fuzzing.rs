@@ -261,3 +261,17 @@ pub mod seeds {
         vec![vec![0, 0], vec![8, 2, 0, 0, 0, 0, 1, 0, 0, 0]]
     }
 }
+
+#[cfg(test)]
+mod found {
+    /// Inputs the fuzzer found that once failed, kept as regressions.
+    /// A policy naming endpoint u32::MAX overflowed the validator's
+    /// message (a panic in a debug build, on the engine's thread).
+    #[test]
+    fn decisions_crash_53fe0db3() {
+        super::decisions(&[
+            247, 253, 1, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 0, 59, 1, 0, 0, 0, 0, 0, 0, 16,
+        ]);
+    }
+}

@@ -29,7 +29,8 @@ pub fn problems(view: &View, d: &Decisions) -> Vec<String> {
                     "peers[{k}]: member {} has {} endpoints, not {}",
                     view.name(m.id),
                     view.endpoints_of(m).len(),
-                    p.endpoint + 1
+                    // A module may name endpoint u32::MAX.
+                    u64::from(p.endpoint) + 1
                 ));
             }
         }
