@@ -410,9 +410,15 @@ fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_
 fn cli(lab: &Lab, g: usize, args: &[&str]) -> (String, bool) {
     let mut command = lab.regions[g].appliance.command(&binary().to_string_lossy());
     command.args(args);
-    // Changes go over the gateway's control socket.
-    if matches!(args, ["keys", "rotate" | "revoke", ..] | ["policy", "reload", ..]) {
+    // Changes go over the gateway's control socket; epoch orders are
+    // signed with the mesh CA's key.
+    if matches!(args, ["keys", ..] | ["cert", "revoke", ..] | ["policy", "reload", ..]) {
         command.arg("--control").arg(lab.control_socket(g));
+    }
+    if matches!(args, ["keys", "rotate" | "revoke", ..] | ["cert", "revoke", ..])
+        && !args.contains(&"--ca-key")
+    {
+        command.arg("--ca-key").arg(lab.ca_key_path());
     }
     let out = command
         .output()
@@ -499,6 +505,104 @@ fn keys_rotate_and_revoke_reach_the_whole_mesh() {
 
     let (out, ok) = cli(&lab, 2, &["keys", "revoke", "9"]);
     assert!(!ok && out.contains("not in use yet"), "{out}");
+
+    // An order signed with any key but the CA's (here region 3's own
+    // appliance key) is refused, and nothing moves.
+    let appliance_key = lab
+        .dir
+        .join("certs")
+        .join(format!("{}.key", lab.regions[2].gateway_id()));
+    let key = appliance_key.display().to_string();
+    let (out, ok) = cli(&lab, 2, &["keys", "rotate", "--ca-key", &key]);
+    assert!(!ok && out.contains("not signed by the mesh CA"), "{out}");
+    assert_eq!(metric(&lab, 2, "meshgate_key_epoch", ""), 3);
+
+    // Signed away from the mesh: the state read on an appliance, the
+    // order signed elsewhere from it, then applied on another appliance.
+    let (state, ok) = cli(&lab, 0, &["keys", "show"]);
+    assert!(ok && state.starts_with("serial 2 current 3 floor 1 revoked 2"), "{state}");
+    let (state_file, order_file) = (lab.dir.join("epochs.txt"), lab.dir.join("order.hex"));
+    std::fs::write(&state_file, &state).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["keys", "rotate", "--ca-key"])
+        .arg(lab.ca_key_path())
+        .arg("--state")
+        .arg(&state_file)
+        .arg("--out")
+        .arg(&order_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let order = order_file.display().to_string();
+    let (out, ok) = cli(&lab, 1, &["keys", "apply", &order]);
+    assert!(ok && out.contains("epoch 4 in force"), "{out}");
+    eventually(Duration::from_secs(10), "the applied order did not spread", || {
+        (0..3).all(|g| metric(&lab, g, "meshgate_key_epoch", "") == 4)
+    });
+    // The same order again (a replay) changes nothing.
+    let (out, ok) = cli(&lab, 2, &["keys", "apply", &order]);
+    assert!(!ok && out.contains("is not newer"), "{out}");
+}
+
+/// `cert revoke`: region 3's certificate revoked through region 1's
+/// control socket. Regions 1 and 2 cut region 3 off (its SAs go, its
+/// connections are refused) while a flow between regions 1 and 2 loses
+/// nothing; region 3's traffic no longer gets through.
+#[test]
+fn a_revoked_certificate_is_cut_off_in_the_lab() {
+    let lab = mesh_lab(3, "full-mesh", "cipher = \"aes128gcm16\"");
+    eventually(
+        Duration::from_secs(15),
+        "not four SAs of epoch 1 each",
+        || (0..3).all(|g| sas_of_epoch(&lab, g, 1) == 4),
+    );
+    let (src, dst) = (
+        lab.regions[0].host.name().to_string(),
+        lab.regions[1].host_ip(),
+    );
+    let flow = std::thread::spawn(move || {
+        ping(&Netns::attach(&src), dst.into(), 1000, Duration::from_millis(5)).unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let cert = lab
+        .dir
+        .join("certs")
+        .join(format!("{}.pem", lab.regions[2].gateway_id()))
+        .display()
+        .to_string();
+    let (out, ok) = cli(&lab, 0, &["cert", "revoke", &cert]);
+    assert!(ok && out.contains("in force"), "{out}");
+    let took = eventually(
+        Duration::from_secs(10),
+        "regions 1 and 2 did not cut region 3 off",
+        || {
+            (0..2).all(|g| {
+                sas_of_epoch(&lab, g, 1) == 2
+                    && metric(
+                        &lab,
+                        g,
+                        "meshgate_signal_refused_total",
+                        "what=\"certificate\",reason=\"revoked\"",
+                    ) >= 1
+            })
+        },
+    );
+    eprintln!("a revoked certificate: cut off by both other gateways {took:?} after cert revoke");
+    let p = flow.join().unwrap();
+    assert_eq!(p.received, 1000, "the flow between regions 1 and 2");
+    let cut = ping(
+        &lab.regions[2].host,
+        lab.regions[0].host_ip().into(),
+        5,
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    assert_eq!(cut.received, 0, "region 3 still reaches region 1");
+    // Still cut off a few seconds on (its redials are refused).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!((0..2).all(|g| sas_of_epoch(&lab, g, 1) == 2));
+    let log = std::fs::read_to_string(lab.log_path(0)).unwrap_or_default();
+    assert!(log.contains(&lab.regions[2].gateway_id()) && log.contains("is revoked by the mesh CA"));
 }
 
 #[test]

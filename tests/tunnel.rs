@@ -937,9 +937,11 @@ fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_ref
     // socket's own mode is what is tested.
     let lab_mode = mode(&lab.dir);
     std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // (The CA key is never read: the control socket refuses first.)
     for args in [
-        &["keys", "rotate"][..],
-        &["keys", "revoke", "1"],
+        &["keys", "rotate", "--ca-key", "ca.key"][..],
+        &["keys", "revoke", "1", "--ca-key", "ca.key"],
+        &["keys", "show"],
         &["policy", "reload"],
     ] {
         let (ok, err) = as_nobody(args);
@@ -948,7 +950,7 @@ fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_ref
     // A mode opened to everyone by mistake: the peer's credentials are
     // still checked, and the user gets no answer.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let (ok, err) = as_nobody(&["keys", "rotate"]);
+    let (ok, err) = as_nobody(&["keys", "rotate", "--ca-key", "ca.key"]);
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(lab_mode)).unwrap();
     assert!(!ok && err.contains("closed the connection without an answer"), "{err}");
@@ -958,7 +960,7 @@ fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_ref
             .contains("refused a connection from uid 65534")
     });
     // The TCP listener reads, and says where changes go.
-    for path in ["/keys/rotate", "/keys/revoke", "/policy/reload"] {
+    for path in ["/keys/order", "/keys/rotate", "/keys/revoke", "/policy/reload"] {
         let e = meshgate::lab::probe::http(&a.appliance, meshgate::lab::ADMIN, "POST", path)
             .unwrap_err()
             .to_string();

@@ -3,8 +3,9 @@
 //! check, the policy in force (`GET /policy`) and, on a mesh member, the
 //! members it sees (`GET /members`). What changes the gateway or the mesh
 //! goes over the [control socket](crate::control) only, which serves the
-//! reads too: `POST /policy/reload` and, on a mesh member, the key epochs
-//! (`POST /keys/rotate`, `POST /keys/revoke` with the epoch as the body).
+//! reads too: `POST /policy/reload` and, on a mesh member, epoch orders
+//! signed by the mesh CA (`POST /keys/order`; `GET /keys` reads the state
+//! in force, from which `keys rotate` and `keys revoke` make the next).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +19,7 @@ use axum::Router;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::keys::rotation::EpochError;
-use crate::member::EpochReport;
+use crate::keys::order::SignedOrder;
 use crate::metrics::Metrics;
 use crate::policy::driver::PolicyHandle;
 use crate::signal::node::NodeCommand;
@@ -65,13 +65,16 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/policy", get(policy_handler))
-        .route("/members", get(members_handler));
+        .route("/members", get(members_handler))
+        .route("/keys", get(keys_handler));
     let changes = Router::new()
         .route("/policy/reload", post(reload_handler))
-        .route("/keys/rotate", post(rotate_handler))
-        .route("/keys/revoke", post(revoke_handler));
+        .route("/keys/order", post(order_handler))
+        .route("/keys/rotate", post(needs_an_order))
+        .route("/keys/revoke", post(needs_an_order));
     let elsewhere = Router::new()
         .route("/policy/reload", post(on_control_socket))
+        .route("/keys/order", post(on_control_socket))
         .route("/keys/rotate", post(on_control_socket))
         .route("/keys/revoke", post(on_control_socket));
     let state = AppState {
@@ -96,6 +99,14 @@ pub async fn serve(
         r = axum::serve(tcp, tcp_app) => r,
         r = axum::serve(control, control_app) => r,
     }
+}
+
+/// The unsigned epoch commands of before: refused, saying what replaced them.
+async fn needs_an_order() -> impl IntoResponse {
+    (
+        StatusCode::GONE,
+        "epochs move only by orders the mesh CA signs: meshgate keys rotate --ca-key CA_KEY (or keys revoke EPOCH --ca-key CA_KEY)\n",
+    )
 }
 
 /// A change asked of the TCP listener: refused, and where to go instead.
@@ -165,47 +176,66 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
     }
 }
 
-/// Sends an epoch command to the member and reports its answer.
-async fn epoch_command(
+/// The signalling member, or why there is none.
+fn member_channel(s: &AppState) -> Result<&tokio::sync::mpsc::UnboundedSender<NodeCommand>, (StatusCode, String)> {
+    s.node.as_ref().ok_or((
+        StatusCode::CONFLICT,
+        "this gateway is not a mesh member ([signal] is not configured); its keys are configured\n".into(),
+    ))
+}
+
+/// Asks the member and waits for its answer.
+async fn ask<T>(
     s: &AppState,
-    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<EpochReport, EpochError>>) -> NodeCommand,
-) -> (StatusCode, String) {
-    let Some(node) = &s.node else {
-        return (
-            StatusCode::CONFLICT,
-            "this gateway is not a mesh member ([signal] is not configured); its keys are configured\n".into(),
-        );
-    };
+    command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> NodeCommand,
+) -> Result<T, (StatusCode, String)> {
+    let node = member_channel(s)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if node.send(command(tx)).is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the signalling member is not running\n".into(),
-        );
+    let stopped = || (StatusCode::SERVICE_UNAVAILABLE, "the signalling member is not running\n".to_string());
+    node.send(command(tx)).map_err(|_| stopped())?;
+    rx.await.map_err(|_| stopped())
+}
+
+/// `GET /keys`: the epoch state in force, as `keys show` prints it and
+/// `keys rotate --state` reads it.
+async fn keys_handler(State(s): State<AppState>) -> impl IntoResponse {
+    match ask(&s, NodeCommand::Epochs).await {
+        Ok(order) => (StatusCode::OK, format!("{order}\n")),
+        Err(e) => e,
     }
-    match rx.await {
+}
+
+/// `POST /keys/order`: an epoch order signed by the mesh CA (its hex form
+/// as the body), from `keys rotate`, `keys revoke` or `keys apply`.
+async fn order_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
+    let order = match SignedOrder::from_hex(&body) {
+        Ok(o) => o,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("refused: {e}\n")),
+    };
+    match ask(&s, |tx| NodeCommand::Order(order, tx)).await {
         Ok(Ok(r)) => (
             StatusCode::OK,
             format!(
-                "epoch {} in force; revoked: {}; {} peer(s) rekeying; the mesh follows by gossip\n",
+                "epoch {} in force; revoked: {}; order {}; {} peer(s) rekeying; the mesh follows by gossip\n",
                 r.current,
-                if r.revoked.is_empty() {
-                    "none".to_string()
-                } else {
-                    r.revoked
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                },
+                revoked_text(r.floor, &r.revoked),
+                r.serial,
                 r.rekeying
             ),
         ),
         Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the signalling member stopped\n".into(),
-        ),
+        Err(e) => e,
+    }
+}
+
+/// `2 5` and, when a floor is set, `and every epoch below 3`.
+fn revoked_text(floor: crate::keys::Epoch, revoked: &[crate::keys::Epoch]) -> String {
+    let listed: Vec<String> = revoked.iter().map(ToString::to_string).collect();
+    match (listed.is_empty(), floor) {
+        (true, 0) => "none".into(),
+        (true, f) => format!("every epoch below {f}"),
+        (false, 0) => listed.join(" "),
+        (false, f) => format!("{} and every epoch below {f}", listed.join(" ")),
     }
 }
 
@@ -222,21 +252,6 @@ async fn members_handler(State(s): State<AppState>) -> impl IntoResponse {
             "this gateway is not a mesh member ([signal] is not configured)\n".into(),
         ),
     }
-}
-
-async fn rotate_handler(State(s): State<AppState>) -> impl IntoResponse {
-    epoch_command(&s, NodeCommand::Rotate).await
-}
-
-/// The body is the epoch to revoke.
-async fn revoke_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
-    let Ok(epoch) = body.trim().parse::<crate::keys::Epoch>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("'{}' is not an epoch number\n", body.trim()),
-        );
-    };
-    epoch_command(&s, |tx| NodeCommand::Revoke(epoch, tx)).await
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

@@ -341,6 +341,40 @@ impl MeshCa {
     }
 }
 
+/// How orders name a certificate: the first 128 bits of the SHA-256 of
+/// its DER encoding (what `cert issue` prints, and `cert revoke` takes).
+pub fn cert_id(der: &[u8]) -> crate::keys::order::CertId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_ref()[..16]);
+    id
+}
+
+/// The mesh CA's signature over `message`, with its key (`ca.key`): how
+/// the operator signs epoch orders. The key is read, used and wiped here;
+/// it never reaches a running gateway.
+pub fn ca_sign(ca_key: &Path, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let pem = zeroize::Zeroizing::new(read(ca_key)?);
+    let key = KeyPair::from_pem(&pem).map_err(|e| file_err(ca_key, e))?;
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    let rng = ring::rand::SystemRandom::new();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+        .map_err(|_| file_err(ca_key, "not an ECDSA P-256 key (a mesh CA key from `meshgate ca init`)"))?;
+    pair.sign(&rng, message)
+        .map(|s| s.as_ref().to_vec())
+        .map_err(|_| IdentityError::Generate("signing with the CA key failed".into()))
+}
+
+impl crate::keys::order::OrderAuthority for MeshCa {
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        webpki::EndEntityCert::try_from(&self.der).is_ok_and(|ca| {
+            ca.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+                .is_ok()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +477,42 @@ mod tests {
             .contains("Expired"));
         assert!(init_ca(&d, 1).is_err(), "a CA is never overwritten");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Epoch orders: signed with `ca.key`, verified with `ca.pem`; an
+    /// appliance's key or another mesh's CA key makes a forgery.
+    #[test]
+    fn only_the_mesh_ca_key_signs_epoch_orders() {
+        use crate::keys::order::{MeshOrder, OrderError};
+        let (ours, theirs) = (dir("orders-ours"), dir("orders-theirs"));
+        let ca = MeshCa::load(&init_ca(&ours, 30).unwrap()).unwrap();
+        init_ca(&theirs, 30).unwrap();
+        let (_, appliance_key) = issue(&ours, &claims("region-1"), &ours, 30).unwrap();
+        let order = MeshOrder {
+            serial: 1,
+            current: 2,
+            floor: 1,
+            revoked: vec![],
+            certs: vec![],
+        };
+        let sealed = |key: &Path| {
+            order
+                .seal(|m| ca_sign(key, m).map_err(|e| e.to_string()))
+                .unwrap()
+        };
+        assert_eq!(sealed(&ours.join("ca.key")).open(&ca), Ok(order.clone()));
+        for forger in [appliance_key, theirs.join("ca.key")] {
+            assert_eq!(
+                sealed(&forger).open(&ca),
+                Err(OrderError::Forged),
+                "{}",
+                forger.display()
+            );
+        }
+        let e = ca_sign(&ours.join("ca.pem"), b"x").unwrap_err().to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+        let _ = std::fs::remove_dir_all(&ours);
+        let _ = std::fs::remove_dir_all(&theirs);
     }
 
     #[test]

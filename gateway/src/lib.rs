@@ -17,7 +17,7 @@
 //!   [`metrics`], [`admin`] (the admin API: reads on TCP, changes on the
 //!   [`control`] socket), [`identity`] (the mesh CA and
 //!   certificates), [`seqstate`] (sequence numbers across restarts),
-//!   [`prefix`], [`time`], and at the top [`gateway`] (`meshgate run`) and
+//!   [`ids`] (what may name a member), [`prefix`], [`time`], and at the top [`gateway`] (`meshgate run`) and
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
@@ -31,6 +31,7 @@ pub use meshgate_esp as esp;
 pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
+pub mod ids;
 pub mod keys;
 pub mod lab;
 pub mod member;

@@ -135,6 +135,19 @@ enum CertCmd {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Revoke an appliance certificate mesh-wide: an order signed with the
+    /// mesh CA key lists it, and every member cuts its holder off
+    /// (connections closed, SAs torn down, out of every view). CERT is the
+    /// certificate file or its id (as `cert issue` prints it).
+    Revoke {
+        cert: String,
+        /// Take CERT off the list instead (once it has expired; members
+        /// that saw it revoked keep it revoked).
+        #[arg(long)]
+        drop: bool,
+        #[command(flatten)]
+        order: OrderArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,22 +159,93 @@ enum KeysCmd {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Move the whole mesh to the next key epoch: this gateway rekeys every
-    /// peer under it, and the others follow by gossip (make-before-break).
+    /// Move the whole mesh to the next key epoch: an order signed with the
+    /// mesh CA key, which the gateway puts into force (rekeying every peer
+    /// under the new epoch) and the others follow by gossip. The epoch
+    /// before the one rotated from is revoked.
     Rotate {
-        /// The gateway's control socket (gateway.control).
-        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
-        control: PathBuf,
+        #[command(flatten)]
+        order: OrderArgs,
     },
-    /// Revoke a key epoch mesh-wide: every SA derived from it is torn down
-    /// at once and renegotiated under the current epoch (the next one, if
-    /// EPOCH is current).
+    /// Revoke a key epoch mesh-wide: an order signed with the mesh CA key;
+    /// every SA derived from EPOCH is torn down at once and renegotiated
+    /// under the current epoch (the next one, if EPOCH is current).
     Revoke {
         epoch: u32,
+        #[command(flatten)]
+        order: OrderArgs,
+    },
+    /// Print the epoch state in force at the gateway (the input of `keys
+    /// rotate --state` on a machine that holds the CA key).
+    Show {
         /// The gateway's control socket (gateway.control).
         #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Submit an order written by `keys rotate --out` or `keys revoke --out`.
+    Apply {
+        order: PathBuf,
+        /// The gateway's control socket (gateway.control).
+        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+}
+
+/// How an epoch order is made and where it goes.
+#[derive(clap::Args)]
+struct OrderArgs {
+    /// The mesh CA's key (`ca.key` from `meshgate ca init`): it signs the
+    /// order here, and never leaves this machine.
+    #[arg(long, value_name = "FILE")]
+    ca_key: PathBuf,
+    /// The gateway's control socket (gateway.control): where the state in
+    /// force is read and the order submitted.
+    #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+    control: PathBuf,
+    /// Start from this state (what `keys show` printed on an appliance)
+    /// instead of asking the control socket: for signing away from the mesh.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Write the signed order here (for `keys apply` on an appliance)
+    /// instead of submitting it.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// `keys rotate`, `keys revoke` and `cert revoke`: the next order from
+/// the state in force, signed with the CA key, then submitted or written
+/// out.
+fn submit_order(
+    a: &OrderArgs,
+    next: impl FnOnce(
+        &meshgate::keys::rotation::EpochState,
+    ) -> Result<meshgate::keys::order::MeshOrder, meshgate::keys::order::OrderError>,
+) -> anyhow::Result<()> {
+    use meshgate::keys::order::MeshOrder;
+    let text = match &a.state {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+        None => {
+            let (status, body) = meshgate::control::request(&a.control, "GET", "/keys", "")?;
+            if status != 200 {
+                anyhow::bail!("reading the epoch state: {}", body.trim());
+            }
+            body
+        }
+    };
+    let state: MeshOrder = text.parse()?;
+    let next = next(&state.state())?;
+    let signed = next.seal(|m| meshgate::identity::ca_sign(&a.ca_key, m).map_err(|e| e.to_string()))
+        .map_err(anyhow::Error::msg)?;
+    match &a.out {
+        Some(f) => {
+            std::fs::write(f, format!("{}\n", signed.to_hex()))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            println!("order {} ({next}) written to {}; submit it with meshgate keys apply", next.serial, f.display());
+            Ok(())
+        }
+        None => control_post(&a.control, "/keys/order", &signed.to_hex()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -236,6 +320,17 @@ fn control_post(control: &std::path::Path, path: &str, body: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A certificate's id, from its hex form or its file.
+fn cert_to_revoke(cert: &str) -> anyhow::Result<meshgate::keys::order::CertId> {
+    if let Some(id) = meshgate::keys::order::parse_cert_id(cert) {
+        return Ok(id);
+    }
+    let der = meshgate::identity::load_cert(std::path::Path::new(cert)).map_err(|e| {
+        anyhow::anyhow!("{e} (CERT is a certificate file, or the 32-hex-digit id `cert issue` printed)")
+    })?;
+    Ok(meshgate::identity::cert_id(&der))
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when a reader such as
     // `head` closes the pipe.
@@ -289,16 +384,48 @@ fn main() -> ExitCode {
             &out,
             days,
         )
-        .map(|(c, k)| println!("certificate {} and key {}", c.display(), k.display()))
+        .and_then(|(c, k)| {
+            let id = meshgate::identity::load_cert(&c)?;
+            println!(
+                "certificate {} (id {}) and key {}",
+                c.display(),
+                meshgate::keys::order::cert_hex(&meshgate::identity::cert_id(&id)),
+                k.display()
+            );
+            Ok(())
+        })
         .map_err(Into::into),
+        Cmd::Cert {
+            command: CertCmd::Revoke { cert, drop, order },
+        } => cert_to_revoke(&cert).and_then(|id| {
+            submit_order(&order, |s| if drop { s.drop_cert(id) } else { s.revoke_cert(id) })
+        }),
         Cmd::Keys {
             command: KeysCmd::Init { file },
         } => meshgate::keys::LocalKeys::generate(&file)
             .map(|()| println!("master key written: {}", file.display()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
         Cmd::Keys {
-            command: KeysCmd::Rotate { control },
-        } => control_post(&control, "/keys/rotate", ""),
+            command: KeysCmd::Rotate { order },
+        } => submit_order(&order, |s| s.rotate()),
+        Cmd::Keys {
+            command: KeysCmd::Revoke { epoch, order },
+        } => submit_order(&order, |s| s.revoke(epoch)),
+        Cmd::Keys {
+            command: KeysCmd::Show { control },
+        } => meshgate::control::request(&control, "GET", "/keys", "").and_then(|(status, body)| {
+            print!("{body}");
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("HTTP {status}"))
+            }
+        }),
+        Cmd::Keys {
+            command: KeysCmd::Apply { order, control },
+        } => std::fs::read_to_string(&order)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))
+            .and_then(|hex| control_post(&control, "/keys/order", hex.trim())),
         Cmd::Members { admin } => {
             meshgate::admin::request(admin, "GET", "/members").and_then(|(status, body)| {
                 print!("{body}");
@@ -309,9 +436,6 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Keys {
-            command: KeysCmd::Revoke { epoch, control },
-        } => control_post(&control, "/keys/revoke", &epoch.to_string()),
         Cmd::Keygen { cipher } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);

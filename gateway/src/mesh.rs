@@ -50,7 +50,7 @@ pub fn local_info(config: &Config) -> MemberInfo {
         rtt_us: 0,
         loss_ppm: 0,
         epoch: config.signal.as_ref().map_or(1, |s| s.keys.epoch),
-        revoked: vec![],
+        order: None,
     }
 }
 
@@ -92,7 +92,7 @@ fn stable_part(info: &MemberInfo) -> u64 {
         &info.endpoints,
         info.policy_version,
         info.epoch,
-        &info.revoked,
+        &info.order,
     )
         .hash(&mut h);
     h.finish()
@@ -287,9 +287,13 @@ fn on_node_event(
         }
         NodeEvent::Observed(observed) => on_observed(observed, seen, local, policy, metrics),
         NodeEvent::OwnRecord(_) => {}
-        NodeEvent::Epochs { current, revoked } => {
+        NodeEvent::Epochs {
+            current,
+            floor,
+            revoked,
+        } => {
             m.epoch.set(i64::from(current));
-            tracing::info!(current, ?revoked, "new SAs use key epoch {current}");
+            tracing::info!(current, floor, ?revoked, "new SAs use key epoch {current}");
         }
         NodeEvent::SaEpochs(counts) => {
             m.sa_epochs.reset();

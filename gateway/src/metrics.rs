@@ -143,7 +143,7 @@ impl MeshMetrics {
         let refused = counter_vec(
             registry,
             "meshgate_signal_refused_total",
-            "Signalling connections and messages refused, by what (connection, message, membership, key_exchange) and reason.",
+            "Signalling connections and messages refused, by what (connection, message, membership, record, epochs, certificate, key_exchange) and reason.",
             &["what", "reason"],
         );
         MeshMetrics {

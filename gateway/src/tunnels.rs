@@ -303,6 +303,15 @@ impl Tunnels {
     /// Every SA derived from `epoch` goes at once (its key is revoked),
     /// and each peer that had one is rekeyed.
     pub fn revoke(&mut self, epoch: Epoch) {
+        self.revoke_where(|e| e == epoch);
+    }
+
+    /// Every SA of an epoch below `floor` goes at once.
+    pub fn revoke_below(&mut self, floor: Epoch) {
+        self.revoke_where(|e| e < floor);
+    }
+
+    fn revoke_where(&mut self, revoked: impl Fn(Epoch) -> bool) {
         let mut out = Vec::new();
         let mut ids: Vec<&String> = self.peers.keys().collect();
         ids.sort();
@@ -312,18 +321,18 @@ impl Tunnels {
                 continue;
             };
             let mut hit = false;
-            if p.outbound.is_some_and(|(_, e)| e == epoch) {
+            if p.outbound.is_some_and(|(_, e)| revoked(e)) {
                 p.outbound = None;
                 p.waiting = None;
                 out.push(Action::Outbound(OutboundCommand::ClearSa { slot: p.slot }));
                 hit = true;
             }
-            for sa in p.inbound.iter().filter(|s| s.epoch == epoch) {
+            for sa in p.inbound.iter().filter(|s| revoked(s.epoch)) {
                 out.push(Action::Inbound(InboundCommand::RemoveSa { spi: sa.spi }));
                 out.push(Action::Release(sa.spi));
                 hit = true;
             }
-            p.inbound.retain(|s| s.epoch != epoch);
+            p.inbound.retain(|s| !revoked(s.epoch));
             if hit {
                 out.push(Action::Rekey(id));
             }

@@ -104,6 +104,16 @@ const SEEN_PER_PEER: usize = 1024;
 /// heard of it yet starts exchanges under the old epoch.
 pub const EPOCH_GRACE: Duration = Duration::from_secs(60);
 
+/// How long an init under an epoch just ahead of this one is kept: an
+/// order spreads by gossip, so an initiator that took it first starts
+/// exchanges under the new epoch before this member has it. The init is
+/// answered as soon as this member moves to that epoch, rather than left
+/// to time out and be retried seconds later.
+pub const AHEAD_WAIT: Duration = Duration::from_secs(2);
+/// How far ahead an init's epoch may be to be kept (a rotation moves by
+/// one, a revocation of the current epoch by one more).
+const MAX_AHEAD: Epoch = 2;
+
 pub struct Negotiator {
     local: String,
     suite: CipherSuite,
@@ -111,7 +121,12 @@ pub struct Negotiator {
     epoch: Epoch,
     /// The epoch before the last rotation, answered until the instant.
     previous: Option<(Epoch, Instant)>,
+    /// Every epoch below is revoked; `revoked` holds those at or above.
+    floor: Epoch,
     revoked: BTreeSet<Epoch>,
+    /// Per peer, an init under an epoch ahead of this one (see
+    /// [`AHEAD_WAIT`]): its bytes, epoch and until when it is kept.
+    ahead: HashMap<String, (Vec<u8>, Epoch, Instant)>,
     timeout: Duration,
     spis: SpiPool,
     outgoing: HashMap<String, Outgoing>,
@@ -134,7 +149,9 @@ impl Negotiator {
             keys,
             epoch,
             previous: None,
+            floor: 0,
             revoked: BTreeSet::new(),
+            ahead: HashMap::new(),
             timeout: Duration::from_secs(5),
             spis: SpiPool::default(),
             outgoing: HashMap::new(),
@@ -156,6 +173,19 @@ impl Negotiator {
         if epoch != self.epoch {
             self.previous = Some((self.epoch, now + EPOCH_GRACE));
             self.epoch = epoch;
+        }
+        // Inits that arrived under this epoch before this member moved to it.
+        let waiting: Vec<(String, Vec<u8>)> = self
+            .ahead
+            .iter()
+            .filter(|(_, (_, e, until))| *e == epoch && now < *until)
+            .map(|(p, (bytes, _, _))| (p.clone(), bytes.clone()))
+            .collect();
+        self.ahead.retain(|_, (_, e, until)| *e > epoch && now < *until);
+        for (peer, bytes) in waiting {
+            if let Err(error) = self.handle(&peer, &bytes, now) {
+                self.events.push_back(Event::Failed { peer, error });
+            }
         }
     }
 
@@ -179,20 +209,43 @@ impl Negotiator {
     /// No SA is negotiated under `epoch` again; exchanges of it under way
     /// end now, without SAs.
     pub fn revoke(&mut self, epoch: Epoch) {
-        self.revoked.insert(epoch);
-        let peers: Vec<String> = self
+        if epoch >= self.floor {
+            self.revoked.insert(epoch);
+        }
+        self.end_revoked();
+    }
+
+    /// No SA is negotiated under any epoch below `floor` again.
+    pub fn revoke_below(&mut self, floor: Epoch) {
+        if floor > self.floor {
+            self.floor = floor;
+            self.revoked.retain(|&e| e >= floor);
+            self.end_revoked();
+        }
+    }
+
+    /// How many revoked epochs are listed above the floor.
+    #[cfg(test)]
+    pub(crate) fn revoked_len(&self) -> usize {
+        self.revoked.len()
+    }
+
+    fn is_revoked(&self, epoch: Epoch) -> bool {
+        epoch < self.floor || self.revoked.contains(&epoch)
+    }
+
+    /// Ends the exchanges under way of a revoked epoch.
+    fn end_revoked(&mut self) {
+        let mut ended: Vec<(String, Epoch)> = self
             .outgoing
             .iter()
-            .filter(|(_, o)| o.epoch == epoch)
-            .map(|(p, _)| p.clone())
-            .chain(
-                self.confirming
-                    .iter()
-                    .filter(|(_, c)| c.epoch == epoch)
-                    .map(|(p, _)| p.clone()),
-            )
+            .map(|(p, o)| (p.clone(), o.epoch))
+            .chain(self.confirming.iter().map(|(p, c)| (p.clone(), c.epoch)))
+            .filter(|(_, e)| self.is_revoked(*e))
             .collect();
-        for peer in peers {
+        ended.sort();
+        ended.dedup_by(|a, b| a.0 == b.0);
+        for (peer, epoch) in ended {
             self.abort(&peer, ExchangeError::Revoked(epoch));
         }
     }
@@ -200,6 +253,7 @@ impl Negotiator {
     /// Ends any exchange with `peer` without SAs (the peer restarted, or
     /// its epoch was revoked): an inbound SA installed for it is removed.
     pub fn forget(&mut self, peer: &str) {
+        self.ahead.remove(peer);
         self.abort(peer, ExchangeError::Unexpected("exchange"));
     }
 
@@ -231,7 +285,7 @@ impl Negotiator {
     }
 
     fn epoch_key(&self, epoch: Epoch) -> Result<Zeroizing<[u8; 32]>, ExchangeError> {
-        if self.revoked.contains(&epoch) {
+        if self.is_revoked(epoch) {
             return Err(ExchangeError::Revoked(epoch));
         }
         let key = self.keys.epoch_key(epoch).map_err(|e| match e {
@@ -368,6 +422,14 @@ impl Negotiator {
                 self.spis.release(o.spi);
             }
         }
+        if m.epoch > self.epoch
+            && m.epoch - self.epoch <= MAX_AHEAD
+            && !self.is_revoked(m.epoch)
+        {
+            // Answered when this member moves to that epoch (or dropped).
+            self.ahead.insert(peer.to_string(), (bytes.to_vec(), m.epoch, now + AHEAD_WAIT));
+            return Ok(());
+        }
         self.answers(m.epoch, now)?;
         let epoch_key = self.epoch_key(m.epoch)?;
         let seen = self.seen.entry(peer.to_string()).or_default();
@@ -483,7 +545,7 @@ impl Negotiator {
         else {
             return Err(ExchangeError::Unexpected("confirm"));
         };
-        if self.revoked.contains(&c.epoch) {
+        if self.is_revoked(c.epoch) {
             self.spis.release(c.inbound_spi);
             self.events.push_back(Event::RemoveInbound {
                 peer: peer.to_string(),

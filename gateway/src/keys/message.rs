@@ -13,7 +13,7 @@
 //! - confirm (3): exchange id u64, MAC (32).
 
 use crate::esp::CipherSuite;
-use crate::membership::valid_id;
+use crate::ids::valid_id;
 
 use super::epoch::Epoch;
 

@@ -5,6 +5,7 @@ pub mod epoch;
 mod error;
 pub mod exchange;
 pub mod message;
+pub mod order;
 pub mod rotation;
 mod schedule;
 mod spi;

@@ -267,6 +267,67 @@ fn revoked_epochs_are_refused_and_rotation_moves_on() {
     assert!(keyed(&sa, &sb));
 }
 
+/// Revocations below a floor are one number, not a set that grows with
+/// every epoch ever revoked: the set stays bounded however long the mesh
+/// runs, and an exchange under way of an epoch below the floor ends.
+#[test]
+fn a_floor_revokes_every_epoch_below_it_and_bounds_the_set() {
+    let (mut a, mut sa) = (node("a", 1), Sas::default());
+    for e in 1..=500 {
+        a.revoke(e);
+    }
+    assert_eq!(a.revoked_len(), 500);
+    a.set_epoch(501, Instant::now());
+    a.initiate("b", Instant::now()).unwrap();
+    drain(&mut a, &mut sa);
+    a.set_epoch(502, Instant::now());
+    a.revoke_below(502);
+    assert_eq!(a.revoked_len(), 0, "every listed epoch is below the floor");
+    let failed = std::iter::from_fn(|| a.poll_event()).any(|e| {
+        matches!(e, Event::Failed { error: ExchangeError::Revoked(501), .. })
+    });
+    assert!(failed, "the exchange under epoch 501 ended");
+    assert_eq!(a.initiate("c", Instant::now()), Ok(()), "epoch 502 is not revoked");
+    let mut b = node("b", 1);
+    b.revoke_below(10);
+    assert_eq!(b.initiate("a", Instant::now()).unwrap_err(), ExchangeError::Revoked(1));
+}
+
+/// An init under the epoch an order just moved the initiator to, reaching
+/// a member the order has not reached yet, is answered when that member
+/// moves too (within `AHEAD_WAIT`), not left to time out.
+#[test]
+fn an_init_just_ahead_is_answered_once_this_member_moves_to_its_epoch() {
+    let now = Instant::now();
+    let wait = super::exchange::AHEAD_WAIT;
+    for (moves_after, answered) in [(Duration::from_millis(300), true), (wait, false)] {
+        let (mut a, mut b) = (node("a", 1), node("b", 1));
+        let (mut sa, mut sb) = (Sas::default(), Sas::default());
+        a.set_epoch(2, now);
+        a.initiate("b", now).unwrap();
+        let init = drain(&mut a, &mut sa).remove(0);
+        assert_eq!(b.handle("a", &init, now), Ok(()), "kept, not refused");
+        assert!(drain(&mut b, &mut sb).is_empty(), "not answered yet");
+        b.set_epoch(2, now + moves_after);
+        let response = drain(&mut b, &mut sb);
+        assert_eq!(!response.is_empty(), answered, "moved after {moves_after:?}");
+        if answered {
+            a.handle("b", &response[0], now + moves_after).unwrap();
+            let confirm = drain(&mut a, &mut sa).remove(0);
+            b.handle("a", &confirm, now + moves_after).unwrap();
+            drain(&mut b, &mut sb);
+            assert!(keyed(&sa, &sb));
+        }
+    }
+    // Far ahead (a misconfigured member), or revoked: refused at once.
+    let (mut a, mut b) = (node("a", 1), node("b", 1));
+    let mut sa = Sas::default();
+    a.set_epoch(9, now);
+    a.initiate("b", now).unwrap();
+    let init = drain(&mut a, &mut sa).remove(0);
+    assert!(matches!(b.handle("a", &init, now), Err(ExchangeError::Epoch { .. })));
+}
+
 #[test]
 fn simultaneous_starts_end_in_one_exchange() {
     let (mut a, mut b) = (node("a", 1), node("b", 1));

@@ -137,6 +137,12 @@ impl Lab {
         self.dir.join(format!("region-{}.control.sock", i + 1))
     }
 
+    /// The mesh CA's key, which signs epoch orders (of a lab from
+    /// [`Lab::write_mesh_configs`]).
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.dir.join("ca").join("ca.key")
+    }
+
     /// The mesh's master key file (of a lab from [`Lab::write_mesh_configs`]).
     pub fn master_key_path(&self) -> PathBuf {
         self.dir.join("master.key")

@@ -114,11 +114,18 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             lab.regions[0].appliance.name(),
             super::ADMIN
         );
+        let me = std::env::args().next().unwrap_or_else(|| "meshgate".into());
         println!(
-            "  {} policy reload --module hub-spoke --control {}",
-            std::env::args().next().unwrap_or_else(|| "meshgate".into()),
+            "  {me} policy reload --module hub-spoke --control {}",
             lab.control_socket(0).display()
         );
+        if !opts.static_keys {
+            println!(
+                "  {me} keys rotate --ca-key {} --control {}",
+                lab.ca_key_path().display(),
+                lab.control_socket(0).display()
+            );
+        }
         println!("  configs, keys and logs: {}", lab.dir.display());
         while check_interrupted().is_ok() {
             std::thread::sleep(Duration::from_millis(200));

@@ -113,6 +113,15 @@ impl Conns {
         self.dialing.remove(peer);
     }
 
+    /// `peer` is cut off: its connections close, and what waited for it
+    /// is dropped.
+    pub fn drop_peer(&mut self, peer: &str, out: &mut VecDeque<Output>) {
+        self.dialing.remove(peer);
+        for (conn, _) in self.open.remove(peer).unwrap_or_default() {
+            out.push_back(Output::Close { conn });
+        }
+    }
+
     /// The connection `send` would use for `peer` now.
     #[cfg(test)]
     pub fn current(&self, peer: &str) -> Option<ConnId> {

@@ -19,7 +19,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ pub use output::{ConnId, EpochReport, NodeEvent, Output, Payload, Refusal};
 
 use crate::dataplane::SaNotice;
 use crate::esp::CipherSuite;
+use crate::keys::order::{cert_hex, CertId, OrderAuthority};
 use crate::keys::rotation::EpochState;
 use crate::keys::{self, KeyProvider, Negotiator};
 use crate::membership::info::{Infos, MemberInfo};
@@ -57,6 +58,8 @@ pub struct MemberConfig {
     /// Negotiate SAs with the members: the key provider, the epoch, the
     /// cipher suite. `None`: membership only.
     pub keys: Option<(Arc<dyn KeyProvider>, keys::Epoch, CipherSuite)>,
+    /// Who signs the epoch orders this member takes (the mesh CA).
+    pub orders: Arc<dyn OrderAuthority>,
     /// Keep the negotiated SAs for a data plane (as [`Output::Outbound`]
     /// and [`Output::Inbound`]). `None`: hand the keys to the owner as
     /// [`NodeEvent::Keys`].
@@ -69,6 +72,15 @@ pub struct Member {
     negotiator: Option<Negotiator>,
     tunnels: Option<Tunnels>,
     epochs: EpochState,
+    orders: Arc<dyn OrderAuthority>,
+    /// Per member, the signature of the last epoch order looked at in its
+    /// record (each is checked once).
+    orders_seen: HashMap<String, Vec<u8>>,
+    /// The certificate each peer last connected with.
+    peer_certs: HashMap<String, CertId>,
+    /// Peers whose certificate the mesh CA revoked: no connection, no
+    /// message, no SA, not in the view, until one with another certificate.
+    cut_off: HashSet<String>,
     /// This member's record as advertised.
     info: MemberInfo,
     keying: Keying,
@@ -108,6 +120,10 @@ impl Member {
             negotiator,
             tunnels: cfg.tunnels,
             epochs,
+            orders: cfg.orders,
+            orders_seen: HashMap::new(),
+            peer_certs: HashMap::new(),
+            cut_off: HashSet::new(),
             info: cfg.info,
             conns: Conns::default(),
             out: VecDeque::from([Output::Discover]),
@@ -129,6 +145,9 @@ impl Member {
 
     /// A membership datagram from `from`, whom the channel authenticated.
     pub fn handle_datagram(&mut self, from: &str, data: &[u8], now: Instant) {
+        if self.cut_off.contains(from) {
+            return;
+        }
         if let Err(e) = self.agent.handle(from, data, now) {
             self.refuse(from, "membership", e.kind(), e.to_string());
         }
@@ -137,6 +156,9 @@ impl Member {
 
     /// A key-exchange message from `from`, whom the channel authenticated.
     pub fn handle_message(&mut self, from: &str, body: &[u8], now: Instant) {
+        if self.cut_off.contains(from) {
+            return;
+        }
         if let Some(n) = self.negotiator.as_mut() {
             if let Err(e) = n.handle(from, body, now) {
                 self.refuse(from, "key_exchange", e.kind(), e.to_string());
@@ -145,9 +167,28 @@ impl Member {
         self.drive(now);
     }
 
-    /// A connection to `peer` is up, dialed by this side or accepted.
-    /// (The shell has told the records' authority of its certificate.)
-    pub fn handle_connected(&mut self, peer: &str, conn: ConnId, dialed_here: bool, now: Instant) {
+    /// A connection to `peer` is up, dialed by this side or accepted, with
+    /// certificate `cert` (the shell has told the records' authority of
+    /// it). A certificate the mesh CA revoked is closed at once.
+    pub fn handle_connected(
+        &mut self,
+        peer: &str,
+        conn: ConnId,
+        cert: CertId,
+        dialed_here: bool,
+        now: Instant,
+    ) {
+        self.peer_certs.insert(peer.to_string(), cert);
+        if self.epochs.cert_revoked(&cert) {
+            self.out.push_back(Output::Close { conn });
+            self.cut_off(peer, &cert);
+            self.drive(now);
+            return;
+        }
+        if self.cut_off.remove(peer) {
+            // Back with a certificate of its own again (reissued).
+            self.keying.up(peer, now);
+        }
         if self.agent.membership().infos().certified(peer) {
             // Records that waited for this certificate may be taken now.
             self.next_observe = now;
@@ -296,6 +337,11 @@ impl Member {
         &self.epochs
     }
 
+    /// Whether `peer` is cut off (its certificate is revoked).
+    pub fn is_cut_off(&self, peer: &str) -> bool {
+        self.cut_off.contains(peer)
+    }
+
     /// This member's record as advertised now.
     pub fn info(&self) -> &MemberInfo {
         &self.info
@@ -316,6 +362,40 @@ impl Member {
             kind,
             reason,
         }));
+    }
+
+    /// Cuts `peer` off: its certificate is revoked. Its connections close,
+    /// its SAs and exchanges go, and it is keyed no more.
+    fn cut_off(&mut self, peer: &str, cert: &CertId) {
+        self.cut_off.insert(peer.to_string());
+        self.conns.drop_peer(peer, &mut self.out);
+        self.keying.down(peer);
+        if let Some(n) = self.negotiator.as_mut() {
+            n.forget(peer);
+        }
+        if let Some(t) = self.tunnels.as_mut() {
+            t.member_down(peer);
+        }
+        self.refuse(
+            peer,
+            "certificate",
+            "revoked",
+            format!("its certificate {} is revoked by the mesh CA: cut off", cert_hex(cert)),
+        );
+    }
+
+    /// Cuts off every peer whose certificate is revoked now.
+    fn cut_off_revoked(&mut self) {
+        let mut revoked: Vec<(String, CertId)> = self
+            .peer_certs
+            .iter()
+            .filter(|(p, c)| self.epochs.cert_revoked(c) && !self.cut_off.contains(*p))
+            .map(|(p, c)| (p.clone(), *c))
+            .collect();
+        revoked.sort();
+        for (peer, cert) in revoked {
+            self.cut_off(&peer, &cert);
+        }
     }
 
     /// Advertises this member's record with a new version.
@@ -360,6 +440,9 @@ impl Member {
             self.sends.push((to, Payload::Datagram(data)));
         }
         for (to, payload) in std::mem::take(&mut self.sends) {
+            if self.cut_off.contains(&to) {
+                continue;
+            }
             let addr = self
                 .agent
                 .membership()
@@ -372,6 +455,8 @@ impl Member {
 
     fn on_membership(&mut self, e: &MembershipEvent, now: Instant) {
         match e {
+            MembershipEvent::Up(m) | MembershipEvent::Renamed { new: m, .. }
+                if self.cut_off.contains(&m.id) => {}
             MembershipEvent::Up(m) => self.keying.up(&m.id, now),
             MembershipEvent::Renamed { old, new } => {
                 // A restarted member lost its keys: its old SAs go, and so
@@ -388,6 +473,9 @@ impl Member {
             }
             MembershipEvent::Down(m) => {
                 self.keying.down(&m.id);
+                if !self.cut_off.contains(&m.id) {
+                    self.peer_certs.remove(&m.id);
+                }
                 // Its exchanges under way end first, so each SPI is
                 // released by the one that holds it.
                 if let Some(n) = self.negotiator.as_mut() {
@@ -406,7 +494,11 @@ impl Member {
     /// and the whole to the owner.
     fn observe(&mut self, now: Instant) {
         self.next_observe = now + OBSERVE_EVERY;
-        let observed = self.agent.observe(now);
+        let mut observed = self.agent.observe(now);
+        // Members cut off are out of the view (and of the policy's).
+        if !self.cut_off.is_empty() {
+            observed.retain(|o| !self.cut_off.contains(&o.info.id));
+        }
         if let Some(t) = self.tunnels.as_mut() {
             for o in observed.iter().filter(|o| o.state == foca::State::Alive) {
                 t.member(&o.info);

@@ -83,9 +83,11 @@ pub enum NodeEvent {
     Observed(Vec<Observed>),
     /// Something a peer sent, or a connection, was refused.
     Refused(Refusal),
-    /// The epoch new SAs use, and those revoked, after a change.
+    /// The epoch new SAs use, and those revoked (every one below the
+    /// floor, and the others listed), after a change.
     Epochs {
         current: keys::Epoch,
+        floor: keys::Epoch,
         revoked: Vec<keys::Epoch>,
     },
     /// How many SAs in the data plane are of each epoch.
@@ -106,17 +108,22 @@ pub enum NodeEvent {
 pub struct Refusal {
     /// Who, as far as known: the authenticated member id, or an address.
     pub peer: String,
-    /// `connection`, `message`, `membership`, `record` or `key_exchange`.
+    /// `connection`, `message`, `membership`, `record`, `epochs` or
+    /// `key_exchange`.
     pub what: &'static str,
     /// The counter's reason label.
     pub kind: &'static str,
     pub reason: String,
 }
 
-/// The epochs after an operator's command.
+/// The epochs after an operator's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochReport {
+    /// The order's serial.
+    pub serial: u64,
     pub current: keys::Epoch,
+    /// Every epoch below is revoked.
+    pub floor: keys::Epoch,
     pub revoked: Vec<keys::Epoch>,
     /// Peers being rekeyed onto the current epoch.
     pub rekeying: usize,

@@ -158,6 +158,16 @@ pub(crate) struct MeshSim {
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Member `i`'s certificate, as orders name it.
+pub fn cert_of(i: usize) -> crate::keys::order::CertId {
+    let mut c = [0xce; 16];
+    c[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    c
+}
+
+/// The simulated mesh's CA, which signs the operator's epoch orders.
+pub const MESH_CA: crate::keys::order::tests::TestCa = crate::keys::order::tests::TestCa(b"the mesh CA");
+
 pub(crate) fn id(i: usize) -> String {
     format!("m{i:02}")
 }
@@ -230,6 +240,7 @@ impl MeshSim {
             seed: self.rng.random(),
             infos: Infos::default(),
             keys: Some((Arc::new(test_keys(9)), 1, CipherSuite::Aes128Gcm)),
+            orders: Arc::new(MESH_CA),
             tunnels: Some(crate::tunnels::tests::tunnels()),
         };
         let member = Member::new(cfg, self.at());
@@ -454,10 +465,10 @@ impl MeshSim {
                         },
                     );
                     if let Some(n) = self.nodes[acceptor].as_mut() {
-                        n.member.handle_connected(&id(dialer), ca, false, now);
+                        n.member.handle_connected(&id(dialer), ca, cert_of(dialer), false, now);
                     }
                     if let Some(n) = self.nodes[dialer].as_mut() {
-                        n.member.handle_connected(&id(acceptor), cd, true, now);
+                        n.member.handle_connected(&id(acceptor), cd, cert_of(acceptor), true, now);
                     }
                     vec![acceptor, dialer]
                 }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::sim::{id, MeshSim};
+use super::sim::{id, MeshSim, MESH_CA};
+use crate::keys::order::{tests::TestCa, MeshOrder};
 use super::NodeEvent;
 use crate::keys::{Event, ExchangeError};
 use crate::membership::sim::VirtualTime;
@@ -104,7 +105,10 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     let mut sim = MeshSim::new(n, 11);
     formed(&mut sim, n, S(10));
     let all: Vec<usize> = (0..n).collect();
-    let report = sim.with(2, |m, now| m.rotate(now)).expect("rotate");
+    let rotate = sim.with(2, |m, _| m.epoch_order()).state().rotate().unwrap();
+    let report = sim
+        .with(2, |m, now| m.order(MESH_CA.sign(&rotate), now))
+        .expect("rotate");
     assert_eq!(report.current, 2);
     let rotated = sim.run_until_true(S(30), |s| all_on_epoch(s, &all, 2));
     // Old inbound SAs live out their grace (10 s) after the switch.
@@ -114,7 +118,11 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     // for long: keyed at the end is the least; make-before-break is the
     // tunnels' own test. Now revoke epoch 2 from member 4.
     let at = sim.now;
-    let report = sim.with(4, |m, now| m.revoke(2, now)).expect("revoke");
+    let revoke = sim.with(4, |m, _| m.epoch_order()).state().revoke(2).unwrap();
+    let signed = MESH_CA.sign(&revoke);
+    let report = sim
+        .with(4, |m, now| m.order(signed.clone(), now))
+        .expect("revoke");
     assert_eq!((report.current, report.revoked.clone()), (3, vec![2]));
     let gone = sim.run_until_true(S(10), |s| {
         all.iter()
@@ -130,12 +138,126 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     assert!(rekeyed.is_some(), "the mesh did not rekey on epoch 3");
     for i in 0..n {
         assert_eq!(
-            sim.node(i).member.info().revoked,
-            vec![2],
+            sim.node(i).member.info().order.as_ref(),
+            Some(&signed),
             "{} advertises the revocation",
             id(i)
         );
+        assert!(sim.node(i).member.epochs().is_revoked(2));
     }
+}
+
+/// A member holding a valid certificate cannot move the mesh's epochs:
+/// before orders, a member's record that named a later epoch (or listed
+/// the current one revoked) moved every member, a mesh-wide rekey or
+/// outage at one member's word. Now its record's epoch is ignored, and an
+/// order the CA did not sign is refused, counted and its carrier named;
+/// no honest member's SAs change. The operator's order still works.
+#[test]
+fn a_member_cannot_rotate_or_revoke_for_the_mesh() {
+    let n = 6;
+    let hostile = 3;
+    let mut sim = MeshSim::new(n, 17);
+    formed(&mut sim, n, S(10));
+    let honest: Vec<usize> = (0..n).filter(|&i| i != hostile).collect();
+    let at = sim.now;
+    sim.with(hostile, |m, now| {
+        // A later epoch in its record, and an order of its own making
+        // that revokes the current epoch.
+        m.info.epoch = 7;
+        m.info.order = Some(TestCa(b"member m03's own key").sign(&MeshOrder {
+            serial: 1_000,
+            current: 7,
+            floor: 6,
+            revoked: vec![1],
+            certs: vec![super::sim::cert_of(0)],
+        }));
+        m.readvertise(now, "a forged order");
+    });
+    sim.run_until(at + S(5));
+    for &i in &honest {
+        let node = sim.node(i);
+        assert_eq!(node.member.epochs().current(), 1, "{} moved", id(i));
+        assert!(all_on_epoch(&sim, &honest, 1));
+        let changed = node.events.iter().any(|(t, e)| {
+            *t >= at && matches!(e, NodeEvent::Installed { .. } | NodeEvent::Epochs { .. })
+        });
+        assert!(!changed, "{}: SAs or epochs changed", id(i));
+        let refusals: Vec<_> = node
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                NodeEvent::Refused(r) if r.what == "epochs" => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refusals.len(), 1, "{}: counted once: {refusals:?}", id(i));
+        assert_eq!(refusals[0].peer, id(hostile));
+        assert!(refusals[0].reason.contains("not signed by the mesh CA"), "{:?}", refusals[0]);
+    }
+    // The operator's order still moves everyone, the hostile member too:
+    // the forged serial 1000 blocks no genuine order.
+    let rotate = sim.with(0, |m, _| m.epoch_order()).state().rotate().unwrap();
+    assert_eq!(rotate.serial, 1);
+    sim.with(0, |m, now| m.order(MESH_CA.sign(&rotate), now)).expect("rotate");
+    let all: Vec<usize> = (0..n).collect();
+    assert!(
+        sim.run_until_true(S(30), |s| all_on_epoch(s, &all, 2)).is_some(),
+        "the operator's rotation did not reach every member"
+    );
+}
+
+/// Whether member `i` holds an SA to or from `peer` in its data plane.
+fn holds_sa_with(sim: &MeshSim, i: usize, peer: usize) -> bool {
+    let plane = &sim.node(i).plane;
+    let slot = plane.slots.iter().find(|(_, p)| **p == id(peer)).map(|(s, _)| *s);
+    plane.sends_to(&id(peer)).is_some()
+        || slot.is_some_and(|s| plane.inbound.values().any(|(sl, _)| *sl == s))
+}
+
+/// `cert revoke`: an order listing one appliance's certificate, given to
+/// one member, cuts that appliance off at every member (connections
+/// closed, SAs gone, out of the view), and it cannot come back with that
+/// certificate; the other pairs stay keyed throughout.
+#[test]
+fn a_revoked_certificate_is_cut_off_by_every_member() {
+    let n = 30;
+    let revoked = 7;
+    let mut sim = MeshSim::new(n, 23);
+    formed(&mut sim, n, S(10));
+    let others: Vec<usize> = (0..n).filter(|&i| i != revoked).collect();
+    let order = sim
+        .with(0, |m, _| m.epoch_order())
+        .state()
+        .revoke_cert(super::sim::cert_of(revoked))
+        .unwrap();
+    sim.with(0, |m, now| m.order(MESH_CA.sign(&order), now))
+        .expect("the order");
+    let took = sim.run_until_true(S(10), |s| {
+        others
+            .iter()
+            .all(|&i| s.node(i).member.is_cut_off(&id(revoked)) && !holds_sa_with(s, i, revoked))
+    });
+    let took = took.expect("not every member cut the revoked appliance off within 10 s");
+    eprintln!("a revoked certificate: cut off by all {} others {took:?} after the order", n - 1);
+    assert!(took <= S(2), "{took:?}");
+    // It stays out: ten seconds on, no member holds an SA with it or
+    // installed one since, and every other pair is keyed.
+    let cut = sim.now;
+    sim.run_until(cut + S(10));
+    for &i in &others {
+        assert!(!holds_sa_with(&sim, i, revoked), "{} keyed it again", id(i));
+        let installed = sim.node(i).events.iter().any(|(t, e)| {
+            *t >= cut && matches!(e, NodeEvent::Installed { peer, .. } if *peer == id(revoked))
+        });
+        assert!(!installed, "{} installed an SA with it", id(i));
+        let seen = sim.node(i).events.iter().rev().find_map(|(_, e)| match e {
+            NodeEvent::Observed(o) => Some(o.iter().any(|o| o.info.id == id(revoked))),
+            _ => None,
+        });
+        assert_eq!(seen, Some(false), "{} still has it in its view", id(i));
+    }
+    assert!(sim.all_keyed(&others), "the other pairs lost their SAs");
 }
 
 /// A member advertises its path health when it moves enough, and the

@@ -13,6 +13,7 @@ use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
 
 use super::admission::Admission;
+use crate::keys::order::{SignedOrder, MAX_SIGNED_ORDER_LEN};
 use super::MemberId;
 
 /// The largest record (signed, as it travels) that fits in one membership
@@ -22,9 +23,6 @@ pub const MAX_RECORD_LEN: usize = 900;
 /// Records larger than this are refused (a member has a few dozen prefixes).
 pub const MAX_PREFIXES: usize = 256;
 pub const MAX_ENDPOINTS: usize = 8;
-/// Revoked epochs remembered (and advertised); the oldest are forgotten
-/// first, long after any SA of theirs is gone.
-pub const MAX_REVOKED: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
@@ -48,10 +46,11 @@ pub struct MemberInfo {
     /// the others (each member also measures its own path to this one).
     pub rtt_us: u32,
     pub loss_ppm: u32,
-    /// The key epoch this member negotiates under, and the epochs it knows
-    /// revoked: how `keys rotate` and `keys revoke` reach the whole mesh.
+    /// The key epoch this member negotiates under.
     pub epoch: u32,
-    pub revoked: Vec<u32>,
+    /// The newest epoch order of the mesh CA this member holds: how `keys
+    /// rotate` and `keys revoke` reach the whole mesh (see `keys::order`).
+    pub order: Option<SignedOrder>,
 }
 
 impl MemberInfo {
@@ -60,8 +59,8 @@ impl MemberInfo {
         if !super::valid_id(&self.id) {
             return Some("the member id is not one".into());
         }
-        if self.revoked.len() > MAX_REVOKED {
-            return Some(format!("{} revoked epochs", self.revoked.len()));
+        if let Some(o) = self.order.as_ref().filter(|o| o.len() > MAX_SIGNED_ORDER_LEN) {
+            return Some(format!("an epoch order of {} bytes", o.len()));
         }
         if self.prefixes.len() > MAX_PREFIXES || self.endpoints.len() > MAX_ENDPOINTS {
             return Some(format!(
@@ -82,9 +81,10 @@ impl MemberInfo {
 
 /// Refuses a record of this member's own that would not fit in one
 /// membership datagram once signed (an ECDSA signature is at most 72
-/// bytes): its prefixes must be aggregated.
+/// bytes) and carrying the largest epoch order: its prefixes must be
+/// aggregated.
 pub fn check_fits(info: &MemberInfo) -> Result<(), String> {
-    let len = Infos::default().seal(info).len() + 72;
+    let len = Infos::default().seal(info).len() + 72 + MAX_SIGNED_ORDER_LEN + 4;
     if len > MAX_RECORD_LEN {
         return Err(format!(
             "{} prefixes make a member record of {len} bytes, over the {MAX_RECORD_LEN} one membership datagram carries; advertise fewer, aggregated prefixes (gateway.prefixes)",

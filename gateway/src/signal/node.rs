@@ -20,7 +20,8 @@ use super::records::CertRecords;
 use super::transport::{accept, connect, endpoint, Credentials, PeerCert, TransportError};
 use crate::dataplane::{DataplaneControl, SaNotice};
 use crate::esp::CipherSuite;
-use crate::keys::{self, rotation::EpochError, KeyProvider};
+use crate::keys::order::{MeshOrder, OrderError, SignedOrder};
+use crate::keys::{self, KeyProvider};
 use crate::member::{
     ConnId, EpochReport, Member, MemberConfig, NodeEvent, Output, Payload, Refusal,
 };
@@ -64,12 +65,13 @@ pub enum NodeCommand {
         load_permille: Option<u32>,
         policy_version: Option<u32>,
     },
-    /// `keys rotate`: the mesh moves to the next epoch.
-    Rotate(oneshot::Sender<Result<EpochReport, EpochError>>),
-    /// `keys revoke`: every SA of this epoch goes, mesh-wide.
-    Revoke(
-        keys::Epoch,
-        oneshot::Sender<Result<EpochReport, EpochError>>,
+    /// The epoch state in force, as an order (`keys show`, and what `keys
+    /// rotate` and `keys revoke` start from).
+    Epochs(oneshot::Sender<MeshOrder>),
+    /// An operator's epoch order, signed by the mesh CA.
+    Order(
+        SignedOrder,
+        oneshot::Sender<Result<EpochReport, OrderError>>,
     ),
 }
 
@@ -145,6 +147,7 @@ pub async fn run(
             seed: rand::random(),
             infos: Infos::with_authority(records.clone()).admitting(admission),
             keys: cfg.keys,
+            orders: cfg.creds.ca().clone(),
             tunnels,
         },
         Instant::now(),
@@ -206,11 +209,11 @@ pub async fn run(
                 Some(NodeCommand::Update { load_permille, policy_version }) => {
                     member.update_record(load_permille, policy_version, Instant::now());
                 }
-                Some(NodeCommand::Rotate(reply)) => {
-                    let _ = reply.send(member.rotate(Instant::now()));
+                Some(NodeCommand::Epochs(reply)) => {
+                    let _ = reply.send(member.epoch_order());
                 }
-                Some(NodeCommand::Revoke(epoch, reply)) => {
-                    let _ = reply.send(member.revoke(epoch, Instant::now()));
+                Some(NodeCommand::Order(order, reply)) => {
+                    let _ = reply.send(member.order(order, Instant::now()));
                 }
                 None => commands_open = false,
             },
@@ -226,7 +229,8 @@ pub async fn run(
                     let id = ConnId(next_conn);
                     spawn_readers(&conn, id, &peer, &tx);
                     conns.insert(id, conn);
-                    member.handle_connected(&peer, id, dialed_here, Instant::now());
+                    let cert_id = crate::identity::cert_id(&cert.cert);
+                    member.handle_connected(&peer, id, cert_id, dialed_here, Instant::now());
                 }
                 Some(Input::Closed(id)) => {
                     conns.remove(&id);
