@@ -134,6 +134,26 @@ impl PolicyImports for HostState {
 
 impl wit::Host for HostState {}
 
+/// A store for one instance of policy `module`, within `limits`: memory,
+/// tables (and their growth), memories and instances, and the call time.
+fn new_store(engine: &Engine, module: &str, limits: &Limits) -> Store<HostState> {
+    let state = HostState {
+        module: module.to_string(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .tables(limits.tables)
+            .memories(limits.memories)
+            .instances(limits.instances)
+            .trap_on_grow_failure(true)
+            .build(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(ticks(limits.call_timeout));
+    store
+}
+
 /// The wasmtime engine policies run in, with its epoch ticker.
 pub struct PolicyEngine {
     engine: Engine,
@@ -174,6 +194,27 @@ impl PolicyEngine {
             compiled: Default::default(),
             cache: None,
         })
+    }
+
+    /// Instantiates any component (text) in a policy's store, and calls its
+    /// export `call` if named: how the tests reach the limits that no
+    /// policy built with the SDK can (tables, instances, memories).
+    #[cfg(test)]
+    pub(crate) fn run_component(&self, wat: &str, call: Option<&str>) -> Result<(), String> {
+        let bytes = wat::parse_str(wat).map_err(|e| e.to_string())?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let mut store = new_store(&self.engine, "test", &self.limits);
+        let linker: Linker<HostState> = Linker::new(&self.engine);
+        let instance = linker
+            .instantiate(&mut store, &component)
+            .map_err(|e| format!("{e:#}"))?;
+        if let Some(name) = call {
+            let f = instance
+                .get_typed_func::<(), ()>(&mut store, name)
+                .map_err(|e| format!("{e:#}"))?;
+            f.call(&mut store, ()).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
     }
 
     /// Keeps compiled components in `dir` (created, mode 0700), so a
@@ -362,20 +403,7 @@ pub struct PolicyModule {
 impl PolicyModule {
     fn instance(&mut self) -> Result<&mut (Store<HostState>, Policy), PolicyError> {
         if self.instance.is_none() {
-            let state = HostState {
-                module: self.name.clone(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes)
-                    .table_elements(self.limits.table_elements)
-                    .tables(self.limits.tables)
-                    .memories(self.limits.memories)
-                    .instances(self.limits.instances)
-                    .trap_on_grow_failure(true)
-                    .build(),
-            };
-            let mut store = Store::new(&self.engine, state);
-            store.limiter(|s| &mut s.limits);
-            store.set_epoch_deadline(ticks(self.limits.call_timeout));
+            let mut store = new_store(&self.engine, &self.name, &self.limits);
             let policy = self
                 .pre
                 .instantiate(&mut store)

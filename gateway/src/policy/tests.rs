@@ -151,6 +151,68 @@ fn traps_loops_and_memory_hogs_are_contained_and_named() {
     }
 }
 
+/// The limits no policy built with the SDK reaches, each tried by a
+/// component written for it: a table over 100,000 elements, a table grown
+/// past that at run time, more than 4 memories, more than 32 instances.
+/// Within the limits the same shapes run.
+#[test]
+fn tables_their_growth_memories_and_instances_are_bounded() {
+    let engine = engine();
+    let limits = Limits::default();
+    let table = |n: usize| {
+        format!("(component (core module $m (table {n} funcref)) (core instance (instantiate $m)))")
+    };
+    let instances = |n: usize, body: &str| {
+        let mut c = format!("(component (core module $m {body})");
+        for _ in 0..n {
+            c.push_str(" (core instance (instantiate $m))");
+        }
+        c + ")"
+    };
+    let grows = |by: usize, times: usize| {
+        format!(
+            r#"(component
+                 (core module $m
+                   (table 1 funcref)
+                   (func (export "grow")
+                     (local $i i32)
+                     (loop $l
+                       (drop (table.grow 0 (ref.null func) (i32.const {by})))
+                       (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                       (br_if $l (i32.lt_u (local.get $i) (i32.const {times}))))))
+                 (core instance $i (instantiate $m))
+                 (func (export "grow") (canon lift (core func $i "grow"))))"#
+        )
+    };
+    let max_elements = limits.table_elements;
+    let within = [
+        table(max_elements),
+        instances(limits.instances, ""),
+        instances(limits.memories, "(memory 1)"),
+    ];
+    for wat in &within {
+        engine.run_component(wat, None).unwrap_or_else(|e| panic!("{wat}: {e}"));
+    }
+    engine
+        .run_component(&grows(1000, (max_elements - 1) / 1000), Some("grow"))
+        .expect("growth within the limit");
+    let over = [
+        (table(max_elements + 1), "table"),
+        (instances(limits.instances + 1, ""), "instance"),
+        (instances(limits.memories + 1, "(memory 1)"), "memor"),
+    ];
+    for (wat, what) in &over {
+        let e = engine.run_component(wat, None).unwrap_err();
+        eprintln!("{what}: {e}");
+        assert!(e.contains(what), "{what}: {e}");
+    }
+    let e = engine
+        .run_component(&grows(10_000, 1_000), Some("grow"))
+        .unwrap_err();
+    eprintln!("growth: {e}");
+    assert!(e.contains("forcing trap when growing table"), "{e}");
+}
+
 #[test]
 fn decisions_that_do_not_decode_are_refused_by_name() {
     let bytes = test_module("test-malformed");
