@@ -88,7 +88,7 @@ impl Drop for CloseOnDrop {
     }
 }
 
-enum Input {
+pub(super) enum Input {
     /// A datagram and a key-exchange message, each holding its place in
     /// its peer's queue until the loop has taken it.
     Datagram(String, Bytes, Slot),
@@ -106,6 +106,9 @@ enum Input {
     /// What discovery found.
     Seeds(&'static str, Result<Vec<Seed>, String>),
     Refused(TransportError),
+    /// A handshake from this address was asked to prove the address first
+    /// (a QUIC retry), past [`VALIDATE_ABOVE`] handshakes in progress.
+    Retried(SocketAddr),
 }
 
 /// Runs the member until the task is dropped; its events go to `events`.
@@ -241,6 +244,9 @@ pub async fn run(
                     tracing::warn!("discovery ({source}) failed: {e}; asking again in {:?}", crate::member::REJOIN_EVERY);
                 }
                 Some(Input::BadMessage(from, e)) => refuse(&events, from, "message", e.kind(), e.to_string()),
+                Some(Input::Retried(from)) => refuse(&events, from.to_string(), "connection", "address_validation", format!(
+                    "{VALIDATE_ABOVE} handshakes in progress: asked to prove its address first (QUIC retry)"
+                )),
                 Some(Input::Refused(e)) => {
                     let peer = match &e {
                         TransportError::Connect { peer, .. } => {
@@ -298,10 +304,14 @@ fn send(conn: &quinn::Connection, payload: Payload) {
 /// Handshakes in progress past which a client must first prove its address
 /// (a QUIC retry, one round trip): a flood from spoofed addresses then
 /// costs this gateway a stateless packet each, not a handshake.
-const VALIDATE_ABOVE: usize = 16;
+pub(super) const VALIDATE_ABOVE: usize = 16;
 
 /// Accepts connections; each that authenticates becomes an input.
-fn spawn_acceptor(ep: quinn::Endpoint, creds: Arc<Credentials>, tx: mpsc::UnboundedSender<Input>) {
+pub(super) fn spawn_acceptor(
+    ep: quinn::Endpoint,
+    creds: Arc<Credentials>,
+    tx: mpsc::UnboundedSender<Input>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let handshaking = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
@@ -310,7 +320,10 @@ fn spawn_acceptor(ep: quinn::Endpoint, creds: Arc<Credentials>, tx: mpsc::Unboun
                 && !incoming.remote_address_validated()
                 && incoming.may_retry()
             {
-                let _ = incoming.retry();
+                let from = incoming.remote_address();
+                if incoming.retry().is_ok() {
+                    let _ = tx.send(Input::Retried(from));
+                }
                 continue;
             }
             handshaking.fetch_add(1, Ordering::AcqRel);

@@ -600,3 +600,95 @@ async fn a_message_never_finished_is_refused_at_its_deadline_and_holds_up_nothin
     drop(stuck);
     node.abort();
 }
+
+/// A flood of handshakes that never finish (here 40 clients that send
+/// their Initial and go silent, as spoofed sources would): past 16 in
+/// progress, each new one is answered with a stateless QUIC retry, not a
+/// handshake, and counted; a member still connects (its client answers
+/// the retry) while the flood's handshakes are pending.
+#[tokio::test]
+async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
+    use super::node::{spawn_acceptor, Input, VALIDATE_ABOVE};
+    use std::time::Duration;
+    let mesh = Mesh::new("flood");
+    let (a, b) = (
+        std::sync::Arc::new(mesh.member("region-1")),
+        mesh.member("region-2"),
+    );
+    let (ea, eb) = (
+        endpoint(&a, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    spawn_acceptor(eb.clone(), std::sync::Arc::new(b), tx);
+    // Forty Initials, each of its own connection, caught on a socket that
+    // never answers.
+    const FLOOD: usize = 40;
+    let sink = tokio::net::UdpSocket::bind(local()).await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let mut dials = Vec::new();
+    for _ in 0..FLOOD {
+        let (ea, a) = (ea.clone(), a.clone());
+        dials.push(tokio::spawn(async move {
+            let _ = connect(&ea, &a, "region-2", sink_addr).await;
+        }));
+    }
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while initials.len() < FLOOD {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sink.recv_from(&mut buf))
+            .await
+            .expect("the clients' Initials")
+            .unwrap();
+        // Long header, type Initial (RFC 9000 §17.2.2); the first of each
+        // connection (retransmits carry a DCID already seen).
+        let dcid_len = buf[5] as usize;
+        if buf[0] & 0xb0 == 0x80 && !initials.iter().any(|i: &Vec<u8>| i[5..6 + dcid_len] == buf[5..6 + dcid_len]) {
+            initials.push(buf[..n].to_vec());
+        }
+    }
+    for d in dials {
+        d.abort();
+    }
+    // Each from its own address, to the gateway; the type of what comes back.
+    let (mut kinds, mut silent) = (Vec::new(), Vec::new());
+    for initial in &initials {
+        let s = tokio::net::UdpSocket::bind(local()).await.unwrap();
+        s.send_to(initial, b_addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+            .await
+            .expect("an answer to each Initial")
+            .unwrap();
+        assert!(n > 0 && buf[0] & 0x80 != 0, "a long-header answer");
+        kinds.push((buf[0] >> 4) & 0x3);
+        silent.push(s); // never answers, as a spoofed source would not
+    }
+    let retries = kinds.iter().filter(|&&k| k == 3).count();
+    assert_eq!(
+        (kinds.len() - retries, retries),
+        (VALIDATE_ABOVE, FLOOD - VALIDATE_ABOVE),
+        "16 handshakes, then retries: {kinds:?}"
+    );
+    // The member answers the retry and gets through.
+    let started = Instant::now();
+    connect(&ea, &a, "region-2", b_addr).await.expect("a member connects during the flood");
+    eprintln!(
+        "{FLOOD} handshakes left pending: {retries} answered with a retry; a member connected in {:?}",
+        started.elapsed()
+    );
+    let mut counted = 0;
+    let mut connected = false;
+    while let Ok(Some(input)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+        match input {
+            Input::Retried(_) => counted += 1,
+            Input::Connected { peer, .. } if peer == "region-1" => connected = true,
+            _ => {}
+        }
+        if connected && counted >= retries + 1 {
+            break;
+        }
+    }
+    assert!(connected, "the member's connection reached the member loop");
+    assert_eq!(counted, retries + 1, "every retry counted (the member's too)");
+}
