@@ -377,7 +377,7 @@ fn spawn_discover(discovery: Arc<dyn Discovery>, tx: mpsc::UnboundedSender<Input
 /// opens and never finishes holds up nothing else; QUIC's stream limit
 /// bounds how many are open at once). Everything read on any of a peer's
 /// connections counts.
-fn spawn_readers(
+pub(super) fn spawn_readers(
     conn: &quinn::Connection,
     id: ConnId,
     peer: &str,

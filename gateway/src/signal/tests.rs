@@ -692,3 +692,90 @@ async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
     assert!(connected, "the member's connection reached the member loop");
     assert_eq!(counted, retries + 1, "every retry counted (the member's too)");
 }
+
+/// A member that sends datagrams faster than the member loop takes them
+/// fills only its own share of the loop's input: 256 wait, the rest are
+/// dropped and counted (said once its queue has room again), and another
+/// member's datagrams still get through meanwhile.
+#[tokio::test]
+async fn a_flooding_peer_fills_only_its_own_queue_and_drops_are_counted() {
+    use super::node::{spawn_readers, Input};
+    use super::queue::PER_PEER;
+    use crate::member::ConnId;
+    use std::time::Duration;
+    let mesh = Mesh::new("overflow");
+    let (a, b, c) = (
+        mesh.member("region-1"),
+        mesh.member("region-2"),
+        mesh.member("region-3"),
+    );
+    let (ea, eb, ec) = (
+        endpoint(&a, local()).unwrap(),
+        endpoint(&b, local()).unwrap(),
+        endpoint(&c, local()).unwrap(),
+    );
+    let b_addr = eb.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut senders = Vec::new();
+    for (i, (ep, creds)) in [(&ea, &a), (&ec, &c)].into_iter().enumerate() {
+        let server = async {
+            let incoming = eb.accept().await.unwrap();
+            accept(incoming, &b).await.unwrap()
+        };
+        let ((conn, _), (at_b, cert)) =
+            tokio::join!(async { connect(ep, creds, "region-2", b_addr).await.unwrap() }, server);
+        spawn_readers(&at_b, ConnId(i as u64), &cert.claims.id, &tx);
+        senders.push(conn);
+    }
+    // region-1 floods while the loop takes nothing; then region-3 sends one.
+    const SENT: usize = 1000;
+    for i in 0..SENT {
+        senders[0]
+            .send_datagram(bytes::Bytes::from(vec![i as u8; 100]))
+            .unwrap();
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    senders[1]
+        .send_datagram(bytes::Bytes::from_static(b"still heard"))
+        .unwrap();
+    let mut held = Vec::new();
+    let (mut from_1, mut from_3) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while from_3 == 0 && Instant::now() < deadline {
+        if let Ok(Some(input)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            if let Input::Datagram(from, ..) = &input {
+                match from.as_str() {
+                    "region-1" => from_1 += 1,
+                    _ => from_3 += 1,
+                }
+            }
+            held.push(input); // taken off the channel, its place still held
+        }
+    }
+    assert_eq!(from_3, 1, "region-3's datagram got through");
+    assert_eq!(from_1, PER_PEER, "region-1 holds at most its share");
+    // The loop takes its input: the places free, and the next datagram
+    // from region-1 comes with the count of what was dropped.
+    held.clear();
+    senders[0]
+        .send_datagram(bytes::Bytes::from_static(b"after"))
+        .unwrap();
+    let mut dropped = None;
+    while dropped.is_none() && Instant::now() < deadline {
+        if let Ok(Some(Input::Overflow(from, n))) =
+            tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+        {
+            assert_eq!(from, "region-1");
+            dropped = Some(n);
+        }
+    }
+    let dropped = dropped.expect("the drops were counted");
+    eprintln!("{SENT} datagrams sent while the loop took none: {PER_PEER} waited, {dropped} dropped and counted");
+    assert!(
+        dropped as usize <= SENT - PER_PEER && dropped as usize >= (SENT - PER_PEER) / 2,
+        "{dropped}"
+    );
+}
