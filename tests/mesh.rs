@@ -582,7 +582,7 @@ fn a_revoked_certificate_is_cut_off_in_the_lab() {
                         &lab,
                         g,
                         "meshgate_signal_refused_total",
-                        "what=\"certificate\",reason=\"revoked\"",
+                        "reason=\"revoked\",what=\"certificate\"",
                     ) >= 1
             })
         },

@@ -159,6 +159,11 @@ impl super::screen::Known for Table<'_> {
     fn count(&self) -> usize {
         self.0.iter_membership_state().len()
     }
+    fn holds_down(&self, id: &str) -> bool {
+        self.0
+            .iter_membership_state()
+            .any(|m| m.id().id == id && m.state() == foca::State::Down)
+    }
 }
 
 pub struct Membership {

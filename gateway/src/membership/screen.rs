@@ -5,9 +5,12 @@
 //! this member's own verdict (the liveness detector's quorum of watchers,
 //! or SWIM's suspicion timing out here), never another's say-so: a member
 //! declaring others down would otherwise make every peer tear down their
-//! SAs. Updates naming an invalid id, or a new member past the cap, are
-//! refused too. Refused updates are cut out of the datagram; the rest of
-//! it (the sender's own news, records) is taken.
+//! SAs. Such updates are refused and counted, unless this member holds
+//! the subject down already (honest members gossip the deaths they have
+//! seen): those are cut without a count. Updates naming an invalid id, or
+//! a new member past the cap, are refused and counted too. What is cut
+//! or refused leaves the datagram; the rest of it (the sender's own news,
+//! records) is taken.
 
 use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Member, PostcardCodec, State};
@@ -29,6 +32,8 @@ pub trait Known {
     fn knows(&self, id: &str) -> bool;
     /// How many members the table holds.
     fn count(&self) -> usize;
+    /// Whether this member holds `id` down (its own verdict).
+    fn holds_down(&self, id: &str) -> bool;
 }
 
 /// Screens `data`, a SWIM datagram whose header names its sender (checked
@@ -55,6 +60,7 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
     let near_cap = known.count() + usize::from(count) >= cap;
     let mut kept = Vec::with_capacity(usize::from(count));
     let mut refused = Vec::new();
+    let mut deaths_cut = 0;
     let mut new_members = 0;
     for _ in 0..count {
         let m: Member<MemberId> = codec.decode_member(&mut rest).map_err(malformed)?;
@@ -63,6 +69,11 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
             None // About itself: its own word is the word.
         } else if !super::valid_id(subject) {
             Some("an update about a member whose id is not one".to_string())
+        } else if m.state() == State::Down && known.holds_down(subject) {
+            // Cut, but not counted: honest members gossip the deaths they
+            // have seen, and this member has reached the same verdict.
+            deaths_cut += 1;
+            continue;
         } else if m.state() == State::Down {
             Some(format!(
                 "declares {subject} down (a death counts only from this member's own verdict)"
@@ -82,7 +93,7 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
             Some(w) => refused.push(w),
         }
     }
-    if refused.is_empty() {
+    if refused.is_empty() && deaths_cut == 0 {
         return Ok(untouched);
     }
     let mut out = Vec::with_capacity(data.len());
@@ -107,6 +118,9 @@ mod tests {
 
     struct Table(BTreeSet<String>);
     impl Known for Table {
+        fn holds_down(&self, id: &str) -> bool {
+            id == "m9"
+        }
         fn knows(&self, id: &str) -> bool {
             self.0.contains(id)
         }
@@ -143,7 +157,7 @@ mod tests {
 
     #[test]
     fn deaths_of_others_invalid_ids_and_members_past_the_cap_are_cut_out() {
-        let table = Table(["me", "m1", "m2", "m3"].map(String::from).into());
+        let table = Table(["me", "m1", "m2", "m3", "m9"].map(String::from).into());
         let fine = [
             Member::new(id("m1"), 3, State::Down), // about itself
             Member::new(id("m2"), 1, State::Suspect),
@@ -160,14 +174,16 @@ mod tests {
             Member::new(id("Not An Id"), 0, State::Alive),
             Member::new(id("m5"), 0, State::Alive),
             Member::new(id("m6"), 0, State::Alive),
+            // Held down here already: gossip of a death seen, cut uncounted.
+            Member::new(id("m9"), 1, State::Down),
         ];
         let d = datagram(&hostile, b"records");
-        let s = screen(&d, &table, 5).unwrap();
+        let s = screen(&d, &table, 6).unwrap();
         assert_eq!(s.refused.len(), 4, "{:?}", s.refused);
         assert!(s.refused[0].starts_with("declares m3 down"));
         assert!(s.refused[1].starts_with("declares me down"));
         assert!(s.refused[2].contains("id is not one"));
-        assert_eq!(s.refused[3], "a new member m6 past the cap of 5 members");
+        assert_eq!(s.refused[3], "a new member m6 past the cap of 6 members");
         // What is left reads as a datagram of the two fine updates and the
         // same records.
         assert_eq!(
@@ -175,6 +191,6 @@ mod tests {
             datagram(&[hostile[0].clone(), hostile[4].clone()], b"records")
         );
         // Garbage is refused whole.
-        assert!(screen(&d[..d.len() / 3], &table, 5).is_err());
+        assert!(screen(&d[..d.len() / 3], &table, 6).is_err());
     }
 }
