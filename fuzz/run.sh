@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-10}"
-targets=(config tso esp_inbound membership key_exchange decisions)
+targets=(config tso esp_inbound membership key_exchange decisions order)
 profile="${FUZZ_PROFILE:---release}"
 cargo fuzz build -s none "$profile"
 for t in "${targets[@]}"; do

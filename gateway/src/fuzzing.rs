@@ -50,6 +50,45 @@ pub fn tso(data: &[u8]) {
     }
 }
 
+/// An epoch order as the control socket takes it (hex) and the state as
+/// `keys rotate --state` reads it (text), then put into force and used to
+/// make the next orders. Signatures are taken as good here, so the
+/// fuzzer reaches what lies behind them.
+pub fn order(data: &[u8]) {
+    use crate::keys::order::{MeshOrder, OrderAuthority, SignedOrder};
+    use crate::keys::rotation::EpochState;
+    struct AnySignature;
+    impl OrderAuthority for AnySignature {
+        fn verify(&self, _: &[u8], _: &[u8]) -> bool {
+            true
+        }
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut orders = Vec::new();
+    if let Ok(signed) = SignedOrder::from_hex(text) {
+        if let Ok(o) = signed.open(&AnySignature) {
+            orders.push((o, signed));
+        }
+    }
+    for line in text.lines() {
+        if let Ok(o) = line.parse::<MeshOrder>() {
+            orders.push((o, SignedOrder::default()));
+        }
+    }
+    let mut state = EpochState::new(1);
+    for (o, signed) in orders {
+        let from = o.state();
+        let _ = from.rotate();
+        let _ = from.revoke(o.current);
+        let _ = from.revoke_cert([0; 16]);
+        let _ = from.drop_cert(o.certs.first().copied().unwrap_or_default());
+        let _ = state.adopt(&o, signed);
+        let _ = state.rotate();
+    }
+}
+
 fn member_id(id: &str, port: u16) -> crate::membership::MemberId {
     crate::membership::MemberId {
         id: id.into(),
@@ -152,13 +191,14 @@ mod tests {
     fn every_fuzz_target_runs_on_its_seeds() {
         if let Ok(dir) = std::env::var("MESHGATE_WRITE_FUZZ_SEEDS") {
             use super::seeds;
-            let all: [(&str, Vec<Vec<u8>>); 6] = [
+            let all: [(&str, Vec<Vec<u8>>); 7] = [
                 ("config", seeds::config()),
                 ("tso", seeds::tso()),
                 ("esp_inbound", seeds::esp_inbound()),
                 ("membership", seeds::membership()),
                 ("key_exchange", seeds::key_exchange()),
                 ("decisions", seeds::decisions()),
+                ("order", seeds::order()),
             ];
             for (target, inputs) in all {
                 let d = std::path::Path::new(&dir).join(target);
@@ -190,11 +230,33 @@ mod tests {
         for seed in super::seeds::decisions() {
             super::decisions(&seed);
         }
+        for seed in super::seeds::order() {
+            super::order(&seed);
+        }
     }
 }
 
 /// Seed inputs: well-formed examples each target starts exploring from.
 pub mod seeds {
+    /// An order in its hex form (signed by a stand-in), and states as
+    /// `keys show` prints them.
+    pub fn order() -> Vec<Vec<u8>> {
+        use crate::keys::order::MeshOrder;
+        let order = MeshOrder {
+            serial: 3,
+            current: 4,
+            floor: 2,
+            revoked: vec![3, 5],
+            certs: vec![[0xab; 16]],
+        };
+        let signed = order.seal(|_| Ok(vec![0x30; 70])).unwrap_or_default();
+        vec![
+            signed.to_hex().into_bytes(),
+            order.to_string().into_bytes(),
+            b"serial 0 current 1 floor 0 revoked none certs none".to_vec(),
+        ]
+    }
+
     use crate::dataplane::offload::{VnetHdr, VNET_HDR_LEN};
 
     pub fn config() -> Vec<Vec<u8>> {
