@@ -250,11 +250,21 @@ impl Negotiator {
         }
     }
 
-    /// Ends any exchange with `peer` without SAs (the peer restarted, or
-    /// its epoch was revoked): an inbound SA installed for it is removed.
+    /// Ends any exchange with `peer` without SAs (the peer restarted, went
+    /// down or was cut off): an inbound SA installed for it is removed, and
+    /// what is kept per peer goes with it, so these tables hold the members
+    /// of now, not every member ever met. (A restarted peer draws fresh
+    /// exchange ids, and only it can send on its authenticated channel.)
     pub fn forget(&mut self, peer: &str) {
         self.ahead.remove(peer);
+        self.seen.remove(peer);
         self.abort(peer, ExchangeError::Unexpected("exchange"));
+    }
+
+    /// Entries kept per peer, in both tables (for the tests of bounds).
+    #[cfg(test)]
+    pub(crate) fn peers_kept(&self) -> usize {
+        self.seen.len() + self.ahead.len()
     }
 
     fn abort(&mut self, peer: &str, error: ExchangeError) {

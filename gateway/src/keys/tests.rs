@@ -328,6 +328,36 @@ fn an_init_just_ahead_is_answered_once_this_member_moves_to_its_epoch() {
     assert!(matches!(b.handle("a", &init, now), Err(ExchangeError::Epoch { .. })));
 }
 
+/// What the negotiator keeps per peer (the exchange ids seen, an init
+/// kept for an epoch ahead) goes when the member forgets the peer: with
+/// appliances replaced over months, the tables would otherwise grow with
+/// every member ever met.
+#[test]
+fn what_is_kept_per_peer_goes_when_the_peer_is_forgotten() {
+    let now = Instant::now();
+    let mut b = node("b", 1);
+    for i in 0..100 {
+        let peer = format!("p{i}");
+        let mut a = node(&peer, 1);
+        let mut sa = Sas::default();
+        a.initiate("b", now).unwrap();
+        let init = drain(&mut a, &mut sa).remove(0);
+        b.handle(&peer, &init, now).unwrap();
+    }
+    let mut ahead = node("q", 1);
+    let mut sq = Sas::default();
+    ahead.set_epoch(2, now);
+    ahead.initiate("b", now).unwrap();
+    let init = drain(&mut ahead, &mut sq).remove(0);
+    b.handle("q", &init, now).unwrap();
+    assert!(b.peers_kept() > 100, "{}", b.peers_kept());
+    for i in 0..100 {
+        b.forget(&format!("p{i}"));
+    }
+    b.forget("q");
+    assert_eq!(b.peers_kept(), 0);
+}
+
 #[test]
 fn simultaneous_starts_end_in_one_exchange() {
     let (mut a, mut b) = (node("a", 1), node("b", 1));
