@@ -23,9 +23,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, mesh_lab, metric};
+use common::{echo_flow, eventually, mesh_lab, metric};
 use meshgate::keys::order::MeshOrder;
-use meshgate::lab::probe::ping;
 use meshgate::lab::Lab;
 use meshgate::membership::info::MemberInfo;
 use meshgate::netns::Netns;
@@ -166,19 +165,7 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
     assert!(before
         .iter()
         .all(|r| r.contains("10.2.0.0/16") || r.contains("10.1.0.0/16")));
-    let (src, dst) = (
-        lab.regions[0].host.name().to_string(),
-        lab.regions[1].host_ip(),
-    );
-    let flow = std::thread::spawn(move || {
-        ping(
-            &Netns::attach(&src),
-            dst.into(),
-            2400,
-            Duration::from_millis(5),
-        )
-        .unwrap()
-    });
+    let flow = echo_flow(&lab, 0, 1, 2400);
     let id = lab.regions[HOSTILE].gateway_id();
     // Versions past any its honest incarnation advertised (they start at
     // the wall clock in milliseconds), so each record is news.

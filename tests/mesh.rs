@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{drops, eventually, mesh_lab, mesh_lab_unstarted, metric, ping_ok, wait_meshed};
+use common::{
+    drops, echo_flow, eventually, mesh_lab, mesh_lab_unstarted, metric, ping_ok, wait_meshed,
+};
 use meshgate::lab::probe::ping;
 use meshgate::lab::Lab;
 use meshgate::netns::Netns;
@@ -429,6 +431,17 @@ fn cli(lab: &Lab, g: usize, args: &[&str]) -> (String, bool) {
     )
 }
 
+/// Waits until each of 3 gateways holds its two peers' SAs, both ways, of
+/// epoch 1 (once any duplicate from a simultaneous start has retired, and
+/// the metric has caught up).
+fn four_sas_of_epoch_1_each(lab: &Lab) {
+    eventually(
+        Duration::from_secs(15),
+        "not four SAs of epoch 1 each",
+        || (0..3).all(|g| sas_of_epoch(lab, g, 1) == 4),
+    );
+}
+
 fn sas_of_epoch(lab: &Lab, g: usize, epoch: u32) -> u64 {
     metric(
         lab,
@@ -441,28 +454,10 @@ fn sas_of_epoch(lab: &Lab, g: usize, epoch: u32) -> u64 {
 #[test]
 fn keys_rotate_and_revoke_reach_the_whole_mesh() {
     let lab = mesh_lab(3, "full-mesh", "cipher = \"aes128gcm16\"");
-    // Two peers, both directions (once any duplicate from a simultaneous
-    // start has retired, and the metric has caught up).
-    eventually(
-        Duration::from_secs(15),
-        "not four SAs of epoch 1 each",
-        || (0..3).all(|g| sas_of_epoch(&lab, g, 1) == 4),
-    );
+    four_sas_of_epoch_1_each(&lab);
     // A flow between regions 3 and 2 while region 1's operator rotates:
     // the rotation reaches them by gossip, and loses nothing on the way.
-    let (src, dst) = (
-        lab.regions[2].host.name().to_string(),
-        lab.regions[1].host_ip(),
-    );
-    let flow = std::thread::spawn(move || {
-        ping(
-            &Netns::attach(&src),
-            dst.into(),
-            2000,
-            Duration::from_millis(5),
-        )
-        .unwrap()
-    });
+    let flow = echo_flow(&lab, 2, 1, 2000);
     std::thread::sleep(Duration::from_secs(1));
     let (out, ok) = cli(&lab, 0, &["keys", "rotate"]);
     assert!(ok && out.contains("epoch 2 in force"), "{out}");
@@ -551,18 +546,8 @@ fn keys_rotate_and_revoke_reach_the_whole_mesh() {
 #[test]
 fn a_revoked_certificate_is_cut_off_in_the_lab() {
     let lab = mesh_lab(3, "full-mesh", "cipher = \"aes128gcm16\"");
-    eventually(
-        Duration::from_secs(15),
-        "not four SAs of epoch 1 each",
-        || (0..3).all(|g| sas_of_epoch(&lab, g, 1) == 4),
-    );
-    let (src, dst) = (
-        lab.regions[0].host.name().to_string(),
-        lab.regions[1].host_ip(),
-    );
-    let flow = std::thread::spawn(move || {
-        ping(&Netns::attach(&src), dst.into(), 1000, Duration::from_millis(5)).unwrap()
-    });
+    four_sas_of_epoch_1_each(&lab);
+    let flow = echo_flow(&lab, 0, 1, 1000);
     std::thread::sleep(Duration::from_secs(1));
     let cert = lab
         .dir

@@ -310,6 +310,15 @@ fn reload(control: &std::path::Path, module: Option<String>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Prints what a read answered; fails unless 200.
+fn shown((status, body): (u16, String)) -> anyhow::Result<()> {
+    print!("{body}");
+    if status != 200 {
+        anyhow::bail!("HTTP {status}");
+    }
+    Ok(())
+}
+
 /// POSTs to the control socket; prints the answer, fails unless 200.
 fn control_post(control: &std::path::Path, path: &str, body: &str) -> anyhow::Result<()> {
     let (status, answer) = meshgate::control::request(control, "POST", path, body)?;
@@ -413,29 +422,13 @@ fn main() -> ExitCode {
         } => submit_order(&order, |s| s.revoke(epoch)),
         Cmd::Keys {
             command: KeysCmd::Show { control },
-        } => meshgate::control::request(&control, "GET", "/keys", "").and_then(|(status, body)| {
-            print!("{body}");
-            if status == 200 {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("HTTP {status}"))
-            }
-        }),
+        } => meshgate::control::request(&control, "GET", "/keys", "").and_then(shown),
         Cmd::Keys {
             command: KeysCmd::Apply { order, control },
         } => std::fs::read_to_string(&order)
             .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))
             .and_then(|hex| control_post(&control, "/keys/order", hex.trim())),
-        Cmd::Members { admin } => {
-            meshgate::admin::request(admin, "GET", "/members").and_then(|(status, body)| {
-                print!("{body}");
-                if status == 200 {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("HTTP {status}"))
-                }
-            })
-        }
+        Cmd::Members { admin } => meshgate::admin::request(admin, "GET", "/members").and_then(shown),
         Cmd::Keygen { cipher } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);
