@@ -13,10 +13,16 @@
 //!   and revoking region 1's certificate): refused (`what="epochs"`), no
 //!   member's epoch or SAs change.
 //!
+//! - SWIM gossip about others, sent over its own authenticated
+//!   connections: region 2 declared down, region 2 at the largest
+//!   generation (a restart everywhere, then silence for good), region 2 at
+//!   the hostile member's address, and a member it invents at an address
+//!   of its choosing: the death is refused at once, the rest waits for a
+//!   record of region 2 or of the invented member to vouch for it, none
+//!   does, and each is refused (`what="membership"`); nobody dials the
+//!   invented member.
+//!
 //! The flow loses nothing; each refusal names region-4 in the log.
-//! (Declaring other members down is refused on virtual time, in
-//! `membership::sim`; moving another member's address or generation by
-//! gossip is not closed yet.)
 
 mod common;
 
@@ -93,6 +99,114 @@ fn run_hostile(lab: &Lab, info: MemberInfo, secs: u64) {
     .expect("running the hostile member");
 }
 
+/// Where the invented member is said to listen (in the hostile member's
+/// namespace, where a socket counts what arrives).
+const GHOST_PORT: u16 = 4999;
+
+/// As region 4, connects to the honest members and gossips for `secs`,
+/// every 500 ms, what it may not say of others; returns how many datagrams
+/// reached the invented member's address meanwhile.
+fn gossip_as_hostile(lab: &Lab, secs: u64) -> usize {
+    use bytes::BufMut;
+    use foca::{Codec, Header, Member, PostcardCodec, State};
+    use meshgate::membership::MemberId;
+    use meshgate::signal::transport::{connect, endpoint, Credentials};
+    let id = lab.regions[HOSTILE].gateway_id();
+    let certs = lab.dir.join("certs");
+    let creds = Credentials::load(
+        &lab.dir.join("ca").join("ca.pem"),
+        &certs.join(format!("{id}.pem")),
+        &certs.join(format!("{id}.key")),
+    )
+    .expect("region 4's credentials");
+    let signal = |r: usize| -> std::net::SocketAddr {
+        (lab.regions[r].underlay_ip(), meshgate::lab::SIGNAL_PORT).into()
+    };
+    let me = MemberId {
+        id: id.clone(),
+        addr: signal(HOSTILE),
+        generation: meshgate::time::unix_ms(),
+    };
+    let region2 = lab.regions[1].gateway_id();
+    let member = |id: &str, addr, generation, state| {
+        Member::new(
+            MemberId {
+                id: id.into(),
+                addr,
+                generation,
+            },
+            0,
+            state,
+        )
+    };
+    let ghost_addr: std::net::SocketAddr = (lab.regions[HOSTILE].underlay_ip(), GHOST_PORT).into();
+    let said = [
+        member(&region2, signal(1), 1, State::Down),
+        member(&region2, signal(1), u64::MAX, State::Alive),
+        member(&region2, signal(HOSTILE), u64::MAX - 1, State::Alive),
+        member("ghost", ghost_addr, 1, State::Alive),
+    ];
+    let peers: Vec<(String, std::net::SocketAddr, MemberId)> = (0..HOSTILE)
+        .map(|r| {
+            let peer = lab.regions[r].gateway_id();
+            let dst = MemberId {
+                id: peer.clone(),
+                addr: signal(r),
+                generation: 0,
+            };
+            (peer, signal(r), dst)
+        })
+        .collect();
+    let ns = Netns::attach(lab.regions[HOSTILE].appliance.name());
+    ns.run(move || {
+        let ghost = std::net::UdpSocket::bind(ghost_addr).expect("the invented member's socket");
+        ghost.set_nonblocking(true).expect("nonblocking");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let ep = endpoint(&creds, (me.addr.ip(), 0).into()).expect("an endpoint");
+            let mut conns = Vec::new();
+            for (peer, addr, dst) in &peers {
+                let (conn, _) = connect(&ep, &creds, peer, *addr)
+                    .await
+                    .expect("connecting as region 4");
+                conns.push((conn, dst.clone()));
+            }
+            let mut reached = 0;
+            let end = std::time::Instant::now() + Duration::from_secs(secs);
+            while std::time::Instant::now() < end {
+                for (conn, dst) in &conns {
+                    // The membership datagram's tag (SWIM), then foca's
+                    // framing: header, updates, no records.
+                    let mut codec = PostcardCodec;
+                    let mut out = vec![0u8];
+                    let header = Header {
+                        src: me.clone(),
+                        src_incarnation: 0,
+                        dst: dst.clone(),
+                        message: foca::Message::Gossip,
+                    };
+                    codec.encode_header(&header, &mut out).expect("a header");
+                    out.put_u16(said.len() as u16);
+                    for m in &said {
+                        codec.encode_member(m, &mut out).expect("an update");
+                    }
+                    let _ = conn.send_datagram(out.into());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut buf = [0u8; 2048];
+                while ghost.recv_from(&mut buf).is_ok() {
+                    reached += 1;
+                }
+            }
+            reached
+        })
+    })
+    .expect("gossiping as region 4")
+}
+
 /// The routes the gateway installed (its own protocol) to the honest
 /// regions' prefixes, sorted (region 4's own, granted prefixes may come
 /// and go with its membership).
@@ -116,6 +230,20 @@ fn routes(lab: &Lab, g: usize) -> String {
     lines.retain(|l| !region4.iter().any(|p| l.starts_with(p.as_str())));
     lines.sort();
     lines.join("\n")
+}
+
+/// The SAs gateway `g` holds with the other honest members: peer, SPI and
+/// direction of each.
+fn honest_sas(lab: &Lab, g: usize) -> Vec<String> {
+    let region4 = format!("peer=\"{}\"", lab.regions[HOSTILE].gateway_id());
+    let text = lab.metrics(g).expect("scraping metrics");
+    let mut sas: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("meshgate_sa_info{") && !l.contains(&region4))
+        .map(|l| l.split('}').next().unwrap_or(l).to_string())
+        .collect();
+    sas.sort();
+    sas
 }
 
 fn sas(lab: &Lab, g: usize) -> u64 {
@@ -165,7 +293,7 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
     assert!(before
         .iter()
         .all(|r| r.contains("10.2.0.0/16") || r.contains("10.1.0.0/16")));
-    let flow = echo_flow(&lab, 0, 1, 2400);
+    let flow = echo_flow(&lab, 0, 1, 6000);
     let id = lab.regions[HOSTILE].gateway_id();
     // Versions past any its honest incarnation advertised (they start at
     // the wall clock in milliseconds), so each record is news.
@@ -174,21 +302,13 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
         id: id.clone(),
         version,
         region: id.clone(),
-        zone: String::new(),
-        account: String::new(),
         role: "edge".into(),
-        group: None,
-        prefixes: vec![],
         endpoints: vec![(
             "internet".into(),
             (lab.regions[HOSTILE].underlay_ip(), 4500).into(),
         )],
-        policy_version: 0,
-        load_permille: 0,
-        rtt_us: 0,
-        loss_ppm: 0,
         epoch: 1,
-        order: None,
+        ..MemberInfo::default()
     };
     // 1. Prefixes its certificate does not grant.
     let region1_underlay = lab.regions[0].underlay_ip();
@@ -228,6 +348,30 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
         ..base
     };
     run_hostile(&lab, epochs, 5);
+    // 3. Gossip about others, for longer than gossip waits for a record.
+    let membership_before: Vec<u64> = honest
+        .iter()
+        .map(|&g| refused(&lab, g, "membership"))
+        .collect();
+    let sas_before: Vec<Vec<String>> = honest.iter().map(|&g| honest_sas(&lab, g)).collect();
+    let ghost = gossip_as_hostile(&lab, 14);
+    assert_eq!(ghost, 0, "an honest member dialed the invented member");
+    for (i, &g) in honest.iter().enumerate() {
+        // The death at once, and region 2's identities and the invented
+        // member once their wait ran out, at each of the three (region 2
+        // hears nothing about itself it has to refuse but the rest).
+        assert!(
+            refused(&lab, g, "membership") >= membership_before[i] + 2,
+            "gateway {}: the gossip about others was not refused",
+            g + 1
+        );
+        assert_eq!(
+            honest_sas(&lab, g),
+            sas_before[i],
+            "gateway {}: SAs with honest members changed (a member seen restarted)",
+            g + 1
+        );
+    }
     let p = flow.join().unwrap();
     eprintln!(
         "hostile member: flow between regions 1 and 2: {} of {} echoes",
@@ -261,6 +405,13 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
             log.lines()
                 .any(|l| l.contains("refused") && l.contains(&format!("peer={id}"))),
             "gateway {}: no refusal names {id}",
+            g + 1
+        );
+        assert!(
+            log.lines().any(|l| l.contains(&format!("peer={id}"))
+                && l.contains("says ghost is at")
+                && l.contains("which no record of ghost vouches for")),
+            "gateway {}: no refusal of the invented member names {id}",
             g + 1
         );
     }

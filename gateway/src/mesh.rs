@@ -51,6 +51,9 @@ pub fn local_info(config: &Config) -> MemberInfo {
         loss_ppm: 0,
         epoch: config.signal.as_ref().map_or(1, |s| s.keys.epoch),
         order: None,
+        // The member core fills in its SWIM identity.
+        signal: None,
+        generation: 0,
     }
 }
 

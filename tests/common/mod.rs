@@ -128,11 +128,24 @@ pub fn wait_meshed(lab: &Lab, gateways: &[usize], within: Duration) -> Duration 
 /// A flow of `count` echoes every 5 ms from region `from`'s host to
 /// region `to`'s, on a thread of its own: what a test checks loses
 /// nothing while something else happens in the mesh.
-pub fn echo_flow(lab: &Lab, from: usize, to: usize, count: u32) -> JoinHandle<meshgate::lab::probe::PingStats> {
-    let (src, dst) = (lab.regions[from].host.name().to_string(), lab.regions[to].host_ip());
+pub fn echo_flow(
+    lab: &Lab,
+    from: usize,
+    to: usize,
+    count: u32,
+) -> JoinHandle<meshgate::lab::probe::PingStats> {
+    let (src, dst) = (
+        lab.regions[from].host.name().to_string(),
+        lab.regions[to].host_ip(),
+    );
     std::thread::spawn(move || {
-        meshgate::lab::probe::ping(&Netns::attach(&src), dst.into(), count, Duration::from_millis(5))
-            .expect("pinging")
+        meshgate::lab::probe::ping(
+            &Netns::attach(&src),
+            dst.into(),
+            count,
+            Duration::from_millis(5),
+        )
+        .expect("pinging")
     })
 }
 

@@ -107,6 +107,11 @@ impl EpochState {
         self.revoked_certs.contains(id)
     }
 
+    /// Every certificate revoked (listed in an order, or remembered).
+    pub fn revoked_certs(&self) -> impl Iterator<Item = CertId> + '_ {
+        self.revoked_certs.iter().copied()
+    }
+
     /// The order in force, as signed (none before the first).
     pub fn signed(&self) -> Option<&SignedOrder> {
         self.signed.as_ref()
@@ -135,7 +140,10 @@ impl EpochState {
     /// The next epoch not revoked: past the floor at once, then past the
     /// listed ones (a bounded set), never epoch by epoch up to the floor.
     fn next_after(&self, e: Epoch) -> Result<Epoch, OrderError> {
-        let mut n = e.checked_add(1).ok_or(OrderError::Exhausted(e))?.max(self.floor);
+        let mut n = e
+            .checked_add(1)
+            .ok_or(OrderError::Exhausted(e))?
+            .max(self.floor);
         while self.revoked.contains(&n) {
             n = n.checked_add(1).ok_or(OrderError::Exhausted(e))?;
         }
@@ -447,7 +455,11 @@ mod tests {
         };
         let started = std::time::Instant::now();
         adopt(&mut a, &low);
-        assert_eq!(a.current(), 4_000_000_001, "the floor and the listed stay revoked");
+        assert_eq!(
+            a.current(),
+            4_000_000_001,
+            "the floor and the listed stay revoked"
+        );
         assert!(started.elapsed() < std::time::Duration::from_millis(100));
     }
 }

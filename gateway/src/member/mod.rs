@@ -97,6 +97,9 @@ pub struct Member {
     next_rejoin: Instant,
     records_seen: u64,
     own_sent: u64,
+    /// Where discovery says each seed listens: dialed, as are the
+    /// addresses members' signed records vouch for, and nothing else.
+    seeds: HashMap<String, SocketAddr>,
 }
 
 impl Member {
@@ -110,7 +113,11 @@ impl Member {
             .as_ref()
             .map(|(provider, epoch, suite)| Negotiator::new(&me, *suite, provider.clone(), *epoch));
         let epochs = EpochState::new(cfg.keys.as_ref().map_or(cfg.info.epoch, |k| k.1));
-        if let Err(e) = agent.advertise(cfg.info.clone(), now) {
+        let mut info = cfg.info;
+        // Its record vouches for its SWIM identity (see `membership::vouch`).
+        info.signal = Some(agent.membership().me().addr);
+        info.generation = agent.membership().me().generation;
+        if let Err(e) = agent.advertise(info.clone(), now) {
             tracing::warn!("advertising this member's record: {e}");
         }
         let mut m = Member {
@@ -124,7 +131,7 @@ impl Member {
             orders_seen: HashMap::new(),
             peer_certs: HashMap::new(),
             cut_off: HashSet::new(),
-            info: cfg.info,
+            info,
             conns: Conns::default(),
             out: VecDeque::from([Output::Discover]),
             events: VecDeque::new(),
@@ -134,6 +141,7 @@ impl Member {
             next_rejoin: now + REJOIN_EVERY,
             records_seen: 0,
             own_sent: 0,
+            seeds: HashMap::new(),
         };
         m.drive(now);
         m
@@ -190,7 +198,9 @@ impl Member {
             self.keying.up(peer, now);
         }
         if self.agent.membership().infos().certified(peer) {
-            // Records that waited for this certificate may be taken now.
+            // Records that waited for this certificate may be taken now,
+            // and the gossip that waited on those records applied.
+            self.agent.records_changed(now);
             self.next_observe = now;
         }
         self.conns.connected(peer, conn, dialed_here, &mut self.out);
@@ -228,6 +238,7 @@ impl Member {
         now: Instant,
     ) {
         for (id, addr) in seeds.into_iter().filter(|(id, _)| *id != self.me) {
+            self.seeds.insert(id.clone(), addr);
             self.conns.ensure(&id, addr, &mut self.out);
             let seed = MemberId {
                 id: id.clone(),
@@ -380,12 +391,20 @@ impl Member {
             peer,
             "certificate",
             "revoked",
-            format!("its certificate {} is revoked by the mesh CA: cut off", cert_hex(cert)),
+            format!(
+                "its certificate {} is revoked by the mesh CA: cut off",
+                cert_hex(cert)
+            ),
         );
     }
 
-    /// Cuts off every peer whose certificate is revoked now.
+    /// Cuts off every peer whose certificate is revoked now; records
+    /// under those certificates are refused from now on.
     fn cut_off_revoked(&mut self) {
+        self.agent
+            .membership()
+            .infos()
+            .revoke_certs(self.epochs.revoked_certs());
         let mut revoked: Vec<(String, CertId)> = self
             .peer_certs
             .iter()
@@ -409,6 +428,13 @@ impl Member {
     /// Takes in what the last input changed: membership news, records,
     /// epochs, keying, and the I/O that follows, in order.
     fn drive(&mut self, now: Instant) {
+        let generation = self.agent.membership().me().generation;
+        if generation != self.info.generation {
+            // Rejoined under a new generation (declared down while alive):
+            // its record must vouch for the new identity.
+            self.info.generation = generation;
+            self.readvertise(now, "a new generation");
+        }
         if self.agent.membership().active() == 0 && now >= self.next_rejoin {
             self.next_rejoin = now + REJOIN_EVERY;
             self.out.push_back(Output::Discover);
@@ -443,14 +469,29 @@ impl Member {
             if self.cut_off.contains(&to) {
                 continue;
             }
-            let addr = self
+            let addr = self.vouched_addr(&to);
+            self.conns.send(to, payload, addr, &mut self.out);
+        }
+    }
+
+    /// Where `peer` may be dialed: where its signed record says it
+    /// listens, or where discovery found it; never an address gossip
+    /// alone names (simulations, whose records are not signed, dial
+    /// SWIM's).
+    fn vouched_addr(&self, peer: &str) -> Option<SocketAddr> {
+        let infos = self.agent.membership().infos();
+        if !infos.signed() {
+            return self
                 .agent
                 .membership()
                 .members()
-                .find(|(m, _)| m.id == to)
+                .find(|(m, _)| m.id == peer)
                 .map(|(m, _)| m.addr);
-            self.conns.send(to, payload, addr, &mut self.out);
         }
+        infos
+            .get(peer)
+            .and_then(|i| i.signal)
+            .or_else(|| self.seeds.get(peer).copied())
     }
 
     fn on_membership(&mut self, e: &MembershipEvent, now: Instant) {
@@ -468,7 +509,9 @@ impl Member {
                 if let Some(t) = self.tunnels.as_mut() {
                     t.member_down(&old.id);
                 }
-                self.conns.restarted(&new.id, new.addr, &mut self.out);
+                if let Some(addr) = self.vouched_addr(&new.id) {
+                    self.conns.restarted(&new.id, addr, &mut self.out);
+                }
                 self.keying.up(&new.id, now);
             }
             MembershipEvent::Down(m) => {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use foca::{State, Timer};
 
+use super::certs::CertFetch;
 use super::core::{Membership, MembershipError, MembershipEvent, Settings};
 use super::health::{Beat, BEAT_LEN};
 use super::info::{Infos, MemberInfo};
@@ -27,6 +28,10 @@ pub(crate) const REPORT: u8 = 2;
 pub(crate) const RECORD: u8 = 3;
 /// "Send me your record": a heartbeat said the sender's is newer than ours.
 pub(crate) const RECORD_REQUEST: u8 = 4;
+/// "Send me this member's certificate" (its id follows), and the answer
+/// (the DER follows): see `certs`.
+pub(crate) const CERT_REQUEST: u8 = 5;
+pub(crate) const CERT: u8 = 6;
 
 /// At most one record request to a member, and one answer to it, per this.
 const RECORD_PACE: Duration = Duration::from_millis(500);
@@ -69,6 +74,7 @@ pub struct Agent {
     /// When a record was last asked of each member, or sent on request to it.
     asked: std::collections::HashMap<String, Instant>,
     answered: std::collections::HashMap<String, Instant>,
+    certs: CertFetch,
 }
 
 impl Agent {
@@ -109,6 +115,7 @@ impl Agent {
             events: VecDeque::new(),
             asked: Default::default(),
             answered: Default::default(),
+            certs: CertFetch::default(),
         }
     }
 
@@ -208,7 +215,7 @@ impl Agent {
             // rejoin, move an address) in another's name.
             Some((&SWIM, rest)) => {
                 match postcard::take_from_bytes::<foca::Header<MemberId>>(rest) {
-                    Ok((h, _)) if h.src.id == from => self.swim.handle_data(rest),
+                    Ok((h, _)) if h.src.id == from => self.swim.handle_data(rest, now),
                     Ok((h, _)) => Err(MembershipError::unauthorized(format!(
                         "a SWIM message in the name of {}",
                         h.src.id
@@ -270,6 +277,20 @@ impl Agent {
                 Ok(())
             }
             Some((&RECORD, record)) => self.swim.learn(from, record),
+            Some((&CERT_REQUEST, subject)) => {
+                let infos = self.swim.infos().clone();
+                self.certs.answer(from, subject, &infos, now).map(|der| {
+                    if let Some(der) = der {
+                        let mut msg = vec![CERT];
+                        msg.extend_from_slice(&der);
+                        self.out.push_back((from.to_string(), msg));
+                    }
+                })
+            }
+            Some((&CERT, der)) => {
+                let infos = self.swim.infos().clone();
+                self.certs.learn(from, der, &infos).map(|_| ())
+            }
             Some((&REPORT, subject)) => match (std::str::from_utf8(subject), &mut self.liveness) {
                 (Ok(s), Some(d)) if crate::membership::valid_id(s) => {
                     // A report counts only from one of the subject's
@@ -308,7 +329,10 @@ impl Agent {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let swim = self.timers.peek().map(|Reverse((at, _))| *at);
         let tick = self.liveness.as_ref().and_then(Detector::next_tick);
-        swim.into_iter().chain(tick).min()
+        swim.into_iter()
+            .chain(tick)
+            .chain(self.swim.poll_timeout())
+            .min()
     }
 
     /// Runs what is due at `now`: SWIM's timers that ran out, and the
@@ -333,6 +357,13 @@ impl Agent {
         {
             self.tick(now);
         }
+        self.collect(now);
+    }
+
+    /// Records changed outside a datagram (a certificate learnt from a
+    /// connection): gossip that waited on them may be applied now.
+    pub fn records_changed(&mut self, now: Instant) {
+        self.collect(now);
     }
 
     fn arm(&mut self, at: Instant, timer: Timer<MemberId>) {
@@ -431,6 +462,13 @@ impl Agent {
     /// Moves SWIM's output into ours (its timers as deadlines from `now`),
     /// and keeps the watch list in step.
     fn collect(&mut self, now: Instant) {
+        self.swim.settle(now);
+        let infos = self.swim.infos().clone();
+        for (relay, subject) in self.certs.ask(&infos, now) {
+            let mut msg = vec![CERT_REQUEST];
+            msg.extend_from_slice(subject.as_bytes());
+            self.out.push_back((relay, msg));
+        }
         while let Some((after, timer)) = self.swim.poll_timer() {
             self.arm(now + after, timer);
         }

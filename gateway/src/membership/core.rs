@@ -1,7 +1,7 @@
 //! The membership state machine around foca.
 
 use std::num::{NonZeroU8, NonZeroUsize};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, State, Timer};
@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::info::{Infos, MemberInfo};
+use super::vouch::{Vouch, Waiting};
 use super::MemberId;
 
 /// SWIM settings, chosen for inter-region round trips (up to ~250 ms
@@ -149,10 +150,19 @@ fn swim_error(e: impl std::fmt::Display) -> MembershipError {
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, Infos>;
 
-/// foca's table, as the screen asks about it.
-struct Table<'a>(&'a Swim);
+/// foca's table and the records, as the screen asks about them.
+struct Table<'a>(&'a Swim, &'a Infos, bool);
 
 impl super::screen::Known for Table<'_> {
+    fn holds(&self, id: &MemberId) -> bool {
+        self.0.iter_membership_state().any(|m| m.id() == id)
+    }
+    fn vouch(&self, id: &MemberId) -> Vouch {
+        if !self.2 {
+            return Vouch::Yes; // Unsigned records (simulations): no word counts more.
+        }
+        super::vouch::vouch(self.1.get(&id.id).as_ref(), id)
+    }
     fn knows(&self, id: &str) -> bool {
         self.0.iter_membership_state().any(|m| m.id().id == id)
     }
@@ -177,6 +187,10 @@ pub struct Membership {
     max_members: usize,
     /// Updates refused by the screen: (sender, why).
     refused: Vec<(String, String)>,
+    /// Gossip about identities no record vouches for yet, and the record
+    /// count when it was last looked at.
+    waiting: Waiting,
+    settled_at: u64,
 }
 
 impl Membership {
@@ -202,6 +216,8 @@ impl Membership {
             own: None,
             max_members: settings.max_members,
             refused: Vec::new(),
+            waiting: Waiting::default(),
+            settled_at: 0,
         }
     }
 
@@ -242,9 +258,15 @@ impl Membership {
             id: from.to_string(),
             ..self.swim.identity().clone()
         };
-        foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&sender))
-            .map(|_| ())
-            .map_err(swim_error)
+        let taken = foca::BroadcastHandler::receive_item(&mut self.infos, data, Some(&sender))
+            .map_err(swim_error)?;
+        if taken.is_some() {
+            // News here is news for others: spread it as gossip would
+            // have. Members dial only members whose records they hold, so
+            // a record learnt straight from its member must travel on.
+            self.swim.add_broadcast(data).map_err(swim_error)?;
+        }
+        Ok(())
     }
 
     fn drain(&mut self) {
@@ -348,10 +370,16 @@ impl Membership {
     /// counted by the caller); updates about others that the sender may
     /// not give are cut out ([`screen`](super::screen)) and kept for
     /// [`take_refused`](Self::take_refused).
-    pub fn handle_data(&mut self, data: &[u8]) -> Result<(), MembershipError> {
-        let screened = super::screen::screen(data, &Table(&self.swim), self.max_members)?;
+    pub fn handle_data(&mut self, data: &[u8], now: Instant) -> Result<(), MembershipError> {
+        let known = Table(&self.swim, &self.infos, self.infos.signed());
+        let screened = super::screen::screen(data, &known, self.max_members)?;
         for why in screened.refused {
             self.refused.push((screened.sender.clone(), why));
+        }
+        for update in screened.deferred {
+            if let Err(why) = self.waiting.defer(update, &screened.sender, now) {
+                self.refused.push((screened.sender.clone(), why));
+            }
         }
         let r = self
             .swim
@@ -359,6 +387,52 @@ impl Membership {
             .map_err(swim_error);
         self.drain();
         r
+    }
+
+    /// Applies the waiting gossip that records vouch for now (new records
+    /// came, or a wait ran out), and refuses what waited too long.
+    pub fn settle(&mut self, now: Instant) {
+        let changes = self.infos.changes();
+        let due = self.waiting.poll_timeout().is_some_and(|t| t <= now);
+        if self.waiting.is_empty() || (changes == self.settled_at && !due) {
+            return;
+        }
+        self.settled_at = changes;
+        let infos = &self.infos;
+        let (ready, refused) = self.waiting.settle(|id| infos.get(id), now);
+        self.refused.extend(refused);
+        // Still within the cap: a member whose record is signed is one the
+        // mesh CA issued a certificate to, but the table stays bounded.
+        let mut room = self
+            .max_members
+            .saturating_sub(self.swim.iter_membership_state().len());
+        let ready: Vec<_> = ready
+            .into_iter()
+            .filter(|m| {
+                let known = self
+                    .swim
+                    .iter_membership_state()
+                    .any(|k| k.id().id == m.id().id);
+                let fits = known || room > 0;
+                room -= usize::from(!known && fits);
+                fits
+            })
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .swim
+            .apply_many(ready.into_iter(), true, &mut self.runtime)
+        {
+            tracing::debug!("applying vouched gossip: {e}");
+        }
+        self.drain();
+    }
+
+    /// When gossip waiting for a record runs out.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.waiting.poll_timeout()
     }
 
     /// Updates refused since the last call: who sent each, and why.

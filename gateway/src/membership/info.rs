@@ -13,8 +13,8 @@ use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
 
 use super::admission::Admission;
-use crate::keys::order::{SignedOrder, MAX_SIGNED_ORDER_LEN};
 use super::MemberId;
+use crate::keys::order::{CertId, SignedOrder, MAX_SIGNED_ORDER_LEN};
 
 /// The largest record (signed, as it travels) that fits in one membership
 /// datagram beside SWIM's own framing.
@@ -51,6 +51,12 @@ pub struct MemberInfo {
     /// The newest epoch order of the mesh CA this member holds: how `keys
     /// rotate` and `keys revoke` reach the whole mesh (see `keys::order`).
     pub order: Option<SignedOrder>,
+    /// Where this member's signalling endpoint listens, and its SWIM
+    /// generation: the only word on them that counts besides its own
+    /// (gossip moving either is deferred until a record vouches for it,
+    /// see `membership::vouch`), and the only addresses dialed.
+    pub signal: Option<SocketAddr>,
+    pub generation: u64,
 }
 
 impl MemberInfo {
@@ -59,7 +65,11 @@ impl MemberInfo {
         if !super::valid_id(&self.id) {
             return Some("the member id is not one".into());
         }
-        if let Some(o) = self.order.as_ref().filter(|o| o.len() > MAX_SIGNED_ORDER_LEN) {
+        if let Some(o) = self
+            .order
+            .as_ref()
+            .filter(|o| o.len() > MAX_SIGNED_ORDER_LEN)
+        {
             return Some(format!("an epoch order of {} bytes", o.len()));
         }
         if self.prefixes.len() > MAX_PREFIXES || self.endpoints.len() > MAX_ENDPOINTS {
@@ -71,11 +81,15 @@ impl MemberInfo {
         }
         // Canonical (no host bits: the policies' validation refuses those,
         // which froze every member's tables), and never a default route.
-        self.prefixes.iter().find_map(|(a, l)| match crate::prefix::Prefix::new(*a, *l) {
-            None => Some(format!("{a}/{l} is not a prefix (host bits set, or a length past its family)")),
-            Some(p) if *l == 0 => Some(format!("{p} is a default route")),
-            Some(_) => None,
-        })
+        self.prefixes
+            .iter()
+            .find_map(|(a, l)| match crate::prefix::Prefix::new(*a, *l) {
+                None => Some(format!(
+                    "{a}/{l} is not a prefix (host bits set, or a length past its family)"
+                )),
+                Some(p) if *l == 0 => Some(format!("{p} is a default route")),
+                Some(_) => None,
+            })
     }
 }
 
@@ -121,6 +135,14 @@ pub trait RecordAuthority: Send + Sync {
     /// Whether `signature` over `body` is by the member `info` names, and
     /// `info` agrees with what its certificate binds.
     fn check(&self, info: &MemberInfo, body: &[u8], signature: &[u8]) -> Check;
+    /// The certificate of member `id` known here (DER), for a member whose
+    /// records wait on it.
+    fn cert_of(&self, id: &str) -> Option<Vec<u8>>;
+    /// A certificate relayed by another member: kept if the mesh CA issued
+    /// it, it is valid now and not revoked. Its member id.
+    fn learn_cert(&self, der: &[u8]) -> Result<String, String>;
+    /// The mesh CA revoked `cert`: records under it are refused from now on.
+    fn revoke(&self, cert: CertId);
 }
 
 /// A record's standing with the [`RecordAuthority`].
@@ -149,6 +171,9 @@ struct State {
     /// Records whose signer is not known yet: the record, its body and
     /// signature.
     pending: BTreeMap<String, (MemberInfo, Vec<u8>, Vec<u8>)>,
+    /// Members whose certificate a record newly waits on, and who relayed
+    /// it (and so holds the certificate).
+    wanted: Vec<(String, String)>,
     authority: Option<Arc<dyn RecordAuthority>>,
     /// This gateway's own checks of what a record may route here.
     admission: Option<Admission>,
@@ -247,6 +272,53 @@ impl Infos {
                 s.pending.insert(id.to_string(), (info, body, signature));
                 false
             }
+        }
+    }
+
+    /// Whether records are signed and checked (every gateway; simulations
+    /// run without).
+    pub fn signed(&self) -> bool {
+        self.0.lock().is_ok_and(|s| s.authority.is_some())
+    }
+
+    /// Certificates records newly wait on since the last call: the member,
+    /// and who relayed its record.
+    pub fn take_wanted(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.wanted))
+            .unwrap_or_default()
+    }
+
+    /// Whether a record of `id` waits on its certificate.
+    pub fn waits_on(&self, id: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.pending.contains_key(id))
+    }
+
+    /// The certificate of `id` known here, for a member that asks.
+    pub fn cert_of(&self, id: &str) -> Option<Vec<u8>> {
+        let s = self.0.lock().ok()?;
+        s.authority.as_ref()?.cert_of(id)
+    }
+
+    /// A certificate relayed by another member: learnt if the mesh CA
+    /// vouches for it, and what waited on it is checked. Its member id.
+    pub fn learn_cert(&self, der: &[u8]) -> Result<String, String> {
+        let authority = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|s| s.authority.clone())
+            .ok_or("is not wanted: records are not signed here")?;
+        let id = authority.learn_cert(der)?;
+        self.certified(&id);
+        Ok(id)
+    }
+
+    /// The mesh CA revoked these certificates.
+    pub fn revoke_certs(&self, certs: impl IntoIterator<Item = CertId>) {
+        if let Some(a) = self.0.lock().ok().and_then(|s| s.authority.clone()) {
+            certs.into_iter().for_each(|c| a.revoke(c));
         }
     }
 
@@ -358,6 +430,9 @@ impl BroadcastHandler<MemberId> for Infos {
                 if newer_pending
                     && (s.pending.len() < MAX_PENDING || s.pending.contains_key(&info.id))
                 {
+                    if let Some(by) = sender.filter(|m| m.id != info.id) {
+                        s.wanted.push((info.id.clone(), by.id.clone()));
+                    }
                     s.pending
                         .insert(info.id.clone(), (info, envelope.body, envelope.signature));
                 }
@@ -420,6 +495,15 @@ mod tests {
                 Check::Invalid("signed by another member".into())
             }
         }
+        fn cert_of(&self, id: &str) -> Option<Vec<u8>> {
+            Some(id.as_bytes().to_vec())
+        }
+        fn learn_cert(&self, der: &[u8]) -> Result<String, String> {
+            let id = String::from_utf8(der.to_vec()).map_err(|e| e.to_string())?;
+            self.known.lock().unwrap().push(id.clone());
+            Ok(id)
+        }
+        fn revoke(&self, _: CertId) {}
     }
 
     fn authority(me: &str, known: &[&str]) -> Arc<Names> {

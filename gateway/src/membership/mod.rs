@@ -6,12 +6,14 @@
 
 pub mod admission;
 mod agent;
+mod certs;
 mod core;
 pub mod health;
 mod id;
 pub mod info;
 pub mod liveness;
 mod screen;
+pub mod vouch;
 pub mod watch;
 
 pub use self::core::{Membership, MembershipError, MembershipEvent, Settings};

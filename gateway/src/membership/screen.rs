@@ -8,14 +8,17 @@
 //! SAs. Such updates are refused and counted, unless this member holds
 //! the subject down already (honest members gossip the deaths they have
 //! seen): those are cut without a count. Updates naming an invalid id, or
-//! a new member past the cap, are refused and counted too. What is cut
-//! or refused leaves the datagram; the rest of it (the sender's own news,
-//! records) is taken.
+//! a new member past the cap, are refused and counted too. An identity
+//! (address, generation) of another member that this member does not
+//! hold already is cut out to wait for that member's signed record to
+//! vouch for it ([`vouch`](super::vouch)). What is cut or refused leaves
+//! the datagram; the rest of it (the sender's own news, records) is taken.
 
 use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Member, PostcardCodec, State};
 
 use super::core::MembershipError;
+use super::vouch::Vouch;
 use super::MemberId;
 
 /// A datagram as foca should read it, and the updates cut out of it.
@@ -24,6 +27,8 @@ pub struct Screened {
     /// The sender, as its header names it.
     pub sender: String,
     pub refused: Vec<String>,
+    /// Updates about identities no record vouches for yet.
+    pub deferred: Vec<Member<MemberId>>,
 }
 
 /// What the screen needs to know of this member's table.
@@ -34,12 +39,17 @@ pub trait Known {
     fn count(&self) -> usize;
     /// Whether this member holds `id` down (its own verdict).
     fn holds_down(&self, id: &str) -> bool;
+    /// Whether the table holds this very identity (address and generation).
+    fn holds(&self, id: &MemberId) -> bool;
+    /// What the member's signed record says of this identity of it.
+    fn vouch(&self, id: &MemberId) -> Vouch;
 }
 
 /// Screens `data`, a SWIM datagram whose header names its sender (checked
 /// before). `data` is kept as it is (`data: None`) when nothing is cut.
 pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, MembershipError> {
-    let malformed = |e: postcard::Error| MembershipError::new(&format!("an undecodable SWIM message: {e}"));
+    let malformed =
+        |e: postcard::Error| MembershipError::new(&format!("an undecodable SWIM message: {e}"));
     let mut codec = PostcardCodec;
     let mut rest = data;
     let header: Header<MemberId> = codec.decode_header(&mut rest).map_err(malformed)?;
@@ -48,10 +58,14 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
         data: None,
         sender: header.src.id.clone(),
         refused: Vec::new(),
+        deferred: Vec::new(),
     };
     // As foca reads them: a broadcast and an announce carry no updates.
     if rest.remaining() < 2
-        || matches!(header.message, foca::Message::Broadcast | foca::Message::Announce)
+        || matches!(
+            header.message,
+            foca::Message::Broadcast | foca::Message::Announce
+        )
     {
         return Ok(untouched);
     }
@@ -60,6 +74,7 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
     let near_cap = known.count() + usize::from(count) >= cap;
     let mut kept = Vec::with_capacity(usize::from(count));
     let mut refused = Vec::new();
+    let mut deferred = Vec::new();
     let mut deaths_cut = 0;
     let mut new_members = 0;
     for _ in 0..count {
@@ -78,9 +93,19 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
             Some(format!(
                 "declares {subject} down (a death counts only from this member's own verdict)"
             ))
+        } else if known.holds(m.id()) {
+            None // No change of address or generation.
+        } else if known.vouch(m.id()) == Vouch::Stale {
+            deaths_cut += 1; // Old news: its record names a later generation.
+            continue;
+        } else if known.vouch(m.id()) == Vouch::No {
+            deferred.push(m);
+            continue;
         } else if near_cap && !known.knows(subject) {
             if known.count() + new_members >= cap {
-                Some(format!("a new member {subject} past the cap of {cap} members"))
+                Some(format!(
+                    "a new member {subject} past the cap of {cap} members"
+                ))
             } else {
                 new_members += 1;
                 None
@@ -93,7 +118,7 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
             Some(w) => refused.push(w),
         }
     }
-    if refused.is_empty() && deaths_cut == 0 {
+    if refused.is_empty() && deaths_cut == 0 && deferred.is_empty() {
         return Ok(untouched);
     }
     let mut out = Vec::with_capacity(data.len());
@@ -108,6 +133,7 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
         data: Some(out),
         sender: header.src.id,
         refused,
+        deferred,
     })
 }
 
@@ -118,6 +144,21 @@ mod tests {
 
     struct Table(BTreeSet<String>);
     impl Known for Table {
+        fn holds(&self, id: &MemberId) -> bool {
+            self.0.contains(&id.id)
+                && id.generation == 1
+                && id.addr.port() == 4433
+                && id.addr.ip().to_string() == "192.0.2.1"
+        }
+        fn vouch(&self, id: &MemberId) -> Vouch {
+            // Records of generation 1 at 192.0.2.1 for every member but m7.
+            let record = (id.id != "m7").then(|| crate::membership::info::MemberInfo {
+                signal: Some("192.0.2.1:4433".parse().unwrap()),
+                generation: 1,
+                ..Default::default()
+            });
+            crate::membership::vouch::vouch(record.as_ref(), id)
+        }
         fn holds_down(&self, id: &str) -> bool {
             id == "m9"
         }
@@ -134,6 +175,14 @@ mod tests {
             id: name.into(),
             addr: "192.0.2.1:4433".parse().unwrap(),
             generation: 1,
+        }
+    }
+
+    fn moved(name: &str, addr: &str, generation: u64) -> MemberId {
+        MemberId {
+            addr: addr.parse().unwrap(),
+            generation,
+            ..id(name)
         }
     }
 
@@ -190,6 +239,20 @@ mod tests {
             s.data.unwrap(),
             datagram(&[hostile[0].clone(), hostile[4].clone()], b"records")
         );
+        // Identities no record vouches for wait; old ones are dropped.
+        let moving = [
+            Member::new(moved("m2", "198.51.100.1:4433", 1), 1, State::Alive),
+            Member::new(moved("m3", "192.0.2.1:4433", u64::MAX), 0, State::Alive),
+            Member::new(id("m7"), 0, State::Alive), // invented: no record
+            Member::new(moved("m2", "192.0.2.1:4433", 0), 0, State::Alive), // stale
+            Member::new(id("m2"), 2, State::Suspect), // held as it is: fine
+        ];
+        let d = datagram(&moving, b"records");
+        let s = screen(&d, &table, 10).unwrap();
+        assert!(s.refused.is_empty(), "{:?}", s.refused);
+        assert_eq!(s.deferred, moving[..3]);
+        assert_eq!(s.data.unwrap(), datagram(&moving[4..], b"records"));
+
         // Garbage is refused whole.
         assert!(screen(&d[..d.len() / 3], &table, 6).is_err());
     }

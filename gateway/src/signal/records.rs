@@ -5,10 +5,13 @@
 //! its certificate does not grant.
 //!
 //! A member's certificate is learnt from a direct connection to it (every
-//! connection is mutual TLS with the mesh CA); until then its records
-//! wait (see [`Infos::certified`](crate::membership::info::Infos::certified)).
+//! connection is mutual TLS with the mesh CA), or from the member that
+//! relayed its record, which has it (checked here against the mesh CA as
+//! a handshake would); until then its records wait (see
+//! [`Infos::certified`](crate::membership::info::Infos::certified)).
+//! Certificates the mesh CA revoked vouch for nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use ring::rand::SystemRandom;
@@ -17,6 +20,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::transport::{Credentials, PeerCert, TransportError};
 use crate::identity::Claims;
+use crate::keys::order::CertId;
 use crate::membership::info::{Check, MemberInfo, RecordAuthority};
 
 pub struct CertRecords {
@@ -24,6 +28,7 @@ pub struct CertRecords {
     ca: std::sync::Arc<crate::identity::MeshCa>,
     rng: SystemRandom,
     certs: Mutex<HashMap<String, (Claims, CertificateDer<'static>)>>,
+    revoked: Mutex<HashSet<CertId>>,
 }
 
 impl CertRecords {
@@ -33,7 +38,13 @@ impl CertRecords {
             ca: creds.ca().clone(),
             rng: SystemRandom::new(),
             certs: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashSet::new()),
         })
+    }
+
+    fn is_revoked(&self, der: &[u8]) -> bool {
+        let id = crate::identity::cert_id(der);
+        self.revoked.lock().is_ok_and(|r| r.contains(&id))
     }
 
     /// A peer's certificate, from a connection with it.
@@ -59,6 +70,45 @@ impl RecordAuthority for CertRecords {
         }
     }
 
+    fn cert_of(&self, id: &str) -> Option<Vec<u8>> {
+        let certs = self.certs.lock().ok()?;
+        Some(certs.get(id)?.1.as_ref().to_vec())
+    }
+
+    fn learn_cert(&self, der: &[u8]) -> Result<String, String> {
+        if self.is_revoked(der) {
+            return Err("the mesh CA revoked".into());
+        }
+        let der = CertificateDer::from(der.to_vec());
+        let claims = self
+            .ca
+            .verify(&der, None, rustls_pki_types::UnixTime::now())
+            .map_err(|e| format!("does not hold: {e}"))?;
+        let mut certs = self
+            .certs
+            .lock()
+            .map_err(|_| "the certificate store is poisoned")?;
+        // One learnt from the member itself, still good, is kept: a relayed
+        // one only fills a gap (or replaces one revoked or expired).
+        let known_good = certs.get(&claims.id).is_some_and(|(_, k)| {
+            !self.is_revoked(k)
+                && self
+                    .ca
+                    .verify(k, Some(&claims.id), rustls_pki_types::UnixTime::now())
+                    .is_ok()
+        });
+        if !known_good {
+            certs.insert(claims.id.clone(), (claims.clone(), der));
+        }
+        Ok(claims.id)
+    }
+
+    fn revoke(&self, cert: CertId) {
+        if let Ok(mut r) = self.revoked.lock() {
+            r.insert(cert);
+        }
+    }
+
     fn check(&self, info: &MemberInfo, body: &[u8], signature: &[u8]) -> Check {
         let Some((claims, der)) = self
             .certs
@@ -68,6 +118,9 @@ impl RecordAuthority for CertRecords {
         else {
             return Check::Unknown;
         };
+        if self.is_revoked(&der) {
+            return Check::Invalid("the member's certificate is revoked by the mesh CA".into());
+        }
         // Still valid now (certificates expire while members run).
         if let Err(e) = self
             .ca

@@ -251,8 +251,10 @@ async fn mesh_of(n: usize) {
         let info = MemberInfo {
             id: id.clone(),
             version: 1,
-            region: format!("region-{i}"),
-            zone: format!("region-{i}a"),
+            // As the test certificates say (records at odds with their
+            // member's certificate are refused).
+            region: "eu-west-1".into(),
+            zone: "eu-west-1a".into(),
             account: "123456789012".into(),
             role: "edge".into(),
             group: None,
@@ -445,7 +447,9 @@ fn a_member_may_advertise_only_what_its_certificate_grants() {
         addr: local(),
         generation: 0,
     };
-    let sign = Infos::with_authority(Arc::new(super::records::CertRecords::new(&hostile).unwrap()));
+    let sign = Infos::with_authority(Arc::new(
+        super::records::CertRecords::new(&hostile).unwrap(),
+    ));
     let record = |version, prefixes: &[(IpAddr, u8)]| MemberInfo {
         id: "m2".into(),
         version,
@@ -456,10 +460,19 @@ fn a_member_may_advertise_only_what_its_certificate_grants() {
     };
     let v4 = |a: [u8; 4], l| (IpAddr::from(a), l);
     let attacks: [(&[(IpAddr, u8)], &str); 5] = [
-        (&[v4([0, 0, 0, 0], 1), v4([128, 0, 0, 0], 1)], "0.0.0.0/1, which its certificate does not grant"),
-        (&[v4([11, 0, 0, 0], 8)], "11.0.0.0/8, which its certificate does not grant"),
+        (
+            &[v4([0, 0, 0, 0], 1), v4([128, 0, 0, 0], 1)],
+            "0.0.0.0/1, which its certificate does not grant",
+        ),
+        (
+            &[v4([11, 0, 0, 0], 8)],
+            "11.0.0.0/8, which its certificate does not grant",
+        ),
         (&[v4([169, 254, 169, 254], 32)], "does not grant"),
-        (&[v4([10, 3, 0, 0], 16)], "10.3.0.0/16, which overlaps 10.3.0.0/16, this gateway's own"),
+        (
+            &[v4([10, 3, 0, 0], 16)],
+            "10.3.0.0/16, which overlaps 10.3.0.0/16, this gateway's own",
+        ),
         (&[v4([10, 3, 7, 0], 24)], "this gateway's own"),
     ];
     for (version, (prefixes, why)) in attacks.iter().enumerate() {
@@ -474,11 +487,17 @@ fn a_member_may_advertise_only_what_its_certificate_grants() {
     // Malformed prefixes are refused before any signature is checked.
     for bad in [v4([10, 2, 0, 1], 16), v4([0, 0, 0, 0], 0)] {
         let sealed = sign.seal(&record(10, &[bad]));
-        assert!(at_me.receive_item(&sealed, Some(&sender)).is_err(), "{bad:?}");
+        assert!(
+            at_me.receive_item(&sealed, Some(&sender)).is_err(),
+            "{bad:?}"
+        );
     }
     // What the CA granted is taken.
     let sealed = sign.seal(&record(11, &[v4([10, 2, 0, 0], 16)]));
-    assert!(at_me.receive_item(&sealed, Some(&sender)).unwrap().is_some());
+    assert!(at_me
+        .receive_item(&sealed, Some(&sender))
+        .unwrap()
+        .is_some());
     assert_eq!(at_me.get("m2").unwrap().version, 11);
 }
 
@@ -644,7 +663,11 @@ async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
         // Long header, type Initial (RFC 9000 §17.2.2); the first of each
         // connection (retransmits carry a DCID already seen).
         let dcid_len = buf[5] as usize;
-        if buf[0] & 0xb0 == 0x80 && !initials.iter().any(|i: &Vec<u8>| i[5..6 + dcid_len] == buf[5..6 + dcid_len]) {
+        if buf[0] & 0xb0 == 0x80
+            && !initials
+                .iter()
+                .any(|i: &Vec<u8>| i[5..6 + dcid_len] == buf[5..6 + dcid_len])
+        {
             initials.push(buf[..n].to_vec());
         }
     }
@@ -672,7 +695,9 @@ async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
     );
     // The member answers the retry and gets through.
     let started = Instant::now();
-    connect(&ea, &a, "region-2", b_addr).await.expect("a member connects during the flood");
+    connect(&ea, &a, "region-2", b_addr)
+        .await
+        .expect("a member connects during the flood");
     eprintln!(
         "{FLOOD} handshakes left pending: {retries} answered with a retry; a member connected in {:?}",
         started.elapsed()
@@ -690,7 +715,11 @@ async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
         }
     }
     assert!(connected, "the member's connection reached the member loop");
-    assert_eq!(counted, retries + 1, "every retry counted (the member's too)");
+    assert_eq!(
+        counted,
+        retries + 1,
+        "every retry counted (the member's too)"
+    );
 }
 
 /// A member that sends datagrams faster than the member loop takes them
@@ -722,8 +751,10 @@ async fn a_flooding_peer_fills_only_its_own_queue_and_drops_are_counted() {
             let incoming = eb.accept().await.unwrap();
             accept(incoming, &b).await.unwrap()
         };
-        let ((conn, _), (at_b, cert)) =
-            tokio::join!(async { connect(ep, creds, "region-2", b_addr).await.unwrap() }, server);
+        let ((conn, _), (at_b, cert)) = tokio::join!(
+            async { connect(ep, creds, "region-2", b_addr).await.unwrap() },
+            server
+        );
         spawn_readers(&at_b, ConnId(i as u64), &cert.claims.id, &tx);
         senders.push(conn);
     }
