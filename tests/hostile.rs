@@ -104,9 +104,10 @@ fn run_hostile(lab: &Lab, info: MemberInfo, secs: u64) {
 const GHOST_PORT: u16 = 4999;
 
 /// As region 4, connects to the honest members and gossips for `secs`,
-/// every 500 ms, what it may not say of others; returns how many datagrams
+/// every 500 ms, what it may not say of others (region 2's death if
+/// `deaths`, else region 2 moved and an invented member); returns how many datagrams
 /// reached the invented member's address meanwhile.
-fn gossip_as_hostile(lab: &Lab, secs: u64) -> usize {
+fn gossip_as_hostile(lab: &Lab, secs: u64, deaths: bool) -> usize {
     use bytes::BufMut;
     use foca::{Codec, Header, Member, PostcardCodec, State};
     use meshgate::membership::MemberId;
@@ -140,12 +141,15 @@ fn gossip_as_hostile(lab: &Lab, secs: u64) -> usize {
         )
     };
     let ghost_addr: std::net::SocketAddr = (lab.regions[HOSTILE].underlay_ip(), GHOST_PORT).into();
-    let said = [
-        member(&region2, signal(1), 1, State::Down),
-        member(&region2, signal(1), u64::MAX, State::Alive),
-        member(&region2, signal(HOSTILE), u64::MAX - 1, State::Alive),
-        member("ghost", ghost_addr, 1, State::Alive),
-    ];
+    let said = if deaths {
+        vec![member(&region2, signal(1), 1, State::Down)]
+    } else {
+        vec![
+            member(&region2, signal(1), u64::MAX, State::Alive),
+            member(&region2, signal(HOSTILE), u64::MAX - 1, State::Alive),
+            member("ghost", ghost_addr, 1, State::Alive),
+        ]
+    };
     let peers: Vec<(String, std::net::SocketAddr, MemberId)> = (0..HOSTILE)
         .map(|r| {
             let peer = lab.regions[r].gateway_id();
@@ -168,11 +172,40 @@ fn gossip_as_hostile(lab: &Lab, secs: u64) -> usize {
         rt.block_on(async move {
             let ep = endpoint(&creds, (me.addr.ip(), 0).into()).expect("an endpoint");
             let mut conns = Vec::new();
-            for (peer, addr, dst) in &peers {
+            for (peer, addr, seed) in &peers {
                 let (conn, _) = connect(&ep, &creds, peer, *addr)
                     .await
                     .expect("connecting as region 4");
-                conns.push((conn, dst.clone()));
+                // SWIM reads only what is addressed to the receiver's
+                // identity as it stands: learn it as a joining member
+                // would, from the answer to an announce.
+                let mut announce = vec![0u8];
+                let header = Header {
+                    src: me.clone(),
+                    src_incarnation: 0,
+                    dst: seed.clone(),
+                    message: foca::Message::Announce,
+                };
+                PostcardCodec
+                    .encode_header(&header, &mut announce)
+                    .expect("a header");
+                let mut dst = None;
+                while dst.is_none() {
+                    let _ = conn.send_datagram(announce.clone().into());
+                    let Ok(Ok(d)) =
+                        tokio::time::timeout(Duration::from_millis(500), conn.read_datagram())
+                            .await
+                    else {
+                        continue;
+                    };
+                    if let Some((0, mut rest)) = d.split_first().map(|(t, r)| (*t, r)) {
+                        if let Ok(h) = PostcardCodec.decode_header(&mut rest) {
+                            let h: Header<MemberId> = h;
+                            dst = (h.src.id == *peer).then_some(h.src);
+                        }
+                    }
+                }
+                conns.push((conn, dst.expect("the peer's identity")));
             }
             let mut reached = 0;
             let end = std::time::Instant::now() + Duration::from_secs(secs);
@@ -348,21 +381,42 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
         ..base
     };
     run_hostile(&lab, epochs, 5);
-    // 3. Gossip about others, for longer than gossip waits for a record.
-    let membership_before: Vec<u64> = honest
-        .iter()
-        .map(|&g| refused(&lab, g, "membership"))
-        .collect();
+    // 3. Gossip about others: region 2 moved and an invented member, for
+    // longer than gossip waits for a record to vouch for it; then region
+    // 2's death.
+    let refusals = |kind: &str| -> Vec<u64> {
+        honest
+            .iter()
+            .map(|&g| {
+                metric(
+                    &lab,
+                    g,
+                    "meshgate_signal_refused_total",
+                    // (Labels come sorted by name.)
+                    &format!("reason=\"{kind}\",what=\"membership\""),
+                )
+            })
+            .collect()
+    };
+    let (unvouched, unauthorized) = (refusals("unvouched"), refusals("unauthorized"));
     let sas_before: Vec<Vec<String>> = honest.iter().map(|&g| honest_sas(&lab, g)).collect();
-    let ghost = gossip_as_hostile(&lab, 14);
+    let ghost = gossip_as_hostile(&lab, 13, false);
     assert_eq!(ghost, 0, "an honest member dialed the invented member");
+    gossip_as_hostile(&lab, 2, true);
+    let (unvouched_after, unauthorized_after) = (refusals("unvouched"), refusals("unauthorized"));
     for (i, &g) in honest.iter().enumerate() {
-        // The death at once, and region 2's identities and the invented
-        // member once their wait ran out, at each of the three (region 2
-        // hears nothing about itself it has to refuse but the rest).
+        // Region 2 moved and the invented member, once their wait ran out
+        // (one refusal each per member said of), and the death at once.
         assert!(
-            refused(&lab, g, "membership") >= membership_before[i] + 2,
-            "gateway {}: the gossip about others was not refused",
+            unvouched_after[i] >= unvouched[i] + 2,
+            "gateway {}: gossip no record vouched for was not refused ({} -> {})",
+            g + 1,
+            unvouched[i],
+            unvouched_after[i]
+        );
+        assert!(
+            unauthorized_after[i] > unauthorized[i],
+            "gateway {}: the death gossiped by another was not refused",
             g + 1
         );
         assert_eq!(
@@ -409,10 +463,14 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
         );
         assert!(
             log.lines().any(|l| l.contains(&format!("peer={id}"))
-                && l.contains("says ghost is at")
-                && l.contains("which no record of ghost vouches for")),
-            "gateway {}: no refusal of the invented member names {id}",
-            g + 1
+                && l.contains("says ")
+                && l.contains("which no record of")),
+            "gateway {}: no refusal of unvouched gossip names {id}; its refusals:\n{}",
+            g + 1,
+            log.lines()
+                .filter(|l| l.contains("refused"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }

@@ -445,6 +445,9 @@ impl Member {
         for (by, why) in self.agent.take_refused() {
             self.refuse(&by, "membership", "unauthorized", why);
         }
+        for (by, why) in self.agent.take_unvouched() {
+            self.refuse(&by, "membership", "unvouched", why);
+        }
         let mut changed = false;
         while let Some(e) = self.agent.poll_event() {
             changed = true;

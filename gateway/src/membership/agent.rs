@@ -176,6 +176,12 @@ impl Agent {
         self.swim.take_refused()
     }
 
+    /// Gossip about others that no record vouched for in time: (sender,
+    /// what it said).
+    pub fn take_unvouched(&mut self) -> Vec<(String, String)> {
+        self.swim.take_unvouched()
+    }
+
     /// Advertises this member's record.
     pub fn advertise(
         &mut self,

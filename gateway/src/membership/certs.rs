@@ -261,7 +261,8 @@ mod tests {
         a.handle_timeout(later);
         assert!(members(&a).contains(&b), "b is where its record says");
         assert!(!members(&a).iter().any(|m| m.id == "ghost"));
-        let refused = a.take_refused();
+        assert!(a.take_refused().is_empty());
+        let refused = a.take_unvouched();
         let said: Vec<&str> = refused
             .iter()
             .map(|(by, why)| {

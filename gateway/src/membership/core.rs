@@ -154,6 +154,9 @@ type Swim = Foca<MemberId, PostcardCodec, StdRng, Infos>;
 struct Table<'a>(&'a Swim, &'a Infos, bool);
 
 impl super::screen::Known for Table<'_> {
+    fn is_me(&self, id: &MemberId) -> bool {
+        self.0.identity() == id
+    }
     fn holds(&self, id: &MemberId) -> bool {
         self.0.iter_membership_state().any(|m| m.id() == id)
     }
@@ -187,6 +190,8 @@ pub struct Membership {
     max_members: usize,
     /// Updates refused by the screen: (sender, why).
     refused: Vec<(String, String)>,
+    /// Gossip no record vouched for in time: (sender, why).
+    unvouched: Vec<(String, String)>,
     /// Gossip about identities no record vouches for yet, and the record
     /// count when it was last looked at.
     waiting: Waiting,
@@ -216,6 +221,7 @@ impl Membership {
             own: None,
             max_members: settings.max_members,
             refused: Vec::new(),
+            unvouched: Vec::new(),
             waiting: Waiting::default(),
             settled_at: 0,
         }
@@ -400,7 +406,7 @@ impl Membership {
         self.settled_at = changes;
         let infos = &self.infos;
         let (ready, refused) = self.waiting.settle(|id| infos.get(id), now);
-        self.refused.extend(refused);
+        self.unvouched.extend(refused);
         // Still within the cap: a member whose record is signed is one the
         // mesh CA issued a certificate to, but the table stays bounded.
         let mut room = self
@@ -438,6 +444,12 @@ impl Membership {
     /// Updates refused since the last call: who sent each, and why.
     pub fn take_refused(&mut self) -> Vec<(String, String)> {
         std::mem::take(&mut self.refused)
+    }
+
+    /// Gossip refused since the last call because no record vouched for
+    /// it in time: who sent each, and what it said.
+    pub fn take_unvouched(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.unvouched)
     }
 
     /// A timer armed through [`poll_timer`](Self::poll_timer) ran out.

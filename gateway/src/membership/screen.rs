@@ -39,6 +39,8 @@ pub trait Known {
     fn count(&self) -> usize;
     /// Whether this member holds `id` down (its own verdict).
     fn holds_down(&self, id: &str) -> bool;
+    /// Whether `id` is this member's identity as it stands.
+    fn is_me(&self, id: &MemberId) -> bool;
     /// Whether the table holds this very identity (address and generation).
     fn holds(&self, id: &MemberId) -> bool;
     /// What the member's signed record says of this identity of it.
@@ -60,12 +62,15 @@ pub fn screen(data: &[u8], known: &impl Known, cap: usize) -> Result<Screened, M
         refused: Vec::new(),
         deferred: Vec::new(),
     };
-    // As foca reads them: a broadcast and an announce carry no updates.
+    // As foca reads them: a broadcast and an announce carry no updates,
+    // and the payload of a message addressed to another identity of this
+    // member (an earlier generation) is ignored.
     if rest.remaining() < 2
         || matches!(
             header.message,
             foca::Message::Broadcast | foca::Message::Announce
         )
+        || !known.is_me(&header.dst)
     {
         return Ok(untouched);
     }
@@ -144,6 +149,9 @@ mod tests {
 
     struct Table(BTreeSet<String>);
     impl Known for Table {
+        fn is_me(&self, id: &MemberId) -> bool {
+            id.id == "me"
+        }
         fn holds(&self, id: &MemberId) -> bool {
             self.0.contains(&id.id)
                 && id.generation == 1
