@@ -33,6 +33,8 @@ pub enum KeyError {
     Hex { offset: usize },
     #[error("odd number of hex digits ({digits}) in the key")]
     OddHex { digits: usize },
+    #[error("{bytes} bytes asked of HKDF-SHA256, which gives at most 8160")]
+    DeriveTooLong { bytes: usize },
     #[error("key material is for {key} but {expected} was asked for")]
     SuiteMismatch {
         key: &'static str,
@@ -124,6 +126,26 @@ impl KeyMaterial {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// Keying material derived from this one as a pre-shared secret:
+    /// HKDF-SHA256 (RFC 5869) with this key (all of it, salt included) as
+    /// the input keying material, `salt` and `info`, filling `out`. How a
+    /// configured key yields fresh SA keys per session without leaving
+    /// this type.
+    pub fn expand(&self, salt: &[u8], info: &[&[u8]], out: &mut [u8]) -> Result<(), KeyError> {
+        struct Len(usize);
+        impl ring::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt)
+            .extract(&self.bytes[..self.suite.key_material_len()]);
+        let too_long = KeyError::DeriveTooLong { bytes: out.len() };
+        prk.expand(info, Len(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .map_err(|_| too_long)
     }
 
     /// The salt that prefixes every nonce (RFC 4106 §4).

@@ -229,8 +229,29 @@ pub fn run(config_path: &Path) -> Result<()> {
         .with_context(|| format!("binding the ESP-in-UDP socket {}", config.listen))?;
     set_buffers(&socket);
     let (notices, notice_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Configured peers' keys are pre-shared secrets: their SAs come from
+    // sessions keyed afresh at every start (`keys::session`), over hellos
+    // on the ESP socket.
+    let (hello_tx, hello_rx) = tokio::sync::mpsc::channel(crate::sessions::QUEUED_HELLOS);
+    let session_socket = socket
+        .try_clone()
+        .context("a handle on the ESP-in-UDP socket for session hellos")?;
+    let session_peers: Vec<crate::sessions::SessionPeer> = config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(slot, p)| crate::sessions::SessionPeer {
+            slot,
+            id: p.id.clone(),
+            endpoint: p.endpoint,
+            outbound: p.outbound.clone(),
+            inbound: p.inbound.clone(),
+        })
+        .collect();
+    let mut dataplane_settings = config.dataplane();
+    dataplane_settings.hellos = Some(hello_tx);
     let dataplane = Dataplane::start(
-        &config.dataplane(),
+        &dataplane_settings,
         tun,
         socket,
         &metrics,
@@ -246,7 +267,8 @@ pub fn run(config_path: &Path) -> Result<()> {
         "gateway up"
     );
     let sa_defaults = config.sa.clone();
-    // The SAs hold their own copies of the keys now; the config's are wiped.
+    // The sessions hold the pre-shared keys now; the config's are wiped.
+    drop(dataplane_settings);
     let admin = config.admin;
     let listeners = crate::admin::Listeners {
         admin,
@@ -298,6 +320,15 @@ pub fn run(config_path: &Path) -> Result<()> {
                     }
                 }
             });
+        }
+        if !session_peers.is_empty() {
+            tokio::spawn(crate::sessions::run(
+                session_peers,
+                hello_rx,
+                session_socket,
+                dataplane.control(),
+                metrics.clone(),
+            ));
         }
         let member = async {
             match member {

@@ -42,6 +42,7 @@ pub mod netns;
 pub mod policy;
 pub mod prefix;
 pub mod seqstate;
+pub mod sessions;
 pub mod signal;
 pub mod time;
 pub mod tun;

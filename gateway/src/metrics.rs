@@ -30,6 +30,48 @@ pub struct Metrics {
     policy_info: IntGaugeVec,
     /// Membership, health and key negotiation.
     pub mesh: MeshMetrics,
+    /// The sessions of configured peers.
+    pub sessions: SessionMetrics,
+}
+
+/// The sessions of configured peers (`keys::session`).
+pub struct SessionMetrics {
+    pub up: IntGauge,
+    pub waiting: IntGauge,
+    /// Sessions keyed (each a fresh pair of SAs).
+    pub keyed: IntCounter,
+    /// Hellos refused, by reason.
+    pub refused: IntCounterVec,
+}
+
+impl SessionMetrics {
+    fn new(registry: &Registry) -> SessionMetrics {
+        let sessions = gauge_vec(
+            registry,
+            "meshgate_sessions",
+            "Configured peers by the state of their session: up (keyed both ways) or waiting.",
+            &["state"],
+        );
+        let keyed = IntCounter::new(
+            "meshgate_sessions_keyed_total",
+            "Sessions keyed with configured peers, each with fresh SA keys.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(keyed.clone()))
+            .expect("metric names are unique");
+        SessionMetrics {
+            up: sessions.with_label_values(&["up"]),
+            waiting: sessions.with_label_values(&["waiting"]),
+            keyed,
+            refused: counter_vec(
+                registry,
+                "meshgate_session_refused_total",
+                "Session hellos refused, by reason (unknown: no configured peer's MAC; replayed; malformed).",
+                &["reason"],
+            ),
+        }
+    }
 }
 
 /// The signalling layer's metrics: membership, measured health, key
@@ -348,8 +390,10 @@ impl Metrics {
             .register(Box::new(policy_info.clone()))
             .expect("metric names are unique");
         let mesh = MeshMetrics::new(&registry);
+        let sessions = SessionMetrics::new(&registry);
         Metrics {
             mesh,
+            sessions,
             registry,
             policy_evaluations,
             policy_latency,

@@ -113,6 +113,7 @@ impl Config {
                 .collect(),
             state_file: self.state_file(),
             mtu: self.tun.mtu,
+            hellos: None,
         }
     }
 

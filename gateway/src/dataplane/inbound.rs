@@ -56,6 +56,8 @@ pub struct Inbound {
     tables: SharedTables,
     /// Where lifetime events go, once attached.
     notices: Option<NoticeSender>,
+    /// Where non-ESP datagrams (session hellos) go, once attached.
+    hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -106,6 +108,7 @@ impl Inbound {
             state: None,
             tables,
             notices: None,
+            hellos: None,
         })
     }
 
@@ -215,6 +218,21 @@ impl Inbound {
         }
     }
 
+    /// Hands non-ESP datagrams (session hellos) to `hellos`.
+    pub fn attach_hellos(&mut self, hellos: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.hellos = Some(hellos);
+    }
+
+    /// Drops the configured SAs: configured peers' keys are pre-shared
+    /// secrets, and their SAs come from sessions (`keys::session`).
+    pub fn clear_configured_sas(&mut self) {
+        let now = Instant::now();
+        let spis: Vec<u32> = self.sas.keys().copied().collect();
+        for spi in spis {
+            self.apply(InboundCommand::RemoveSa { spi }, now);
+        }
+    }
+
     /// Connects the SAs to the state thread, which keeps their windows.
     pub(super) fn attach_state(&mut self, reports: Sender<StateMsg>) {
         self.state = Some(reports);
@@ -234,6 +252,11 @@ impl Inbound {
             }
             UdpPayloadKind::NonEsp => {
                 self.control.non_esp.inc();
+                if let Some(h) = &self.hellos {
+                    // To the sessions of configured peers; dropped when
+                    // they are behind (hellos are repeated).
+                    let _ = h.try_send(datagram.to_vec());
+                }
                 return Ok(Delivery::Nothing);
             }
             UdpPayloadKind::Malformed => return Err(DropReason::Malformed),

@@ -99,6 +99,11 @@ impl Dataplane {
     ) -> Result<Dataplane, StartError> {
         let mut outbound = Outbound::new(&config.peers, metrics, tables.clone())?;
         let mut inbound = Inbound::new(&config.peers, metrics, tables)?;
+        if let Some(h) = &config.hellos {
+            outbound.clear_configured_sas();
+            inbound.clear_configured_sas();
+            inbound.attach_hellos(h.clone());
+        }
         if let Some(n) = notices {
             outbound.attach_notices(n.clone());
             inbound.attach_notices(n);

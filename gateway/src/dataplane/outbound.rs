@@ -103,6 +103,15 @@ impl Outbound {
         })
     }
 
+    /// Drops the configured SAs: configured peers' keys are pre-shared
+    /// secrets, and their SAs come from sessions (`keys::session`).
+    pub fn clear_configured_sas(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.peers.len() {
+            self.apply(OutboundCommand::ClearSa { slot }, now);
+        }
+    }
+
     /// Sends lifetime events to the control plane, which rekeys.
     pub fn attach_notices(&mut self, notices: NoticeSender) {
         self.notices = Some(notices);

@@ -15,6 +15,11 @@ pub struct DataplaneSettings {
     /// Where sequence numbers are reserved and replay windows recorded.
     pub state_file: PathBuf,
     pub mtu: u16,
+    /// Configured peers' keys are pre-shared secrets and their SAs come
+    /// from sessions (`keys::session`): hellos go here, and the configured
+    /// SAs are not installed. `None`: installed as configured (tests of the
+    /// data plane alone).
+    pub hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// A peer with configured SAs.

@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod message;
 pub mod order;
 pub mod rotation;
+pub mod session;
 mod schedule;
 mod spi;
 

@@ -5,7 +5,7 @@ use super::*;
 
 impl Lab {
     /// Starts `binary run` in every appliance and waits until each serves
-    /// its health check.
+    /// its health check and has keyed a session with each configured peer.
     pub fn start_gateways(&mut self, binary: &Path) -> Result<()> {
         for i in 0..self.regions.len() {
             self.start_gateway(binary, i)?;
@@ -13,7 +13,30 @@ impl Lab {
         for i in 0..self.regions.len() {
             self.wait_ready(i, Duration::from_secs(10))?;
         }
+        for i in 0..self.regions.len() {
+            self.wait_sessions(i, Duration::from_secs(10))?;
+        }
         Ok(())
+    }
+
+    /// Waits until gateway `i` has keyed a session with every configured
+    /// peer (mesh members have none).
+    pub fn wait_sessions(&self, i: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let text = self.metrics(i).unwrap_or_default();
+            if crate::metrics::sum_samples(&text, "meshgate_sessions", "state=\"waiting\"") == 0.0 {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "gateway {} keyed no session with some configured peer within {timeout:?}:\n{}",
+                    i + 1,
+                    self.log_tail(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the gateway of region `i` (without waiting for it).
