@@ -449,7 +449,11 @@ fn start_member(
             m.signal.seeds.clone(),
         )),
         info: m.local.clone(),
-        settings: MembershipSettings::default(),
+        settings: MembershipSettings {
+            max_members: m.signal.max_members,
+            forget_down_after: m.signal.forget_down_after,
+            ..MembershipSettings::default()
+        },
         liveness: Some(LivenessSettings::default()),
         keys: Some((m.keys, m.signal.keys.epoch, sa.suite)),
         tunnels: Some(node::TunnelLink {

@@ -1,5 +1,10 @@
 //! Sequence numbers that survive restarts.
 //!
+//! (Configured peers no longer run on their configured keys: each start
+//! keys fresh SAs with them, `keys::session`, which need no state. This
+//! file serves SAs installed with their configured keys, as the data
+//! plane's own tests and fuzz harness do.)
+//!
 //! Manually keyed SAs keep their keys across restarts, and our AES-GCM IV
 //! is the sequence number: a sender that started again from 1 would reuse
 //! (key, nonce) pairs, which breaks GCM outright, and a receiver that

@@ -80,6 +80,11 @@ pub struct SignalConfig {
     /// Members to join through: id and signalling address.
     pub seeds: Vec<(String, SocketAddr)>,
     pub keys: KeysConfig,
+    /// The most members (up and down) kept: gossip of new ones past it is
+    /// refused.
+    pub max_members: usize,
+    /// How long a member declared down is remembered, then forgotten.
+    pub forget_down_after: std::time::Duration,
 }
 
 /// Where epoch keys come from.

@@ -34,6 +34,10 @@ pub(super) struct RawSignal {
     pub(super) key: Spanned<String>,
     #[serde(default)]
     pub(super) seeds: Vec<Spanned<String>>,
+    /// The most members (up and down) this member keeps.
+    pub(super) max_members: Option<Spanned<u64>>,
+    /// Seconds a member declared down is remembered, then forgotten.
+    pub(super) forget_down_after: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

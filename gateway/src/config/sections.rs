@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// The largest member cap a config may set (a table a member keeps whole).
+const MAX_MEMBERS_LIMIT: u64 = 65_536;
+/// The longest a down member may be remembered: a week.
+const FORGET_LIMIT_SECS: u64 = 7 * 24 * 3600;
+
 impl Validator<'_> {
     /// `[signal]` and `[keys]`: both or neither.
     pub(super) fn signal(
@@ -85,8 +90,38 @@ impl Validator<'_> {
                 ),
             );
         }
+        let defaults = crate::membership::Settings::default();
+        let max_members = match &s.max_members {
+            None => defaults.max_members,
+            Some(m) if (2..=MAX_MEMBERS_LIMIT).contains(m.get_ref()) => *m.get_ref() as usize,
+            Some(m) => {
+                return self.err(
+                    m.span(),
+                    "signal.max_members",
+                    format!("{} is outside 2..={MAX_MEMBERS_LIMIT} members", m.get_ref()),
+                )
+            }
+        };
+        let forget_down_after = match &s.forget_down_after {
+            None => defaults.forget_down_after,
+            Some(f) if (60..=FORGET_LIMIT_SECS).contains(f.get_ref()) => {
+                std::time::Duration::from_secs(*f.get_ref())
+            }
+            Some(f) => {
+                return self.err(
+                    f.span(),
+                    "signal.forget_down_after",
+                    format!(
+                        "{} s is outside 60..={FORGET_LIMIT_SECS} s (a member forgotten sooner could be brought back by stale gossip)",
+                        f.get_ref()
+                    ),
+                )
+            }
+        };
         Ok(Some(SignalConfig {
             listen: listen_sig,
+            max_members,
+            forget_down_after,
             ca: self.relative_path(s.ca.get_ref()),
             cert: self.relative_path(s.cert.get_ref()),
             key: self.relative_path(s.key.get_ref()),

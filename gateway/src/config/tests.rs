@@ -242,6 +242,18 @@ fn a_mesh_member_config_and_its_mistakes() {
     assert_eq!(sig.ca, Path::new("ca.pem"));
     assert_eq!(sig.keys.epoch, 1);
     assert_eq!(c.advertise, c.listen);
+    assert_eq!(
+        (sig.max_members, sig.forget_down_after.as_secs()),
+        (4096, 3600),
+        "the defaults"
+    );
+    let c = parse(&MESH.replace(
+        "seeds = [",
+        "max_members = 300\nforget_down_after = 600\nseeds = [",
+    ))
+    .unwrap();
+    let sig = c.signal.as_ref().unwrap();
+    assert_eq!((sig.max_members, sig.forget_down_after.as_secs()), (300, 600));
 
     let cases = [
         (MESH.replace("\n[keys]\nmaster_key = \"/etc/meshgate/master.key\"\n", ""), "needs a [keys] section"),
@@ -250,6 +262,8 @@ fn a_mesh_member_config_and_its_mistakes() {
         (MESH.replace("listen = \"198.18.0.1:4500\"", "listen = \"0.0.0.0:4500\""), "gateway.advertise"),
         (MESH.replace("master_key =", "epoch = 0\nmaster_key ="), "epochs start at 1"),
         (MESH.replace("[\"10.1.0.0/16\"]", "[\"198.18.0.0/24\"]"), "contains gateway.listen"),
+        (MESH.replace("seeds = [", "max_members = 1\nseeds = ["), "signal.max_members: 1 is outside 2..=65536"),
+        (MESH.replace("seeds = [", "forget_down_after = 5\nseeds = ["), "signal.forget_down_after: 5 s is outside 60..=604800 s"),
     ];
     for (text, expected) in cases {
         let e = parse(&text).unwrap_err();
