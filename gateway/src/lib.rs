@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod cloud;
 pub mod control;
 pub mod dataplane;
 /// The ESP core, a crate of its own (`esp/` in the workspace).
