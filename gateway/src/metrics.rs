@@ -32,6 +32,53 @@ pub struct Metrics {
     pub mesh: MeshMetrics,
     /// The sessions of configured peers.
     pub sessions: SessionMetrics,
+    /// Route claims on the cloud (high availability).
+    pub cloud: CloudMetrics,
+}
+
+/// Calls to the cloud and the routes claimed there.
+pub struct CloudMetrics {
+    /// By API and outcome (ok, throttled, server_error, timeout, stale,
+    /// refused).
+    pub calls: IntCounterVec,
+    pub call_seconds: prometheus::HistogramVec,
+    /// Routes claimed, and of those the ones the cloud confirmed.
+    pub claimed: IntGauge,
+    pub converged: IntGauge,
+}
+
+impl CloudMetrics {
+    fn new(registry: &Registry) -> CloudMetrics {
+        let call_seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "meshgate_cloud_call_seconds",
+                "Latency of calls to the cloud, by API.",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["api"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(call_seconds.clone()))
+            .expect("metric names are unique");
+        let routes = gauge_vec(
+            registry,
+            "meshgate_cloud_routes",
+            "Cloud routes this appliance claims, by state (claimed; converged: the cloud confirmed them pointing here).",
+            &["state"],
+        );
+        CloudMetrics {
+            calls: counter_vec(
+                registry,
+                "meshgate_cloud_calls_total",
+                "Calls to the cloud, by API and outcome.",
+                &["api", "outcome"],
+            ),
+            call_seconds,
+            claimed: routes.with_label_values(&["claimed"]),
+            converged: routes.with_label_values(&["converged"]),
+        }
+    }
 }
 
 /// The sessions of configured peers (`keys::session`).
@@ -391,9 +438,11 @@ impl Metrics {
             .expect("metric names are unique");
         let mesh = MeshMetrics::new(&registry);
         let sessions = SessionMetrics::new(&registry);
+        let cloud = CloudMetrics::new(&registry);
         Metrics {
             mesh,
             sessions,
+            cloud,
             registry,
             policy_evaluations,
             policy_latency,

@@ -10,6 +10,9 @@
 //! sans-IO; a backend (the AWS SDK, or the lab's VPC routers) carries the
 //! calls out. Nothing here runs per packet.
 
+pub mod backend;
+pub mod driver;
+pub mod lab;
 pub mod reconcile;
 #[cfg(test)]
 mod tests;
