@@ -277,6 +277,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     };
     let configured = crate::admin::ConfiguredPolicy::new(config.policy.module.clone().into());
     let params = config.policy.params.clone();
+    // Route claims on the cloud follow the policy's failover decisions.
+    let cloud = config.cloud.clone().map(|c| (c, runtime.watch_claim()));
     drop(config);
     // The peers the policy connects are the ones the member keys.
     let mut peer_ids = runtime.watch_peers();
@@ -321,6 +323,8 @@ pub fn run(config_path: &Path) -> Result<()> {
                 }
             });
         }
+        // (The status is kept for the operator's views.)
+        let _cloud_status = cloud.map(|(c, claim)| start_cloud(c, claim, metrics.clone()));
         if !session_peers.is_empty() {
             tokio::spawn(crate::sessions::run(
                 session_peers,
@@ -375,6 +379,60 @@ pub fn run(config_path: &Path) -> Result<()> {
     tracing::info!("shutting down");
     dataplane.stop();
     result
+}
+
+/// Claims this gateway's group's routes on the cloud while the policy
+/// elects it active: the claims follow the decisions in force (never a
+/// packet), and the cloud driver closes the gap.
+fn start_cloud(
+    c: crate::config::CloudConfig,
+    mut claim: tokio::sync::watch::Receiver<crate::policy::runtime::Claim>,
+    metrics: Arc<Metrics>,
+) -> tokio::sync::watch::Receiver<crate::cloud::reconcile::Status> {
+    use crate::cloud::RouteKey;
+    let backend: Arc<dyn crate::cloud::backend::CloudBackend> = match c.backend {
+        crate::config::CloudBackendKind::Lab { routers } => {
+            Arc::new(crate::cloud::lab::LabCloud::new(routers))
+        }
+    };
+    let routes = move |claim: &crate::policy::runtime::Claim| -> Vec<RouteKey> {
+        if claim.groups.is_empty() {
+            return Vec::new();
+        }
+        c.route_tables
+            .iter()
+            .flat_map(|t| {
+                claim.prefixes.iter().map(|p| RouteKey {
+                    table: t.clone(),
+                    destination: *p,
+                })
+            })
+            .collect()
+    };
+    let (claims_tx, claims_rx) = tokio::sync::watch::channel(routes(&claim.borrow_and_update()));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Default::default());
+    tokio::spawn(async move {
+        while claim.changed().await.is_ok() {
+            let wanted = routes(&claim.borrow_and_update());
+            claims_tx.send_if_modified(|cur| {
+                let changed = *cur != wanted;
+                if changed {
+                    tracing::info!(routes = wanted.len(), "cloud: claims changed");
+                    *cur = wanted;
+                }
+                changed
+            });
+        }
+    });
+    tokio::spawn(crate::cloud::driver::run(
+        backend,
+        c.interface,
+        claims_rx,
+        status_tx,
+        metrics,
+        crate::cloud::reconcile::Settings::default(),
+    ));
+    status_rx
 }
 
 /// How often this member measures its load for its record.

@@ -4,6 +4,7 @@
 //! (`gw.toml:14:9: peers[1].inbound.spi: ...`), because an operator who
 //! mistypes one value among hundreds should not have to guess which one.
 
+mod cloud;
 mod error;
 mod raw;
 mod sa;
@@ -65,6 +66,28 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// Membership and negotiated keys over the signalling channel.
     pub signal: Option<SignalConfig>,
+    /// Route claims on the cloud while this gateway is its group's active
+    /// member (the `[cloud]` section).
+    pub cloud: Option<CloudConfig>,
+}
+
+/// Where this gateway claims its redundancy group's routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudConfig {
+    pub backend: CloudBackendKind,
+    /// This appliance's network interface: what the claimed routes point
+    /// at (an ENI id on AWS; in the lab, its address on the VPC subnet).
+    pub interface: String,
+    /// The VPC route tables of the group.
+    pub route_tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudBackendKind {
+    /// The lab's router namespaces: route table id -> namespace.
+    Lab {
+        routers: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// The default port of the QUIC signalling channel.

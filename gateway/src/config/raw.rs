@@ -23,6 +23,18 @@ pub(super) struct RawConfig {
     pub(super) peers: Vec<RawPeer>,
     pub(super) signal: Option<Spanned<RawSignal>>,
     pub(super) keys: Option<Spanned<RawKeys>>,
+    pub(super) cloud: Option<Spanned<RawCloud>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCloud {
+    pub(super) backend: Spanned<String>,
+    pub(super) interface: Spanned<String>,
+    #[serde(default)]
+    pub(super) route_tables: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) routers: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -280,3 +280,32 @@ fn a_mesh_member_config_and_its_mistakes() {
         "{e}"
     );
 }
+
+#[test]
+fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
+    let lab = MESH.replace(
+        "prefixes = [\"10.1.0.0/16\"]",
+        "prefixes = [\"10.1.0.0/16\"]\ngroup = \"pair\"",
+    ) + "\n[cloud]\nbackend = \"lab\"\ninterface = \"10.1.0.5\"\nroute_tables = [\"rtb-1\"]\nrouters = { \"rtb-1\" = \"lab-r1\" }\n";
+    let c = parse(&lab).unwrap();
+    let cloud = c.cloud.unwrap();
+    assert_eq!(cloud.interface, "10.1.0.5");
+    assert_eq!(cloud.route_tables, ["rtb-1"]);
+    assert_eq!(
+        cloud.backend,
+        CloudBackendKind::Lab {
+            routers: [("rtb-1".to_string(), "lab-r1".to_string())].into()
+        }
+    );
+    for (text, expected) in [
+        (lab.replace("group = \"pair\"\n", ""), "set gateway.group"),
+        (lab.replace("backend = \"lab\"", "backend = \"aws\""), "cloud.backend: unknown cloud backend 'aws'"),
+        (lab.replace("route_tables = [\"rtb-1\"]", "route_tables = []"), "cloud.route_tables"),
+        (lab.replace("routers = { \"rtb-1\" = \"lab-r1\" }", "routers = {}"), "router namespace of route table rtb-1"),
+        (lab.replace("interface = \"10.1.0.5\"", "interface = \"\""), "cloud.interface"),
+        (lab.replace("[\"rtb-1\"]", "[\"rtb-1\", \"rtb-1\"]"), "listed twice"),
+    ] {
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+    }
+}

@@ -207,6 +207,7 @@ impl Validator<'_> {
             None => listen,
         };
         let signal = self.signal(&raw, &id, listen, advertise)?;
+        let cloud = self.cloud(&raw, &placement)?;
         let config = Config {
             id,
             listen,
@@ -221,6 +222,7 @@ impl Validator<'_> {
             advertise,
             peers,
             signal,
+            cloud,
         };
         Ok(config)
     }

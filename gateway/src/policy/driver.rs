@@ -294,6 +294,46 @@ mod tests {
         }
     }
 
+    /// The cloud claim follows the failover decisions: of a group's two
+    /// members, the one elected active claims the prefixes it routes into
+    /// the tunnel, the other claims nothing.
+    #[test]
+    fn only_the_elected_member_of_a_group_claims_and_it_claims_what_it_routes() {
+        let claim_as = |local: &str| {
+            let view = ViewBuilder::new()
+                .member("edge-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+                .group("pair")
+                .endpoint("internet", "192.0.2.1:4500")
+                .member("edge-b", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+                .group("pair")
+                .endpoint("internet", "192.0.2.2:4500")
+                .member("us-edge", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+                .endpoint("internet", "192.0.2.3:4500")
+                .local(local)
+                .now_ms(now())
+                .build();
+            let (mut runtime, _) = PolicyRuntime::start(
+                PolicyEngine::new(Limits::default()).unwrap(),
+                crate::policy::PolicySource::Builtin("full-mesh".into()),
+                view,
+                Arc::new(Metrics::new(local)),
+                Arc::new(Routes::default()),
+                None,
+            )
+            .unwrap();
+            let claim = runtime.watch_claim().borrow().clone();
+            claim
+        };
+        let (a, b) = (claim_as("edge-a"), claim_as("edge-b"));
+        let (active, standby) = if a.groups.is_empty() { (b, a) } else { (a, b) };
+        assert_eq!(active.groups, ["pair"]);
+        assert!(
+            active.prefixes.contains(&"10.2.0.0/16".parse().unwrap()),
+            "{active:?}"
+        );
+        assert_eq!(standby, Default::default(), "the standby claims nothing");
+    }
+
     #[test]
     fn events_and_the_policy_timer_drive_failover_with_hold_down() {
         {

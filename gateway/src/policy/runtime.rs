@@ -141,6 +141,19 @@ pub struct PolicyRuntime {
     /// The ids of the peers the decisions in force connect, for the
     /// signalling member to key.
     peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
+    /// Where the cloud claim of the decisions in force is published.
+    claim: Option<tokio::sync::watch::Sender<Claim>>,
+}
+
+/// What this gateway should claim on the cloud, by the decisions in force:
+/// the redundancy groups it is the active member of (where the policy
+/// asks for route claims), and the prefixes it routes into the tunnel,
+/// which the group's VPC route tables then point at it. No groups: claim
+/// nothing (the member elected instead overwrites the routes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub groups: Vec<String>,
+    pub prefixes: Vec<crate::prefix::Prefix>,
 }
 
 /// Refuses decisions that do not hold on `view`.
@@ -206,6 +219,7 @@ impl PolicyRuntime {
             metrics,
             slots,
             peer_ids: None,
+            claim: None,
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
@@ -218,6 +232,37 @@ impl PolicyRuntime {
         let (tx, rx) = tokio::sync::watch::channel(self.peer_set());
         self.peer_ids = Some(tx);
         rx
+    }
+
+    /// Publishes what this gateway should claim on the cloud.
+    pub fn watch_claim(&mut self) -> tokio::sync::watch::Receiver<Claim> {
+        let (tx, rx) = tokio::sync::watch::channel(self.claim_now());
+        self.claim = Some(tx);
+        rx
+    }
+
+    fn claim_now(&self) -> Claim {
+        let local = self.view.local;
+        let mut groups: Vec<String> = self
+            .decisions
+            .failover
+            .iter()
+            .filter(|f| f.claim_routes && f.active == Some(local))
+            .map(|f| self.view.name(f.group).to_string())
+            .collect();
+        groups.sort();
+        let mut prefixes: Vec<crate::prefix::Prefix> = if groups.is_empty() {
+            Vec::new()
+        } else {
+            self.decisions
+                .routes
+                .iter()
+                .filter_map(|r| crate::prefix::Prefix::new(r.prefix.addr, r.prefix.len))
+                .collect()
+        };
+        prefixes.sort();
+        prefixes.dedup();
+        Claim { groups, prefixes }
     }
 
     fn peer_set(&self) -> std::collections::HashSet<String> {
@@ -366,6 +411,14 @@ impl PolicyRuntime {
             })
             .collect();
         self.decisions = decisions;
+        if let Some(tx) = &self.claim {
+            let claim = self.claim_now();
+            tx.send_if_modified(|cur| {
+                let changed = *cur != claim;
+                *cur = claim;
+                changed
+            });
+        }
         if let Some(tx) = &self.peer_ids {
             let set = self.peer_set();
             tx.send_if_modified(|cur| {
