@@ -282,6 +282,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     drop(config);
     // The peers the policy connects are the ones the member keys.
     let mut peer_ids = runtime.watch_peers();
+    // And the underlay each is reached over is the policy's choice.
+    let mut underlays = runtime.watch_underlays();
     // The policy engine runs on a thread of its own; membership and health
     // events from the signalling layer, configuration changes from the
     // file watch and reloads from the admin API reach it by channel.
@@ -312,11 +314,22 @@ pub fn run(config_path: &Path) -> Result<()> {
         let node_commands = member.as_ref().map(|_| node_commands);
         if let Some(node) = node_commands.clone() {
             tokio::spawn(advertise_updates(node.clone(), policy.clone()));
+            let to_node = node.clone();
             tokio::spawn(async move {
                 loop {
                     let ids = peer_ids.borrow_and_update().clone();
-                    if node.send(node::NodeCommand::Peers(ids)).is_err()
+                    if to_node.send(node::NodeCommand::Peers(ids)).is_err()
                         || peer_ids.changed().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                loop {
+                    let map = underlays.borrow_and_update().clone();
+                    if node.send(node::NodeCommand::Underlays(map)).is_err()
+                        || underlays.changed().await.is_err()
                     {
                         return;
                     }

@@ -106,14 +106,18 @@ pub struct Tunnels {
     grace: Duration,
     slots: SharedSlots,
     peers: HashMap<String, Peer>,
+    /// The underlay (endpoint label) the policy chose for each peer.
+    underlays: HashMap<String, String>,
     actions: VecDeque<Action>,
 }
 
-/// The endpoint ESP goes to: the one labelled `internet`, else the first.
-fn esp_endpoint(info: &MemberInfo) -> Option<SocketAddr> {
-    info.endpoints
-        .iter()
-        .find(|(l, _)| l == "internet")
+/// The endpoint ESP goes to: the one the policy chose (`underlay`, its
+/// label), else the one labelled `internet`, else the first.
+fn esp_endpoint(info: &MemberInfo, underlay: Option<&String>) -> Option<SocketAddr> {
+    let labelled = |label: &str| info.endpoints.iter().find(|(l, _)| l == label);
+    underlay
+        .and_then(|u| labelled(u))
+        .or_else(|| labelled("internet"))
         .or(info.endpoints.first())
         .map(|(_, a)| *a)
 }
@@ -125,8 +129,17 @@ impl Tunnels {
             grace,
             slots,
             peers: HashMap::new(),
+            underlays: HashMap::new(),
             actions: VecDeque::new(),
         }
+    }
+
+    /// The underlay the policy chose for each peer (an endpoint label);
+    /// taken at each member's next record or observation. Moving a peer
+    /// to another of its endpoints keeps its SAs: only where packets go
+    /// changes, so nothing in flight is lost.
+    pub fn set_underlays(&mut self, underlays: HashMap<String, String>) {
+        self.underlays = underlays;
     }
 
     fn params(&self, spi: u32, key: KeyMaterial) -> SaParams {
@@ -166,7 +179,7 @@ impl Tunnels {
     /// A member's record, new or changed: where to send and what it may
     /// send from.
     pub fn member(&mut self, info: &MemberInfo) {
-        let endpoint = esp_endpoint(info);
+        let endpoint = esp_endpoint(info, self.underlays.get(&info.id));
         let prefixes: Vec<Prefix> = info
             .prefixes
             .iter()

@@ -281,6 +281,16 @@ impl Member {
         self.drive(now);
     }
 
+    /// The underlay the policy chose for each peer: where ESP to it goes
+    /// from the next observation (at once), its SAs kept.
+    pub fn set_underlays(&mut self, underlays: HashMap<String, String>, now: Instant) {
+        if let Some(t) = self.tunnels.as_mut() {
+            t.set_underlays(underlays);
+            self.next_observe = now;
+        }
+        self.drive(now);
+    }
+
     /// This member's load (permille) or policy version changed: its
     /// record is advertised anew if either moved.
     pub fn update_record(

@@ -334,6 +334,38 @@ mod tests {
         assert_eq!(standby, Default::default(), "the standby claims nothing");
     }
 
+    /// The underlay the policy picks for each peer is published: the
+    /// operator's `underlay` parameter where the peer has that endpoint,
+    /// else its first.
+    #[test]
+    fn the_underlay_chosen_for_each_peer_is_published() {
+        let view = ViewBuilder::new()
+            .member("edge-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .endpoint("internet", "192.0.2.1:4500")
+            .endpoint("dx", "203.0.113.1:4500")
+            .member("edge-b", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+            .endpoint("internet", "192.0.2.2:4500")
+            .endpoint("dx", "203.0.113.2:4500")
+            .member("edge-c", "ap-south-1", Role::Edge, &["10.3.0.0/16"])
+            .endpoint("internet", "192.0.2.3:4500")
+            .param("underlay", "dx")
+            .local("edge-a")
+            .now_ms(now())
+            .build();
+        let (mut runtime, _) = PolicyRuntime::start(
+            PolicyEngine::new(Limits::default()).unwrap(),
+            crate::policy::PolicySource::Builtin("full-mesh".into()),
+            view,
+            Arc::new(Metrics::new("edge-a")),
+            Arc::new(Routes::default()),
+            None,
+        )
+        .unwrap();
+        let map = runtime.watch_underlays().borrow().clone();
+        assert_eq!(map.get("edge-b").map(String::as_str), Some("dx"), "{map:?}");
+        assert_eq!(map.get("edge-c").map(String::as_str), Some("internet"), "{map:?}");
+    }
+
     #[test]
     fn events_and_the_policy_timer_drive_failover_with_hold_down() {
         {

@@ -143,6 +143,8 @@ pub struct PolicyRuntime {
     peer_ids: Option<tokio::sync::watch::Sender<std::collections::HashSet<String>>>,
     /// Where the cloud claim of the decisions in force is published.
     claim: Option<tokio::sync::watch::Sender<Claim>>,
+    /// Where the underlay chosen for each peer is published.
+    underlays: Option<tokio::sync::watch::Sender<std::collections::HashMap<String, String>>>,
 }
 
 /// What this gateway should claim on the cloud, by the decisions in force:
@@ -220,6 +222,7 @@ impl PolicyRuntime {
             slots,
             peer_ids: None,
             claim: None,
+            underlays: None,
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
@@ -232,6 +235,31 @@ impl PolicyRuntime {
         let (tx, rx) = tokio::sync::watch::channel(self.peer_set());
         self.peer_ids = Some(tx);
         rx
+    }
+
+    /// Publishes the underlay (endpoint label) each decision in force
+    /// connects its peer over.
+    pub fn watch_underlays(
+        &mut self,
+    ) -> tokio::sync::watch::Receiver<std::collections::HashMap<String, String>> {
+        let (tx, rx) = tokio::sync::watch::channel(self.underlay_map());
+        self.underlays = Some(tx);
+        rx
+    }
+
+    fn underlay_map(&self) -> std::collections::HashMap<String, String> {
+        self.decisions
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let m = self.view.members.get(p.member as usize)?;
+                let e = self.view.endpoints_of(m).get(p.endpoint as usize)?;
+                Some((
+                    self.view.name(m.id).to_string(),
+                    self.view.name(e.label).to_string(),
+                ))
+            })
+            .collect()
     }
 
     /// Publishes what this gateway should claim on the cloud.
@@ -411,6 +439,14 @@ impl PolicyRuntime {
             })
             .collect();
         self.decisions = decisions;
+        if let Some(tx) = &self.underlays {
+            let map = self.underlay_map();
+            tx.send_if_modified(|cur| {
+                let changed = *cur != map;
+                *cur = map;
+                changed
+            });
+        }
         if let Some(tx) = &self.claim {
             let claim = self.claim_now();
             tx.send_if_modified(|cur| {

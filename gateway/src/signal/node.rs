@@ -60,6 +60,8 @@ pub struct TunnelLink {
 pub enum NodeCommand {
     /// The members the policy connects this one to.
     Peers(HashSet<String>),
+    /// The underlay (endpoint label) the policy chose for each peer.
+    Underlays(std::collections::HashMap<String, String>),
     /// This member's load (permille) or policy version changed.
     Update {
         load_permille: Option<u32>,
@@ -209,6 +211,7 @@ pub async fn run(
             Some(n) = notice => member.handle_notice(n, Instant::now()),
             command = commands.recv(), if commands_open => match command {
                 Some(NodeCommand::Peers(ids)) => member.set_peers(ids, Instant::now()),
+                Some(NodeCommand::Underlays(map)) => member.set_underlays(map, Instant::now()),
                 Some(NodeCommand::Update { load_permille, policy_version }) => {
                     member.update_record(load_permille, policy_version, Instant::now());
                 }

@@ -208,3 +208,28 @@ fn negotiated_sas_always_have_a_time_limit() {
     );
     assert_eq!(p.lifetime.hard.time, Some(Duration::from_secs(3960)));
 }
+
+/// The policy's choice of underlay is where ESP goes: a peer moved from
+/// `internet` to `dx` and back keeps its SA (only the destination changes,
+/// so nothing in flight is lost); a label the peer does not have falls
+/// back to `internet`.
+#[test]
+fn the_underlay_the_policy_chose_is_where_esp_goes_and_a_move_keeps_the_sa() {
+    let mut t = tunnels();
+    let now = Instant::now();
+    let mut b = info("b", 2);
+    b.endpoints
+        .push(("dx".into(), "203.0.113.2:4500".parse().unwrap()));
+    t.member(&b);
+    t.install_outbound("b", 0x2001, key(2), 1, now);
+    drain(&mut t);
+    t.set_underlays([("b".to_string(), "dx".to_string())].into());
+    t.member(&b);
+    assert_eq!(drain(&mut t), ["Outbound::Peer(0, b, 203.0.113.2:4500)"]);
+    t.member(&b);
+    assert!(drain(&mut t).is_empty(), "the same choice again: nothing");
+    t.set_underlays([("b".to_string(), "satellite".to_string())].into());
+    t.member(&b);
+    assert_eq!(drain(&mut t), ["Outbound::Peer(0, b, 198.18.0.2:4500)"]);
+    assert!(t.keyed("b"), "the SA stays through both moves");
+}
