@@ -44,7 +44,9 @@ pub fn local_info(config: &Config) -> MemberInfo {
             .iter()
             .map(|p| (p.addr(), p.prefix_len()))
             .collect(),
-        endpoints: vec![("internet".into(), config.advertise)],
+        endpoints: std::iter::once(("internet".to_string(), config.advertise))
+            .chain(config.endpoints.iter().cloned())
+            .collect(),
         policy_version: 0,
         load_permille: 0,
         rtt_us: 0,

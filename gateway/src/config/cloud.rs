@@ -1,5 +1,6 @@
-//! Validation of `[cloud]`: where an active appliance claims its
-//! redundancy group's routes.
+//! Validation of `[cloud]`, where an active appliance claims its
+//! redundancy group's routes, and of `gateway.endpoints`, the underlays
+//! it is reached over.
 
 use super::*;
 
@@ -71,5 +72,71 @@ impl Validator<'_> {
             interface: interface.to_string(),
             route_tables: tables,
         }))
+    }
+
+    pub(super) fn endpoints(
+        &self,
+        raw: &RawConfig,
+        listen: SocketAddr,
+    ) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+        let mut out = Vec::new();
+        for (label, addr) in &raw.gateway.endpoints {
+            let field = format!("gateway.endpoints.{label}");
+            let valid = !label.is_empty()
+                && label.len() <= 32
+                && label.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid {
+                return self.err(
+                    addr.span(),
+                    &field,
+                    "a label is 1-32 of [a-z0-9_-], such as dx",
+                );
+            }
+            if label == "internet" {
+                return self.err(
+                    addr.span(),
+                    &field,
+                    "the internet endpoint is gateway.advertise (else gateway.listen)",
+                );
+            }
+            let a = self.socket_addr(addr, &field, Some(listen.port()))?;
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return self.err(
+                    addr.span(),
+                    &field,
+                    format!("{a} is not an address peers can send to"),
+                );
+            }
+            if !listen.ip().is_unspecified() && listen.ip() != a.ip() {
+                return self.err(addr.span(), &field, format!(
+                    "the ESP socket listens on {} only, so nothing sent to {a} would reach it: listen on {}:{} to receive on every underlay",
+                    listen.ip(),
+                    if listen.is_ipv4() { "0.0.0.0" } else { "[::]" },
+                    listen.port()
+                ));
+            }
+            out.push((label.clone(), a));
+        }
+        // A record carries at most 8 endpoints, internet among them.
+        if out.len() > crate::membership::info::MAX_ENDPOINTS - 1 {
+            let span = raw
+                .gateway
+                .endpoints
+                .values()
+                .last()
+                .map_or(0..0, |a| a.span());
+            return self.err(
+                span,
+                "gateway.endpoints",
+                format!(
+                    "{} endpoints; at most {}",
+                    out.len(),
+                    crate::membership::info::MAX_ENDPOINTS - 1
+                ),
+            );
+        }
+        Ok(out)
     }
 }

@@ -61,8 +61,10 @@ pub struct Config {
     /// The VPC prefixes behind this gateway, advertised to the mesh.
     pub prefixes: Vec<Prefix>,
     /// Where the mesh sends ESP to this gateway (`gateway.advertise`, else
-    /// `gateway.listen`).
+    /// `gateway.listen`): its `internet` endpoint.
     pub advertise: SocketAddr,
+    /// Its endpoints on further underlays, by label (`gateway.endpoints`).
+    pub endpoints: Vec<(String, SocketAddr)>,
     pub peers: Vec<PeerConfig>,
     /// Membership and negotiated keys over the signalling channel.
     pub signal: Option<SignalConfig>,

@@ -87,6 +87,10 @@ pub(super) struct RawGateway {
     #[serde(default)]
     pub(super) prefixes: Vec<Spanned<String>>,
     pub(super) advertise: Option<Spanned<String>>,
+    /// Further underlays by label (`dx`): where the mesh reaches this
+    /// gateway over each.
+    #[serde(default)]
+    pub(super) endpoints: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

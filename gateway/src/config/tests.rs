@@ -309,3 +309,31 @@ fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
         assert!(e.contains(expected), "{expected}: {e}");
     }
 }
+
+#[test]
+fn further_underlays_are_advertised_beside_internet_and_their_mistakes() {
+    let text = MESH.replace(
+        "listen = \"198.18.0.1:4500\"",
+        "listen = \"0.0.0.0:4500\"\nadvertise = \"198.18.0.1:4500\"\nendpoints = { dx = \"10.200.0.1\" }",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.endpoints, [("dx".to_string(), "10.200.0.1:4500".parse().unwrap())]);
+    let info = crate::mesh::local_info(&c);
+    assert_eq!(
+        info.endpoints,
+        [
+            ("internet".to_string(), "198.18.0.1:4500".parse().unwrap()),
+            ("dx".to_string(), "10.200.0.1:4500".parse().unwrap())
+        ]
+    );
+    for (from, to, expected) in [
+        ("dx =", "internet =", "the internet endpoint is gateway.advertise"),
+        ("dx =", "DX =", "a label is 1-32 of [a-z0-9_-]"),
+        ("\"10.200.0.1\"", "\"0.0.0.0\"", "is not an address peers can send to"),
+        ("listen = \"0.0.0.0:4500\"", "listen = \"198.18.0.1:4500\"", "listens on 198.18.0.1 only"),
+    ] {
+        let e = parse(&text.replace(from, to)).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+        assert!(e.contains("gateway.endpoints."), "names the field: {e}");
+    }
+}

@@ -206,6 +206,7 @@ impl Validator<'_> {
             }
             None => listen,
         };
+        let endpoints = self.endpoints(&raw, listen)?;
         let signal = self.signal(&raw, &id, listen, advertise)?;
         let cloud = self.cloud(&raw, &placement)?;
         let config = Config {
@@ -220,6 +221,7 @@ impl Validator<'_> {
             sa: defaults,
             prefixes,
             advertise,
+            endpoints,
             peers,
             signal,
             cloud,
