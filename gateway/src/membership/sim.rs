@@ -380,6 +380,36 @@ fn a_killed_member_is_declared_down_by_every_other_within_1_5_s() {
     assert!(worst <= Duration::from_millis(1500), "{worst:?}");
 }
 
+/// A member declared down is remembered for `forget_down_after` (so stale
+/// gossip cannot bring it back) and then forgotten by every member: the
+/// table holds today's members, not every member ever met.
+#[test]
+fn a_dead_member_is_forgotten_everywhere_after_the_configured_time() {
+    let settings = Settings {
+        forget_down_after: Duration::from_secs(60),
+        ..Settings::default()
+    };
+    let mut sim = Sim::converged(10, settings, Some(LivenessSettings::default()), 3);
+    sim.run_until(S(5));
+    sim.kill(4);
+    sim.run_until(S(10));
+    let held = |sim: &Sim| {
+        sim.alive()
+            .filter(|&i| {
+                sim.agent(i)
+                    .is_some_and(|a| a.membership().members().any(|(m, _)| m.id == member(4).id))
+            })
+            .count()
+    };
+    assert_eq!(
+        held(&sim),
+        9,
+        "remembered (down) by all nine others at first"
+    );
+    sim.run_until(S(80));
+    assert_eq!(held(&sim), 0, "forgotten by all after 60 s");
+}
+
 /// 30 members, 10% of datagrams lost and 100 ms one-way delay for five
 /// minutes: nobody is declared down. Two seeds here (seed 100 found verdict
 /// timers acted on long after their suspicion was refuted); `--ignored`
@@ -427,7 +457,12 @@ fn refuted_suspicions_make_no_member_rejoin() {
 fn a_member_cannot_declare_others_down() {
     use bytes::BufMut;
     use foca::Codec;
-    let mut sim = Sim::converged(10, Settings::default(), Some(LivenessSettings::default()), 3);
+    let mut sim = Sim::converged(
+        10,
+        Settings::default(),
+        Some(LivenessSettings::default()),
+        3,
+    );
     sim.run_until(S(3));
     let hostile = member(1);
     for j in (0..10).filter(|&j| j != 1) {
@@ -443,14 +478,19 @@ fn a_member_cannot_declare_others_down() {
         data.put_u16(2);
         for victim in [2, 3] {
             codec
-                .encode_member(&foca::Member::new(member(victim), 0, foca::State::Down), &mut data)
+                .encode_member(
+                    &foca::Member::new(member(victim), 0, foca::State::Down),
+                    &mut data,
+                )
                 .unwrap();
         }
         let now = sim.instant();
         sim.agent_mut(j).handle(&hostile.id, &data, now).unwrap();
         let refused = sim.agent_mut(j).take_refused();
         assert_eq!(refused.len(), 2, "member {j}: {refused:?}");
-        assert!(refused.iter().all(|(by, why)| by == &hostile.id && why.contains("down")));
+        assert!(refused
+            .iter()
+            .all(|(by, why)| by == &hostile.id && why.contains("down")));
         sim.pump(j);
     }
     let end = sim.now + S(10);
