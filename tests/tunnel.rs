@@ -1084,6 +1084,11 @@ fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_ref
             .unwrap()
             .contains("full-mesh")
     );
+    // A read of the route claims, on a gateway without [cloud]: said so.
+    let e = meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/cloud")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("409") && e.contains("[cloud] is not configured"), "{e}");
     // Reload bodies that name another file, over the control socket.
     let fifo = dir.join("fifo.wasm");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();

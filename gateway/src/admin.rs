@@ -47,6 +47,8 @@ struct AppState {
     /// The signalling member and the member list, on a mesh member.
     node: Option<UnboundedSender<NodeCommand>>,
     members: Option<crate::mesh::MemberList>,
+    /// How this gateway's route claims on the cloud stand (with `[cloud]`).
+    cloud: Option<tokio::sync::watch::Receiver<crate::cloud::reconcile::Status>>,
 }
 
 /// Serves the admin API until the task is dropped, or one listener fails.
@@ -56,6 +58,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     policy: PolicyHandle,
     mesh: Option<(UnboundedSender<NodeCommand>, crate::mesh::MemberList)>,
+    cloud: Option<tokio::sync::watch::Receiver<crate::cloud::reconcile::Status>>,
 ) -> std::io::Result<()> {
     let (node, members) = match mesh {
         Some((n, m)) => (Some(n), Some(m)),
@@ -66,7 +69,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/policy", get(policy_handler))
         .route("/members", get(members_handler))
-        .route("/keys", get(keys_handler));
+        .route("/keys", get(keys_handler))
+        .route("/cloud", get(cloud_handler));
     let changes = Router::new()
         .route("/policy/reload", post(reload_handler))
         .route("/keys/order", post(order_handler))
@@ -84,6 +88,7 @@ pub async fn serve(
         control: at.control.clone(),
         node,
         members,
+        cloud,
     };
     let tcp_app = reads.clone().merge(elsewhere).with_state(state.clone());
     let control_app = reads.merge(changes).with_state(state);
@@ -250,6 +255,18 @@ async fn members_handler(State(s): State<AppState>) -> impl IntoResponse {
         None => (
             StatusCode::CONFLICT,
             "this gateway is not a mesh member ([signal] is not configured)\n".into(),
+        ),
+    }
+}
+
+/// How the route claims on the cloud stand: claimed, converged, and what
+/// still fails.
+async fn cloud_handler(State(s): State<AppState>) -> impl IntoResponse {
+    match &s.cloud {
+        Some(status) => (StatusCode::OK, status.borrow().to_string()),
+        None => (
+            StatusCode::CONFLICT,
+            "this gateway claims no routes on a cloud ([cloud] is not configured)\n".into(),
         ),
     }
 }

@@ -336,8 +336,8 @@ pub fn run(config_path: &Path) -> Result<()> {
                 }
             });
         }
-        // (The status is kept for the operator's views.)
-        let _cloud_status = cloud.map(|(c, claim)| start_cloud(c, claim, metrics.clone()));
+        // (Its status is for the admin API's GET /cloud.)
+        let cloud_status = cloud.map(|(c, claim)| start_cloud(c, claim, metrics.clone()));
         if !session_peers.is_empty() {
             tokio::spawn(crate::sessions::run(
                 session_peers,
@@ -365,6 +365,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             metrics.clone(),
             policy.clone(),
             node_commands.clone().map(|n| (n, member_list.clone())),
+            cloud_status,
         );
         let watcher = watch_files(config_path.to_path_buf(), configured, params, policy);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -58,6 +58,28 @@ pub struct Status {
     pub errors: Vec<(String, String)>,
 }
 
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.claimed == 0 {
+            return writeln!(f, "no routes claimed (not the active member of its group)");
+        }
+        let state = if self.converged == self.claimed {
+            "converged"
+        } else {
+            "converging"
+        };
+        writeln!(
+            f,
+            "{} routes claimed, {} pointing here: {state}",
+            self.claimed, self.converged
+        )?;
+        for (route, why) in &self.errors {
+            writeln!(f, "  {route}: {why} (retrying)")?;
+        }
+        Ok(())
+    }
+}
+
 /// A retry waiting: when, and how many attempts failed so far.
 #[derive(Clone, Copy, Debug)]
 struct Backoff {

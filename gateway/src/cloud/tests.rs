@@ -188,6 +188,11 @@ fn faults_are_retried_per_route_with_backoff_and_said_until_converged() {
     );
     let s = r.status();
     assert_eq!((s.claimed, s.converged), (3, 2));
+    let text = s.to_string();
+    assert!(
+        text.starts_with("3 routes claimed, 2 pointing here: converging\n  10.9.0.0/16 in rtb-gone: CreateRoute of 10.9.0.0/16 in rtb-gone: refused: no route table rtb-gone (retrying)"),
+        "{text}"
+    );
     assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
     assert!(s.errors[0].1.contains("rtb-gone"), "{:?}", s.errors);
     // Backoff: the describe retried after 50-100 ms, the replace after
