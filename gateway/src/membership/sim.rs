@@ -115,6 +115,8 @@ pub(crate) struct Sim {
     /// (observer, subject) -> when the observer saw it down / up.
     pub downs: HashMap<(usize, usize), Duration>,
     pub ups: HashMap<(usize, usize), Duration>,
+    /// Pairs of members that cannot reach each other (both ways).
+    pub cut: std::collections::HashSet<(usize, usize)>,
 }
 
 /// What a datagram is, for the breakdown of bytes sent: the agent's tag,
@@ -185,6 +187,7 @@ impl Sim {
             sent_by_kind: Default::default(),
             downs: HashMap::new(),
             ups: HashMap::new(),
+            cut: Default::default(),
         }
     }
 
@@ -235,6 +238,9 @@ impl Sim {
             let Some(&j) = self.index.get(&to) else {
                 continue;
             };
+            if self.cut.contains(&(i.min(j), i.max(j))) {
+                continue;
+            }
             let (lo, hi) = self.delay;
             let d = lo + (hi - lo).mul_f64(self.rng.random::<f64>());
             self.schedule(
@@ -378,6 +384,39 @@ fn a_killed_member_is_declared_down_by_every_other_within_1_5_s() {
     }
     eprintln!("30 members, one-way delay 10-125 ms: worst time to down everywhere {worst:?}");
     assert!(worst <= Duration::from_millis(1500), "{worst:?}");
+}
+
+/// The two appliances of a redundancy group lose each other while both
+/// stay reachable from the rest (a partition between the pair alone): for
+/// two minutes neither is declared down anywhere, so every member's view,
+/// and so every member's election of the group's active appliance, stays
+/// what it was. This is how the design keeps a pair from claiming routes
+/// back and forth: a death counts only from the liveness quorum of the
+/// member's watchers (and SWIM's indirect probes go around the cut), and
+/// the election is the same function of the same view on both.
+#[test]
+fn a_partition_between_two_members_alone_declares_neither_down() {
+    let mut sim = Sim::converged(
+        10,
+        Settings::default(),
+        Some(LivenessSettings::default()),
+        5,
+    );
+    sim.run_until(S(5));
+    sim.cut.insert((0, 1));
+    sim.run_until(S(125));
+    let downs: Vec<_> = sim.downs.keys().collect();
+    assert!(downs.is_empty(), "declared down: {downs:?}");
+    // A member cut from everyone, by contrast, is declared down.
+    for j in 1..10 {
+        sim.cut.insert((0, j));
+    }
+    sim.run_until(S(135));
+    assert!(
+        (1..10).all(|i| sim.downs.contains_key(&(i, 0))),
+        "{:?}",
+        sim.downs
+    );
 }
 
 /// A member declared down is remembered for `forget_down_after` (so stale
