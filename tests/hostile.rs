@@ -37,20 +37,24 @@ use meshgate::netns::Netns;
 
 const HOSTILE: usize = 3;
 
+/// Region 4's certificate and key: the hostile member's from now on.
+fn hostile_credentials(lab: &Lab) -> meshgate::signal::transport::Credentials {
+    let id = lab.regions[HOSTILE].gateway_id();
+    let certs = lab.dir.join("certs");
+    meshgate::signal::transport::Credentials::load(
+        &lab.dir.join("ca").join("ca.pem"),
+        &certs.join(format!("{id}.pem")),
+        &certs.join(format!("{id}.key")),
+    )
+    .expect("region 4's credentials")
+}
+
 /// Runs a member as region 4 in its appliance's namespace for `secs`,
 /// advertising `info`.
 fn run_hostile(lab: &Lab, info: MemberInfo, secs: u64) {
     use meshgate::signal::discovery::StaticSeeds;
     use meshgate::signal::node::{run, NodeConfig};
-    use meshgate::signal::transport::Credentials;
-    let id = lab.regions[HOSTILE].gateway_id();
-    let certs = lab.dir.join("certs");
-    let creds = Credentials::load(
-        &lab.dir.join("ca").join("ca.pem"),
-        &certs.join(format!("{id}.pem")),
-        &certs.join(format!("{id}.key")),
-    )
-    .expect("region 4's credentials");
+    let creds = hostile_credentials(lab);
     let seeds: Vec<(String, std::net::SocketAddr)> = lab.regions[..HOSTILE]
         .iter()
         .map(|r| {
@@ -111,15 +115,9 @@ fn gossip_as_hostile(lab: &Lab, secs: u64, deaths: bool) -> usize {
     use bytes::BufMut;
     use foca::{Codec, Header, Member, PostcardCodec, State};
     use meshgate::membership::MemberId;
-    use meshgate::signal::transport::{connect, endpoint, Credentials};
+    use meshgate::signal::transport::{connect, endpoint};
     let id = lab.regions[HOSTILE].gateway_id();
-    let certs = lab.dir.join("certs");
-    let creds = Credentials::load(
-        &lab.dir.join("ca").join("ca.pem"),
-        &certs.join(format!("{id}.pem")),
-        &certs.join(format!("{id}.key")),
-    )
-    .expect("region 4's credentials");
+    let creds = hostile_credentials(lab);
     let signal = |r: usize| -> std::net::SocketAddr {
         (lab.regions[r].underlay_ip(), meshgate::lab::SIGNAL_PORT).into()
     };

@@ -52,6 +52,12 @@ impl Conns {
         }
     }
 
+    /// Whether a send to `peer` would dial it (no connection, no dial under
+    /// way): only then is its address needed.
+    pub fn would_dial(&self, peer: &str) -> bool {
+        !self.dialing.contains_key(peer) && self.open.get(peer).and_then(|v| v.last()).is_none()
+    }
+
     /// Dials `peer` at `addr` unless it is connected or being dialed.
     pub fn ensure(&mut self, peer: &str, addr: SocketAddr, out: &mut VecDeque<Output>) {
         if !self.open.contains_key(peer) && !self.dialing.contains_key(peer) {

@@ -483,7 +483,12 @@ impl Member {
             if self.cut_off.contains(&to) {
                 continue;
             }
-            let addr = self.vouched_addr(&to);
+            // Looked up only when the send dials.
+            let addr = if self.conns.would_dial(&to) {
+                self.vouched_addr(&to)
+            } else {
+                None
+            };
             self.conns.send(to, payload, addr, &mut self.out);
         }
     }

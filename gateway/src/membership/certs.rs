@@ -101,57 +101,16 @@ impl CertFetch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use bytes::BufMut;
     use foca::{Codec, Header, Member, PostcardCodec, State};
 
-    use crate::keys::order::CertId;
     use crate::membership::agent::{CERT, CERT_REQUEST, SWIM};
-    use crate::membership::info::{Check, Infos, MemberInfo, RecordAuthority};
+    use crate::membership::info::tests::authority;
+    use crate::membership::info::{Infos, MemberInfo};
     use crate::membership::vouch::VOUCH_WAIT;
     use crate::membership::{Agent, MemberId, Settings};
-
-    /// Signatures and certificates are the member's name; a certificate is
-    /// known once learnt.
-    struct Names {
-        me: String,
-        known: Mutex<Vec<String>>,
-    }
-
-    impl RecordAuthority for Names {
-        fn sign(&self, _: &[u8]) -> Vec<u8> {
-            self.me.as_bytes().to_vec()
-        }
-        fn check(&self, info: &MemberInfo, _: &[u8], signature: &[u8]) -> Check {
-            match self.known.lock().unwrap().contains(&info.id) {
-                false => Check::Unknown,
-                true if signature == info.id.as_bytes() => Check::Valid,
-                true => Check::Invalid("signed by another member".into()),
-            }
-        }
-        fn cert_of(&self, id: &str) -> Option<Vec<u8>> {
-            self.known
-                .lock()
-                .unwrap()
-                .contains(&id.to_string())
-                .then(|| id.as_bytes().to_vec())
-        }
-        fn learn_cert(&self, der: &[u8]) -> Result<String, String> {
-            let id = String::from_utf8(der.to_vec()).map_err(|e| e.to_string())?;
-            self.known.lock().unwrap().push(id.clone());
-            Ok(id)
-        }
-        fn revoke(&self, _: CertId) {}
-    }
-
-    fn names(me: &str, known: &[&str]) -> Arc<Names> {
-        Arc::new(Names {
-            me: me.into(),
-            known: Mutex::new(known.iter().map(|k| k.to_string()).collect()),
-        })
-    }
 
     fn id(name: &str, addr: &str, generation: u64) -> MemberId {
         MemberId {
@@ -204,10 +163,10 @@ mod tests {
             Settings::default(),
             None,
             1,
-            Infos::with_authority(names("a", &["h"])),
+            Infos::with_authority(authority("a", &["h"])),
         );
         let b = id("b", "192.0.2.2:4433", 5);
-        let b_record = Infos::with_authority(names("b", &[])).seal(&MemberInfo {
+        let b_record = Infos::with_authority(authority("b", &[])).seal(&MemberInfo {
             id: "b".into(),
             version: 1,
             signal: Some(b.addr),
@@ -282,5 +241,43 @@ mod tests {
         // Nothing is ever sent to the invented member.
         let sent: Vec<(String, Vec<u8>)> = std::iter::from_fn(|| a.poll_transmit()).collect();
         assert!(!sent.iter().any(|(to, _)| to == "ghost"));
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use std::time::{Duration, Instant};
+
+    use super::CertFetch;
+    use crate::membership::info::tests::authority;
+    use crate::membership::info::Infos;
+
+    /// A member asking for certificates: a request naming no member is
+    /// refused as malformed, one for a certificate not known here gets no
+    /// answer, and past 64 a second per asker the requests are refused
+    /// (counted by the caller, the asker named); the next second answers
+    /// again.
+    #[test]
+    fn certificate_requests_are_checked_and_paced_per_asker() {
+        let infos = Infos::with_authority(authority("a", &["b"]));
+        let mut f = CertFetch::default();
+        let t0 = Instant::now();
+        let e = f.answer("h", b"Not An Id", &infos, t0).unwrap_err();
+        assert_eq!(e.kind(), "malformed");
+        assert_eq!(f.answer("h", b"zz", &infos, t0).unwrap(), None);
+        for _ in 0..63 {
+            assert_eq!(
+                f.answer("h", b"b", &infos, t0).unwrap(),
+                Some(b"b".to_vec())
+            );
+        }
+        let e = f.answer("h", b"b", &infos, t0).unwrap_err();
+        assert_eq!(e.kind(), "unauthorized");
+        assert!(e.to_string().contains("more than 64"), "{e}");
+        // (1 unknown and 63 answered: 64 in the second.) Another asker is
+        // paced on its own; the first answers a second later.
+        assert!(f.answer("g", b"b", &infos, t0).unwrap().is_some());
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(f.answer("h", b"b", &infos, t1).unwrap().is_some());
     }
 }

@@ -448,7 +448,7 @@ pub fn encode(info: &MemberInfo) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(prefixes: usize) -> MemberInfo {
@@ -476,10 +476,11 @@ mod tests {
         Infos::default().seal(info)
     }
 
-    /// Signs with the signer's name; knows the certificates of `known`.
-    struct Names {
+    /// Signatures and certificates are the member's name; a certificate is
+    /// known once learnt (here, or fetched: `membership::certs`).
+    pub(crate) struct Names {
         me: String,
-        known: Mutex<Vec<String>>,
+        pub(crate) known: Mutex<Vec<String>>,
     }
 
     impl RecordAuthority for Names {
@@ -496,7 +497,8 @@ mod tests {
             }
         }
         fn cert_of(&self, id: &str) -> Option<Vec<u8>> {
-            Some(id.as_bytes().to_vec())
+            let known = self.known.lock().unwrap().iter().any(|k| k == id);
+            known.then(|| id.as_bytes().to_vec())
         }
         fn learn_cert(&self, der: &[u8]) -> Result<String, String> {
             let id = String::from_utf8(der.to_vec()).map_err(|e| e.to_string())?;
@@ -506,7 +508,7 @@ mod tests {
         fn revoke(&self, _: CertId) {}
     }
 
-    fn authority(me: &str, known: &[&str]) -> Arc<Names> {
+    pub(crate) fn authority(me: &str, known: &[&str]) -> Arc<Names> {
         Arc::new(Names {
             me: me.into(),
             known: Mutex::new(known.iter().map(|k| k.to_string()).collect()),

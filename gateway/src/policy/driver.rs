@@ -286,6 +286,20 @@ mod tests {
         }
     }
 
+    /// A runtime of the built-in full-mesh on `view`, routes in memory.
+    fn full_mesh(view: View) -> PolicyRuntime {
+        PolicyRuntime::start(
+            PolicyEngine::new(Limits::default()).unwrap(),
+            crate::policy::PolicySource::Builtin("full-mesh".into()),
+            view,
+            Arc::new(Metrics::new("test")),
+            Arc::new(Routes::default()),
+            None,
+        )
+        .unwrap()
+        .0
+    }
+
     async fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
         let end = Instant::now() + within;
         while !cond() {
@@ -312,16 +326,7 @@ mod tests {
                 .local(local)
                 .now_ms(now())
                 .build();
-            let (mut runtime, _) = PolicyRuntime::start(
-                PolicyEngine::new(Limits::default()).unwrap(),
-                crate::policy::PolicySource::Builtin("full-mesh".into()),
-                view,
-                Arc::new(Metrics::new(local)),
-                Arc::new(Routes::default()),
-                None,
-            )
-            .unwrap();
-            let claim = runtime.watch_claim().borrow().clone();
+            let claim = full_mesh(view).watch_claim().borrow().clone();
             claim
         };
         let (a, b) = (claim_as("edge-a"), claim_as("edge-b"));
@@ -352,16 +357,7 @@ mod tests {
             .local("edge-a")
             .now_ms(now())
             .build();
-        let (mut runtime, _) = PolicyRuntime::start(
-            PolicyEngine::new(Limits::default()).unwrap(),
-            crate::policy::PolicySource::Builtin("full-mesh".into()),
-            view,
-            Arc::new(Metrics::new("edge-a")),
-            Arc::new(Routes::default()),
-            None,
-        )
-        .unwrap();
-        let map = runtime.watch_underlays().borrow().clone();
+        let map = full_mesh(view).watch_underlays().borrow().clone();
         assert_eq!(map.get("edge-b").map(String::as_str), Some("dx"), "{map:?}");
         assert_eq!(map.get("edge-c").map(String::as_str), Some("internet"), "{map:?}");
     }
