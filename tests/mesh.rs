@@ -216,7 +216,10 @@ fn an_appliance_with_a_foreign_certificate_is_refused() {
             id: "region-3".into(),
             region: "region-3".into(),
             role: "edge".into(),
-            prefixes: vec!["10.3.0.0/16".parse().unwrap(), "fd00:3::/48".parse().unwrap()],
+            prefixes: vec![
+                "10.3.0.0/16".parse().unwrap(),
+                "fd00:3::/48".parse().unwrap(),
+            ],
         },
         &lab.dir.join("foreign-certs"),
         30,
@@ -410,21 +413,26 @@ fn ten_percent_loss_and_100_ms_delay_declare_no_member_dead_and_a_kill_is_still_
 
 /// Runs `meshgate ARGS` in gateway `g`'s namespace; its output and success.
 fn cli(lab: &Lab, g: usize, args: &[&str]) -> (String, bool) {
-    let mut command = lab.regions[g].appliance.command(&binary().to_string_lossy());
+    let mut command = lab.regions[g]
+        .appliance
+        .command(&binary().to_string_lossy());
     command.args(args);
     // Changes go over the gateway's control socket; epoch orders are
     // signed with the mesh CA's key.
-    if matches!(args, ["keys", ..] | ["cert", "revoke", ..] | ["policy", "reload", ..]) {
+    if matches!(
+        args,
+        ["keys", ..] | ["cert", "revoke", ..] | ["policy", "reload", ..]
+    ) {
         command.arg("--control").arg(lab.control_socket(g));
     }
-    if matches!(args, ["keys", "rotate" | "revoke", ..] | ["cert", "revoke", ..])
-        && !args.contains(&"--ca-key")
+    if matches!(
+        args,
+        ["keys", "rotate" | "revoke", ..] | ["cert", "revoke", ..]
+    ) && !args.contains(&"--ca-key")
     {
         command.arg("--ca-key").arg(lab.ca_key_path());
     }
-    let out = command
-        .output()
-        .expect("running meshgate");
+    let out = command.output().expect("running meshgate");
     (
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         out.status.success(),
@@ -515,7 +523,10 @@ fn keys_rotate_and_revoke_reach_the_whole_mesh() {
     // Signed away from the mesh: the state read on an appliance, the
     // order signed elsewhere from it, then applied on another appliance.
     let (state, ok) = cli(&lab, 0, &["keys", "show"]);
-    assert!(ok && state.starts_with("serial 2 current 3 floor 1 revoked 2"), "{state}");
+    assert!(
+        ok && state.starts_with("serial 2 current 3 floor 1 revoked 2"),
+        "{state}"
+    );
     let (state_file, order_file) = (lab.dir.join("epochs.txt"), lab.dir.join("order.hex"));
     std::fs::write(&state_file, &state).unwrap();
     let out = std::process::Command::new(binary())
@@ -527,13 +538,19 @@ fn keys_rotate_and_revoke_reach_the_whole_mesh() {
         .arg(&order_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let order = order_file.display().to_string();
     let (out, ok) = cli(&lab, 1, &["keys", "apply", &order]);
     assert!(ok && out.contains("epoch 4 in force"), "{out}");
-    eventually(Duration::from_secs(10), "the applied order did not spread", || {
-        (0..3).all(|g| metric(&lab, g, "meshgate_key_epoch", "") == 4)
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the applied order did not spread",
+        || (0..3).all(|g| metric(&lab, g, "meshgate_key_epoch", "") == 4),
+    );
     // The same order again (a replay) changes nothing.
     let (out, ok) = cli(&lab, 2, &["keys", "apply", &order]);
     assert!(!ok && out.contains("is not newer"), "{out}");
@@ -587,7 +604,9 @@ fn a_revoked_certificate_is_cut_off_in_the_lab() {
     std::thread::sleep(Duration::from_secs(3));
     assert!((0..2).all(|g| sas_of_epoch(&lab, g, 1) == 2));
     let log = std::fs::read_to_string(lab.log_path(0)).unwrap_or_default();
-    assert!(log.contains(&lab.regions[2].gateway_id()) && log.contains("is revoked by the mesh CA"));
+    assert!(
+        log.contains(&lab.regions[2].gateway_id()) && log.contains("is revoked by the mesh CA")
+    );
 }
 
 #[test]

@@ -1088,7 +1088,10 @@ fn a_local_user_gets_nothing_from_the_control_socket_and_hostile_reloads_are_ref
     let e = meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/cloud")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("409") && e.contains("[cloud] is not configured"), "{e}");
+    assert!(
+        e.contains("409") && e.contains("[cloud] is not configured"),
+        "{e}"
+    );
     // Reload bodies that name another file, over the control socket.
     let fifo = dir.join("fifo.wasm");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();

@@ -182,10 +182,13 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
 }
 
 /// The signalling member, or why there is none.
-fn member_channel(s: &AppState) -> Result<&tokio::sync::mpsc::UnboundedSender<NodeCommand>, (StatusCode, String)> {
+fn member_channel(
+    s: &AppState,
+) -> Result<&tokio::sync::mpsc::UnboundedSender<NodeCommand>, (StatusCode, String)> {
     s.node.as_ref().ok_or((
         StatusCode::CONFLICT,
-        "this gateway is not a mesh member ([signal] is not configured); its keys are configured\n".into(),
+        "this gateway is not a mesh member ([signal] is not configured); its keys are configured\n"
+            .into(),
     ))
 }
 
@@ -196,7 +199,12 @@ async fn ask<T>(
 ) -> Result<T, (StatusCode, String)> {
     let node = member_channel(s)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let stopped = || (StatusCode::SERVICE_UNAVAILABLE, "the signalling member is not running\n".to_string());
+    let stopped = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the signalling member is not running\n".to_string(),
+        )
+    };
     node.send(command(tx)).map_err(|_| stopped())?;
     rx.await.map_err(|_| stopped())
 }

@@ -22,7 +22,13 @@ pub fn group_id(name: &str) -> Option<u32> {
     // SAFETY: every pointer is valid for the call; getgrnam_r writes only
     // into `group`, `buf` (of the length given) and `found`.
     let rc = unsafe {
-        libc::getgrnam_r(cname.as_ptr(), &mut group, buf.as_mut_ptr(), buf.len(), &mut found)
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
     };
     (rc == 0 && !found.is_null()).then_some(group.gr_gid)
 }
@@ -58,9 +64,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -82,7 +90,9 @@ impl ControlListener {
     /// Binds `path` (replacing a stale socket there, never another kind of
     /// file) with mode 0600, or 0660 and group `group`.
     pub fn bind(path: &Path, group: Option<u32>) -> io::Result<ControlListener> {
-        let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()));
+        let context = |what: &str, e: io::Error| {
+            io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+        };
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 std::fs::remove_file(path).map_err(|e| context("removing the stale socket", e))?
@@ -90,7 +100,10 @@ impl ControlListener {
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket; not replacing it", path.display()),
+                    format!(
+                        "{} exists and is not a socket; not replacing it",
+                        path.display()
+                    ),
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -105,7 +118,8 @@ impl ControlListener {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| context("setting the mode of", e))?;
         if let Some(g) = group {
-            std::os::unix::fs::chown(path, None, Some(g)).map_err(|e| context("setting the group of", e))?;
+            std::os::unix::fs::chown(path, None, Some(g))
+                .map_err(|e| context("setting the group of", e))?;
         }
         // SAFETY: geteuid has no preconditions.
         let owner = unsafe { libc::geteuid() };
@@ -168,8 +182,15 @@ pub fn exchange(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let unanswered = || anyhow::anyhow!("{to} closed the connection without an answer (on the control socket: this user may not use it)");
-    let cut = |e: &io::Error| matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe);
+    let unanswered = || {
+        anyhow::anyhow!("{to} closed the connection without an answer (on the control socket: this user may not use it)")
+    };
+    let cut = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )
+    };
     let sent = write!(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: meshgate\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
@@ -194,7 +215,12 @@ pub fn exchange(
 }
 
 /// A request to the control socket at `socket`: the status and the body.
-pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => anyhow::anyhow!(
             "{}: permission denied; the control socket is for root and the members of the group gateway.control_group names",
@@ -206,7 +232,13 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> anyhow::R
         ),
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    exchange(stream, &format!("the control socket {}", socket.display()), method, path, body)
+    exchange(
+        stream,
+        &format!("the control socket {}", socket.display()),
+        method,
+        path,
+        body,
+    )
 }
 
 #[cfg(test)]

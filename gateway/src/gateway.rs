@@ -73,7 +73,10 @@ async fn watch_files(
         PolicySource::File(p) => Some(p.clone()),
         PolicySource::Builtin(_) => None,
     };
-    let mut module = configured.read().map(|m| m.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let mut module = configured
+        .read()
+        .map(|m| m.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
     let mut policy_path = file_of(&module);
     let mut config_stamp = stamp(&config_path);
     let mut policy_stamp = policy_path.as_deref().and_then(stamp);
@@ -154,7 +157,10 @@ impl MeshStart {
     fn load(config: &Config, signal: &SignalConfig) -> Result<MeshStart> {
         let creds = Credentials::load(&signal.ca, &signal.cert, &signal.key)
             .context("loading the mesh credentials ([signal] ca, cert, key)")?;
-        let local = mesh::local_info(config);
+        let mut local = mesh::local_info(config);
+        // A restart is a new generation; the same start time in this
+        // gateway's SWIM identity, its record and its own view.
+        local.generation = crate::time::unix_ms();
         crate::membership::info::check_fits(&local).map_err(anyhow::Error::msg)?;
         let c = &creds.claims;
         if c.id != config.id || c.region != local.region || c.role != local.role {
@@ -279,6 +285,9 @@ pub fn run(config_path: &Path) -> Result<()> {
     let params = config.policy.params.clone();
     // Route claims on the cloud follow the policy's failover decisions.
     let cloud = config.cloud.clone().map(|c| (c, runtime.watch_claim()));
+    if mesh_start.is_some() {
+        runtime.settle_for(CLAIM_SETTLE);
+    }
     drop(config);
     // The peers the policy connects are the ones the member keys.
     let mut peer_ids = runtime.watch_peers();
@@ -398,6 +407,12 @@ pub fn run(config_path: &Path) -> Result<()> {
 /// Claims this gateway's group's routes on the cloud while the policy
 /// elects it active: the claims follow the decisions in force (never a
 /// packet), and the cloud driver closes the gap.
+/// How long a starting gateway waits before it claims routes: a new
+/// member knows every member and its record within about a second
+/// (BENCHMARKS.md, membership), twice that to be safe; only a start
+/// waits, never a failover.
+const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn start_cloud(
     c: crate::config::CloudConfig,
     mut claim: tokio::sync::watch::Receiver<crate::policy::runtime::Claim>,
@@ -405,9 +420,9 @@ fn start_cloud(
 ) -> tokio::sync::watch::Receiver<crate::cloud::reconcile::Status> {
     use crate::cloud::RouteKey;
     let backend: Arc<dyn crate::cloud::backend::CloudBackend> = match c.backend {
-        crate::config::CloudBackendKind::Lab { routers } => {
-            Arc::new(crate::cloud::lab::LabCloud::new(routers))
-        }
+        crate::config::CloudBackendKind::Lab { routers, addresses } => Arc::new(
+            crate::cloud::lab::LabCloud::new(routers).with_interface(&c.interface, addresses),
+        ),
     };
     let routes = move |claim: &crate::policy::runtime::Claim| -> Vec<RouteKey> {
         if claim.groups.is_empty() {
@@ -423,9 +438,15 @@ fn start_cloud(
             })
             .collect()
     };
-    let (claims_tx, claims_rx) = tokio::sync::watch::channel(routes(&claim.borrow_and_update()));
+    let (claims_tx, claims_rx) = tokio::sync::watch::channel(Vec::new());
     let (status_tx, status_rx) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(async move {
+        // A gateway that has just started knows only part of the mesh:
+        // its partner may be missing from its view, and it would claim
+        // routes the partner holds. Its claims wait until membership has
+        // had time to tell it who else is there.
+        tokio::time::sleep(CLAIM_SETTLE).await;
+        claim.mark_changed();
         while claim.changed().await.is_ok() {
             let wanted = routes(&claim.borrow_and_update());
             claims_tx.send_if_modified(|cur| {

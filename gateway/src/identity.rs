@@ -100,9 +100,16 @@ const PREFIX_SUFFIX: &str = ".prefix.meshgate";
 fn prefix_name(p: &Prefix) -> String {
     let (parts, family): (Vec<String>, &str) = match p.addr() {
         std::net::IpAddr::V4(a) => (a.octets().iter().map(u8::to_string).collect(), "v4"),
-        std::net::IpAddr::V6(a) => (a.segments().iter().map(|s| format!("{s:x}")).collect(), "v6"),
+        std::net::IpAddr::V6(a) => (
+            a.segments().iter().map(|s| format!("{s:x}")).collect(),
+            "v6",
+        ),
     };
-    format!("{}-{}.{family}{PREFIX_SUFFIX}", parts.join("-"), p.prefix_len())
+    format!(
+        "{}-{}.{family}{PREFIX_SUFFIX}",
+        parts.join("-"),
+        p.prefix_len()
+    )
 }
 
 /// The prefix a name of [`prefix_name`]'s form grants; `None` for any
@@ -136,7 +143,10 @@ fn parse_prefix_name(name: &str) -> Option<Prefix> {
 /// is not canonical.
 fn check_grant(p: &Prefix) -> Result<(), IdentityError> {
     if p.prefix_len() == 0 {
-        return Err(IdentityError::Grant(*p, "a default route is never advertised in the mesh"));
+        return Err(IdentityError::Grant(
+            *p,
+            "a default route is never advertised in the mesh",
+        ));
     }
     if p.network() != p.addr() {
         return Err(IdentityError::Grant(*p, "its host bits are set"));
@@ -235,8 +245,8 @@ pub fn issue(
         format!("{}.role.meshgate", claims.role),
     ];
     names.extend(claims.prefixes.iter().map(prefix_name));
-    let mut params = CertificateParams::new(names)
-    .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let mut params =
+        CertificateParams::new(names).map_err(|e| IdentityError::Generate(e.to_string()))?;
     params.distinguished_name.push(
         DnType::CommonName,
         format!("meshgate appliance {}", claims.id),
@@ -328,10 +338,7 @@ impl MeshCa {
                 });
             }
         }
-        let prefixes = ee
-            .valid_dns_names()
-            .filter_map(parse_prefix_name)
-            .collect();
+        let prefixes = ee.valid_dns_names().filter_map(parse_prefix_name).collect();
         Ok(Claims {
             id: id.clone(),
             region: region.clone(),
@@ -359,8 +366,13 @@ pub fn ca_sign(ca_key: &Path, message: &[u8]) -> Result<Vec<u8>, IdentityError> 
     let key = KeyPair::from_pem(&pem).map_err(|e| file_err(ca_key, e))?;
     let der = zeroize::Zeroizing::new(key.serialize_der());
     let rng = ring::rand::SystemRandom::new();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
-        .map_err(|_| file_err(ca_key, "not an ECDSA P-256 key (a mesh CA key from `meshgate ca init`)"))?;
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng).map_err(|_| {
+            file_err(
+                ca_key,
+                "not an ECDSA P-256 key (a mesh CA key from `meshgate ca init`)",
+            )
+        })?;
     pair.sign(&rng, message)
         .map(|s| s.as_ref().to_vec())
         .map_err(|_| IdentityError::Generate("signing with the CA key failed".into()))
@@ -391,7 +403,10 @@ mod tests {
             id: id.into(),
             region: "eu-west-1".into(),
             role: "edge".into(),
-            prefixes: vec!["10.1.0.0/16".parse().unwrap(), "fd00:1::/48".parse().unwrap()],
+            prefixes: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "fd00:1::/48".parse().unwrap(),
+            ],
         }
     }
 

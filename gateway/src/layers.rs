@@ -42,8 +42,10 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             .unwrap_or_default();
         // Test code, and the fuzzer's harness (built only for tests and
         // fuzzing), may reach across layers.
-        let test_file = matches!(file, "tests.rs" | "sim.rs" | "scale.rs" | "fuzz.rs" | "fuzzing.rs")
-            || rel.components().any(|c| c.as_os_str() == "tests");
+        let test_file = matches!(
+            file,
+            "tests.rs" | "sim.rs" | "scale.rs" | "fuzz.rs" | "fuzzing.rs"
+        ) || rel.components().any(|c| c.as_os_str() == "tests");
         if !modules.contains(&top) || test_file || path.extension().is_none_or(|e| e != "rs") {
             continue;
         }

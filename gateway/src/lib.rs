@@ -21,8 +21,8 @@
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
-pub mod config;
 pub mod cloud;
+pub mod config;
 pub mod control;
 pub mod dataplane;
 /// The ESP core, a crate of its own (`esp/` in the workspace).

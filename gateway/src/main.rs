@@ -94,6 +94,22 @@ enum Cmd {
         /// before the mesh: no membership, no negotiation.
         #[arg(long)]
         static_keys: bool,
+        /// Appliances per region: 2 runs an active/passive pair (zones a
+        /// and b, one redundancy group) behind the VPC's router, whose
+        /// route table the active one claims; 1, one appliance per region
+        /// (default: 2, or 1 with --static-keys).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        zones: Option<u8>,
+        /// After the checks, kill region 2's active appliance this many
+        /// times (default 10) under a flow of one echo request every 10 ms
+        /// from host-1, and report each outage and the time from the kill
+        /// to the routes claimed by its partner.
+        #[arg(long, num_args = 0..=1, default_missing_value = "10", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        failover: Option<u32>,
+        /// Print the whole summary (pairs, gateways, failovers) as one
+        /// JSON document on stdout; progress goes to stderr.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -219,12 +235,14 @@ fn submit_order(
     a: &OrderArgs,
     next: impl FnOnce(
         &meshgate::keys::rotation::EpochState,
-    ) -> Result<meshgate::keys::order::MeshOrder, meshgate::keys::order::OrderError>,
+    )
+        -> Result<meshgate::keys::order::MeshOrder, meshgate::keys::order::OrderError>,
 ) -> anyhow::Result<()> {
     use meshgate::keys::order::MeshOrder;
     let text = match &a.state {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+        Some(f) => {
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+        }
         None => {
             let (status, body) = meshgate::control::request(&a.control, "GET", "/keys", "")?;
             if status != 200 {
@@ -235,13 +253,18 @@ fn submit_order(
     };
     let state: MeshOrder = text.parse()?;
     let next = next(&state.state())?;
-    let signed = next.seal(|m| meshgate::identity::ca_sign(&a.ca_key, m).map_err(|e| e.to_string()))
+    let signed = next
+        .seal(|m| meshgate::identity::ca_sign(&a.ca_key, m).map_err(|e| e.to_string()))
         .map_err(anyhow::Error::msg)?;
     match &a.out {
         Some(f) => {
             std::fs::write(f, format!("{}\n", signed.to_hex()))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            println!("order {} ({next}) written to {}; submit it with meshgate keys apply", next.serial, f.display());
+            println!(
+                "order {} ({next}) written to {}; submit it with meshgate keys apply",
+                next.serial,
+                f.display()
+            );
             Ok(())
         }
         None => control_post(&a.control, "/keys/order", &signed.to_hex()),
@@ -335,7 +358,9 @@ fn cert_to_revoke(cert: &str) -> anyhow::Result<meshgate::keys::order::CertId> {
         return Ok(id);
     }
     let der = meshgate::identity::load_cert(std::path::Path::new(cert)).map_err(|e| {
-        anyhow::anyhow!("{e} (CERT is a certificate file, or the 32-hex-digit id `cert issue` printed)")
+        anyhow::anyhow!(
+            "{e} (CERT is a certificate file, or the 32-hex-digit id `cert issue` printed)"
+        )
     })?;
     Ok(meshgate::identity::cert_id(&der))
 }
@@ -407,7 +432,13 @@ fn main() -> ExitCode {
         Cmd::Cert {
             command: CertCmd::Revoke { cert, drop, order },
         } => cert_to_revoke(&cert).and_then(|id| {
-            submit_order(&order, |s| if drop { s.drop_cert(id) } else { s.revoke_cert(id) })
+            submit_order(&order, |s| {
+                if drop {
+                    s.drop_cert(id)
+                } else {
+                    s.revoke_cert(id)
+                }
+            })
         }),
         Cmd::Keys {
             command: KeysCmd::Init { file },
@@ -428,7 +459,9 @@ fn main() -> ExitCode {
         } => std::fs::read_to_string(&order)
             .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))
             .and_then(|hex| control_post(&control, "/keys/order", hex.trim())),
-        Cmd::Members { admin } => meshgate::admin::request(admin, "GET", "/members").and_then(shown),
+        Cmd::Members { admin } => {
+            meshgate::admin::request(admin, "GET", "/members").and_then(shown)
+        }
         Cmd::Keygen { cipher } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);
@@ -447,6 +480,9 @@ fn main() -> ExitCode {
             policy,
             placement,
             static_keys,
+            zones,
+            failover,
+            json,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -459,6 +495,9 @@ fn main() -> ExitCode {
                     policy,
                     placement,
                     static_keys,
+                    zones: usize::from(zones.unwrap_or(if static_keys { 1 } else { 2 })),
+                    failover_kills: failover.unwrap_or(0),
+                    json,
                 })
             }),
     };

@@ -45,6 +45,13 @@ pub struct CloudMetrics {
     /// Routes claimed, and of those the ones the cloud confirmed.
     pub claimed: IntGauge,
     pub converged: IntGauge,
+    /// Routes this appliance started or stopped claiming (claim, release).
+    pub claim_changes: IntCounterVec,
+    /// 1 for each redundancy group's active member, as this gateway's
+    /// policy decided.
+    pub group_active: IntGaugeVec,
+    /// Changes of a group's active member from one member to another.
+    pub failovers: IntCounterVec,
 }
 
 impl CloudMetrics {
@@ -77,6 +84,41 @@ impl CloudMetrics {
             call_seconds,
             claimed: routes.with_label_values(&["claimed"]),
             converged: routes.with_label_values(&["converged"]),
+            claim_changes: counter_vec(
+                registry,
+                "meshgate_cloud_route_claims_total",
+                "Routes this appliance started (claim) or stopped (release) claiming.",
+                &["change"],
+            ),
+            group_active: gauge_vec(
+                registry,
+                "meshgate_group_active",
+                "1 for the active member of each redundancy group, as this gateway's policy decided.",
+                &["group", "member"],
+            ),
+            failovers: counter_vec(
+                registry,
+                "meshgate_failovers_total",
+                "Changes of a redundancy group's active member from one member to another.",
+                &["group"],
+            ),
+        }
+    }
+
+    /// Records the policy's choice of `active` for `group` (`before`: the
+    /// previous choice); a change from one member to another is a failover.
+    pub fn group_decided(&self, group: &str, before: Option<&str>, active: Option<&str>) {
+        if before == active {
+            return;
+        }
+        if let Some(b) = before {
+            let _ = self.group_active.remove_label_values(&[group, b]);
+            if active.is_some() {
+                self.failovers.with_label_values(&[group]).inc();
+            }
+        }
+        if let Some(a) = active {
+            self.group_active.with_label_values(&[group, a]).set(1);
         }
     }
 }

@@ -54,12 +54,7 @@ pub const ROUTE_PROTO: &str = "147";
 /// into `dev`.
 fn installed_by_us(line: &str, dev: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |key: &str| {
-        words
-            .windows(2)
-            .find(|w| w[0] == key)
-            .map(|w| w[1])
-    };
+    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
     after("dev") == Some(dev) && after("proto") == Some(ROUTE_PROTO)
 }
 
@@ -182,7 +177,15 @@ impl Tun {
                 tun: self.name.clone(),
             });
         }
-        ip(&["route", "replace", &p, "dev", &self.name, "proto", ROUTE_PROTO])
+        ip(&[
+            "route",
+            "replace",
+            &p,
+            "dev",
+            &self.name,
+            "proto",
+            ROUTE_PROTO,
+        ])
     }
 
     /// Removes the route for `prefix` into this device, if the gateway

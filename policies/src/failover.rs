@@ -5,8 +5,12 @@
 //! or health changed more recently is not made active while a steadier one
 //! exists; `failover.preempt` (default false): whether a preferred member
 //! that comes back takes over from the active one; `priority.<member-id>`
-//! (default 100, lower is preferred), ties broken by member id.
-//! The policy keeps no state: who is active now comes in the view.
+//! (default 100, lower is preferred), ties broken by the longest running
+//! member (its gateway's start time, the same in every member's view),
+//! then by member id. The policy keeps no state: who is active now comes
+//! in the view. Without that history (a member that has just started, or
+//! the active one gone) every member picks the same one: a restarted
+//! member does not take over from the one that ran on without it.
 
 use meshgate_sdk::{Failover, MemberIndex, NameIndex, State, View};
 
@@ -31,9 +35,12 @@ pub fn decide(view: &View) -> Vec<Failover> {
                 })
                 .collect();
             candidates.sort_by_key(|&i| {
+                let m = &view.members[i as usize];
                 (
                     priority(view, i),
-                    view.name(view.members[i as usize].id).to_string(),
+                    // 0: unknown, after every known start.
+                    m.up_since_ms.wrapping_sub(1),
+                    view.name(m.id).to_string(),
                 )
             });
             let m = |i: MemberIndex| &view.members[i as usize];
@@ -213,6 +220,45 @@ mod tests {
             .member("hub-a", "eu-west-1", Role::Hub, &[])
             .group("hubs")
             .changed_ms(NOW - 5_000)
+            .now_ms(NOW)
+            .build();
+        assert_eq!(active(&v).as_deref(), Some("hub-a"));
+    }
+
+    /// hub-a has just restarted: in its own view nobody has been steady
+    /// for the hold-down and it has no history, as in every other view
+    /// it is the newer one; all agree on hub-b, and hub-a claims nothing.
+    #[test]
+    fn a_member_that_just_started_defers_to_the_one_running_longer() {
+        let fresh = |local: &str| {
+            ViewBuilder::new()
+                .member("hub-a", "eu-west-1", Role::Hub, &[])
+                .group("hubs")
+                .changed_ms(NOW - 1_000)
+                .up_since(NOW - 1_000)
+                .member("hub-b", "eu-west-1", Role::Hub, &[])
+                .group("hubs")
+                .changed_ms(NOW - 900)
+                .up_since(NOW - 900_000)
+                .member("spoke", "us-east-1", Role::Leaf, &["10.1.0.0/16"])
+                .now_ms(NOW)
+                .local(local)
+                .build()
+        };
+        for local in ["hub-a", "hub-b", "spoke"] {
+            assert_eq!(active(&fresh(local)).as_deref(), Some("hub-b"), "{local}");
+        }
+        assert!(!decide(&fresh("hub-a"))[0].claim_routes);
+        assert!(decide(&fresh("hub-b"))[0].claim_routes);
+        // Priority still comes first.
+        let v = ViewBuilder::new()
+            .member("hub-a", "eu-west-1", Role::Hub, &[])
+            .group("hubs")
+            .up_since(NOW - 1_000)
+            .member("hub-b", "eu-west-1", Role::Hub, &[])
+            .group("hubs")
+            .up_since(NOW - 900_000)
+            .param("priority.hub-a", "10")
             .now_ms(NOW)
             .build();
         assert_eq!(active(&v).as_deref(), Some("hub-a"));

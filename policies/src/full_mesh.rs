@@ -27,7 +27,7 @@ impl Policy for FullMesh {
                 })
             })
             .collect();
-        crate::merge_routes(&crate::failover::decide(view), routes)
+        crate::merge_routes(view, &crate::failover::decide(view), routes)
     }
 
     fn failover(view: &View) -> Vec<meshgate_sdk::Failover> {
@@ -65,6 +65,41 @@ mod tests {
             .state(State::Suspect)
             .local("eu")
             .build()
+    }
+
+    /// Both appliances of a pair announce their VPC's prefixes; neither
+    /// routes them into the tunnel (to its partner): they are its own.
+    #[test]
+    fn a_partner_in_the_group_is_not_a_route_to_its_own_vpc() {
+        let v = ViewBuilder::new()
+            .member("eu-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .group("eu")
+            .endpoint("internet", "192.0.2.1:4500")
+            .member("eu-b", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .group("eu")
+            .endpoint("internet", "192.0.2.2:4500")
+            .member("us", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+            .endpoint("internet", "192.0.2.3:4500")
+            .local("eu-b")
+            .build();
+        let table = route_table(&v, &FullMesh::routes(&v));
+        assert_eq!(table.keys().collect::<Vec<_>>(), ["10.2.0.0/16"]);
+        // The other region still reaches the pair, the active one first.
+        let us = ViewBuilder::new()
+            .member("eu-a", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .group("eu")
+            .endpoint("internet", "192.0.2.1:4500")
+            .member("eu-b", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+            .group("eu")
+            .endpoint("internet", "192.0.2.2:4500")
+            .member("us", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+            .endpoint("internet", "192.0.2.3:4500")
+            .local("us")
+            .build();
+        assert_eq!(
+            route_table(&us, &FullMesh::routes(&us))["10.1.0.0/16"],
+            ["eu-a", "eu-b"]
+        );
     }
 
     #[test]

@@ -67,8 +67,16 @@ pub(crate) fn route_prefixes(
 
 /// One route per prefix: routes to the same prefix (redundant members
 /// announcing it) are merged, next hops in order of first appearance with
-/// active members of redundancy groups first, the best metric kept.
-pub(crate) fn merge_routes(decisions: &[Failover], mut routes: Vec<Route>) -> Vec<Route> {
+/// active members of redundancy groups first, the best metric kept. A
+/// prefix this member announces itself is its own VPC (a partner in its
+/// redundancy group announces the same): never routed into the tunnel.
+pub(crate) fn merge_routes(
+    view: &View,
+    decisions: &[Failover],
+    mut routes: Vec<Route>,
+) -> Vec<Route> {
+    let own = view.prefixes_of(view.local());
+    routes.retain(|r| !own.contains(&r.prefix));
     // Sort positions by prefix (integer keys: cheap to compare) to find
     // routes to the same prefix; most views have none, and then nothing is
     // merged or moved.

@@ -53,7 +53,7 @@ impl Policy for MeshWithLeaves {
             };
             crate::route_prefixes(view, i, m, next_hops, &mut routes);
         }
-        crate::merge_routes(&decisions, routes)
+        crate::merge_routes(view, &decisions, routes)
     }
 
     fn failover(view: &View) -> Vec<Failover> {

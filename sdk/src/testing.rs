@@ -72,6 +72,7 @@ impl ViewBuilder {
             },
             health: Health::default(),
             policy_version: 1,
+            up_since_ms: 0,
         });
         self
     }
@@ -84,6 +85,12 @@ impl ViewBuilder {
     pub fn group(mut self, group: &str) -> Self {
         let g = self.name(group);
         self.last().group = Some(g);
+        self
+    }
+
+    /// When the last member's gateway started (ms since the epoch).
+    pub fn up_since(mut self, ms: u64) -> Self {
+        self.last().up_since_ms = ms;
         self
     }
 

@@ -194,6 +194,11 @@ pub struct Member {
     pub endpoints: Span,
     pub health: Health,
     pub policy_version: u32,
+    /// When its gateway started (ms since the epoch, from its record; 0
+    /// if unknown): the same on every member, so an election that
+    /// prefers the longest running member agrees everywhere, even on a
+    /// member that has just joined and has no history.
+    pub up_since_ms: u64,
 }
 
 impl Member {

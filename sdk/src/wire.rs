@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Bytes per member record.
-pub const MEMBER_SIZE: usize = 72;
+pub const MEMBER_SIZE: usize = 80;
 /// Bytes per prefix record.
 pub const PREFIX_SIZE: usize = 20;
 /// Bytes per endpoint record.
@@ -154,7 +154,8 @@ fn decode_all<const N: usize, T>(
 /// group u32 @24 (all ones: none); role u8 @28 (0 edge, 1 leaf, 2 hub);
 /// state u8 @29 (0 alive, 1 suspect, 2 dead); 2 zero bytes; prefixes
 /// first, count u32 @32, 36; endpoints first, count u32 @40, 44; rtt-us,
-/// loss-ppm, load-permille, policy-version u32 @48..64; changed-ms u64 @64.
+/// loss-ppm, load-permille, policy-version u32 @48..64; changed-ms u64 @64;
+/// up-since-ms u64 @72.
 pub fn encode_members(members: &[Member]) -> Vec<u8> {
     let mut out = Vec::new();
     encode_members_into(members, &mut out);
@@ -193,6 +194,7 @@ pub fn encode_members_into(members: &[Member], out: &mut Vec<u8>) {
         put(&mut r, 56, m.health.load_permille.to_le_bytes());
         put(&mut r, 60, m.policy_version.to_le_bytes());
         put(&mut r, 64, m.health.changed_ms.to_le_bytes());
+        put(&mut r, 72, m.up_since_ms.to_le_bytes());
         out.extend_from_slice(&r);
     }
 }
@@ -236,6 +238,7 @@ pub fn decode_members(bytes: &[u8]) -> Result<Vec<Member>, WireError> {
                 changed_ms: u64_at(b, 64),
             },
             policy_version: u32_at(b, 60),
+            up_since_ms: u64_at(b, 72),
         })
     })
 }

@@ -181,7 +181,7 @@ pub fn promtool_ok(text: &str) {
     );
 }
 
-fn check() {
+pub fn check() {
     if let Err(e) = check_privileges() {
         panic!("this test needs the real network stack: {e:#}");
     }
@@ -189,7 +189,7 @@ fn check() {
 
 /// Namespace names unique to this process and lab ("t<pid>x<n>", the `x`
 /// keeping pid 17's lab 0 apart from pid 1's lab 70).
-fn tag() -> String {
+pub fn tag() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
         "t{}x{}",

@@ -29,7 +29,9 @@ pub async fn run(
 ) {
     let seed = crate::time::unix_ms();
     let mut r = Reconciler::new(&interface, settings, seed);
-    r.set_claims(claims.borrow_and_update().clone(), Instant::now());
+    let mut held = claims.borrow_and_update().clone();
+    count_changes(&metrics.cloud, &[], &held);
+    r.set_claims(held.clone(), Instant::now());
     let mut calls: JoinSet<(&'static str, Duration, Result<Reply, CloudError>)> = JoinSet::new();
     // Which call each task carries (a task that fails still answers it).
     let mut tasks: std::collections::HashMap<tokio::task::Id, CallId> = Default::default();
@@ -82,6 +84,8 @@ pub async fn run(
                     return;
                 }
                 let wanted = claims.borrow_and_update().clone();
+                count_changes(m, &held, &wanted);
+                held = wanted.clone();
                 r.set_claims(wanted, Instant::now());
             }
             Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
@@ -101,4 +105,16 @@ pub async fn run(
             () = sleep => r.handle_timeout(Instant::now()),
         }
     }
+}
+
+/// Counts the routes `wanted` claims that `held` did not, and the reverse.
+fn count_changes(m: &crate::metrics::CloudMetrics, held: &[RouteKey], wanted: &[RouteKey]) {
+    let new = wanted.iter().filter(|k| !held.contains(k)).count();
+    let gone = held.iter().filter(|k| !wanted.contains(k)).count();
+    m.claim_changes
+        .with_label_values(&["claim"])
+        .inc_by(new as u64);
+    m.claim_changes
+        .with_label_values(&["release"])
+        .inc_by(gone as u64);
 }

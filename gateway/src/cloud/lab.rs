@@ -15,6 +15,10 @@ use crate::prefix::Prefix;
 #[derive(Clone, Debug, Default)]
 pub struct LabCloud {
     routers: BTreeMap<String, String>,
+    /// Interface ids and their addresses on the VPC subnet, one per
+    /// family: a router's IPv6 route needs an IPv6 next hop. An interface
+    /// not listed is its own (only) address.
+    interfaces: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl LabCloud {
@@ -22,6 +26,43 @@ impl LabCloud {
     pub fn new(routers: impl IntoIterator<Item = (String, String)>) -> LabCloud {
         LabCloud {
             routers: routers.into_iter().collect(),
+            interfaces: BTreeMap::new(),
+        }
+    }
+
+    /// Names interface `id` and its addresses, so routes point at the
+    /// address of their own family and read back as `id`.
+    pub fn with_interface(mut self, id: &str, addresses: Vec<std::net::IpAddr>) -> LabCloud {
+        self.interfaces.insert(id.to_string(), addresses);
+        self
+    }
+
+    /// The next hop for `destination` through `interface`.
+    fn next_hop(&self, interface: &str, destination: &Prefix) -> Result<String, CloudError> {
+        let Some(addrs) = self.interfaces.get(interface) else {
+            return Ok(interface.to_string());
+        };
+        addrs
+            .iter()
+            .find(|a| a.is_ipv6() == destination.addr().is_ipv6())
+            .map(|a| a.to_string())
+            .ok_or_else(|| {
+                CloudError::Refused(format!(
+                    "interface {interface} has no address of the family of {destination}"
+                ))
+            })
+    }
+
+    /// The interface a next hop address belongs to, as Describe names it.
+    fn interface_of(&self, target: Target) -> Target {
+        match target {
+            Target::Interface(addr) => Target::Interface(
+                self.interfaces
+                    .iter()
+                    .find(|(_, addrs)| addrs.iter().any(|a| a.to_string() == addr))
+                    .map_or(addr, |(id, _)| id.clone()),
+            ),
+            other => other,
         }
     }
 
@@ -43,7 +84,11 @@ impl LabCloud {
                     let mut routes = Vec::new();
                     for family in ["-4", "-6"] {
                         let text = ip(ns, &[family, "route", "show"])?;
-                        routes.extend(text.lines().filter_map(parse_route));
+                        routes.extend(
+                            text.lines()
+                                .filter_map(parse_route)
+                                .map(|(p, t)| (p, self.interface_of(t))),
+                        );
                     }
                     out.push(RouteTable {
                         id: t.clone(),
@@ -59,9 +104,20 @@ impl LabCloud {
                 } else {
                     "add"
                 };
+                let family = if route.destination.addr().is_ipv6() {
+                    "-6"
+                } else {
+                    "-4"
+                };
                 let exists = ip(
                     ns,
-                    &["route", "show", "exact", &route.destination.to_string()],
+                    &[
+                        family,
+                        "route",
+                        "show",
+                        "exact",
+                        &route.destination.to_string(),
+                    ],
                 )?;
                 match (verb, exists.trim().is_empty()) {
                     ("replace", true) => {
@@ -72,15 +128,10 @@ impl LabCloud {
                     }
                     _ => {}
                 }
+                let via = self.next_hop(interface, &route.destination)?;
                 ip(
                     ns,
-                    &[
-                        "route",
-                        verb,
-                        &route.destination.to_string(),
-                        "via",
-                        interface,
-                    ],
+                    &["route", verb, &route.destination.to_string(), "via", &via],
                 )?;
                 Ok(Reply::Done)
             }
@@ -315,5 +366,64 @@ mod tests {
         };
         let e = rt.block_on(cloud.call(bad)).unwrap_err();
         assert!(e.to_string().contains("rtb-none"), "{e}");
+    }
+
+    /// A named interface: each route points at the address of its own
+    /// family, and Describe names the interface, not the address.
+    #[test]
+    fn a_named_interface_routes_each_family_through_its_own_address() {
+        let Some(router) = router("c") else { return };
+        router
+            .ip(&["-6", "addr", "add", "fd00:1::1/64", "dev", "vpc0", "nodad"])
+            .unwrap();
+        let cloud = LabCloud::new([("rtb-lab".to_string(), router.name().to_string())])
+            .with_interface(
+                "eni-a",
+                vec!["10.1.0.5".parse().unwrap(), "fd00:1::5".parse().unwrap()],
+            );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for dest in ["10.8.0.0/16", "fd00:8::/48"] {
+            let call = Call::Create {
+                route: RouteKey {
+                    table: "rtb-lab".into(),
+                    destination: dest.parse().unwrap(),
+                },
+                interface: "eni-a".into(),
+            };
+            rt.block_on(cloud.call(call)).unwrap();
+        }
+        let shown = ip(router.name(), &["-6", "route", "show"]).unwrap();
+        assert!(shown.contains("fd00:8::/48 via fd00:1::5"), "{shown}");
+        let Reply::Described(tables) = rt
+            .block_on(cloud.call(Call::Describe {
+                tables: vec!["rtb-lab".into()],
+            }))
+            .unwrap()
+        else {
+            panic!("not a description")
+        };
+        let to = |dest: &str| {
+            tables[0]
+                .routes
+                .iter()
+                .find(|(p, _)| p.to_string() == dest)
+                .map(|(_, t)| t.clone())
+        };
+        assert_eq!(to("10.8.0.0/16"), Some(Target::Interface("eni-a".into())));
+        assert_eq!(to("fd00:8::/48"), Some(Target::Interface("eni-a".into())));
+        assert_eq!(
+            to("10.9.0.0/16"),
+            Some(Target::Interface("10.1.0.6".into())),
+            "another's next hop stays an address"
+        );
+        // An interface without an address of the route's family.
+        let e = LabCloud::new([("rtb-lab".to_string(), router.name().to_string())])
+            .with_interface("eni-b", vec!["10.1.0.7".parse().unwrap()])
+            .next_hop("eni-b", &"fd00:9::/48".parse().unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("eni-b"), "{e}");
     }
 }

@@ -57,7 +57,15 @@ impl Validator<'_> {
                     };
                     routers.insert(t.clone(), ns.get_ref().clone());
                 }
-                CloudBackendKind::Lab { routers }
+                let mut addresses = Vec::new();
+                for (i, a) in c.addresses.iter().enumerate() {
+                    match a.get_ref().trim().parse::<std::net::IpAddr>() {
+                        Ok(ip) if !addresses.iter().any(|x: &std::net::IpAddr| x.is_ipv6() == ip.is_ipv6()) => addresses.push(ip),
+                        Ok(_) => return self.err(a.span(), &format!("cloud.addresses[{i}]"), "one address per family: the router's next hop for IPv4 or IPv6 routes"),
+                        Err(e) => return self.err(a.span(), &format!("cloud.addresses[{i}]"), format!("'{}' is not an IP address: {e}", a.get_ref())),
+                    }
+                }
+                CloudBackendKind::Lab { routers, addresses }
             }
             other => {
                 return self.err(

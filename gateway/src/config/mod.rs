@@ -86,9 +86,12 @@ pub struct CloudConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudBackendKind {
-    /// The lab's router namespaces: route table id -> namespace.
+    /// The lab's router namespaces: route table id -> namespace, and the
+    /// addresses of this appliance's interface on the VPC subnet (the next
+    /// hops the routers use, one per family).
     Lab {
         routers: std::collections::BTreeMap<String, String>,
+        addresses: Vec<std::net::IpAddr>,
     },
 }
 

@@ -35,6 +35,8 @@ pub(super) struct RawCloud {
     pub(super) route_tables: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) routers: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub(super) addresses: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -253,7 +253,10 @@ fn a_mesh_member_config_and_its_mistakes() {
     ))
     .unwrap();
     let sig = c.signal.as_ref().unwrap();
-    assert_eq!((sig.max_members, sig.forget_down_after.as_secs()), (300, 600));
+    assert_eq!(
+        (sig.max_members, sig.forget_down_after.as_secs()),
+        (300, 600)
+    );
 
     let cases = [
         (MESH.replace("\n[keys]\nmaster_key = \"/etc/meshgate/master.key\"\n", ""), "needs a [keys] section"),
@@ -294,16 +297,55 @@ fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
     assert_eq!(
         cloud.backend,
         CloudBackendKind::Lab {
-            routers: [("rtb-1".to_string(), "lab-r1".to_string())].into()
+            routers: [("rtb-1".to_string(), "lab-r1".to_string())].into(),
+            addresses: Vec::new(),
         }
     );
+    let both = parse(&lab.replace(
+        "interface = \"10.1.0.5\"",
+        "interface = \"eni-1a\"\naddresses = [\"10.1.0.5\", \"fd00:1::5\"]",
+    ))
+    .unwrap();
+    assert!(matches!(
+        both.cloud.unwrap().backend,
+        CloudBackendKind::Lab { addresses, .. } if addresses.len() == 2
+    ));
     for (text, expected) in [
         (lab.replace("group = \"pair\"\n", ""), "set gateway.group"),
-        (lab.replace("backend = \"lab\"", "backend = \"aws\""), "cloud.backend: unknown cloud backend 'aws'"),
-        (lab.replace("route_tables = [\"rtb-1\"]", "route_tables = []"), "cloud.route_tables"),
-        (lab.replace("routers = { \"rtb-1\" = \"lab-r1\" }", "routers = {}"), "router namespace of route table rtb-1"),
-        (lab.replace("interface = \"10.1.0.5\"", "interface = \"\""), "cloud.interface"),
-        (lab.replace("[\"rtb-1\"]", "[\"rtb-1\", \"rtb-1\"]"), "listed twice"),
+        (
+            lab.replace("backend = \"lab\"", "backend = \"aws\""),
+            "cloud.backend: unknown cloud backend 'aws'",
+        ),
+        (
+            lab.replace("route_tables = [\"rtb-1\"]", "route_tables = []"),
+            "cloud.route_tables",
+        ),
+        (
+            lab.replace("routers = { \"rtb-1\" = \"lab-r1\" }", "routers = {}"),
+            "router namespace of route table rtb-1",
+        ),
+        (
+            lab.replace("interface = \"10.1.0.5\"", "interface = \"\""),
+            "cloud.interface",
+        ),
+        (
+            lab.replace("[\"rtb-1\"]", "[\"rtb-1\", \"rtb-1\"]"),
+            "listed twice",
+        ),
+        (
+            lab.replace(
+                "interface = \"10.1.0.5\"",
+                "interface = \"eni-1a\"\naddresses = [\"10.1.0.5\", \"10.1.0.6\"]",
+            ),
+            "cloud.addresses[1]: one address per family",
+        ),
+        (
+            lab.replace(
+                "interface = \"10.1.0.5\"",
+                "interface = \"eni-1a\"\naddresses = [\"ten\"]",
+            ),
+            "cloud.addresses[0]: 'ten' is not an IP address",
+        ),
     ] {
         let e = parse(&text).unwrap_err();
         assert!(e.contains(expected), "{expected}: {e}");
@@ -317,7 +359,10 @@ fn further_underlays_are_advertised_beside_internet_and_their_mistakes() {
         "listen = \"0.0.0.0:4500\"\nadvertise = \"198.18.0.1:4500\"\nendpoints = { dx = \"10.200.0.1\" }",
     );
     let c = parse(&text).unwrap();
-    assert_eq!(c.endpoints, [("dx".to_string(), "10.200.0.1:4500".parse().unwrap())]);
+    assert_eq!(
+        c.endpoints,
+        [("dx".to_string(), "10.200.0.1:4500".parse().unwrap())]
+    );
     let info = crate::mesh::local_info(&c);
     assert_eq!(
         info.endpoints,
@@ -327,10 +372,22 @@ fn further_underlays_are_advertised_beside_internet_and_their_mistakes() {
         ]
     );
     for (from, to, expected) in [
-        ("dx =", "internet =", "the internet endpoint is gateway.advertise"),
+        (
+            "dx =",
+            "internet =",
+            "the internet endpoint is gateway.advertise",
+        ),
         ("dx =", "DX =", "a label is 1-32 of [a-z0-9_-]"),
-        ("\"10.200.0.1\"", "\"0.0.0.0\"", "is not an address peers can send to"),
-        ("listen = \"0.0.0.0:4500\"", "listen = \"198.18.0.1:4500\"", "listens on 198.18.0.1 only"),
+        (
+            "\"10.200.0.1\"",
+            "\"0.0.0.0\"",
+            "is not an address peers can send to",
+        ),
+        (
+            "listen = \"0.0.0.0:4500\"",
+            "listen = \"198.18.0.1:4500\"",
+            "listens on 198.18.0.1 only",
+        ),
     ] {
         let e = parse(&text.replace(from, to)).unwrap_err();
         assert!(e.contains(expected), "{expected}: {e}");

@@ -9,7 +9,9 @@ use super::*;
 /// where a Prometheus server in the VPC can scrape the admin listener.
 fn is_private(ip: std::net::IpAddr) -> bool {
     match ip {
-        std::net::IpAddr::V4(a) => a.is_private() || (a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64),
+        std::net::IpAddr::V4(a) => {
+            a.is_private() || (a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64)
+        }
         std::net::IpAddr::V6(a) => a.segments()[0] & 0xfe00 == 0xfc00,
     }
 }
@@ -266,7 +268,11 @@ impl Validator<'_> {
         let path = match &g.control {
             None => PathBuf::from(DEFAULT_CONTROL),
             Some(p) if p.get_ref().trim().is_empty() => {
-                return self.err(p.span(), "gateway.control", "must be the path of a Unix socket")
+                return self.err(
+                    p.span(),
+                    "gateway.control",
+                    "must be the path of a Unix socket",
+                )
             }
             Some(p) => self.relative_path(p.get_ref()),
         };

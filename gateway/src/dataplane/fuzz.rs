@@ -47,7 +47,8 @@ fn target() -> Option<&'static Mutex<Target>> {
             let now = Instant::now();
             let seal = OutboundSa::new(a.dataplane().peers.first()?.outbound.clone(), now).ok()?;
             let peers = b.dataplane().peers;
-            let tables: SharedTables = Arc::new(arc_swap::ArcSwap::from_pointee(Tables::from_peers(&peers)));
+            let tables: SharedTables =
+                Arc::new(arc_swap::ArcSwap::from_pointee(Tables::from_peers(&peers)));
             let inbound = Inbound::new(&peers, &Arc::new(Metrics::new("fuzz")), tables).ok()?;
             Some(Mutex::new(Target {
                 seal,

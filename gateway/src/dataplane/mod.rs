@@ -7,10 +7,10 @@
 //! free of I/O; [`run_outbound`] and [`run_inbound`] are the I/O loops.
 
 mod batch;
-#[cfg(any(test, fuzzing))]
-pub(crate) mod fuzz;
 pub mod checksum;
 pub mod control;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod inbound;
 pub mod inner;
 pub mod offload;

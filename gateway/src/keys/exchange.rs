@@ -181,7 +181,8 @@ impl Negotiator {
             .filter(|(_, (_, e, until))| *e == epoch && now < *until)
             .map(|(p, (bytes, _, _))| (p.clone(), bytes.clone()))
             .collect();
-        self.ahead.retain(|_, (_, e, until)| *e > epoch && now < *until);
+        self.ahead
+            .retain(|_, (_, e, until)| *e > epoch && now < *until);
         for (peer, bytes) in waiting {
             if let Err(error) = self.handle(&peer, &bytes, now) {
                 self.events.push_back(Event::Failed { peer, error });
@@ -432,12 +433,12 @@ impl Negotiator {
                 self.spis.release(o.spi);
             }
         }
-        if m.epoch > self.epoch
-            && m.epoch - self.epoch <= MAX_AHEAD
-            && !self.is_revoked(m.epoch)
-        {
+        if m.epoch > self.epoch && m.epoch - self.epoch <= MAX_AHEAD && !self.is_revoked(m.epoch) {
             // Answered when this member moves to that epoch (or dropped).
-            self.ahead.insert(peer.to_string(), (bytes.to_vec(), m.epoch, now + AHEAD_WAIT));
+            self.ahead.insert(
+                peer.to_string(),
+                (bytes.to_vec(), m.epoch, now + AHEAD_WAIT),
+            );
             return Ok(());
         }
         self.answers(m.epoch, now)?;

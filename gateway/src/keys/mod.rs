@@ -7,8 +7,8 @@ pub mod exchange;
 pub mod message;
 pub mod order;
 pub mod rotation;
-pub mod session;
 mod schedule;
+pub mod session;
 mod spi;
 
 pub use epoch::{Epoch, EpochKey, EpochKeyError, KeyProvider, LocalKeys};

@@ -284,13 +284,26 @@ fn a_floor_revokes_every_epoch_below_it_and_bounds_the_set() {
     a.revoke_below(502);
     assert_eq!(a.revoked_len(), 0, "every listed epoch is below the floor");
     let failed = std::iter::from_fn(|| a.poll_event()).any(|e| {
-        matches!(e, Event::Failed { error: ExchangeError::Revoked(501), .. })
+        matches!(
+            e,
+            Event::Failed {
+                error: ExchangeError::Revoked(501),
+                ..
+            }
+        )
     });
     assert!(failed, "the exchange under epoch 501 ended");
-    assert_eq!(a.initiate("c", Instant::now()), Ok(()), "epoch 502 is not revoked");
+    assert_eq!(
+        a.initiate("c", Instant::now()),
+        Ok(()),
+        "epoch 502 is not revoked"
+    );
     let mut b = node("b", 1);
     b.revoke_below(10);
-    assert_eq!(b.initiate("a", Instant::now()).unwrap_err(), ExchangeError::Revoked(1));
+    assert_eq!(
+        b.initiate("a", Instant::now()).unwrap_err(),
+        ExchangeError::Revoked(1)
+    );
 }
 
 /// An init under the epoch an order just moved the initiator to, reaching
@@ -310,7 +323,11 @@ fn an_init_just_ahead_is_answered_once_this_member_moves_to_its_epoch() {
         assert!(drain(&mut b, &mut sb).is_empty(), "not answered yet");
         b.set_epoch(2, now + moves_after);
         let response = drain(&mut b, &mut sb);
-        assert_eq!(!response.is_empty(), answered, "moved after {moves_after:?}");
+        assert_eq!(
+            !response.is_empty(),
+            answered,
+            "moved after {moves_after:?}"
+        );
         if answered {
             a.handle("b", &response[0], now + moves_after).unwrap();
             let confirm = drain(&mut a, &mut sa).remove(0);
@@ -325,7 +342,10 @@ fn an_init_just_ahead_is_answered_once_this_member_moves_to_its_epoch() {
     a.set_epoch(9, now);
     a.initiate("b", now).unwrap();
     let init = drain(&mut a, &mut sa).remove(0);
-    assert!(matches!(b.handle("a", &init, now), Err(ExchangeError::Epoch { .. })));
+    assert!(matches!(
+        b.handle("a", &init, now),
+        Err(ExchangeError::Epoch { .. })
+    ));
 }
 
 /// What the negotiator keeps per peer (the exchange ids seen, an init
@@ -585,7 +605,13 @@ fn an_exchange_is_answered_only_under_the_current_epoch_or_the_one_before_in_its
     );
     a.handle_timeout(t0 + Duration::from_secs(10));
     drain(&mut a, &mut sa);
-    exchange(&mut a, &mut sa, &mut b, &mut sb, t0 + Duration::from_secs(10));
+    exchange(
+        &mut a,
+        &mut sa,
+        &mut b,
+        &mut sb,
+        t0 + Duration::from_secs(10),
+    );
     assert!(keyed(&sa, &sb), "the epoch before is answered in its grace");
     // Two rotations on, epoch 1 is no longer the one before.
     b.set_epoch(3, t0 + Duration::from_secs(20));
@@ -593,7 +619,8 @@ fn an_exchange_is_answered_only_under_the_current_epoch_or_the_one_before_in_its
     a.initiate("b", t0 + Duration::from_secs(21)).unwrap();
     let init = drain(&mut a, &mut sa).remove(0);
     assert_eq!(
-        b.handle("a", &init, t0 + Duration::from_secs(21)).unwrap_err(),
+        b.handle("a", &init, t0 + Duration::from_secs(21))
+            .unwrap_err(),
         ExchangeError::Epoch { theirs: 1, ours: 3 }
     );
 }

@@ -15,6 +15,7 @@
 //! ```
 
 mod configs;
+pub mod failover;
 pub mod impair;
 pub mod probe;
 mod process;
@@ -46,11 +47,19 @@ pub const SIGNAL_PORT: u16 = 4433;
 /// How many of the first regions serve as seeds for the others.
 pub const SEEDS: usize = 2;
 
-/// One region: an appliance and the VPC host behind it.
+/// One region: an appliance and the VPC host behind it; in a lab with
+/// zones, a second appliance (zone b) and the VPC's router between them
+/// and the host.
 pub struct Region {
     pub index: usize,
+    /// The appliance (zone a's, in a lab with zones).
     pub appliance: Netns,
     pub host: Netns,
+    /// Zone b's appliance, the passive partner of zone a's.
+    pub standby: Option<Netns>,
+    /// The VPC's router: its main routing table is the VPC's route table,
+    /// which the active appliance claims.
+    pub router: Option<Netns>,
 }
 
 impl Region {
@@ -59,13 +68,18 @@ impl Region {
         self.index + 1
     }
     pub fn underlay_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, self.number() as u8)
+        underlay_ip(self.number(), 0)
     }
     pub fn host_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, self.number() as u8, 1, 10)
     }
+    /// The host's next hop: the appliance, or the VPC's router.
     pub fn lan_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, self.number() as u8, 1, 1)
+    }
+    /// The route table id of the region's VPC (a lab with zones).
+    pub fn route_table(&self) -> String {
+        format!("rtb-{}", self.number())
     }
     pub fn host_ip6(&self) -> Ipv6Addr {
         Ipv6Addr::new(0xfd00, self.number() as u16, 0, 1, 0, 0, 0, 0x10)
@@ -90,6 +104,9 @@ impl Region {
 pub struct Lab {
     pub tag: String,
     pub dir: PathBuf,
+    /// Appliances per region: 1, or 2 (zones a and b, one redundancy
+    /// group, behind the VPC's router).
+    pub zones: usize,
     gateways: Vec<Option<Child>>,
     pub regions: Vec<Region>,
     pub underlay: Netns,
@@ -117,6 +134,74 @@ pub fn placement(
         "hub-spoke" => ("leaf", None),
         _ => ("edge", None),
     }
+}
+
+/// One appliance of the lab, by gateway index: region `g / zones`, zone
+/// `g % zones`.
+impl Lab {
+    /// How many gateways the lab runs.
+    pub fn gateway_count(&self) -> usize {
+        self.regions.len() * self.zones
+    }
+
+    /// The region of gateway `g`.
+    pub fn region_of(&self, g: usize) -> &Region {
+        &self.regions[g / self.zones]
+    }
+
+    /// Gateway `g`'s namespace.
+    pub fn gateway_ns(&self, g: usize) -> &Netns {
+        let r = self.region_of(g);
+        match (g % self.zones, &r.standby) {
+            (1, Some(b)) => b,
+            _ => &r.appliance,
+        }
+    }
+
+    /// Gateway `g`'s zone letter, in a lab with zones.
+    pub fn zone_of(&self, g: usize) -> Option<char> {
+        (self.zones > 1).then(|| (b'a' + (g % self.zones) as u8) as char)
+    }
+
+    /// Gateway `g`'s member id: `region-N`, or `region-Na` with zones.
+    pub fn gateway_id(&self, g: usize) -> String {
+        let r = self.region_of(g).gateway_id();
+        match self.zone_of(g) {
+            Some(z) => format!("{r}{z}"),
+            None => r,
+        }
+    }
+
+    /// Gateway `g`'s address on the underlay.
+    pub fn gateway_underlay_ip(&self, g: usize) -> Ipv4Addr {
+        underlay_ip(self.region_of(g).number(), g % self.zones)
+    }
+
+    /// Gateway `g`'s addresses on its VPC subnet (the next hops its
+    /// region's router uses when it is active).
+    pub fn gateway_lan_ips(&self, g: usize) -> (Ipv4Addr, Ipv6Addr) {
+        let r = self.region_of(g);
+        if self.zones == 1 {
+            return (r.lan_ip(), r.lan_ip6());
+        }
+        zone_lan_ips(r.number(), g % self.zones)
+    }
+}
+
+/// The underlay address of region `num`'s (1-based) appliance in `zone`:
+/// 198.18.0.N for zone a (or the only one), 198.18.0.(100+N) for zone b.
+fn underlay_ip(num: usize, zone: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, num as u8 + if zone == 1 { 100 } else { 0 })
+}
+
+/// The VPC-subnet addresses of region `num`'s appliance in `zone` (a lab
+/// with zones): 10.N.1.2 and .3, beside the router's .1.
+fn zone_lan_ips(num: usize, zone: usize) -> (Ipv4Addr, Ipv6Addr) {
+    let host = 2 + zone as u8;
+    (
+        Ipv4Addr::new(10, num as u8, 1, host),
+        Ipv6Addr::new(0xfd00, num as u16, 0, 1, 0, 0, 0, host as u16),
+    )
 }
 
 /// The SPI of the SA from region `from` to region `to` (0-based): unique

@@ -20,6 +20,8 @@ pub struct PingStats {
     pub sent: u32,
     pub received: u32,
     pub rtts: Vec<Duration>,
+    /// Per echo request, by sequence number: whether its reply came.
+    pub answered: Vec<bool>,
 }
 
 impl PingStats {
@@ -59,7 +61,10 @@ fn ping_here(dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let to = RawAddr::new(SocketAddr::new(dst, 0));
     let id = (std::process::id() as u16) ^ 0x4d47;
-    let mut stats = PingStats::default();
+    let mut stats = PingStats {
+        answered: vec![false; count as usize],
+        ..PingStats::default()
+    };
     let mut sent_at = vec![None; count as usize];
     let mut next_send = Instant::now();
     let mut last_sent = next_send;
@@ -124,6 +129,7 @@ fn ping_here(dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {
         if let Some(Some(t)) = sent_at.get_mut(usize::from(rseq)).map(Option::take) {
             stats.received += 1;
             stats.rtts.push(t.elapsed());
+            stats.answered[usize::from(rseq)] = true;
         }
     }
     Ok(stats)

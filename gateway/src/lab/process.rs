@@ -7,14 +7,14 @@ impl Lab {
     /// Starts `binary run` in every appliance and waits until each serves
     /// its health check and has keyed a session with each configured peer.
     pub fn start_gateways(&mut self, binary: &Path) -> Result<()> {
-        for i in 0..self.regions.len() {
-            self.start_gateway(binary, i)?;
+        for g in 0..self.gateway_count() {
+            self.start_gateway(binary, g)?;
         }
-        for i in 0..self.regions.len() {
-            self.wait_ready(i, Duration::from_secs(10))?;
+        for g in 0..self.gateway_count() {
+            self.wait_ready(g, Duration::from_secs(10))?;
         }
-        for i in 0..self.regions.len() {
-            self.wait_sessions(i, Duration::from_secs(10))?;
+        for g in 0..self.gateway_count() {
+            self.wait_sessions(g, Duration::from_secs(10))?;
         }
         Ok(())
     }
@@ -41,9 +41,13 @@ impl Lab {
 
     /// Starts the gateway of region `i` (without waiting for it).
     pub fn start_gateway(&mut self, binary: &Path, i: usize) -> Result<()> {
-        let log = std::fs::File::create(self.log_path(i))?;
-        let child = self.regions[i]
-            .appliance
+        // Appended: a gateway restarted in the lab keeps its earlier log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        let child = self
+            .gateway_ns(i)
             .command(&binary.to_string_lossy())
             .args(["run", "--config"])
             .arg(self.config_path(i))
@@ -76,7 +80,7 @@ impl Lab {
                     );
                 }
             }
-            if probe::http_get(&self.regions[i].appliance, ADMIN, "/healthz").is_ok() {
+            if probe::http_get(self.gateway_ns(i), ADMIN, "/healthz").is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -99,7 +103,7 @@ impl Lab {
 
     /// The Prometheus text of gateway `i`.
     pub fn metrics(&self, i: usize) -> Result<String> {
-        probe::http_get(&self.regions[i].appliance, ADMIN, "/metrics")
+        probe::http_get(self.gateway_ns(i), ADMIN, "/metrics")
     }
 
     /// Waits until every gateway (mesh members) sees all the others alive
@@ -107,12 +111,12 @@ impl Lab {
     /// decides how many there are); returns how long it took.
     pub fn wait_mesh(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
-        let others = self.regions.len() as f64 - 1.0;
+        let others = self.gateway_count() as f64 - 1.0;
         let (mut last, mut since) = (Vec::new(), Instant::now());
         loop {
             let mut now_sas = Vec::new();
             let mut all_alive = true;
-            for i in 0..self.regions.len() {
+            for i in 0..self.gateway_count() {
                 let text = self.metrics(i).unwrap_or_default();
                 let sum = |name, filter| crate::metrics::sum_samples(&text, name, filter);
                 all_alive &= sum("meshgate_members", "state=\"alive\"") == others;
@@ -127,7 +131,7 @@ impl Lab {
             if start.elapsed() > timeout {
                 bail!(
                     "the mesh did not form within {timeout:?}:\n{}",
-                    (0..self.regions.len())
+                    (0..self.gateway_count())
                         .map(|i| format!("--- gateway {}:\n{}", i + 1, self.log_tail(i)))
                         .collect::<Vec<_>>()
                         .join("\n")

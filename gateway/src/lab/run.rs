@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::probe::{ping, tcp_transfer};
-use super::report::{print_summary, PairResult};
+use super::report::{json_summary, path_of, print_summary, PairResult};
 use super::{catch_signals, check_interrupted, default_tag, Lab};
 use crate::netns::check_privileges;
 
@@ -26,18 +26,43 @@ pub struct LabOptions {
     pub placement: Option<String>,
     /// Configured peers and keys rather than membership and negotiation.
     pub static_keys: bool,
+    /// Appliances per region: 1, or 2 (an active/passive pair in zones a
+    /// and b behind the VPC's router).
+    pub zones: usize,
+    /// Kills of an active appliance under a 10 ms flow (0: none).
+    pub failover_kills: u32,
+    /// Print the summary as one JSON document on stdout (progress goes
+    /// to stderr).
+    pub json: bool,
 }
 
 /// Runs the lab; fails if any host cannot reach any other.
 pub fn run_lab(opts: &LabOptions) -> Result<()> {
     check_privileges()?;
+    if opts.static_keys && opts.zones > 1 {
+        bail!("--static-keys makes a lab of one appliance per region: add --zones 1 (active/passive pairs need the mesh)");
+    }
+    if opts.failover_kills > 0 && opts.zones < 2 {
+        bail!("--failover kills the active appliance of a pair: it needs --zones 2");
+    }
     catch_signals();
     let tag = default_tag();
-    println!(
+    // With --json, stdout carries the document alone.
+    let say = |line: String| {
+        if opts.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!(
         "meshgate lab: {} regions in network namespaces {tag}-*",
         opts.regions
-    );
-    let mut lab = Lab::build(opts.regions, &tag)?;
+    ));
+    if opts.zones > 1 {
+        say("each region: appliances in zones a and b (one redundancy group), the VPC's router and a host".into());
+    }
+    let mut lab = Lab::build_with(opts.regions, &tag, opts.zones)?;
     lab.policy = opts.policy.clone();
     lab.placement = opts.placement.clone();
     if opts.static_keys {
@@ -47,20 +72,35 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     }
     check_interrupted()?;
     lab.start_gateways(&opts.binary)?;
-    println!(
+    say(format!(
         "gateways up: {}",
-        lab.regions
-            .iter()
-            .map(|r| format!("{} ({})", r.gateway_id(), r.underlay_ip()))
+        (0..lab.gateway_count())
+            .map(|g| format!("{} ({})", lab.gateway_id(g), lab.gateway_underlay_ip(g)))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    ));
+    let mut formed = None;
     if !opts.static_keys {
         let took = lab.wait_mesh(Duration::from_secs(30))?;
-        println!(
+        formed = Some(took);
+        say(format!(
             "mesh formed: every member alive everywhere and the SAs negotiated, {:.2} s after the gateways answered",
             took.as_secs_f64()
-        );
+        ));
+    }
+    if lab.zones > 1 {
+        // Each region's route table points at its active appliance once
+        // that has claimed (a starting gateway waits before it claims).
+        for r in 0..lab.regions.len() {
+            let other = lab.regions[(r + 1) % lab.regions.len()].prefixes()[0].clone();
+            let g = lab.wait_route(r, &other, Duration::from_secs(15))?;
+            say(format!(
+                "region-{}: route table {} points at {}",
+                r + 1,
+                lab.regions[r].route_table(),
+                lab.gateway_id(g)
+            ));
+        }
     }
 
     let mut results = Vec::new();
@@ -75,7 +115,9 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
                 // One unmeasured echo first: neighbour discovery on both
                 // LANs is not the tunnel's latency.
                 ping(&src.host, dst_ip, 1, Duration::from_millis(20))?;
+                let before = lab.packet_counts();
                 let ping = ping(&src.host, dst_ip, opts.pings, Duration::from_millis(20))?;
+                let path = path_of(&lab, from, to, &before, ping.received);
                 let tcp = tcp_transfer(&src.host, &dst.host, dst_ip, 5001, opts.transfer)
                     .map_err(|e| format!("{e:#}"));
                 results.push(PairResult {
@@ -84,11 +126,28 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
                     v6: dst_ip.is_ipv6(),
                     ping,
                     tcp,
+                    path,
                 });
             }
         }
     }
-    print_summary(&lab, &results);
+    let runs = if opts.failover_kills > 0 {
+        say(format!(
+            "failover: a flow every 10 ms from host-1 to host-2; region-2's active appliance killed {} times",
+            opts.failover_kills
+        ));
+        lab.failover_runs(&opts.binary, opts.failover_kills)?
+    } else {
+        Vec::new()
+    };
+    if opts.json {
+        println!("{}", json_summary(&lab, formed, &results, &runs));
+    } else {
+        print_summary(&lab, &results);
+        if !runs.is_empty() {
+            super::failover::print_runs(&runs);
+        }
+    }
 
     let failed: Vec<String> = results
         .iter()
@@ -132,9 +191,14 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         }
     }
     drop(lab);
-    println!("lab removed");
+    say("lab removed".into());
     if !failed.is_empty() {
         bail!("no connectivity for: {}", failed.join(", "));
+    }
+    if let Some(s) = super::failover::summary(&runs) {
+        if !s.all_restored {
+            bail!("a failover did not restore the flow or claim the routes (see the runs above)");
+        }
     }
     Ok(())
 }

@@ -166,7 +166,8 @@ pub fn cert_of(i: usize) -> crate::keys::order::CertId {
 }
 
 /// The simulated mesh's CA, which signs the operator's epoch orders.
-pub const MESH_CA: crate::keys::order::tests::TestCa = crate::keys::order::tests::TestCa(b"the mesh CA");
+pub const MESH_CA: crate::keys::order::tests::TestCa =
+    crate::keys::order::tests::TestCa(b"the mesh CA");
 
 pub(crate) fn id(i: usize) -> String {
     format!("m{i:02}")
@@ -465,10 +466,12 @@ impl MeshSim {
                         },
                     );
                     if let Some(n) = self.nodes[acceptor].as_mut() {
-                        n.member.handle_connected(&id(dialer), ca, cert_of(dialer), false, now);
+                        n.member
+                            .handle_connected(&id(dialer), ca, cert_of(dialer), false, now);
                     }
                     if let Some(n) = self.nodes[dialer].as_mut() {
-                        n.member.handle_connected(&id(acceptor), cd, cert_of(acceptor), true, now);
+                        n.member
+                            .handle_connected(&id(acceptor), cd, cert_of(acceptor), true, now);
                     }
                     vec![acceptor, dialer]
                 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::sim::{id, MeshSim, MESH_CA};
-use crate::keys::order::{tests::TestCa, MeshOrder};
 use super::NodeEvent;
+use crate::keys::order::{tests::TestCa, MeshOrder};
 use crate::keys::{Event, ExchangeError};
 use crate::membership::sim::VirtualTime;
 use crate::membership::MembershipEvent;
@@ -105,7 +105,11 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     let mut sim = MeshSim::new(n, 11);
     formed(&mut sim, n, S(10));
     let all: Vec<usize> = (0..n).collect();
-    let rotate = sim.with(2, |m, _| m.epoch_order()).state().rotate().unwrap();
+    let rotate = sim
+        .with(2, |m, _| m.epoch_order())
+        .state()
+        .rotate()
+        .unwrap();
     let report = sim
         .with(2, |m, now| m.order(MESH_CA.sign(&rotate), now))
         .expect("rotate");
@@ -118,7 +122,11 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     // for long: keyed at the end is the least; make-before-break is the
     // tunnels' own test. Now revoke epoch 2 from member 4.
     let at = sim.now;
-    let revoke = sim.with(4, |m, _| m.epoch_order()).state().revoke(2).unwrap();
+    let revoke = sim
+        .with(4, |m, _| m.epoch_order())
+        .state()
+        .revoke(2)
+        .unwrap();
     let signed = MESH_CA.sign(&revoke);
     let report = sim
         .with(4, |m, now| m.order(signed.clone(), now))
@@ -193,16 +201,26 @@ fn a_member_cannot_rotate_or_revoke_for_the_mesh() {
             .collect();
         assert_eq!(refusals.len(), 1, "{}: counted once: {refusals:?}", id(i));
         assert_eq!(refusals[0].peer, id(hostile));
-        assert!(refusals[0].reason.contains("not signed by the mesh CA"), "{:?}", refusals[0]);
+        assert!(
+            refusals[0].reason.contains("not signed by the mesh CA"),
+            "{:?}",
+            refusals[0]
+        );
     }
     // The operator's order still moves everyone, the hostile member too:
     // the forged serial 1000 blocks no genuine order.
-    let rotate = sim.with(0, |m, _| m.epoch_order()).state().rotate().unwrap();
+    let rotate = sim
+        .with(0, |m, _| m.epoch_order())
+        .state()
+        .rotate()
+        .unwrap();
     assert_eq!(rotate.serial, 1);
-    sim.with(0, |m, now| m.order(MESH_CA.sign(&rotate), now)).expect("rotate");
+    sim.with(0, |m, now| m.order(MESH_CA.sign(&rotate), now))
+        .expect("rotate");
     let all: Vec<usize> = (0..n).collect();
     assert!(
-        sim.run_until_true(S(30), |s| all_on_epoch(s, &all, 2)).is_some(),
+        sim.run_until_true(S(30), |s| all_on_epoch(s, &all, 2))
+            .is_some(),
         "the operator's rotation did not reach every member"
     );
 }
@@ -210,7 +228,11 @@ fn a_member_cannot_rotate_or_revoke_for_the_mesh() {
 /// Whether member `i` holds an SA to or from `peer` in its data plane.
 fn holds_sa_with(sim: &MeshSim, i: usize, peer: usize) -> bool {
     let plane = &sim.node(i).plane;
-    let slot = plane.slots.iter().find(|(_, p)| **p == id(peer)).map(|(s, _)| *s);
+    let slot = plane
+        .slots
+        .iter()
+        .find(|(_, p)| **p == id(peer))
+        .map(|(s, _)| *s);
     plane.sends_to(&id(peer)).is_some()
         || slot.is_some_and(|s| plane.inbound.values().any(|(sl, _)| *sl == s))
 }
@@ -239,7 +261,10 @@ fn a_revoked_certificate_is_cut_off_by_every_member() {
             .all(|&i| s.node(i).member.is_cut_off(&id(revoked)) && !holds_sa_with(s, i, revoked))
     });
     let took = took.expect("not every member cut the revoked appliance off within 10 s");
-    eprintln!("a revoked certificate: cut off by all {} others {took:?} after the order", n - 1);
+    eprintln!(
+        "a revoked certificate: cut off by all {} others {took:?} after the order",
+        n - 1
+    );
     assert!(took <= S(2), "{took:?}");
     // It stays out: ten seconds on, no member holds an SA with it or
     // installed one since, and every other pair is keyed.

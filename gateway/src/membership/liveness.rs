@@ -428,14 +428,19 @@ mod tests {
             d.heard("b", t);
             d.heard("c", t);
             for a in d.tick(t) {
-                if a == (LivenessAction::Report { subject: "x".into() }) {
+                if a == (LivenessAction::Report {
+                    subject: "x".into(),
+                }) {
                     assert!(t <= end - 500 * MS + 100 * MS, "reported past its lifetime");
                     after += 1;
                 }
                 assert!(!matches!(a, LivenessAction::Down(_)));
             }
         }
-        assert!((4..=6).contains(&after), "{after} reports after the verdict");
+        assert!(
+            (4..=6).contains(&after),
+            "{after} reports after the verdict"
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl DiskCache {
     pub fn open(dir: PathBuf, engine: &Engine) -> io::Result<DiskCache> {
         use std::hash::{Hash, Hasher};
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         let m = std::fs::symlink_metadata(&dir)?;
         if !m.is_dir() {
             return Err(io::Error::other("not a directory"));
@@ -85,7 +88,10 @@ impl DiskCache {
                 }
             }
             Err(why) => {
-                tracing::warn!("ignoring policy cache file {}: {why}; compiling again", path.display());
+                tracing::warn!(
+                    "ignoring policy cache file {}: {why}; compiling again",
+                    path.display()
+                );
                 None
             }
         }
@@ -134,21 +140,27 @@ impl DiskCache {
         use std::io::Write;
         let path = self.path(hash);
         let tmp = path.with_extension("tmp");
-        let written = component.serialize().map_err(|e| e.to_string()).and_then(|artifact| {
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| e.to_string())?;
-            f.write_all(ring::digest::digest(&ring::digest::SHA256, &artifact).as_ref())
-                .and_then(|()| f.write_all(&artifact))
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| e.to_string())
-        });
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|artifact| {
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| e.to_string())?;
+                f.write_all(ring::digest::digest(&ring::digest::SHA256, &artifact).as_ref())
+                    .and_then(|()| f.write_all(&artifact))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = written {
-            tracing::warn!("cannot cache the compiled policy at {}: {e}", path.display());
+            tracing::warn!(
+                "cannot cache the compiled policy at {}: {e}",
+                path.display()
+            );
         }
     }
 }
@@ -168,7 +180,10 @@ mod tests {
         let component = Component::new(&engine, b"\0asm\x0d\0\x01\0").unwrap();
         cache.store("abc", &component);
         let path = cache.path("abc");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(cache.load(&engine, "abc").is_some());
         assert!(cache.load(&engine, "other").is_none());
         // A flipped byte: refused.
@@ -183,10 +198,16 @@ mod tests {
         cache.store("abc", &component);
         // Writable by others: the file, then the directory.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(cache.read_trusted(&path).unwrap_err().contains("lets others write"));
+        assert!(cache
+            .read_trusted(&path)
+            .unwrap_err()
+            .contains("lets others write"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(cache.read_trusted(&path).unwrap_err().contains("its directory is mode 777"));
+        assert!(cache
+            .read_trusted(&path)
+            .unwrap_err()
+            .contains("its directory is mode 777"));
         assert!(DiskCache::open(dir.clone(), &engine).is_err());
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         // A link to an artifact elsewhere: refused.

@@ -359,7 +359,11 @@ mod tests {
             .build();
         let map = full_mesh(view).watch_underlays().borrow().clone();
         assert_eq!(map.get("edge-b").map(String::as_str), Some("dx"), "{map:?}");
-        assert_eq!(map.get("edge-c").map(String::as_str), Some("internet"), "{map:?}");
+        assert_eq!(
+            map.get("edge-c").map(String::as_str),
+            Some("internet"),
+            "{map:?}"
+        );
     }
 
     #[test]

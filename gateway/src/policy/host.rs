@@ -297,7 +297,10 @@ impl PolicyEngine {
         let (component, origin) = match cached {
             Some(c) => (c, Origin::Memory),
             None => {
-                let cached = self.cache.as_ref().and_then(|d| d.load(&self.engine, &hash));
+                let cached = self
+                    .cache
+                    .as_ref()
+                    .and_then(|d| d.load(&self.engine, &hash));
                 let (c, origin) = match cached {
                     Some(c) => (c, Origin::Disk),
                     None => {

@@ -145,6 +145,13 @@ pub struct PolicyRuntime {
     claim: Option<tokio::sync::watch::Sender<Claim>>,
     /// Where the underlay chosen for each peer is published.
     underlays: Option<tokio::sync::watch::Sender<std::collections::HashMap<String, String>>>,
+    /// Until then (ms since the epoch) the failover decisions are not
+    /// kept as history: a member that has just started decides from a
+    /// partial view (at first, itself alone), and would otherwise hold on
+    /// to electing itself.
+    history_after_ms: u64,
+    /// The active member of each group last decided, by name (metrics).
+    active: std::collections::HashMap<String, String>,
 }
 
 /// What this gateway should claim on the cloud, by the decisions in force:
@@ -223,9 +230,19 @@ impl PolicyRuntime {
             peer_ids: None,
             claim: None,
             underlays: None,
+            history_after_ms: 0,
+            active: Default::default(),
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
+    }
+
+    /// Keeps no failover history for `settle` from now: the elections of
+    /// a member that has just started, from a view still filling in, are
+    /// not held on to (see [`PolicyRuntime::history_after_ms`]).
+    pub fn settle_for(&mut self, settle: Duration) {
+        self.history_after_ms = self.view.now_ms + settle.as_millis() as u64;
+        self.view.groups.clear();
     }
 
     /// Publishes the ids of the peers each decision in force connects.
@@ -423,6 +440,21 @@ impl PolicyRuntime {
     fn hold(&mut self, decisions: Decisions) {
         let now = self.view.now_ms;
         let previous = std::mem::take(&mut self.view.groups);
+        for f in &decisions.failover {
+            let group = self.view.name(f.group).to_string();
+            let active = f
+                .active
+                .and_then(|m| self.view.members.get(m as usize))
+                .map(|m| self.view.name(m.id).to_string());
+            let before = self.active.get(&group).cloned();
+            self.metrics
+                .cloud
+                .group_decided(&group, before.as_deref(), active.as_deref());
+            match active {
+                Some(a) => self.active.insert(group, a),
+                None => self.active.remove(&group),
+            };
+        }
         self.view.groups = decisions
             .failover
             .iter()
@@ -438,6 +470,9 @@ impl PolicyRuntime {
                 }
             })
             .collect();
+        if now < self.history_after_ms {
+            self.view.groups.clear();
+        }
         self.decisions = decisions;
         if let Some(tx) = &self.underlays {
             let map = self.underlay_map();

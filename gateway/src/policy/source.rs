@@ -89,7 +89,10 @@ fn read_module(path: &Path) -> std::io::Result<Vec<u8>> {
     // A file that grows while read is cut at the cap, and then refused.
     file.take(MAX_MODULE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(Error::new(ErrorKind::InvalidData, "it grew past the size cap while read"));
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "it grew past the size cap while read",
+        ));
     }
     Ok(bytes)
 }
@@ -122,7 +125,10 @@ mod tests {
         // SAFETY: a valid path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let big = dir.join("big.wasm");
-        std::fs::File::create(&big).unwrap().set_len(MAX_MODULE_BYTES + 1).unwrap();
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_MODULE_BYTES + 1)
+            .unwrap();
         for (path, why) in [
             (link.as_path(), "symbolic link"),
             (fifo.as_path(), "not a regular file"),

@@ -191,7 +191,9 @@ fn tables_their_growth_memories_and_instances_are_bounded() {
         instances(limits.memories, "(memory 1)"),
     ];
     for wat in &within {
-        engine.run_component(wat, None).unwrap_or_else(|e| panic!("{wat}: {e}"));
+        engine
+            .run_component(wat, None)
+            .unwrap_or_else(|e| panic!("{wat}: {e}"));
     }
     engine
         .run_component(&grows(1000, (max_elements - 1) / 1000), Some("grow"))
@@ -297,15 +299,29 @@ fn modules_over_the_size_cap_or_the_compile_time_cap_are_refused() {
         ..Limits::default()
     })
     .unwrap();
-    let e = small.load("full-mesh", module).err().expect("refused").to_string();
-    assert!(e.contains("over the") && e.contains("a policy module may have"), "{e}");
+    let e = small
+        .load("full-mesh", module)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("over the") && e.contains("a policy module may have"),
+        "{e}"
+    );
     let hasty = PolicyEngine::new(Limits {
         compile_timeout: std::time::Duration::from_micros(1),
         ..Limits::default()
     })
     .unwrap();
-    let e = hasty.load("full-mesh", module).err().expect("refused").to_string();
+    let e = hasty
+        .load("full-mesh", module)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("compiling took longer than"), "{e}");
     // The default limits take it.
-    assert!(PolicyEngine::new(Limits::default()).unwrap().load("full-mesh", module).is_ok());
+    assert!(PolicyEngine::new(Limits::default())
+        .unwrap()
+        .load("full-mesh", module)
+        .is_ok());
 }

@@ -74,6 +74,7 @@ fn member(
         },
         health: Health::default(),
         policy_version: 1,
+        up_since_ms: 0,
     }
 }
 
@@ -189,14 +190,19 @@ pub fn from_observed(
             },
             health,
             policy_version: info.policy_version,
+            up_since_ms: info.generation,
         });
     };
     add(
         &mut view,
         local,
         State::Alive,
+        // This member changed last when it started (its generation): as
+        // others see it, so a member that has just restarted does not
+        // count itself steadier than the partner that ran on.
         Health {
             load_permille: local.load_permille,
+            changed_ms: local.generation.min(now_ms),
             ..Health::default()
         },
     );

@@ -138,8 +138,12 @@ pub async fn run(
     let me = MemberId {
         id: cfg.creds.claims.id.clone(),
         addr,
-        // A restart is a new generation.
-        generation: crate::time::unix_ms(),
+        // A restart is a new generation: the start time the gateway put
+        // in its record (now, if it did not).
+        generation: match cfg.info.generation {
+            0 => crate::time::unix_ms(),
+            g => g,
+        },
     };
     // And refused where they would route what is not theirs here.
     let admission = Admission::new(&cfg.info, [addr.ip()]);
@@ -294,10 +298,17 @@ fn send(conn: &quinn::Connection, payload: Payload) {
             let conn = conn.clone();
             tokio::spawn(async move {
                 // A peer that stops reading holds no task for ever.
-                match tokio::time::timeout(MESSAGE_DEADLINE, messages::send(&conn, Kind::KeyExchange, &m)).await {
+                match tokio::time::timeout(
+                    MESSAGE_DEADLINE,
+                    messages::send(&conn, Kind::KeyExchange, &m),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!("key exchange message: {e}"),
-                    Err(_) => tracing::debug!("key exchange message not sent within {MESSAGE_DEADLINE:?}"),
+                    Err(_) => {
+                        tracing::debug!("key exchange message not sent within {MESSAGE_DEADLINE:?}")
+                    }
                 }
             });
         }

@@ -38,7 +38,9 @@ impl PeerQueue {
         let taken = self
             .0
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < PER_PEER).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < PER_PEER).then_some(n + 1)
+            });
         match taken {
             Ok(_) => Some(Slot(self.0.clone())),
             Err(_) => {

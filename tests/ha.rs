@@ -1,0 +1,194 @@
+//! High availability in the lab with zones: per region two appliances
+//! (zones a and b, one redundancy group) behind the VPC's router, whose
+//! route table the active one claims through the lab's cloud backend.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{check, metric, ping_ok, tag};
+use meshgate::lab::Lab;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_meshgate"))
+}
+
+/// A started two-region lab with zones, the mesh formed and every route
+/// table claimed.
+fn zoned_lab() -> Lab {
+    check();
+    let mut lab = Lab::build_with(2, &tag(), 2).expect("building the lab");
+    lab.write_mesh_configs().expect("writing configs");
+    lab.start_gateways(binary()).expect("starting gateways");
+    lab.wait_mesh(Duration::from_secs(30))
+        .expect("the mesh forms");
+    for r in 0..2 {
+        let other = lab.regions[1 - r].prefixes()[0].clone();
+        lab.wait_route(r, &other, Duration::from_secs(15))
+            .expect("the active appliance claims its route table");
+    }
+    lab
+}
+
+/// The claimer of region `r`'s route to the other region's IPv4 and IPv6
+/// prefixes (both must point at the same appliance).
+fn claimer(lab: &Lab, r: usize) -> usize {
+    let [v4, v6] = lab.regions[1 - r].prefixes();
+    let a = lab.route_target(r, &v4).unwrap().expect("an IPv4 route");
+    let b = lab.route_target(r, &v6).unwrap().expect("an IPv6 route");
+    assert_eq!(a, b, "both families point at one appliance");
+    a
+}
+
+/// One member of each pair claims; every member agrees who is active;
+/// the standby's prefixes (its own VPC's) are not routed into the tunnel;
+/// killed actives hand routes and traffic to their partners, and a
+/// restarted appliance comes back as the standby without claiming.
+#[test]
+fn a_killed_active_appliance_hands_its_routes_and_traffic_to_its_partner() {
+    let mut lab = zoned_lab();
+    for r in 0..2 {
+        let active = claimer(&lab, r);
+        let id = lab.gateway_id(active);
+        for g in 0..lab.gateway_count() {
+            assert_eq!(
+                metric(
+                    &lab,
+                    g,
+                    "meshgate_group_active",
+                    &format!("group=\"region-{}\",member=\"{id}\"", r + 1)
+                ),
+                1,
+                "{} agrees that {id} is active",
+                lab.gateway_id(g)
+            );
+        }
+        for g in [2 * r, 2 * r + 1] {
+            let claimed = metric(&lab, g, "meshgate_cloud_routes", "state=\"claimed\"");
+            assert_eq!(
+                claimed,
+                if g == active { 2 } else { 0 },
+                "{}",
+                lab.gateway_id(g)
+            );
+        }
+    }
+    for v6 in [false, true] {
+        let dst = if v6 {
+            lab.regions[1].host_ip6().into()
+        } else {
+            lab.regions[1].host_ip().into()
+        };
+        ping_ok(
+            &lab.regions[0].host,
+            dst,
+            5,
+            "host-1 to host-2 through the active appliances",
+        );
+    }
+
+    let runs = lab.failover_runs(binary(), 2).expect("failover runs");
+    for (i, run) in runs.iter().enumerate() {
+        eprintln!("failover run {}: {run:?}", i + 1);
+        assert!(run.restored, "run {}: the flow came back: {run:?}", i + 1);
+        assert!(
+            run.took_over.is_some() && run.took_over.as_deref() != Some(run.killed.as_str()),
+            "run {}: the partner took over: {run:?}",
+            i + 1
+        );
+    }
+    assert_ne!(
+        runs[0].killed, runs[1].killed,
+        "the second kill hit the new active one"
+    );
+    // The appliance restarted by the last run stays the standby: it does
+    // not claim after its start-up wait.
+    std::thread::sleep(Duration::from_secs(3));
+    let active = claimer(&lab, 1);
+    assert_eq!(Some(lab.gateway_id(active)), runs[1].took_over);
+    let standby = if active % 2 == 0 {
+        active + 1
+    } else {
+        active - 1
+    };
+    assert_eq!(
+        metric(
+            &lab,
+            standby,
+            "meshgate_cloud_route_claims_total",
+            "change=\"claim\""
+        ),
+        0,
+        "the restarted appliance claims nothing"
+    );
+    assert!(metric(&lab, 0, "meshgate_failovers_total", "group=\"region-2\"") >= 2);
+}
+
+/// Cuts the underlay between the two appliances of region 2 alone (each
+/// still reaches everyone else), or mends it.
+fn cut_pair(lab: &Lab, cut: bool) {
+    let op = if cut { "-I" } else { "-D" };
+    let a = lab.gateway_ns(2);
+    let b_ip = lab.gateway_underlay_ip(3).to_string();
+    for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+        let ok = a
+            .command("iptables")
+            .args([op, chain, dir, &b_ip, "-j", "DROP"])
+            .status()
+            .expect("iptables must be installed")
+            .success();
+        assert!(ok, "iptables {op} {chain}");
+    }
+}
+
+/// A partition between the two members of a pair, both alive: the others
+/// still hear both, so neither is declared down, the election does not
+/// move, nobody claims back and forth, and traffic is still delivered.
+#[test]
+fn a_partition_between_the_two_appliances_of_a_pair_moves_no_route() {
+    let lab = zoned_lab();
+    let active = claimer(&lab, 1);
+    let claims: Vec<u64> = (0..lab.gateway_count())
+        .map(|g| {
+            metric(
+                &lab,
+                g,
+                "meshgate_cloud_route_claims_total",
+                "change=\"claim\"",
+            )
+        })
+        .collect();
+    cut_pair(&lab, true);
+    let flow = common::echo_flow(&lab, 0, 1, 1600);
+    let stats = flow.join().expect("the flow");
+    cut_pair(&lab, false);
+    assert_eq!(
+        claimer(&lab, 1),
+        active,
+        "the route table still points at the active one"
+    );
+    let after: Vec<u64> = (0..lab.gateway_count())
+        .map(|g| {
+            metric(
+                &lab,
+                g,
+                "meshgate_cloud_route_claims_total",
+                "change=\"claim\"",
+            )
+        })
+        .collect();
+    assert_eq!(after, claims, "no claim was made during the partition");
+    assert_eq!(
+        stats.received, stats.sent,
+        "8 s of traffic across the partitioned pair's region lost nothing"
+    );
+    for g in 0..lab.gateway_count() {
+        assert_eq!(
+            metric(&lab, g, "meshgate_members", "state=\"alive\""),
+            3,
+            "{} sees every other member alive",
+            lab.gateway_id(g)
+        );
+    }
+}
