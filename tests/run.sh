@@ -19,6 +19,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# moto plays AWS for the cloud tests (the official SDK against a local
+# server): a venv of its own, pinned, with only the EC2 parts.
+MOTO_VENV="${MOTO_VENV:-${CARGO_TARGET_DIR:-$PWD/target}/moto-venv}"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[ec2]==5.2.5' flask flask-cors
+fi
+export MESHGATE_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+
 # The toolchain and targets rust-toolchain.toml lists: the gateway's build
 # compiles the built-in policies for wasm32-unknown-unknown, and a plain
 # cargo build does not add a missing target.

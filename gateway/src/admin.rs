@@ -70,7 +70,8 @@ pub async fn serve(
         .route("/policy", get(policy_handler))
         .route("/members", get(members_handler))
         .route("/keys", get(keys_handler))
-        .route("/cloud", get(cloud_handler));
+        .route("/cloud", get(cloud_handler))
+        .route("/status", get(status_handler));
     let changes = Router::new()
         .route("/policy/reload", post(reload_handler))
         .route("/keys/order", post(order_handler))
@@ -277,6 +278,29 @@ async fn cloud_handler(State(s): State<AppState>) -> impl IntoResponse {
             "this gateway claims no routes on a cloud ([cloud] is not configured)\n".into(),
         ),
     }
+}
+
+/// Per redundancy group who is active (as this gateway's policy decides),
+/// and whether this gateway's route claims on the cloud have converged.
+async fn status_handler(State(s): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let groups = s.metrics.cloud.active_members();
+    if groups.is_empty() {
+        out.push_str("redundancy groups: none in this gateway's view\n");
+    } else {
+        out.push_str("redundancy groups (as this gateway's policy decides):\n");
+        for (group, active) in groups {
+            out.push_str(&format!(
+                "  {group:<20} active: {}\n",
+                active.as_deref().unwrap_or("none (no member present)")
+            ));
+        }
+    }
+    match &s.cloud {
+        Some(status) => out.push_str(&format!("cloud routes: {}", status.borrow().to_string())),
+        None => out.push_str("cloud routes: none ([cloud] is not configured)\n"),
+    }
+    (StatusCode::OK, out)
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

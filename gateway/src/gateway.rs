@@ -284,9 +284,15 @@ pub fn run(config_path: &Path) -> Result<()> {
     let configured = crate::admin::ConfiguredPolicy::new(config.policy.module.clone().into());
     let params = config.policy.params.clone();
     // Route claims on the cloud follow the policy's failover decisions.
-    let cloud = config.cloud.clone().map(|c| (c, runtime.watch_claim()));
+    let cloud = config.cloud.clone().map(|c| {
+        (
+            c,
+            config.placement.group.clone().unwrap_or_default(),
+            runtime.watch_claim(),
+        )
+    });
     if mesh_start.is_some() {
-        runtime.settle_for(CLAIM_SETTLE);
+        runtime.settle_for(crate::claims::CLAIM_SETTLE);
     }
     drop(config);
     // The peers the policy connects are the ones the member keys.
@@ -346,7 +352,8 @@ pub fn run(config_path: &Path) -> Result<()> {
             });
         }
         // (Its status is for the admin API's GET /cloud.)
-        let cloud_status = cloud.map(|(c, claim)| start_cloud(c, claim, metrics.clone()));
+        let cloud_status =
+            cloud.map(|(c, group, claim)| crate::claims::start(c, group, claim, metrics.clone()));
         if !session_peers.is_empty() {
             tokio::spawn(crate::sessions::run(
                 session_peers,
@@ -402,72 +409,6 @@ pub fn run(config_path: &Path) -> Result<()> {
     tracing::info!("shutting down");
     dataplane.stop();
     result
-}
-
-/// Claims this gateway's group's routes on the cloud while the policy
-/// elects it active: the claims follow the decisions in force (never a
-/// packet), and the cloud driver closes the gap.
-/// How long a starting gateway waits before it claims routes: a new
-/// member knows every member and its record within about a second
-/// (BENCHMARKS.md, membership), twice that to be safe; only a start
-/// waits, never a failover.
-const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn start_cloud(
-    c: crate::config::CloudConfig,
-    mut claim: tokio::sync::watch::Receiver<crate::policy::runtime::Claim>,
-    metrics: Arc<Metrics>,
-) -> tokio::sync::watch::Receiver<crate::cloud::reconcile::Status> {
-    use crate::cloud::RouteKey;
-    let backend: Arc<dyn crate::cloud::backend::CloudBackend> = match c.backend {
-        crate::config::CloudBackendKind::Lab { routers, addresses } => Arc::new(
-            crate::cloud::lab::LabCloud::new(routers).with_interface(&c.interface, addresses),
-        ),
-    };
-    let routes = move |claim: &crate::policy::runtime::Claim| -> Vec<RouteKey> {
-        if claim.groups.is_empty() {
-            return Vec::new();
-        }
-        c.route_tables
-            .iter()
-            .flat_map(|t| {
-                claim.prefixes.iter().map(|p| RouteKey {
-                    table: t.clone(),
-                    destination: *p,
-                })
-            })
-            .collect()
-    };
-    let (claims_tx, claims_rx) = tokio::sync::watch::channel(Vec::new());
-    let (status_tx, status_rx) = tokio::sync::watch::channel(Default::default());
-    tokio::spawn(async move {
-        // A gateway that has just started knows only part of the mesh:
-        // its partner may be missing from its view, and it would claim
-        // routes the partner holds. Its claims wait until membership has
-        // had time to tell it who else is there.
-        tokio::time::sleep(CLAIM_SETTLE).await;
-        claim.mark_changed();
-        while claim.changed().await.is_ok() {
-            let wanted = routes(&claim.borrow_and_update());
-            claims_tx.send_if_modified(|cur| {
-                let changed = *cur != wanted;
-                if changed {
-                    tracing::info!(routes = wanted.len(), "cloud: claims changed");
-                    *cur = wanted;
-                }
-                changed
-            });
-        }
-    });
-    tokio::spawn(crate::cloud::driver::run(
-        backend,
-        c.interface,
-        claims_rx,
-        status_tx,
-        metrics,
-        crate::cloud::reconcile::Settings::default(),
-    ));
-    status_rx
 }
 
 /// How often this member measures its load for its record.

@@ -21,6 +21,7 @@
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
+pub mod claims;
 pub mod cloud;
 pub mod config;
 pub mod control;

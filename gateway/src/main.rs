@@ -57,6 +57,13 @@ enum Cmd {
         #[arg(long, default_value = "aes128gcm16", value_parser = clap::builder::PossibleValuesParser::new(CipherSuite::ALL.map(CipherSuite::name)))]
         cipher: String,
     },
+    /// This gateway's high availability: per redundancy group who is
+    /// active, and whether its route claims on the cloud have converged.
+    Status {
+        /// The gateway's admin listener (run inside its namespace).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
     /// The members this gateway sees: state, since when, round-trip time
     /// and loss of the path, and what each advertises.
     Members {
@@ -110,6 +117,12 @@ enum Cmd {
         /// JSON document on stdout; progress goes to stderr.
         #[arg(long)]
         json: bool,
+        /// Where the active appliances claim their VPC route tables: lab
+        /// (the router namespaces, no cloud) or moto (a local moto server
+        /// as the lab's AWS, claimed through the AWS SDK; needs
+        /// moto_server on the PATH).
+        #[arg(long, default_value = "lab", value_parser = ["lab", "moto"])]
+        cloud: String,
     },
 }
 
@@ -459,6 +472,7 @@ fn main() -> ExitCode {
         } => std::fs::read_to_string(&order)
             .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))
             .and_then(|hex| control_post(&control, "/keys/order", hex.trim())),
+        Cmd::Status { admin } => meshgate::admin::request(admin, "GET", "/status").and_then(shown),
         Cmd::Members { admin } => {
             meshgate::admin::request(admin, "GET", "/members").and_then(shown)
         }
@@ -483,6 +497,7 @@ fn main() -> ExitCode {
             zones,
             failover,
             json,
+            cloud,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -498,6 +513,7 @@ fn main() -> ExitCode {
                     zones: usize::from(zones.unwrap_or(if static_keys { 1 } else { 2 })),
                     failover_kills: failover.unwrap_or(0),
                     json,
+                    cloud,
                 })
             }),
     };

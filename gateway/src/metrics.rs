@@ -52,6 +52,8 @@ pub struct CloudMetrics {
     pub group_active: IntGaugeVec,
     /// Changes of a group's active member from one member to another.
     pub failovers: IntCounterVec,
+    /// Each group's active member, as last decided (`meshgate status`).
+    active: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl CloudMetrics {
@@ -102,12 +104,29 @@ impl CloudMetrics {
                 "Changes of a redundancy group's active member from one member to another.",
                 &["group"],
             ),
+            active: Default::default(),
         }
+    }
+
+    /// Each redundancy group and its active member (`None`: no member is
+    /// present), as this gateway's policy last decided.
+    pub fn active_members(&self) -> Vec<(String, Option<String>)> {
+        self.active
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(g, a)| (g.clone(), (!a.is_empty()).then(|| a.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Records the policy's choice of `active` for `group` (`before`: the
     /// previous choice); a change from one member to another is a failover.
     pub fn group_decided(&self, group: &str, before: Option<&str>, active: Option<&str>) {
+        if let Ok(mut m) = self.active.lock() {
+            m.insert(group.to_string(), active.unwrap_or_default().to_string());
+        }
         if before == active {
             return;
         }

@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshgate::lab::Lab;
+
+pub mod faults;
 use meshgate::netns::{check_privileges, Netns};
 
 /// A started lab of `regions` regions, unique per test. Fails (never skips)
@@ -463,4 +465,42 @@ pub fn inject(ns: &Netns, dst: std::net::SocketAddr, payloads: Vec<Vec<u8>>) {
         }
     })
     .expect("injecting");
+}
+
+/// A moto server on 127.0.0.1 (the AWS of the tests), stopped on drop.
+pub struct Moto {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts moto (`MESHGATE_MOTO_SERVER`, else `moto_server` on the PATH;
+/// tests/run.sh installs it) and waits until it listens. Fails, never
+/// skips, without it.
+pub fn moto() -> Moto {
+    let program = std::env::var("MESHGATE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = std::process::Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("starting {program}: {e} (tests/run.sh installs moto in a venv; or pip install 'moto[ec2]==5.2.5' flask flask-cors)")
+        });
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let moto = Moto { child, addr };
+    eventually(Duration::from_secs(20), "moto listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    moto
 }

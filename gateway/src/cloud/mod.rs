@@ -10,6 +10,8 @@
 //! sans-IO; a backend (the AWS SDK, or the lab's VPC routers) carries the
 //! calls out. Nothing here runs per packet.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod backend;
 pub mod driver;
 pub mod lab;

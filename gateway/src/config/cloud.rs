@@ -29,11 +29,22 @@ impl Validator<'_> {
                 "empty: name this appliance's network interface",
             );
         }
-        if c.route_tables.is_empty() {
+        let mesh = match &c.mesh {
+            Some(m) if m.get_ref().trim().is_empty() => {
+                return self.err(
+                    m.span(),
+                    "cloud.mesh",
+                    "empty: name the mesh whose route tables carry the tag meshgate:mesh",
+                );
+            }
+            Some(m) => Some(m.get_ref().trim().to_string()),
+            None => None,
+        };
+        if c.route_tables.is_empty() && (mesh.is_none() || c.backend.get_ref() != "aws") {
             return self.err(
                 c.backend.span(),
                 "cloud.route_tables",
-                "no route table to claim: list the group's VPC route tables",
+                "no route table to claim: list the group's VPC route tables (or, on aws, set cloud.mesh to find them by tags)",
             );
         }
         let mut tables = Vec::new();
@@ -53,25 +64,85 @@ impl Validator<'_> {
                 let mut routers = std::collections::BTreeMap::new();
                 for t in &tables {
                     let Some(ns) = c.routers.get(t) else {
-                        return self.err(c.backend.span(), "cloud.routers", format!("the lab backend needs the router namespace of route table {t}"));
+                        return self.err(
+                            c.backend.span(),
+                            "cloud.routers",
+                            format!(
+                                "the lab backend needs the router namespace of route table {t}"
+                            ),
+                        );
                     };
                     routers.insert(t.clone(), ns.get_ref().clone());
                 }
                 let mut addresses = Vec::new();
                 for (i, a) in c.addresses.iter().enumerate() {
                     match a.get_ref().trim().parse::<std::net::IpAddr>() {
-                        Ok(ip) if !addresses.iter().any(|x: &std::net::IpAddr| x.is_ipv6() == ip.is_ipv6()) => addresses.push(ip),
-                        Ok(_) => return self.err(a.span(), &format!("cloud.addresses[{i}]"), "one address per family: the router's next hop for IPv4 or IPv6 routes"),
-                        Err(e) => return self.err(a.span(), &format!("cloud.addresses[{i}]"), format!("'{}' is not an IP address: {e}", a.get_ref())),
+                        Ok(ip)
+                            if !addresses
+                                .iter()
+                                .any(|x: &std::net::IpAddr| x.is_ipv6() == ip.is_ipv6()) =>
+                        {
+                            addresses.push(ip)
+                        }
+                        Ok(_) => return self.err(
+                            a.span(),
+                            &format!("cloud.addresses[{i}]"),
+                            "one address per family: the router's next hop for IPv4 or IPv6 routes",
+                        ),
+                        Err(e) => {
+                            return self.err(
+                                a.span(),
+                                &format!("cloud.addresses[{i}]"),
+                                format!("'{}' is not an IP address: {e}", a.get_ref()),
+                            )
+                        }
                     }
                 }
                 CloudBackendKind::Lab { routers, addresses }
+            }
+            "aws" if cfg!(feature = "aws") => {
+                let Some(region) = c.region.as_ref().filter(|r| !r.get_ref().trim().is_empty())
+                else {
+                    return self.err(c.backend.span(), "cloud.region", "the aws backend needs the region the appliance runs in (for example \"eu-west-1\")");
+                };
+                let endpoint_url = match &c.endpoint_url {
+                    Some(u)
+                        if !(u.get_ref().starts_with("http://")
+                            || u.get_ref().starts_with("https://")) =>
+                    {
+                        return self.err(
+                            u.span(),
+                            "cloud.endpoint_url",
+                            format!("'{}' is not an http:// or https:// URL", u.get_ref()),
+                        );
+                    }
+                    Some(u) => Some(u.get_ref().clone()),
+                    None => None,
+                };
+                if !interface.starts_with("eni-") {
+                    return self.err(
+                        c.interface.span(),
+                        "cloud.interface",
+                        format!("'{interface}' is not a network interface id (eni-...)"),
+                    );
+                }
+                CloudBackendKind::Aws {
+                    region: region.get_ref().trim().to_string(),
+                    endpoint_url,
+                }
+            }
+            "aws" => {
+                return self.err(
+                    c.backend.span(),
+                    "cloud.backend",
+                    "this build has no AWS backend (built without the aws feature); it has lab",
+                )
             }
             other => {
                 return self.err(
                     c.backend.span(),
                     "cloud.backend",
-                    format!("unknown cloud backend '{other}'; this build has lab (the AWS backend is not in it yet)"),
+                    format!("unknown cloud backend '{other}'; the backends are aws and lab"),
                 )
             }
         };
@@ -79,6 +150,7 @@ impl Validator<'_> {
             backend,
             interface: interface.to_string(),
             route_tables: tables,
+            mesh,
         }))
     }
 

@@ -82,6 +82,9 @@ pub struct CloudConfig {
     pub interface: String,
     /// The VPC route tables of the group.
     pub route_tables: Vec<String>,
+    /// Or, when none are listed, find them by their tags:
+    /// `meshgate:mesh` = this, `meshgate:group` = the gateway's group.
+    pub mesh: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,12 @@ pub enum CloudBackendKind {
     Lab {
         routers: std::collections::BTreeMap<String, String>,
         addresses: Vec<std::net::IpAddr>,
+    },
+    /// EC2 through the AWS SDK, in `region`; `endpoint_url` for another
+    /// endpoint than AWS's (a VPC endpoint, or an emulator in the lab).
+    Aws {
+        region: String,
+        endpoint_url: Option<String>,
     },
 }
 

@@ -37,6 +37,9 @@ pub(super) struct RawCloud {
     pub(super) routers: std::collections::BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub(super) addresses: Vec<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) endpoint_url: Option<Spanned<String>>,
+    pub(super) mesh: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -310,11 +310,54 @@ fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
         both.cloud.unwrap().backend,
         CloudBackendKind::Lab { addresses, .. } if addresses.len() == 2
     ));
+    // On AWS: tables found by their tags, through a given endpoint.
+    let aws = parse(
+        &lab.replace("backend = \"lab\"", "backend = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:5000\"\nmesh = \"prod\"")
+            .replace("interface = \"10.1.0.5\"", "interface = \"eni-0abc\"")
+            .replace("route_tables = [\"rtb-1\"]\n", ""),
+    )
+    .unwrap()
+    .cloud
+    .unwrap();
+    assert_eq!(aws.mesh.as_deref(), Some("prod"));
+    assert!(aws.route_tables.is_empty());
+    assert_eq!(
+        aws.backend,
+        CloudBackendKind::Aws {
+            region: "eu-west-1".into(),
+            endpoint_url: Some("http://127.0.0.1:5000".into())
+        }
+    );
     for (text, expected) in [
         (lab.replace("group = \"pair\"\n", ""), "set gateway.group"),
         (
+            lab.replace("backend = \"lab\"", "backend = \"gcp\""),
+            "cloud.backend: unknown cloud backend 'gcp'; the backends are aws and lab",
+        ),
+        (
             lab.replace("backend = \"lab\"", "backend = \"aws\""),
-            "cloud.backend: unknown cloud backend 'aws'",
+            "cloud.region",
+        ),
+        (
+            lab.replace(
+                "backend = \"lab\"",
+                "backend = \"aws\"\nregion = \"eu-west-1\"",
+            ),
+            "cloud.interface: '10.1.0.5' is not a network interface id",
+        ),
+        (
+            lab.replace(
+                "backend = \"lab\"",
+                "backend = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"moto:5000\"",
+            ),
+            "cloud.endpoint_url: 'moto:5000' is not",
+        ),
+        (
+            lab.replace(
+                "route_tables = [\"rtb-1\"]",
+                "route_tables = []\nmesh = \"prod\"",
+            ),
+            "cloud.route_tables",
         ),
         (
             lab.replace("route_tables = [\"rtb-1\"]", "route_tables = []"),

@@ -153,6 +153,17 @@ impl Lab {
         let Some(router) = &r.router else {
             return String::new();
         };
+        #[cfg(feature = "aws")]
+        if let Some(m) = &self.moto {
+            let region = &m.regions[r.index];
+            return format!(
+                "\n[cloud]\nbackend = \"aws\"\nregion = \"{aws}\"\nendpoint_url = \"{url}\"\ninterface = \"{eni}\"\nmesh = \"{mesh}\"\n",
+                aws = region.aws_region,
+                url = m.url,
+                eni = region.interfaces[g % self.zones],
+                mesh = super::moto::mesh_name(self),
+            );
+        }
         let (v4, v6) = self.gateway_lan_ips(g);
         format!(
             "\n[cloud]\nbackend = \"lab\"\ninterface = \"eni-{id}\"\naddresses = [\"{v4}\", \"{v6}\"]\nroute_tables = [\"{rtb}\"]\nrouters = {{ \"{rtb}\" = \"{ns}\" }}\n",

@@ -17,6 +17,8 @@
 mod configs;
 pub mod failover;
 pub mod impair;
+#[cfg(feature = "aws")]
+pub mod moto;
 pub mod probe;
 mod process;
 mod report;
@@ -107,6 +109,10 @@ pub struct Lab {
     /// Appliances per region: 1, or 2 (zones a and b, one redundancy
     /// group, behind the VPC's router).
     pub zones: usize,
+    /// The lab's AWS (a moto server), when its gateways claim routes
+    /// through the SDK rather than in the routers directly.
+    #[cfg(feature = "aws")]
+    pub moto: Option<moto::MotoCloud>,
     gateways: Vec<Option<Child>>,
     pub regions: Vec<Region>,
     pub underlay: Netns,

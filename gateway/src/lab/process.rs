@@ -55,6 +55,7 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.cloud_env())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -65,6 +66,20 @@ impl Lab {
         }
         self.gateways[i] = Some(child);
         Ok(())
+    }
+
+    /// The environment of a gateway that calls the lab's AWS: the keys
+    /// the SDK's default chain reads (as an appliance reads its role's).
+    fn cloud_env(&self) -> Vec<(&'static str, &'static str)> {
+        #[cfg(feature = "aws")]
+        if self.moto.is_some() {
+            let (key, secret) = super::moto::LAB_CREDENTIALS;
+            return vec![
+                ("AWS_ACCESS_KEY_ID", key),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ];
+        }
+        Vec::new()
     }
 
     /// Waits until gateway `i` answers its health check.

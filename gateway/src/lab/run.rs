@@ -34,6 +34,10 @@ pub struct LabOptions {
     /// Print the summary as one JSON document on stdout (progress goes
     /// to stderr).
     pub json: bool,
+    /// Where the gateways claim routes: `lab` (the router namespaces
+    /// directly) or `moto` (a local moto server as the lab's AWS, through
+    /// the official SDK).
+    pub cloud: String,
 }
 
 /// Runs the lab; fails if any host cannot reach any other.
@@ -62,7 +66,32 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     if opts.zones > 1 {
         say("each region: appliances in zones a and b (one redundancy group), the VPC's router and a host".into());
     }
+    if opts.cloud != "lab" && opts.zones < 2 {
+        bail!(
+            "--cloud {} serves route tables to pairs of appliances: it needs --zones 2",
+            opts.cloud
+        );
+    }
     let mut lab = Lab::build_with(opts.regions, &tag, opts.zones)?;
+    match opts.cloud.as_str() {
+        "lab" => {}
+        #[cfg(feature = "aws")]
+        "moto" => {
+            lab.start_moto()?;
+            say(format!(
+                "the lab's AWS: moto at {}, a VPC, route table and two interfaces per region",
+                super::moto::MOTO_IP
+            ));
+        }
+        other => bail!(
+            "--cloud {other}: this build knows lab{}",
+            if cfg!(feature = "aws") {
+                " and moto"
+            } else {
+                ""
+            }
+        ),
+    }
     lab.policy = opts.policy.clone();
     lab.placement = opts.placement.clone();
     if opts.static_keys {

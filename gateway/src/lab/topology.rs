@@ -46,6 +46,8 @@ impl Lab {
             tag: tag.to_string(),
             dir,
             zones,
+            #[cfg(feature = "aws")]
+            moto: None,
             gateways: Vec::new(),
             regions: Vec::new(),
             underlay,

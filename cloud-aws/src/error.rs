@@ -1,0 +1,81 @@
+//! What an EC2 call's failure means for whoever retries it.
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// How a failed call may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The API's rate limit (`RequestLimitExceeded`, `Throttling`, 429).
+    Throttled,
+    /// A 5xx from the service.
+    Server(u16),
+    /// No answer in time, or no connection.
+    Timeout,
+    /// The route to replace is missing, or the one to create exists.
+    Stale,
+    /// Not allowed, or a resource that does not exist: retrying soon will
+    /// not help.
+    Refused,
+}
+
+/// A failed call: the API, what it was called on, and EC2's word.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{api} ({what}): {message}")]
+pub struct AwsError {
+    pub kind: ErrorKind,
+    pub api: &'static str,
+    pub what: String,
+    pub message: String,
+}
+
+/// Error codes EC2 and the AWS APIs use for their rate limits.
+const THROTTLING: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "SlowDown",
+];
+
+/// Codes that mean the route table is not as described.
+const STALE: &[&str] = &["InvalidRoute.NotFound", "RouteAlreadyExists"];
+
+impl AwsError {
+    pub(crate) fn from_sdk<E>(
+        api: &'static str,
+        what: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = match &e {
+            SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+            SdkError::ResponseError(r) => Some(r.raw().status().as_u16()),
+            _ => None,
+        };
+        let code = e.code().map(str::to_string);
+        let kind = match (&e, code.as_deref(), status) {
+            (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _) => ErrorKind::Timeout,
+            (_, Some(c), _) if THROTTLING.contains(&c) => ErrorKind::Throttled,
+            (_, _, Some(429)) => ErrorKind::Throttled,
+            (_, Some(c), _) if STALE.contains(&c) => ErrorKind::Stale,
+            (_, _, Some(s)) if s >= 500 => ErrorKind::Server(s),
+            (SdkError::ResponseError(_), _, _) => ErrorKind::Server(status.unwrap_or(0)),
+            _ => ErrorKind::Refused,
+        };
+        let message = match (&e, code, e.message()) {
+            (SdkError::TimeoutError(_), _, _) => "no answer within the call's timeout".to_string(),
+            (_, Some(c), Some(m)) => format!("{c}: {m}"),
+            (_, Some(c), None) => c,
+            _ => DisplayErrorContext(&e).to_string(),
+        };
+        AwsError {
+            kind,
+            api,
+            what: what.to_string(),
+            message,
+        }
+    }
+}

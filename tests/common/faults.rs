@@ -1,0 +1,228 @@
+//! moto never throttles, fails or hangs; AWS does. A proxy in front of
+//! moto passes every request through unless a fault was injected for its
+//! API (the EC2 query's `Action`), which then gets what AWS would answer:
+//! 503 `RequestLimitExceeded`, 500 `InternalError`, 403
+//! `UnauthorizedOperation`, or no answer at all.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Throttle,
+    ServerError,
+    Forbidden,
+    /// No answer for 30 s: the caller times out.
+    Hang,
+}
+
+/// A running proxy; its thread ends with the test process.
+pub struct FaultProxy {
+    pub url: String,
+    /// Faults still to inject: (API, fault), each once, in order.
+    plan: Arc<Mutex<Vec<(String, Fault)>>>,
+    /// Every request's API, with the fault it got if any.
+    pub seen: Arc<Mutex<Vec<(String, Option<Fault>)>>>,
+}
+
+impl FaultProxy {
+    /// A proxy on 127.0.0.1 in front of `upstream`.
+    pub fn start(upstream: SocketAddr) -> FaultProxy {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}", std_listener.local_addr().expect("its address"));
+        let plan: Arc<Mutex<Vec<(String, Fault)>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(String, Option<Fault>)>>> = Arc::default();
+        let (p, s) = (plan.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("a listener");
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(serve(conn, upstream, p.clone(), s.clone()));
+                }
+            });
+        });
+        FaultProxy { url, plan, seen }
+    }
+
+    /// The next request to `api` gets `fault` (faults queue in order).
+    pub fn inject(&self, api: &str, fault: Fault) {
+        self.plan.lock().unwrap().push((api.to_string(), fault));
+    }
+
+    /// How many requests to `api` got `fault`.
+    pub fn injected(&self, api: &str, fault: Fault) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, f)| a == api && *f == Some(fault))
+            .count()
+    }
+
+    /// How many requests to `api` were made in all.
+    pub fn calls(&self, api: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _)| a == api)
+            .count()
+    }
+}
+
+/// One client connection: requests in turn (HTTP/1.1 keep-alive), each
+/// answered by a fault or by moto over a connection of its own.
+async fn serve(
+    mut conn: TcpStream,
+    upstream: SocketAddr,
+    plan: Arc<Mutex<Vec<(String, Fault)>>>,
+    seen: Arc<Mutex<Vec<(String, Option<Fault>)>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some((head, body)) = read_request(&mut conn, &mut buf).await else {
+            return;
+        };
+        let api = form_value(&body, "Action").unwrap_or_default();
+        let fault = {
+            let mut plan = plan.lock().unwrap();
+            let at = plan.iter().position(|(a, _)| *a == api);
+            at.map(|i| plan.remove(i).1)
+        };
+        seen.lock().unwrap().push((api.clone(), fault));
+        let reply = match fault {
+            Some(Fault::Hang) => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
+            Some(Fault::Throttle) => {
+                error_reply(503, "RequestLimitExceeded", "Request limit exceeded.")
+            }
+            Some(Fault::ServerError) => {
+                error_reply(500, "InternalError", "An internal error has occurred.")
+            }
+            Some(Fault::Forbidden) => error_reply(
+                403,
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ),
+            None => match forward(upstream, &head, &body).await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        if conn.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length body) from `conn`.
+async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len = header(&head, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 16384];
+                let n = conn.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some((head, body));
+        }
+        let mut chunk = [0u8; 16384];
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends the request to moto on a fresh connection it closes after the
+/// answer, and returns the answer whole.
+async fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream).await.ok()?;
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    let mut req = lines.join("\r\n").into_bytes();
+    req.extend_from_slice(b"\r\n\r\n");
+    req.extend_from_slice(body);
+    up.write_all(&req).await.ok()?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp).await.ok()?;
+    // The client keeps its connection to us: say how long the body is
+    // and that the connection stays.
+    let end = find(&resp, b"\r\n\r\n")?;
+    let rhead = String::from_utf8_lossy(&resp[..end]).to_string();
+    let rbody = resp[end + 4..].to_vec();
+    let mut out: Vec<String> = rhead
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("connection:")
+                && !l.starts_with("content-length:")
+                && !l.starts_with("transfer-encoding:")
+        })
+        .map(str::to_string)
+        .collect();
+    out.push(format!("Content-Length: {}", rbody.len()));
+    let mut bytes = out.join("\r\n").into_bytes();
+    bytes.extend_from_slice(b"\r\n\r\n");
+    bytes.extend_from_slice(&rbody);
+    Some(bytes)
+}
+
+fn error_reply(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>00000000-fault-injected</RequestID></Response>"
+    );
+    let reason = match status {
+        403 => "Forbidden",
+        500 => "Internal Server Error",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn form_value(body: &[u8], key: &str) -> Option<String> {
+    String::from_utf8_lossy(body).split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
