@@ -170,8 +170,8 @@ fn the_lab_removes_everything_on_ctrl_c() {
     };
     assert_eq!(
         ours().len(),
-        5,
-        "2 appliances, 2 hosts and the underlay exist while it runs"
+        9,
+        "4 appliances (zones a and b), 2 VPC routers, 2 hosts and the underlay exist while it runs"
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -78,7 +78,7 @@ fn claims_converge_through_throttling_5xx_timeouts_and_refusals() {
         use meshgate::cloud::backend::CloudBackend;
         assert_eq!(
             cloud.find_route_tables("test", "pair").await.unwrap(),
-            [table.clone()]
+            std::slice::from_ref(&table)
         );
         cloud
             .prepare(&ours)

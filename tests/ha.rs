@@ -137,7 +137,7 @@ fn a_killed_active_appliance_hands_its_routes_and_traffic_to_its_partner() {
     std::thread::sleep(Duration::from_secs(3));
     let active = claimer(&lab, 1);
     assert_eq!(Some(lab.gateway_id(active)), runs[1].took_over);
-    let standby = if active % 2 == 0 {
+    let standby = if active.is_multiple_of(2) {
         active + 1
     } else {
         active - 1

@@ -297,7 +297,7 @@ async fn status_handler(State(s): State<AppState>) -> impl IntoResponse {
         }
     }
     match &s.cloud {
-        Some(status) => out.push_str(&format!("cloud routes: {}", status.borrow().to_string())),
+        Some(status) => out.push_str(&format!("cloud routes: {}", *status.borrow())),
         None => out.push_str("cloud routes: none ([cloud] is not configured)\n"),
     }
     (StatusCode::OK, out)

@@ -20,13 +20,16 @@ pub enum Fault {
     Hang,
 }
 
+/// Every request's API, with the fault it got if any.
+type Seen = Arc<Mutex<Vec<(String, Option<Fault>)>>>;
+
 /// A running proxy; its thread ends with the test process.
 pub struct FaultProxy {
     pub url: String,
     /// Faults still to inject: (API, fault), each once, in order.
     plan: Arc<Mutex<Vec<(String, Fault)>>>,
     /// Every request's API, with the fault it got if any.
-    pub seen: Arc<Mutex<Vec<(String, Option<Fault>)>>>,
+    pub seen: Seen,
 }
 
 impl FaultProxy {
@@ -36,7 +39,7 @@ impl FaultProxy {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", std_listener.local_addr().expect("its address"));
         let plan: Arc<Mutex<Vec<(String, Fault)>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(String, Option<Fault>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let (p, s) = (plan.clone(), seen.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +89,7 @@ async fn serve(
     mut conn: TcpStream,
     upstream: SocketAddr,
     plan: Arc<Mutex<Vec<(String, Fault)>>>,
-    seen: Arc<Mutex<Vec<(String, Option<Fault>)>>>,
+    seen: Seen,
 ) {
     let mut buf = Vec::new();
     loop {

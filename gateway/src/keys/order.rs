@@ -50,7 +50,7 @@ pub fn parse_cert_id(text: &str) -> Option<CertId> {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -140,7 +140,7 @@ impl Lab {
                 took_over: took_over.map(|g| self.gateway_id(g)),
                 sent: stats.sent,
                 lost,
-                outage_ms: f64::from(lost) * FLOW_INTERVAL.as_secs_f64() * 1e3,
+                outage_ms: f64::from(lost) * FLOW_INTERVAL.as_millis() as f64,
                 kill_to_claimed_ms: claimed.map(|d| d.as_secs_f64() * 1e3),
                 restored: stats.answered[tail..].iter().all(|&a| a),
             });

@@ -710,7 +710,7 @@ async fn a_handshake_flood_is_met_with_retries_and_a_member_still_connects() {
             Input::Connected { peer, .. } if peer == "region-1" => connected = true,
             _ => {}
         }
-        if connected && counted >= retries + 1 {
+        if connected && counted > retries {
             break;
         }
     }
