@@ -268,3 +268,67 @@ fn through_the_aws_sdk_a_failover_moves_the_labs_traffic() {
         assert!(run.restored && run.took_over.is_some(), "{run:?}");
     }
 }
+
+/// `mesh-with-leaves` with real leaf VPCs: a leaf's traffic to another
+/// region's leaf crosses leaf, its region's active edge, the other
+/// region's active edge, and the other leaf; a leaf reaches its own
+/// region's VPC through its edge, which the VPC's route table points at.
+#[test]
+fn leaf_vpcs_reach_each_other_through_their_regions_edges() {
+    check();
+    let mut lab = Lab::build_with(2, &tag(), 2).expect("building the lab");
+    lab.add_leaves(1).expect("adding leaves");
+    lab.policy = "mesh-with-leaves".into();
+    lab.write_mesh_configs().expect("writing configs");
+    lab.start_gateways(binary()).expect("starting gateways");
+    lab.wait_mesh(Duration::from_secs(30))
+        .expect("the mesh forms");
+    for r in 0..2 {
+        let leaf_prefix = lab.leaves[1 - r].prefixes()[0].clone();
+        lab.wait_route(r, &leaf_prefix, Duration::from_secs(15))
+            .expect("the active edge claims the other region's leaf");
+    }
+    assert_eq!(lab.gateway_id(lab.gateway_count() - 2), "region-1-leaf1");
+    let before = lab.packet_counts();
+    ping_ok(
+        &lab.leaves[0].host,
+        lab.leaves[1].host_ip().into(),
+        20,
+        "leaf 1 to leaf 2",
+    );
+    let after = lab.packet_counts();
+    let carried: Vec<String> = (0..lab.gateway_count())
+        .filter(|&g| after[g].0 - before[g].0 >= 20 && after[g].1 - before[g].1 >= 20)
+        .map(|g| lab.gateway_id(g))
+        .collect();
+    let (e1, e2) = (
+        lab.gateway_id(claimer(&lab, 0)),
+        lab.gateway_id(claimer(&lab, 1)),
+    );
+    let mut expected = vec![
+        e1,
+        e2,
+        "region-1-leaf1".to_string(),
+        "region-2-leaf1".to_string(),
+    ];
+    expected.sort();
+    let mut carried_sorted = carried.clone();
+    carried_sorted.sort();
+    assert_eq!(
+        carried_sorted, expected,
+        "leaf, active edge, active edge, leaf: {carried:?}"
+    );
+    // A leaf and its own region's VPC host, through the edge.
+    ping_ok(
+        &lab.leaves[0].host,
+        lab.regions[0].host_ip().into(),
+        5,
+        "leaf 1 to host-1",
+    );
+    ping_ok(
+        &lab.regions[1].host,
+        lab.leaves[0].host_ip6().into(),
+        5,
+        "host-2 to leaf 1 over IPv6",
+    );
+}

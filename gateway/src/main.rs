@@ -123,6 +123,11 @@ enum Cmd {
         /// moto_server on the PATH).
         #[arg(long, default_value = "lab", value_parser = ["lab", "moto"])]
         cloud: String,
+        /// Leaf VPCs per region (0-9), each an appliance of role leaf and
+        /// a host, attached to the region's edges: with `--policy
+        /// mesh-with-leaves`, leaf traffic crosses leaf, edge, edge, leaf.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+        leaves: u8,
     },
 }
 
@@ -498,6 +503,7 @@ fn main() -> ExitCode {
             failover,
             json,
             cloud,
+            leaves,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -514,6 +520,7 @@ fn main() -> ExitCode {
                     failover_kills: failover.unwrap_or(0),
                     json,
                     cloud,
+                    leaves: usize::from(leaves),
                 })
             }),
     };

@@ -98,9 +98,14 @@ impl Lab {
             let id = self.gateway_id(g);
             let (role, group) = placement(self.placed_as(), n, r.index);
             // With zones, each region's pair is one redundancy group.
-            let group = match self.zones {
-                1 => group.map(str::to_string),
-                _ => Some(r.gateway_id()),
+            let (role, group) = match (self.leaf_of(g), self.zones) {
+                (Some(_), _) => ("leaf", None),
+                (None, 1) => (role, group.map(str::to_string)),
+                (None, _) => (role, Some(r.gateway_id())),
+            };
+            let prefixes = match self.leaf_of(g) {
+                Some(l) => l.prefixes(),
+                None => r.prefixes(),
             };
             let (cert, key) = crate::identity::issue(
                 &ca_dir,
@@ -108,8 +113,7 @@ impl Lab {
                     id: id.clone(),
                     region: r.gateway_id(),
                     role: role.into(),
-                    prefixes: r
-                        .prefixes()
+                    prefixes: prefixes
                         .iter()
                         .map(|p| p.parse().map_err(anyhow::Error::msg))
                         .collect::<anyhow::Result<_>>()?,
@@ -128,8 +132,8 @@ impl Lab {
                 state = self.dir.display(),
                 control = self.control_socket(g).display(),
                 group = group.map_or(String::new(), |g| format!("group = \"{g}\"\n")),
-                v4 = r.prefixes()[0],
-                v6 = r.prefixes()[1],
+                v4 = prefixes[0],
+                v6 = prefixes[1],
                 sa = self.sa_settings,
                 policy = self.policy,
                 ca = ca.display(),
@@ -150,7 +154,7 @@ impl Lab {
     /// VPC router holds the route table it claims when active.
     fn cloud_section(&self, g: usize) -> String {
         let r = self.region_of(g);
-        let Some(router) = &r.router else {
+        let Some(router) = r.router.as_ref().filter(|_| self.leaf_of(g).is_none()) else {
             return String::new();
         };
         #[cfg(feature = "aws")]

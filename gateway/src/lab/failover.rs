@@ -71,7 +71,7 @@ impl Lab {
             .nth(1)
             .map(str::to_string);
         Ok(via.and_then(|via| {
-            (0..self.gateway_count())
+            (0..self.regions.len() * self.zones)
                 .filter(|&g| g / self.zones == r)
                 .find(|&g| {
                     let (v4, v6) = self.gateway_lan_ips(g);

@@ -17,6 +17,7 @@
 mod configs;
 pub mod failover;
 pub mod impair;
+pub mod leaves;
 #[cfg(feature = "aws")]
 pub mod moto;
 pub mod probe;
@@ -113,6 +114,9 @@ pub struct Lab {
     /// through the SDK rather than in the routers directly.
     #[cfg(feature = "aws")]
     pub moto: Option<moto::MotoCloud>,
+    /// Leaf VPCs attached to the regions' edges (`--leaves`); their
+    /// gateways come after the regions' appliances.
+    pub leaves: Vec<leaves::Leaf>,
     gateways: Vec<Option<Child>>,
     pub regions: Vec<Region>,
     pub underlay: Netns,
@@ -147,16 +151,22 @@ pub fn placement(
 impl Lab {
     /// How many gateways the lab runs.
     pub fn gateway_count(&self) -> usize {
-        self.regions.len() * self.zones
+        self.regions.len() * self.zones + self.leaves.len()
     }
 
-    /// The region of gateway `g`.
+    /// The region of gateway `g` (a leaf's: the one it attaches to).
     pub fn region_of(&self, g: usize) -> &Region {
-        &self.regions[g / self.zones]
+        match self.leaf_of(g) {
+            Some(l) => &self.regions[l.region],
+            None => &self.regions[g / self.zones],
+        }
     }
 
     /// Gateway `g`'s namespace.
     pub fn gateway_ns(&self, g: usize) -> &Netns {
+        if let Some(l) = self.leaf_of(g) {
+            return &l.appliance;
+        }
         let r = self.region_of(g);
         match (g % self.zones, &r.standby) {
             (1, Some(b)) => b,
@@ -166,11 +176,15 @@ impl Lab {
 
     /// Gateway `g`'s zone letter, in a lab with zones.
     pub fn zone_of(&self, g: usize) -> Option<char> {
-        (self.zones > 1).then(|| (b'a' + (g % self.zones) as u8) as char)
+        (self.zones > 1 && self.leaf_of(g).is_none())
+            .then(|| (b'a' + (g % self.zones) as u8) as char)
     }
 
     /// Gateway `g`'s member id: `region-N`, or `region-Na` with zones.
     pub fn gateway_id(&self, g: usize) -> String {
+        if let Some(l) = self.leaf_of(g) {
+            return l.id();
+        }
         let r = self.region_of(g).gateway_id();
         match self.zone_of(g) {
             Some(z) => format!("{r}{z}"),
@@ -180,12 +194,18 @@ impl Lab {
 
     /// Gateway `g`'s address on the underlay.
     pub fn gateway_underlay_ip(&self, g: usize) -> Ipv4Addr {
-        underlay_ip(self.region_of(g).number(), g % self.zones)
+        match self.leaf_of(g) {
+            Some(_) => leaves::leaf_underlay_ip(g - self.regions.len() * self.zones),
+            None => underlay_ip(self.region_of(g).number(), g % self.zones),
+        }
     }
 
     /// Gateway `g`'s addresses on its VPC subnet (the next hops its
     /// region's router uses when it is active).
     pub fn gateway_lan_ips(&self, g: usize) -> (Ipv4Addr, Ipv6Addr) {
+        if let Some(l) = self.leaf_of(g) {
+            return (l.lan_ip(), l.lan_ip6());
+        }
         let r = self.region_of(g);
         if self.zones == 1 {
             return (r.lan_ip(), r.lan_ip6());

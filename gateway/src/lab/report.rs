@@ -7,14 +7,16 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::failover::{summary, FailoverRun};
+use super::leaves::Site;
 use super::probe::{PingStats, TransferStats};
 use super::Lab;
 use crate::metrics::sum_samples;
 
 /// What the lab measured between one pair of hosts.
 pub(super) struct PairResult {
-    pub from: usize,
-    pub to: usize,
+    /// The hosts' names (`host-N`, `lhost-N-K`).
+    pub from: String,
+    pub to: String,
     pub v6: bool,
     pub ping: PingStats,
     pub tcp: Result<TransferStats, String>,
@@ -45,12 +47,13 @@ impl Lab {
 
 /// The gateways whose tunnel counters moved by at least `packets` since
 /// `before` in both directions (each carried the requests one way and the
-/// replies the other), the source's region first, transit, then the
-/// destination's.
+/// replies the other), in the order packets cross them: the source's
+/// region (its leaf, then its edges), transit, then the destination's
+/// region (its edges, then its leaf).
 pub(super) fn path_of(
     lab: &Lab,
-    from: usize,
-    to: usize,
+    from: &Site<'_>,
+    to: &Site<'_>,
     before: &[(u64, u64)],
     packets: u32,
 ) -> Vec<String> {
@@ -64,17 +67,19 @@ pub(super) fn path_of(
         })
         .collect();
     let rank = |g: &usize| {
-        let r = g / lab.zones;
-        (
-            if r == from {
-                0
-            } else if r == to {
-                2
-            } else {
-                1
-            },
-            *g,
-        )
+        let r = lab.region_of(*g).index;
+        let leaf = lab.leaf_of(*g).is_some();
+        let from_leaf = from.name.starts_with("lhost");
+        if r == from.region && r == to.region {
+            // Within one region: the source's own appliance first.
+            (0, u8::from(leaf != from_leaf), *g)
+        } else if r == from.region {
+            (0, u8::from(!leaf), *g)
+        } else if r == to.region {
+            (2, u8::from(leaf), *g)
+        } else {
+            (1, 0, *g)
+        }
     };
     on.sort_by_key(rank);
     on.into_iter().map(|g| lab.gateway_id(g)).collect()
@@ -82,9 +87,9 @@ pub(super) fn path_of(
 
 fn pair_name(r: &PairResult) -> String {
     format!(
-        "host-{} -> host-{} {}",
-        r.from + 1,
-        r.to + 1,
+        "{} -> {} {}",
+        r.from,
+        r.to,
         if r.v6 { "IPv6" } else { "IPv4" }
     )
 }
@@ -92,7 +97,7 @@ fn pair_name(r: &PairResult) -> String {
 pub(super) fn print_summary(lab: &Lab, results: &[PairResult]) {
     println!();
     println!(
-        "{:<27} {:>6} {:>10} {:>10} {:>12}  path",
+        "{:<31} {:>6} {:>10} {:>10} {:>12}  path",
         "pair", "loss", "rtt avg", "rtt max", "tcp Gbit/s"
     );
     for r in results {
@@ -106,7 +111,7 @@ pub(super) fn print_summary(lab: &Lab, results: &[PairResult]) {
             Err(e) => format!("FAILED: {e}"),
         };
         println!(
-            "{:<27} {:>5.1}% {:>10} {:>10} {:>12}  {}",
+            "{:<31} {:>5.1}% {:>10} {:>10} {:>12}  {}",
             pair_name(r),
             r.ping.loss_percent(),
             ms(r.ping.avg_rtt()),
@@ -149,8 +154,8 @@ pub(super) fn json_summary(
         .iter()
         .map(|r| {
             json!({
-                "from": format!("host-{}", r.from + 1),
-                "to": format!("host-{}", r.to + 1),
+                "from": r.from,
+                "to": r.to,
                 "family": if r.v6 { "ipv6" } else { "ipv4" },
                 "pings": { "sent": r.ping.sent, "received": r.ping.received,
                            "loss_percent": r.ping.loss_percent(),

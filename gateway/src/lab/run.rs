@@ -38,6 +38,8 @@ pub struct LabOptions {
     /// directly) or `moto` (a local moto server as the lab's AWS, through
     /// the official SDK).
     pub cloud: String,
+    /// Leaf VPCs per region, attached to the region's edges.
+    pub leaves: usize,
 }
 
 /// Runs the lab; fails if any host cannot reach any other.
@@ -73,6 +75,13 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         );
     }
     let mut lab = Lab::build_with(opts.regions, &tag, opts.zones)?;
+    if opts.leaves > 0 {
+        lab.add_leaves(opts.leaves)?;
+        say(format!(
+            "leaves: {} leaf VPC(s) per region, each an appliance (role leaf) and a host, attached to the region's edges",
+            opts.leaves
+        ));
+    }
     match opts.cloud.as_str() {
         "lab" => {}
         #[cfg(feature = "aws")]
@@ -133,25 +142,25 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     }
 
     let mut results = Vec::new();
-    for from in 0..lab.regions.len() {
-        for to in 0..lab.regions.len() {
+    let sites = lab.sites();
+    for (from, src) in sites.iter().enumerate() {
+        for (to, dst) in sites.iter().enumerate() {
             if from == to {
                 continue;
             }
             check_interrupted()?;
-            let (src, dst) = (&lab.regions[from], &lab.regions[to]);
-            for dst_ip in [IpAddr::V4(dst.host_ip()), IpAddr::V6(dst.host_ip6())] {
+            for dst_ip in [IpAddr::V4(dst.ip), IpAddr::V6(dst.ip6)] {
                 // One unmeasured echo first: neighbour discovery on both
                 // LANs is not the tunnel's latency.
-                ping(&src.host, dst_ip, 1, Duration::from_millis(20))?;
+                ping(src.host, dst_ip, 1, Duration::from_millis(20))?;
                 let before = lab.packet_counts();
-                let ping = ping(&src.host, dst_ip, opts.pings, Duration::from_millis(20))?;
-                let path = path_of(&lab, from, to, &before, ping.received);
-                let tcp = tcp_transfer(&src.host, &dst.host, dst_ip, 5001, opts.transfer)
+                let ping = ping(src.host, dst_ip, opts.pings, Duration::from_millis(20))?;
+                let path = path_of(&lab, src, dst, &before, ping.received);
+                let tcp = tcp_transfer(src.host, dst.host, dst_ip, 5001, opts.transfer)
                     .map_err(|e| format!("{e:#}"));
                 results.push(PairResult {
-                    from,
-                    to,
+                    from: src.name.clone(),
+                    to: dst.name.clone(),
                     v6: dst_ip.is_ipv6(),
                     ping,
                     tcp,
@@ -183,9 +192,9 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         .filter(|r| r.ping.received == 0 || r.tcp.is_err())
         .map(|r| {
             format!(
-                "host-{} -> host-{} ({})",
-                r.from + 1,
-                r.to + 1,
+                "{} -> {} ({})",
+                r.from,
+                r.to,
                 if r.v6 { "IPv6" } else { "IPv4" }
             )
         })

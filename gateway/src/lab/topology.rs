@@ -48,6 +48,7 @@ impl Lab {
             zones,
             #[cfg(feature = "aws")]
             moto: None,
+            leaves: Vec::new(),
             gateways: Vec::new(),
             regions: Vec::new(),
             underlay,

@@ -150,6 +150,13 @@ pub struct PolicyRuntime {
     /// partial view (at first, itself alone), and would otherwise hold on
     /// to electing itself.
     history_after_ms: u64,
+    /// While starting (until `settle_until_ms`), each change of the
+    /// members or their states moves `history_after_ms` on by `settle_ms`:
+    /// history starts from a view that has stopped filling in.
+    settle_ms: u64,
+    settle_until_ms: u64,
+    /// The members and states of the last view held (ids, states).
+    last_members: Vec<(String, meshgate_sdk::State)>,
     /// The active member of each group last decided, by name (metrics).
     active: std::collections::HashMap<String, String>,
 }
@@ -164,6 +171,10 @@ pub struct Claim {
     pub groups: Vec<String>,
     pub prefixes: Vec<crate::prefix::Prefix>,
 }
+
+/// How long after its start a gateway waits for its view to stop filling
+/// in before it keeps failover history (see [`PolicyRuntime::settle_for`]).
+const STARTUP_WINDOW_MS: u64 = 30_000;
 
 /// Refuses decisions that do not hold on `view`.
 fn validated(
@@ -231,17 +242,24 @@ impl PolicyRuntime {
             claim: None,
             underlays: None,
             history_after_ms: 0,
+            settle_ms: 0,
+            settle_until_ms: 0,
+            last_members: Vec::new(),
             active: Default::default(),
         };
         runtime.hold(decisions);
         Ok((runtime, tables))
     }
 
-    /// Keeps no failover history for `settle` from now: the elections of
-    /// a member that has just started, from a view still filling in, are
-    /// not held on to (see [`PolicyRuntime::history_after_ms`]).
+    /// Keeps no failover history for `settle` from now, and, for the
+    /// first 30 s, until the members and their states have stayed the
+    /// same for `settle`: the elections of a member that has just started,
+    /// from a view still filling in, are not held on to (see
+    /// [`PolicyRuntime::history_after_ms`]).
     pub fn settle_for(&mut self, settle: Duration) {
-        self.history_after_ms = self.view.now_ms + settle.as_millis() as u64;
+        self.settle_ms = settle.as_millis() as u64;
+        self.history_after_ms = self.view.now_ms + self.settle_ms;
+        self.settle_until_ms = self.view.now_ms + STARTUP_WINDOW_MS;
         self.view.groups.clear();
     }
 
@@ -470,6 +488,19 @@ impl PolicyRuntime {
                 }
             })
             .collect();
+        if now < self.settle_until_ms {
+            let mut members: Vec<(String, meshgate_sdk::State)> = self
+                .view
+                .members
+                .iter()
+                .map(|m| (self.view.name(m.id).to_string(), m.state))
+                .collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if members != self.last_members {
+                self.last_members = members;
+                self.history_after_ms = self.history_after_ms.max(now + self.settle_ms);
+            }
+        }
         if now < self.history_after_ms {
             self.view.groups.clear();
         }
