@@ -6,18 +6,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (name in configs, feature of the policies crate, built in)
-const POLICIES: [(&str, &str, bool); 8] = [
-    ("full-mesh", "export-full-mesh", true),
-    ("hub-spoke", "export-hub-spoke", true),
-    ("mesh-with-leaves", "export-mesh-with-leaves", true),
+/// (name in configs, package, feature of the package, built in)
+const POLICIES: [(&str, &str, &str, bool); 9] = [
+    ("full-mesh", POLICIES_CRATE, "export-full-mesh", true),
+    ("hub-spoke", POLICIES_CRATE, "export-hub-spoke", true),
+    (
+        "mesh-with-leaves",
+        POLICIES_CRATE,
+        "export-mesh-with-leaves",
+        true,
+    ),
     // Misbehaving policies for the tests of containment; not built in.
-    ("test-trap", "test-trap", false),
-    ("test-loop", "test-loop", false),
-    ("test-oom", "test-oom", false),
-    ("test-invalid", "test-invalid", false),
-    ("test-malformed", "test-malformed", false),
+    ("test-trap", POLICIES_CRATE, "test-trap", false),
+    ("test-loop", POLICIES_CRATE, "test-loop", false),
+    ("test-oom", POLICIES_CRATE, "test-oom", false),
+    ("test-invalid", POLICIES_CRATE, "test-invalid", false),
+    ("test-malformed", POLICIES_CRATE, "test-malformed", false),
+    // The example of a custom policy, for the lab's underlay tests.
+    ("latency-policy", "latency-policy", "", false),
 ];
+const POLICIES_CRATE: &str = "meshgate-policies";
 
 fn main() {
     let manifest_dir = PathBuf::from(
@@ -31,6 +39,8 @@ fn main() {
     for dep in [
         "policies/src",
         "policies/Cargo.toml",
+        "examples/latency-policy/src",
+        "examples/latency-policy/Cargo.toml",
         "sdk/src",
         "sdk/wit",
         "sdk/Cargo.toml",
@@ -43,23 +53,24 @@ fn main() {
     let target_dir = out.join("policy-target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut list = String::new();
-    for (name, feature, builtin) in POLICIES {
-        let status = Command::new(&cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "--locked",
-                "-p",
-                "meshgate-policies",
-                "--lib",
-                "--target",
-                "wasm32-unknown-unknown",
-                "--profile",
-                "policy",
-                "--features",
-                feature,
-            ])
+    for (name, package, feature, builtin) in POLICIES {
+        let mut build = Command::new(&cargo);
+        build.current_dir(&root).args([
+            "build",
+            "--quiet",
+            "--locked",
+            "-p",
+            package,
+            "--lib",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "policy",
+        ]);
+        if !feature.is_empty() {
+            build.args(["--features", feature]);
+        }
+        let status = build
             .arg("--target-dir")
             .arg(&target_dir)
             // The outer build's flags are for the host, not for wasm32.
@@ -75,7 +86,10 @@ fn main() {
                  (rust-toolchain.toml lists it) or `rustup target add wasm32-unknown-unknown`."
             );
         }
-        let module_path = target_dir.join("wasm32-unknown-unknown/policy/meshgate_policies.wasm");
+        let module_path = target_dir.join(format!(
+            "wasm32-unknown-unknown/policy/{}.wasm",
+            package.replace('-', "_")
+        ));
         let module = std::fs::read(&module_path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", module_path.display()));
         let component = wit_component::ComponentEncoder::default()

@@ -332,3 +332,103 @@ fn leaf_vpcs_reach_each_other_through_their_regions_edges() {
         "host-2 to leaf 1 over IPv6",
     );
 }
+
+/// Two underlays: every appliance on `internet` and `dx`, running the
+/// example latency policy (built from `examples/latency-policy` with the
+/// SDK), which prefers dx. ESP really crosses dx; cutting region 2's dx
+/// link under a 10 ms flow moves the tunnel to internet within the
+/// failover bound (probes find the path down after 600 ms), and back to
+/// dx once it has healed and held for the policy's hold-down, losing
+/// nothing on the way back (the SAs stay; only the destination changes).
+/// A probe that no SA of the receiver keys is refused and not answered.
+#[test]
+fn a_cut_dx_underlay_moves_the_tunnel_to_internet_and_back_after_the_hold_down() {
+    check();
+    let mut lab = Lab::build(2, &tag()).expect("building the lab");
+    lab.add_dx_underlay().expect("the dx underlay");
+    lab.policy = concat!(env!("OUT_DIR"), "/latency-policy.wasm").into();
+    lab.policy_params = vec![("dx_hold_down_secs".into(), "2".into())];
+    lab.write_mesh_configs().expect("writing configs");
+    lab.start_gateways(binary()).expect("starting gateways");
+    lab.wait_mesh(Duration::from_secs(30))
+        .expect("the mesh forms");
+    let (a, b) = (lab.gateway_id(0), lab.gateway_id(1));
+    common::eventually(Duration::from_secs(10), "both send over dx", || {
+        lab.peer_underlay(0, &b).unwrap().as_deref() == Some("dx")
+            && lab.peer_underlay(1, &a).unwrap().as_deref() == Some("dx")
+    });
+    // The ESP of a flow leaves region 1's appliance on its dx interface.
+    let before = lab.underlay_tx_packets(0).unwrap();
+    ping_ok(
+        &lab.regions[0].host,
+        lab.regions[1].host_ip().into(),
+        200,
+        "over dx",
+    );
+    let after = lab.underlay_tx_packets(0).unwrap();
+    let (ul, dx) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        dx >= 200,
+        "200 echoes cross dx: {dx} packets on dx0, {ul} on ul0"
+    );
+    assert!(ul < 100, "only signalling and probes on ul0: {ul}");
+
+    let runs = lab
+        .underlay_cut_runs(1, Duration::from_secs(2))
+        .expect("cutting dx");
+    let r = &runs[0];
+    eprintln!("dx cut: {r:?}");
+    assert!(r.outage_ms <= 1000.0, "{r:?}");
+    let moved = r.cut_to_internet_ms.expect("moved to internet");
+    assert!(moved <= 1000.0, "{r:?}");
+    let back = r.heal_to_dx_ms.expect("back on dx after healing");
+    assert!(back >= 2000.0, "held down for 2 s first: {r:?}");
+    assert_eq!(r.lost_after_heal, 0, "make-before-break: {r:?}");
+    for g in 0..2 {
+        let down = metric(
+            &lab,
+            g,
+            "meshgate_underlay_changes_total",
+            "state=\"down\",underlay=\"dx\"",
+        );
+        assert!(down >= 1, "{} saw dx go down", lab.gateway_id(g));
+        assert_eq!(
+            metric(&lab, g, "meshgate_underlay_up", "underlay=\"internet\""),
+            1,
+            "internet stayed up"
+        );
+    }
+
+    // A probe on an SA the receiver does not hold, and one with a forged
+    // tag on a real SPI-sized guess: refused, counted, never answered.
+    let forged = |spi: u32| {
+        let mut p = b"\0\0\0\0MGU1\x01\x02dx".to_vec();
+        p.extend_from_slice(&spi.to_be_bytes());
+        p.extend_from_slice(&7u64.to_be_bytes());
+        p.extend_from_slice(&[0xa5; 16]);
+        p
+    };
+    let target: std::net::SocketAddr = format!("{}:4500", lab.gateway_dx_ip(1)).parse().unwrap();
+    let refused = |g| {
+        metric(
+            &lab,
+            g,
+            "meshgate_underlay_probes_received_total",
+            "outcome=\"no such SA\"",
+        )
+    };
+    let before = refused(1);
+    common::inject(
+        &lab.regions[0].appliance,
+        target,
+        vec![forged(0xdead_beef); 5],
+    );
+    common::eventually(Duration::from_secs(5), "forged probes counted", || {
+        refused(1) >= before + 5
+    });
+    assert_eq!(
+        lab.peer_underlay(0, &b).unwrap().as_deref(),
+        Some("dx"),
+        "nothing moved"
+    );
+}

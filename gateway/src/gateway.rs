@@ -256,6 +256,14 @@ pub fn run(config_path: &Path) -> Result<()> {
         .collect();
     let mut dataplane_settings = config.dataplane();
     dataplane_settings.hellos = Some(hello_tx);
+    // Mesh members probe each other's underlays through the ESP socket.
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(crate::underlay::task::QUEUED_PROBES);
+    let probe_socket = socket
+        .try_clone()
+        .context("a handle on the ESP-in-UDP socket for underlay probes")?;
+    if mesh_start.is_some() {
+        dataplane_settings.probes = Some(probe_tx);
+    }
     let dataplane = Dataplane::start(
         &dataplane_settings,
         tun,
@@ -323,6 +331,7 @@ pub fn run(config_path: &Path) -> Result<()> {
                 notice_rx,
                 &dataplane,
                 (policy.clone(), node_command_rx, member_list.clone()),
+                (probe_socket, probe_rx),
                 metrics.clone(),
             )
         });
@@ -340,9 +349,19 @@ pub fn run(config_path: &Path) -> Result<()> {
                     }
                 }
             });
+            let chosen = crate::metrics::gauge_vec(
+                metrics.registry(),
+                "meshgate_peer_underlay",
+                "1 for the underlay (endpoint label) the policy sends each peer's ESP over.",
+                &["peer", "underlay"],
+            );
             tokio::spawn(async move {
                 loop {
                     let map = underlays.borrow_and_update().clone();
+                    chosen.reset();
+                    for (peer, label) in &map {
+                        chosen.with_label_values(&[peer, label]).set(1);
+                    }
                     if node.send(node::NodeCommand::Underlays(map)).is_err()
                         || underlays.changed().await.is_err()
                     {
@@ -471,11 +490,30 @@ fn start_member(
         tokio::sync::mpsc::UnboundedReceiver<node::NodeCommand>,
         mesh::MemberList,
     ),
+    (probe_socket, probe_rx): (UdpSocket, tokio::sync::mpsc::Receiver<Vec<u8>>),
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>> {
     let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
+    // The underlay prober: keys from the tunnels' SAs, members from
+    // membership, the paths it measures into the policy's view.
+    let probe_keys = crate::underlay::SharedProbeKeys::default();
+    let paths = crate::underlay::task::SharedPaths::default();
+    let (members_tx, members_rx) = tokio::sync::watch::channel(Vec::new());
+    let labels = m.local.endpoints.iter().map(|(l, _)| l.clone()).collect();
+    let link = crate::underlay::task::Link {
+        socket: probe_socket,
+        datagrams: probe_rx,
+        members: members_rx,
+        keys: probe_keys.clone(),
+        paths: paths.clone(),
+        policy: policy.clone(),
+    };
+    tokio::spawn(crate::underlay::task::run(link, labels, metrics.clone()));
+    let suite = sa.suite;
+    let mut tunnels = Tunnels::new(sa, crate::tunnels::GRACE, m.slots);
+    tunnels.share_probe_keys(probe_keys);
     let cfg = NodeConfig {
         creds: m.creds,
         listen: m.signal.listen,
@@ -489,14 +527,24 @@ fn start_member(
             ..MembershipSettings::default()
         },
         liveness: Some(LivenessSettings::default()),
-        keys: Some((m.keys, m.signal.keys.epoch, sa.suite)),
+        keys: Some((m.keys, m.signal.keys.epoch, suite)),
         tunnels: Some(node::TunnelLink {
-            tunnels: Tunnels::new(sa, crate::tunnels::GRACE, m.slots),
+            tunnels,
             dataplane: dataplane.control(),
             notices,
         }),
     };
-    tokio::spawn(mesh::run(m.local, node_event_rx, policy, metrics, list));
+    let underlay = mesh::UnderlayLink {
+        paths,
+        members: members_tx,
+    };
+    tokio::spawn(mesh::run(
+        m.local,
+        node_event_rx,
+        policy,
+        metrics,
+        (list, Some(underlay)),
+    ));
     tokio::spawn(async move {
         if let Ok(addr) = bound_rx.await {
             tracing::info!(%addr, "signalling channel listening");

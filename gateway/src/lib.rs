@@ -49,6 +49,7 @@ pub mod signal;
 pub mod time;
 pub mod tun;
 pub mod tunnels;
+pub mod underlay;
 
 #[cfg(test)]
 mod layers;

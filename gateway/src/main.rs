@@ -128,6 +128,17 @@ enum Cmd {
         /// mesh-with-leaves`, leaf traffic crosses leaf, edge, edge, leaf.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
         leaves: u8,
+        /// Put every appliance on a second underlay labelled dx
+        /// (198.19.0.0/24) beside internet, and have the policy prefer it
+        /// (`underlay = "dx"`, a healed dx used again after 3 s).
+        #[arg(long)]
+        dx: bool,
+        /// After the checks, cut region 2's dx link this many times
+        /// (default 5) under a flow of one echo request every 10 ms from
+        /// host-1, and report the loss while the tunnel moves to internet
+        /// and back (implies --dx).
+        #[arg(long, num_args = 0..=1, default_missing_value = "5", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        cut_dx: Option<u32>,
     },
 }
 
@@ -504,6 +515,8 @@ fn main() -> ExitCode {
             json,
             cloud,
             leaves,
+            dx,
+            cut_dx,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -521,6 +534,8 @@ fn main() -> ExitCode {
                     json,
                     cloud,
                     leaves: usize::from(leaves),
+                    dx: dx || cut_dx.is_some(),
+                    dx_cuts: cut_dx.unwrap_or(0),
                 })
             }),
     };

@@ -120,6 +120,9 @@ struct Seen {
     keyed: HashSet<String>,
     /// The members as the admin API shows them.
     list: MemberList,
+    /// The underlay prober's side: the paths it measured (into the view)
+    /// and the members it probes.
+    underlay: Option<UnderlayLink>,
     /// Refusals logged, per what and kind: when last, and how many were
     /// counted but not logged since (a flood is counted, and logged
     /// once every [`SAY_EVERY`]).
@@ -186,6 +189,12 @@ fn render(observed: &[Observed], now: Instant) -> String {
     out
 }
 
+/// What membership hands the underlay prober, and takes from it.
+pub struct UnderlayLink {
+    pub paths: crate::underlay::task::SharedPaths,
+    pub members: tokio::sync::watch::Sender<crate::underlay::task::Members>,
+}
+
 /// Runs until the member's event channel closes: logs and counts what the
 /// member reports, and hands membership to the policy.
 pub async fn run(
@@ -193,10 +202,11 @@ pub async fn run(
     mut events: UnboundedReceiver<NodeEvent>,
     policy: EventSender,
     metrics: Arc<Metrics>,
-    list: MemberList,
+    (list, underlay): (MemberList, Option<UnderlayLink>),
 ) {
     let mut seen = Seen {
         list,
+        underlay,
         ..Seen::default()
     };
     while let Some(e) = events.recv().await {
@@ -355,6 +365,26 @@ fn on_observed(
     if let Ok(mut l) = seen.list.lock() {
         *l = render(&observed, now);
     }
+    // The prober probes the members that are up, at the endpoints their
+    // records give; what it measured goes into the view below.
+    let mut paths = Vec::new();
+    if let Some(u) = &seen.underlay {
+        let up: crate::underlay::task::Members = observed
+            .iter()
+            .filter(|o| o.state != foca::State::Down)
+            .map(|o| (o.info.id.clone(), o.info.endpoints.clone()))
+            .collect();
+        u.members.send_if_modified(|cur| {
+            let moved = *cur != up;
+            if moved {
+                *cur = up;
+            }
+            moved
+        });
+        if let Ok(p) = u.paths.lock() {
+            paths.clone_from(&p);
+        }
+    }
     let local = local.clone();
     let _ = policy.send(PolicyEvent::new(trigger, move |view| {
         let fresh = crate::policy::view::from_observed(
@@ -365,5 +395,6 @@ fn on_observed(
             crate::time::unix_ms(),
         );
         crate::policy::view::replace_members(view, fresh);
+        crate::underlay::task::apply(view, &paths, now, crate::time::unix_ms());
     }));
 }

@@ -206,7 +206,12 @@ pub struct MeshMetrics {
     pub refused: IntCounterVec,
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let v =
         IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
     registry
@@ -348,7 +353,12 @@ pub struct UdpControlCounters {
     pub non_esp: IntCounter,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");
     registry
@@ -621,6 +631,12 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Where metrics of a part that starts later (the underlay prober)
+    /// are registered.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.

@@ -109,6 +109,8 @@ pub struct Tunnels {
     /// The underlay (endpoint label) the policy chose for each peer.
     underlays: HashMap<String, String>,
     actions: VecDeque<Action>,
+    /// The underlay probes' keys, one per SA held (`underlay::keys`).
+    probe_keys: Option<crate::underlay::SharedProbeKeys>,
 }
 
 /// The endpoint ESP goes to: the one the policy chose (`underlay`, its
@@ -131,7 +133,42 @@ impl Tunnels {
             peers: HashMap::new(),
             underlays: HashMap::new(),
             actions: VecDeque::new(),
+            probe_keys: None,
         }
+    }
+
+    /// Keeps a probe key for each SA held in `keys` from now on.
+    pub fn share_probe_keys(&mut self, keys: crate::underlay::SharedProbeKeys) {
+        self.probe_keys = Some(keys);
+    }
+
+    fn add_probe_key(&self, peer: &str, spi: u32, outbound: bool, key: &KeyMaterial) {
+        let Some(keys) = &self.probe_keys else {
+            return;
+        };
+        if let (Some(k), Ok(mut keys)) = (crate::underlay::keys::ProbeKey::derive(key), keys.lock())
+        {
+            keys.insert(peer, spi, outbound, k);
+        }
+    }
+
+    /// Drops the probe keys of SAs no longer held.
+    fn sync_probe_keys(&self) {
+        let Some(keys) = &self.probe_keys else {
+            return;
+        };
+        let Ok(mut keys) = keys.lock() else {
+            return;
+        };
+        keys.retain(|peer, spi, outbound| {
+            self.peers.get(peer).is_some_and(|p| {
+                if outbound {
+                    p.outbound.is_some_and(|(s, _)| s == spi)
+                } else {
+                    p.inbound.iter().any(|s| s.spi == spi)
+                }
+            })
+        });
     }
 
     /// The underlay the policy chose for each peer (an endpoint label);
@@ -248,6 +285,7 @@ impl Tunnels {
 
     /// A negotiated SA to receive on.
     pub fn install_inbound(&mut self, peer: &str, spi: u32, key: KeyMaterial, epoch: Epoch) {
+        self.add_probe_key(peer, spi, false, &key);
         let params = self.params(spi, key);
         let slot = self.announce(peer);
         self.peer(peer).inbound.push(InboundSa {
@@ -269,6 +307,7 @@ impl Tunnels {
         epoch: Epoch,
         now: Instant,
     ) {
+        self.add_probe_key(peer, spi, true, &key);
         let params = self.params(spi, key);
         let grace = self.grace;
         let p = self.peer(peer);
@@ -421,7 +460,12 @@ impl Tunnels {
 
     /// The next thing to do, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let next = self.actions.pop_front();
+        if next.is_none() {
+            // Every change to the SAs held has been drained by now.
+            self.sync_probe_keys();
+        }
+        next
     }
 }
 

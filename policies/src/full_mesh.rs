@@ -36,7 +36,7 @@ impl Policy for FullMesh {
 
     /// Evaluate again when a redundancy group's hold-down runs out.
     fn on_timer(view: &View) -> Option<u32> {
-        crate::failover::next_change_ms(view)
+        crate::next_timer(view)
     }
 }
 
@@ -65,6 +65,43 @@ mod tests {
             .state(State::Suspect)
             .local("eu")
             .build()
+    }
+
+    /// With `underlay = "dx"`, a peer's tunnel leaves dx while probes find
+    /// it down, and comes back once it has been up for the hold-down.
+    #[test]
+    fn the_preferred_underlay_is_left_while_down_and_held_down_after() {
+        use meshgate_sdk::PathState;
+        let t = 1_000_000;
+        let v = |state, changed_ms| {
+            let mut v = ViewBuilder::new()
+                .member("eu", "eu-west-1", Role::Edge, &["10.1.0.0/16"])
+                .endpoint("internet", "192.0.2.1:4500")
+                .endpoint("dx", "198.19.0.1:4500")
+                .member("us", "us-east-1", Role::Edge, &["10.2.0.0/16"])
+                .endpoint("internet", "192.0.2.2:4500")
+                .endpoint("dx", "198.19.0.2:4500")
+                .path(state, 0, changed_ms)
+                .local("eu")
+                .param("underlay", "dx")
+                .param("underlay_hold_down_secs", "3")
+                .build();
+            v.now_ms = t;
+            v
+        };
+        let label = |v: &View| {
+            let p = FullMesh::peers(v);
+            let m = &v.members[p[0].member as usize];
+            v.name(v.endpoints_of(m)[p[0].endpoint as usize].label)
+                .to_string()
+        };
+        assert_eq!(label(&v(PathState::Up, 0)), "dx");
+        assert_eq!(label(&v(PathState::Unknown, 0)), "dx");
+        assert_eq!(label(&v(PathState::Down, t - 500)), "internet");
+        let healing = v(PathState::Up, t - 1_000);
+        assert_eq!(label(&healing), "internet");
+        assert_eq!(FullMesh::on_timer(&healing), Some(2_000));
+        assert_eq!(label(&v(PathState::Up, t - 3_000)), "dx");
     }
 
     /// Both appliances of a pair announce their VPC's prefixes; neither

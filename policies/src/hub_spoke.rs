@@ -47,7 +47,7 @@ impl Policy for HubSpoke {
 
     /// Evaluate again when a redundancy group's hold-down runs out.
     fn on_timer(view: &View) -> Option<u32> {
-        crate::failover::next_change_ms(view)
+        crate::next_timer(view)
     }
 }
 

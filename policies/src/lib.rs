@@ -28,21 +28,50 @@ pub(crate) fn present(m: &Member) -> bool {
     m.state != meshgate_sdk::State::Dead
 }
 
-/// A tunnel to `member` over its preferred endpoint: the first whose label
-/// is the operator's `underlay` parameter, else the first it has.
+/// A tunnel to `member` over its preferred endpoint: the one labelled as
+/// the operator's `underlay` parameter while this gateway's probes do not
+/// find that path down (and, once it heals, after `underlay_hold_down_secs`,
+/// default 10), else `internet`, else the first it has.
 pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
     let m = &view.members[index as usize];
-    if view.endpoints_of(m).is_empty() {
+    let endpoints = view.endpoints_of(m);
+    if endpoints.is_empty() {
         return None;
     }
+    let hold_ms = view.param_u64("underlay_hold_down_secs", 10) * 1000;
     let endpoint = view
         .param("underlay")
         .and_then(|label| view.endpoint_labelled(m, label))
+        .filter(|&i| {
+            view.path_held_for(&endpoints[i as usize], hold_ms)
+                .is_none()
+        })
+        .or_else(|| view.endpoint_labelled(m, "internet"))
         .unwrap_or(0);
     Some(Peer {
         member: index,
         endpoint,
     })
+}
+
+/// When to evaluate again: the next failover change, or the end of the
+/// first underlay hold-down, whichever comes first.
+pub(crate) fn next_timer(view: &View) -> Option<u32> {
+    let hold_ms = view.param_u64("underlay_hold_down_secs", 10) * 1000;
+    let held = view.param("underlay").and_then(|label| {
+        view.others()
+            .filter_map(|(_, m)| {
+                let i = view.endpoint_labelled(m, label)?;
+                view.path_held_for(&view.endpoints_of(m)[i as usize], hold_ms)
+            })
+            .filter(|&ms| ms != u64::MAX)
+            .min()
+    });
+    let held = held.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
+    [failover::next_change_ms(view), held]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Routes `member`'s prefixes over `next_hops` (none if there are none):

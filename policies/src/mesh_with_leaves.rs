@@ -62,7 +62,7 @@ impl Policy for MeshWithLeaves {
 
     /// Evaluate again when a redundancy group's hold-down runs out.
     fn on_timer(view: &View) -> Option<u32> {
-        crate::failover::next_change_ms(view)
+        crate::next_timer(view)
     }
 }
 

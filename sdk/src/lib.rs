@@ -10,7 +10,7 @@
 //! The same code compiles natively, so a policy is unit-tested with plain
 //! `cargo test` and the [`testing`] helpers, and for `wasm32-unknown-unknown`,
 //! where [`export_policy!`] turns it into a WebAssembly component of the
-//! contract in `wit/policy.wit` (`meshgate:policy@0.2.0`).
+//! contract in `wit/policy.wit` (`meshgate:policy@0.3.0`).
 //!
 //! ```
 //! use meshgate_sdk::{export_policy, NextHops, Peer, Policy, Route, View};
@@ -57,7 +57,7 @@ pub mod testing;
 pub use types::*;
 
 /// The version of the contract this SDK implements.
-pub const CONTRACT: &str = "meshgate:policy@0.2.0";
+pub const CONTRACT: &str = "meshgate:policy@0.3.0";
 
 /// A routing policy. Every method is a pure function of the view.
 pub trait Policy {

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    Endpoint, Failover, Group, Health, Member, NameIndex, Peer, Prefix, Role, Route, Span, State,
-    View,
+    Endpoint, Failover, Group, Health, Member, NameIndex, PathHealth, PathState, Peer, Prefix,
+    Role, Route, Span, State, View,
 };
 
 /// Builds a [`View`]: each `member` call adds a member (alive, in zone
@@ -117,8 +117,25 @@ impl ViewBuilder {
             label: l,
             addr: sa.ip(),
             port: sa.port(),
+            health: PathHealth::default(),
         });
         self.last().endpoints.count += 1;
+        self
+    }
+
+    /// The path to the endpoint added last, as probes found it.
+    pub fn path(mut self, state: PathState, loss_percent: u32, changed_ms: u64) -> Self {
+        let e = self
+            .view
+            .endpoints
+            .last_mut()
+            .expect("add an endpoint first");
+        e.health = PathHealth {
+            state,
+            rtt_us: e.health.rtt_us,
+            loss_ppm: loss_percent * 10_000,
+            changed_ms,
+        };
         self
     }
 

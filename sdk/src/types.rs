@@ -106,6 +106,36 @@ pub struct Endpoint {
     pub label: NameIndex,
     pub addr: IpAddr,
     pub port: u16,
+    /// The path from this gateway to it, as this gateway's probes found it.
+    pub health: PathHealth,
+}
+
+/// Whether probes over one underlay reach a member and come back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathState {
+    /// Not probed (no SA with the member yet, this gateway has no address
+    /// on that underlay, or the endpoint is this gateway's own).
+    #[default]
+    Unknown,
+    Up,
+    /// No answer for the down time (600 ms): the underlay is cut somewhere.
+    Down,
+}
+
+/// What this gateway's probes measured over one endpoint of a member:
+/// authenticated probes every 100 ms through the ESP port, so the path is
+/// the one ESP takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathHealth {
+    pub state: PathState,
+    /// Smoothed round-trip time (0 until measured).
+    pub rtt_us: u32,
+    /// Probes unanswered of the last 50 (five seconds) since the path last
+    /// came up, per million.
+    pub loss_ppm: u32,
+    /// When the path last went down or came back up, ms since the Unix
+    /// epoch (0: never since it was first found up), for hold-downs.
+    pub changed_ms: u64,
 }
 
 /// What the membership protocol measured of a member.
@@ -305,6 +335,26 @@ impl View {
     pub fn param_bool(&self, key: &str, default: bool) -> bool {
         self.param(key)
             .map_or(default, |v| matches!(v.trim(), "true" | "yes" | "on" | "1"))
+    }
+
+    /// How much longer the path to `endpoint` is held back after coming
+    /// up from a cut (`hold_down_ms` after it healed), or `None` if it may
+    /// carry tunnels now. A path found down is held back indefinitely
+    /// (`Some(u64::MAX)`); one never probed is not held back.
+    pub fn path_held_for(&self, endpoint: &Endpoint, hold_down_ms: u64) -> Option<u64> {
+        let h = endpoint.health;
+        match h.state {
+            PathState::Unknown => None,
+            PathState::Down => Some(u64::MAX),
+            PathState::Up if h.changed_ms == 0 => None,
+            PathState::Up => {
+                let held = h
+                    .changed_ms
+                    .saturating_add(hold_down_ms)
+                    .saturating_sub(self.now_ms);
+                (held > 0).then_some(held)
+            }
+        }
     }
 
     /// The index of the first endpoint of `member` labelled `label`.

@@ -10,7 +10,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    Endpoint, Health, Member, MemberIndex, NextHops, Peer, Prefix, Role, Route, Span, State,
+    Endpoint, Health, Member, MemberIndex, NextHops, PathHealth, PathState, Peer, Prefix, Role,
+    Route, Span, State,
 };
 
 /// Bytes per member record.
@@ -18,7 +19,7 @@ pub const MEMBER_SIZE: usize = 80;
 /// Bytes per prefix record.
 pub const PREFIX_SIZE: usize = 20;
 /// Bytes per endpoint record.
-pub const ENDPOINT_SIZE: usize = 24;
+pub const ENDPOINT_SIZE: usize = 40;
 /// Bytes per peer record.
 pub const PEER_SIZE: usize = 8;
 /// Bytes per route record.
@@ -280,7 +281,8 @@ pub fn decode_prefixes(bytes: &[u8]) -> Result<Vec<Prefix>, WireError> {
 }
 
 /// Endpoint layout: address @0 (as in a prefix); port u16 @16; family u8
-/// @18; 1 zero byte; label u32 @20 (a name index).
+/// @18; path state u8 @19 (0 unknown, 1 up, 2 down); label u32 @20 (a name
+/// index); the path's rtt-us u32 @24, loss-ppm u32 @28, changed-ms u64 @32.
 pub fn encode_endpoints(endpoints: &[Endpoint]) -> Vec<u8> {
     let mut out = Vec::new();
     encode_endpoints_into(endpoints, &mut out);
@@ -296,17 +298,37 @@ pub fn encode_endpoints_into(endpoints: &[Endpoint], out: &mut Vec<u8>) {
         let mut r = [0u8; ENDPOINT_SIZE];
         put_addr(&mut r, 0, 18, e.addr);
         put(&mut r, 16, e.port.to_le_bytes());
+        r[19] = match e.health.state {
+            PathState::Unknown => 0,
+            PathState::Up => 1,
+            PathState::Down => 2,
+        };
         put(&mut r, 20, e.label.to_le_bytes());
+        put(&mut r, 24, e.health.rtt_us.to_le_bytes());
+        put(&mut r, 28, e.health.loss_ppm.to_le_bytes());
+        put(&mut r, 32, e.health.changed_ms.to_le_bytes());
         out.extend_from_slice(&r);
     }
 }
 
 pub fn decode_endpoints(bytes: &[u8]) -> Result<Vec<Endpoint>, WireError> {
     decode_all::<ENDPOINT_SIZE, _>("endpoints", bytes, |b| {
+        let state = match b[19] {
+            0 => PathState::Unknown,
+            1 => PathState::Up,
+            2 => PathState::Down,
+            s => return Err(format!("path state {s} is not 0, 1 or 2")),
+        };
         Ok(Endpoint {
             addr: addr_at(b, 0, 18)?,
             port: u16_at(b, 16),
             label: u32_at(b, 20),
+            health: PathHealth {
+                state,
+                rtt_us: u32_at(b, 24),
+                loss_ppm: u32_at(b, 28),
+                changed_ms: u64_at(b, 32),
+            },
         })
     })
 }

@@ -156,6 +156,7 @@ impl Config {
             state_file: self.state_file(),
             mtu: self.tun.mtu,
             hellos: None,
+            probes: None,
         }
     }
 

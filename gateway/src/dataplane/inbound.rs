@@ -58,6 +58,8 @@ pub struct Inbound {
     notices: Option<NoticeSender>,
     /// Where non-ESP datagrams (session hellos) go, once attached.
     hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Where underlay probes and answers go, once attached.
+    probes: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -109,6 +111,7 @@ impl Inbound {
             tables,
             notices: None,
             hellos: None,
+            probes: None,
         })
     }
 
@@ -223,6 +226,11 @@ impl Inbound {
         self.hellos = Some(hellos);
     }
 
+    /// Hands underlay probes and answers to `probes`.
+    pub fn attach_probes(&mut self, probes: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.probes = Some(probes);
+    }
+
     /// Drops the configured SAs: configured peers' keys are pre-shared
     /// secrets, and their SAs come from sessions (`keys::session`).
     pub fn clear_configured_sas(&mut self) {
@@ -252,7 +260,12 @@ impl Inbound {
             }
             UdpPayloadKind::NonEsp => {
                 self.control.non_esp.inc();
-                if let Some(h) = &self.hellos {
+                if crate::underlay::message::is_probe(datagram) {
+                    // Dropped when the prober is behind: a lost probe.
+                    if let Some(p) = &self.probes {
+                        let _ = p.try_send(datagram.to_vec());
+                    }
+                } else if let Some(h) = &self.hellos {
                     // To the sessions of configured peers; dropped when
                     // they are behind (hellos are repeated).
                     let _ = h.try_send(datagram.to_vec());

@@ -104,6 +104,9 @@ impl Dataplane {
             inbound.clear_configured_sas();
             inbound.attach_hellos(h.clone());
         }
+        if let Some(p) = &config.probes {
+            inbound.attach_probes(p.clone());
+        }
         if let Some(n) = notices {
             outbound.attach_notices(n.clone());
             inbound.attach_notices(n);

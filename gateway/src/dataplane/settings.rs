@@ -20,6 +20,8 @@ pub struct DataplaneSettings {
     /// SAs are not installed. `None`: installed as configured (tests of the
     /// data plane alone).
     pub hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Underlay probes and their answers (`underlay`) go here.
+    pub probes: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// A peer with configured SAs.

@@ -15,6 +15,7 @@
 //! ```
 
 mod configs;
+pub mod dx;
 pub mod failover;
 pub mod impair;
 pub mod leaves;
@@ -25,6 +26,7 @@ mod process;
 mod report;
 mod run;
 mod topology;
+pub mod underlay_cut;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -128,6 +130,10 @@ pub struct Lab {
     /// [`placement`]); `None`: the one `policy` builds. Differing lets a
     /// lab start on one policy and be reloaded into another.
     pub placement: Option<String>,
+    /// Operator parameters of every gateway's policy (`[policy] params`).
+    pub policy_params: Vec<(String, String)>,
+    /// Every gateway is on the `dx` underlay too ([`Lab::add_dx_underlay`]).
+    pub dx: bool,
 }
 
 /// A region's place in a topology: its role and redundancy group. With

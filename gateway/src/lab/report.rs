@@ -148,6 +148,7 @@ pub(super) fn json_summary(
     formed: Option<Duration>,
     results: &[PairResult],
     runs: &[FailoverRun],
+    cuts: &[super::underlay_cut::CutRun],
 ) -> serde_json::Value {
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
     let pairs: Vec<_> = results
@@ -175,6 +176,7 @@ pub(super) fn json_summary(
                 "region": lab.region_of(g).gateway_id(),
                 "zone": lab.zone_of(g).map(String::from),
                 "underlay": lab.gateway_underlay_ip(g).to_string(),
+                "dx": lab.dx.then(|| lab.gateway_dx_ip(g).to_string()),
                 "packets_out": sum("meshgate_peer_packets_total", "direction=\"out\""),
                 "packets_in": sum("meshgate_peer_packets_total", "direction=\"in\""),
                 "drops": sum("meshgate_drops_total", ""),
@@ -192,5 +194,7 @@ pub(super) fn json_summary(
             "runs": runs,
             "summary": summary(runs),
         },
+        "underlays": if lab.dx { vec!["internet", "dx"] } else { vec!["internet"] },
+        "dx_cuts": { "runs": cuts },
     })
 }

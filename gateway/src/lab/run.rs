@@ -40,7 +40,14 @@ pub struct LabOptions {
     pub cloud: String,
     /// Leaf VPCs per region, attached to the region's edges.
     pub leaves: usize,
+    /// A second underlay, dx, which the policy prefers.
+    pub dx: bool,
+    /// Cuts of region 2's dx link under a 10 ms flow (0: none).
+    pub dx_cuts: u32,
 }
+
+/// How long the lab's policy holds a healed dx back (`--dx`).
+pub const DX_HOLD_DOWN: Duration = Duration::from_secs(3);
 
 /// Runs the lab; fails if any host cannot reach any other.
 pub fn run_lab(opts: &LabOptions) -> Result<()> {
@@ -103,6 +110,19 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     }
     lab.policy = opts.policy.clone();
     lab.placement = opts.placement.clone();
+    if opts.dx {
+        if opts.static_keys {
+            bail!("--dx needs the mesh (probes of each underlay ride the negotiated SAs): drop --static-keys");
+        }
+        lab.add_dx_underlay()?;
+        let hold = DX_HOLD_DOWN.as_secs().to_string();
+        lab.policy_params = vec![
+            ("underlay".into(), "dx".into()),
+            ("underlay_hold_down_secs".into(), hold.clone()),
+            ("dx_hold_down_secs".into(), hold),
+        ];
+        say("underlays: internet 198.18.0.0/24 and dx 198.19.0.0/24; the policy prefers dx".into());
+    }
     if opts.static_keys {
         lab.write_configs()?;
     } else {
@@ -178,12 +198,24 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     } else {
         Vec::new()
     };
+    let cuts = if opts.dx_cuts > 0 {
+        say(format!(
+            "underlay failover: a flow every 10 ms from host-1 to host-2; region-2's dx link cut for 3 s {} times",
+            opts.dx_cuts
+        ));
+        lab.underlay_cut_runs(opts.dx_cuts, DX_HOLD_DOWN)?
+    } else {
+        Vec::new()
+    };
     if opts.json {
-        println!("{}", json_summary(&lab, formed, &results, &runs));
+        println!("{}", json_summary(&lab, formed, &results, &runs, &cuts));
     } else {
         print_summary(&lab, &results);
         if !runs.is_empty() {
             super::failover::print_runs(&runs);
+        }
+        if !cuts.is_empty() {
+            super::underlay_cut::print_runs(&cuts);
         }
     }
 

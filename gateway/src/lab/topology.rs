@@ -55,6 +55,8 @@ impl Lab {
             sa_settings: "cipher = \"aes128gcm16\"".into(),
             policy: crate::config::DEFAULT_POLICY.into(),
             placement: None,
+            policy_params: Vec::new(),
+            dx: false,
         };
         for index in 0..n {
             let r = if zones == 1 {

@@ -100,7 +100,7 @@ fn modules_that_are_not_our_contract_are_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.2.0"),
+        e.contains("core.wasm") && e.contains("does not implement meshgate:policy@0.3.0"),
         "{e}"
     );
     // An empty component exports nothing of the contract.
@@ -110,7 +110,7 @@ fn modules_that_are_not_our_contract_are_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("empty.wasm") && e.contains("does not implement meshgate:policy@0.2.0"),
+        e.contains("empty.wasm") && e.contains("does not implement meshgate:policy@0.3.0"),
         "{e}"
     );
 }

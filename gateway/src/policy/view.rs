@@ -53,6 +53,7 @@ fn member(
             label,
             addr: e.ip(),
             port: e.port(),
+            health: Default::default(),
         });
     }
     Member {
@@ -166,6 +167,7 @@ pub fn from_observed(
                 label,
                 addr: addr.ip(),
                 port: addr.port(),
+                health: Default::default(),
             });
         }
         // Records are checked against the certificate's role; an unknown

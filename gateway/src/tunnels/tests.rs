@@ -233,3 +233,43 @@ fn the_underlay_the_policy_chose_is_where_esp_goes_and_a_move_keeps_the_sa() {
     assert_eq!(drain(&mut t), ["Outbound::Peer(0, b, 198.18.0.2:4500)"]);
     assert!(t.keyed("b"), "the SA stays through both moves");
 }
+
+/// The underlay probes' keys follow the SAs held: one per SA, replaced on
+/// a rekey once the old inbound SA retires, all gone with the member.
+#[test]
+fn probe_keys_come_and_go_with_the_sas() {
+    let mut t = tunnels();
+    let keys = crate::underlay::SharedProbeKeys::default();
+    t.share_probe_keys(keys.clone());
+    let now = Instant::now();
+    t.member(&info("b", 2));
+    t.install_inbound("b", 0x1001, key(1), 1);
+    t.install_outbound("b", 0x2001, key(2), 1, now);
+    drain(&mut t);
+    {
+        let k = keys.lock().unwrap();
+        assert_eq!(k.len(), 2);
+        assert_eq!(k.outbound("b").map(|(spi, _)| spi), Some(0x2001));
+        assert_eq!(k.lookup(0x1001, false).map(|(p, _)| p), Some("b"));
+        assert!(k.lookup(0x1001, true).is_none(), "inbound is not outbound");
+    }
+    t.install_inbound("b", 0x1002, key(3), 1);
+    t.install_outbound("b", 0x2002, key(4), 1, now);
+    drain(&mut t);
+    assert_eq!(
+        keys.lock().unwrap().len(),
+        3,
+        "the old inbound is still in its grace"
+    );
+    t.handle_timeout(now + GRACE);
+    drain(&mut t);
+    {
+        let k = keys.lock().unwrap();
+        assert_eq!(k.len(), 2);
+        assert_eq!(k.outbound("b").map(|(spi, _)| spi), Some(0x2002));
+        assert!(k.lookup(0x1001, false).is_none(), "retired with its SA");
+    }
+    t.member_down("b");
+    drain(&mut t);
+    assert!(keys.lock().unwrap().is_empty());
+}
