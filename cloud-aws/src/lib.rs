@@ -144,37 +144,34 @@ impl Ec2 {
         interface: &str,
     ) -> Result<(), AwsError> {
         let what = format!("{destination} in {table} to {interface}");
-        let v6 = destination.contains(':');
+        // One of the two destination fields, by the prefix's family.
+        let (v4, v6) = match destination.contains(':') {
+            false => (Some(destination.to_string()), None),
+            true => (None, Some(destination.to_string())),
+        };
         if create {
-            let mut call = self
-                .client
+            self.client
                 .create_route()
                 .route_table_id(table)
-                .network_interface_id(interface);
-            call = if v6 {
-                call.destination_ipv6_cidr_block(destination)
-            } else {
-                call.destination_cidr_block(destination)
-            };
-            call.send()
+                .network_interface_id(interface)
+                .set_destination_cidr_block(v4)
+                .set_destination_ipv6_cidr_block(v6)
+                .send()
                 .await
-                .map_err(|e| AwsError::from_sdk("CreateRoute", &what, e))?;
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk("CreateRoute", &what, e))
         } else {
-            let mut call = self
-                .client
+            self.client
                 .replace_route()
                 .route_table_id(table)
-                .network_interface_id(interface);
-            call = if v6 {
-                call.destination_ipv6_cidr_block(destination)
-            } else {
-                call.destination_cidr_block(destination)
-            };
-            call.send()
+                .network_interface_id(interface)
+                .set_destination_cidr_block(v4)
+                .set_destination_ipv6_cidr_block(v6)
+                .send()
                 .await
-                .map_err(|e| AwsError::from_sdk("ReplaceRoute", &what, e))?;
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk("ReplaceRoute", &what, e))
         }
-        Ok(())
     }
 
     /// Turns the source/destination check of `interface` off: an

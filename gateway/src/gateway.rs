@@ -262,7 +262,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         .try_clone()
         .context("a handle on the ESP-in-UDP socket for underlay probes")?;
     if mesh_start.is_some() {
-        dataplane_settings.probes = Some(probe_tx);
+        dataplane_settings.by_magic = vec![(*crate::underlay::message::MAGIC, probe_tx)];
     }
     let dataplane = Dataplane::start(
         &dataplane_settings,
@@ -508,7 +508,16 @@ fn start_member(
         members: members_rx,
         keys: probe_keys.clone(),
         paths: paths.clone(),
-        policy: policy.clone(),
+        on_change: {
+            let policy = policy.clone();
+            Box::new(move |paths| {
+                let (now, now_ms) = (std::time::Instant::now(), crate::time::unix_ms());
+                let _ = policy.send(policy::driver::PolicyEvent::new(
+                    policy::schedule::Trigger::Membership,
+                    move |view| crate::underlay::task::apply(view, &paths, now, now_ms),
+                ));
+            })
+        },
     };
     tokio::spawn(crate::underlay::task::run(link, labels, metrics.clone()));
     let suite = sa.suite;

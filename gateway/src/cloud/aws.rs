@@ -35,6 +35,7 @@ impl AwsCloud {
 impl CloudBackend for AwsCloud {
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CloudError>> {
         Box::pin(async move {
+            let create = matches!(call, Call::Create { .. });
             match call {
                 Call::Describe { tables } => self
                     .ec2
@@ -42,21 +43,10 @@ impl CloudBackend for AwsCloud {
                     .await
                     .map(|ts| Reply::Described(ts.into_iter().map(route_table).collect()))
                     .map_err(cloud_error),
-                Call::Replace { route, interface } => self
+                Call::Replace { route, interface } | Call::Create { route, interface } => self
                     .ec2
                     .point_route(
-                        false,
-                        &route.table,
-                        &route.destination.to_string(),
-                        &interface,
-                    )
-                    .await
-                    .map(|()| Reply::Done)
-                    .map_err(cloud_error),
-                Call::Create { route, interface } => self
-                    .ec2
-                    .point_route(
-                        true,
+                        create,
                         &route.table,
                         &route.destination.to_string(),
                         &interface,

@@ -156,7 +156,7 @@ impl Config {
             state_file: self.state_file(),
             mtu: self.tun.mtu,
             hellos: None,
-            probes: None,
+            by_magic: Vec::new(),
         }
     }
 

@@ -58,8 +58,8 @@ pub struct Inbound {
     notices: Option<NoticeSender>,
     /// Where non-ESP datagrams (session hellos) go, once attached.
     hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
-    /// Where underlay probes and answers go, once attached.
-    probes: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Where non-ESP datagrams of other magics go (underlay probes).
+    by_magic: Vec<([u8; 4], tokio::sync::mpsc::Sender<Vec<u8>>)>,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -111,7 +111,7 @@ impl Inbound {
             tables,
             notices: None,
             hellos: None,
-            probes: None,
+            by_magic: Vec::new(),
         })
     }
 
@@ -226,9 +226,9 @@ impl Inbound {
         self.hellos = Some(hellos);
     }
 
-    /// Hands underlay probes and answers to `probes`.
-    pub fn attach_probes(&mut self, probes: tokio::sync::mpsc::Sender<Vec<u8>>) {
-        self.probes = Some(probes);
+    /// Hands non-ESP datagrams with `magic` after the marker to `to`.
+    pub fn attach_magic(&mut self, magic: [u8; 4], to: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.by_magic.push((magic, to));
     }
 
     /// Drops the configured SAs: configured peers' keys are pre-shared
@@ -260,11 +260,10 @@ impl Inbound {
             }
             UdpPayloadKind::NonEsp => {
                 self.control.non_esp.inc();
-                if crate::underlay::message::is_probe(datagram) {
-                    // Dropped when the prober is behind: a lost probe.
-                    if let Some(p) = &self.probes {
-                        let _ = p.try_send(datagram.to_vec());
-                    }
+                let magic = datagram.get(4..8);
+                if let Some((_, to)) = self.by_magic.iter().find(|(m, _)| Some(&m[..]) == magic) {
+                    // Dropped when its reader is behind (a lost probe).
+                    let _ = to.try_send(datagram.to_vec());
                 } else if let Some(h) = &self.hellos {
                     // To the sessions of configured peers; dropped when
                     // they are behind (hellos are repeated).

@@ -104,8 +104,8 @@ impl Dataplane {
             inbound.clear_configured_sas();
             inbound.attach_hellos(h.clone());
         }
-        if let Some(p) = &config.probes {
-            inbound.attach_probes(p.clone());
+        for (magic, to) in &config.by_magic {
+            inbound.attach_magic(*magic, to.clone());
         }
         if let Some(n) = notices {
             outbound.attach_notices(n.clone());

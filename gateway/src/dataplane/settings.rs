@@ -20,8 +20,10 @@ pub struct DataplaneSettings {
     /// SAs are not installed. `None`: installed as configured (tests of the
     /// data plane alone).
     pub hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
-    /// Underlay probes and their answers (`underlay`) go here.
-    pub probes: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Non-ESP datagrams whose magic (the 4 bytes after RFC 3948's
+    /// marker) is listed go to its channel (underlay probes); the rest to
+    /// `hellos`.
+    pub by_magic: Vec<([u8; 4], tokio::sync::mpsc::Sender<Vec<u8>>)>,
 }
 
 /// A peer with configured SAs.

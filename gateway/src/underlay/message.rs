@@ -13,7 +13,7 @@ use ring::hmac;
 
 /// RFC 3948's non-ESP marker, then ours.
 const MARKER: [u8; 4] = [0; 4];
-const MAGIC: &[u8; 4] = b"MGU1";
+pub const MAGIC: &[u8; 4] = b"MGU1";
 const TAG_LEN: usize = 16;
 /// The longest label (as `gateway.endpoints` allows).
 pub const MAX_LABEL: usize = 32;

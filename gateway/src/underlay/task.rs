@@ -1,8 +1,8 @@
 //! The shell around the [`Prober`]: probes out on the ESP socket, probes
 //! and answers in from the inbound thread (non-ESP datagrams with the
 //! probe magic), the members' endpoints from membership, the probe keys
-//! from the tunnels; path changes to the log, the metrics and the policy,
-//! whose view carries each endpoint's path health.
+//! from the tunnels; path changes to the log, the metrics and (through the
+//! gateway) the policy, whose view carries each endpoint's path health.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,6 @@ use tokio::sync::{mpsc, watch};
 use super::prober::{PathReport, Prober, Received};
 use super::SharedProbeKeys;
 use crate::metrics::Metrics;
-use crate::policy::driver::{EventSender, PolicyEvent};
-use crate::policy::schedule::Trigger;
 
 /// Probe datagrams waiting for the task at most (more are dropped, and
 /// count as lost probes: the prober is behind).
@@ -38,7 +36,9 @@ pub struct Link {
     pub members: watch::Receiver<Members>,
     pub keys: SharedProbeKeys,
     pub paths: SharedPaths,
-    pub policy: EventSender,
+    /// Called with every path when one went up or down (the gateway hands
+    /// them to the policy, [`apply`] writing them into its view).
+    pub on_change: Box<dyn Fn(Vec<PathReport>) + Send>,
 }
 
 struct UnderlayMetrics {
@@ -172,13 +172,7 @@ pub async fn run(mut link: Link, labels: Vec<String>, metrics: Arc<Metrics>) {
             shared.clone_from(&paths);
         }
         if changed {
-            let now_ms = crate::time::unix_ms();
-            let event = PolicyEvent::new(Trigger::Membership, move |view| {
-                apply(view, &paths, now, now_ms)
-            });
-            if link.policy.send(event).is_err() {
-                return;
-            }
+            (link.on_change)(paths);
         }
     }
 }
