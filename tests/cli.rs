@@ -203,7 +203,7 @@ fn policy_check_accepts_the_builtins_and_names_what_it_refuses() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            text.contains("meshgate:policy@0.2.0 component") && text.contains("decisions valid"),
+            text.contains("meshgate:policy@0.3.0 component") && text.contains("decisions valid"),
             "{text}"
         );
     }
