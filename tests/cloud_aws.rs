@@ -21,6 +21,7 @@ fn settings(url: &str) -> meshgate_aws::Settings {
         endpoint_url: Some(url.into()),
         call_timeout: Duration::from_secs(5),
         static_credentials: Some(("testing", "testing")),
+        assume_role: None,
     }
 }
 

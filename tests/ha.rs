@@ -432,3 +432,75 @@ fn a_cut_dx_underlay_moves_the_tunnel_to_internet_and_back_after_the_hold_down()
         "nothing moved"
     );
 }
+
+/// Seeds from EC2 tags: every appliance is a tagged instance in the lab's
+/// AWS (moto), region 2's in a second account reached through STS
+/// AssumeRole; the configs list no seeds. The mesh forms, and an
+/// appliance started last (region 2's zone b, in the second account) is
+/// known alive to every member within 5 s of its start.
+#[test]
+fn gateways_find_each_other_by_ec2_tags_across_regions_and_accounts() {
+    check();
+    let mut lab = Lab::build_with(2, &tag(), 2).expect("building the lab");
+    lab.start_moto()
+        .expect("moto as the lab's AWS (tests/run.sh installs it)");
+    lab.register_instances().expect("tagged instances in moto");
+    lab.write_mesh_configs().expect("writing configs");
+    let cfg = std::fs::read_to_string(lab.config_path(0)).unwrap();
+    assert!(
+        cfg.contains("seeds = []")
+            && cfg.contains("[signal.discovery]")
+            && cfg.contains("role/meshgate-discovery"),
+        "{cfg}"
+    );
+    let n = lab.gateway_count();
+    let first: Vec<usize> = (0..n - 1).collect();
+    for &g in &first {
+        lab.start_gateway(binary(), g).expect("starting a gateway");
+    }
+    common::wait_meshed(&lab, &first, Duration::from_secs(30));
+    lab.start_gateway(binary(), n - 1)
+        .expect("starting the newcomer");
+    let took = common::eventually(Duration::from_secs(15), "the newcomer known to all", || {
+        (0..n).all(|g| metric(&lab, g, "meshgate_members", "state=\"alive\"") == (n - 1) as u64)
+    });
+    eprintln!("a new appliance known alive to all {took:?} after its start");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    let log = std::fs::read_to_string(lab.log_path(n - 1)).unwrap_or_default();
+    assert!(!log.contains("discovery (ec2-tags) failed"), "{log}");
+
+    // What discovery itself finds, asked as region-1a: every other
+    // appliance; without the role, only those of its own account.
+    let config = meshgate::config::Config::load(&lab.config_path(0)).unwrap();
+    let d = config.signal.unwrap().discovery.unwrap();
+    let ask = |d: meshgate::config::TagDiscovery| {
+        let me = lab.gateway_id(0);
+        lab.underlay
+            .run(move || {
+                use meshgate::signal::discovery::Discovery;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+                let tags = meshgate::cloud::discovery::Ec2Tags::new(d, &me, Vec::new(), 4433);
+                rt.block_on(tags.discover())
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let all: Vec<String> = ask(d.clone()).into_iter().map(|s| s.0).collect();
+    let others: Vec<String> = (1..n).map(|g| lab.gateway_id(g)).collect();
+    assert_eq!(all, others, "every other appliance, both accounts");
+    let own_account = meshgate::config::TagDiscovery {
+        roles: Vec::new(),
+        ..d
+    };
+    let found: Vec<String> = ask(own_account).into_iter().map(|s| s.0).collect();
+    assert_eq!(
+        found,
+        [lab.gateway_id(1)],
+        "region 2 is in the second account"
+    );
+}

@@ -28,28 +28,7 @@ impl Ec2 {
         tags: &[(&str, &str)],
     ) -> Result<LabVpc, AwsError> {
         let c = self.client();
-        let vpc = c
-            .create_vpc()
-            .cidr_block(cidr)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("CreateVpc", cidr, e))?
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .unwrap_or_default()
-            .to_string();
-        let subnet = c
-            .create_subnet()
-            .vpc_id(&vpc)
-            .cidr_block(subnet)
-            .availability_zone(zone)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("CreateSubnet", subnet, e))?
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .unwrap_or_default()
-            .to_string();
+        let (vpc, subnet) = self.vpc_with_subnet(cidr, subnet, zone).await?;
         let route_table = c
             .create_route_table()
             .vpc_id(&vpc)
@@ -105,5 +84,91 @@ impl Ec2 {
             .first()
             .and_then(|n| n.source_dest_check())
             .unwrap_or(true))
+    }
+
+    /// Stands the lab's appliances up as instances, for discovery by
+    /// tags: a VPC `cidr` with a subnet `subnet` in `zone`, and per
+    /// `(address, tags)` a running instance at that private address,
+    /// tagged. Returns the instance ids.
+    pub async fn run_lab_instances(
+        &self,
+        cidr: &str,
+        subnet: &str,
+        zone: &str,
+        instances: &[(String, Vec<(String, String)>)],
+    ) -> Result<Vec<String>, AwsError> {
+        let c = self.client();
+        let (_, subnet) = self.vpc_with_subnet(cidr, subnet, zone).await?;
+        // Any image the emulator knows.
+        let image = c
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeImages", "amazon", e))?
+            .images()
+            .first()
+            .and_then(|i| i.image_id())
+            .unwrap_or_default()
+            .to_string();
+        let mut ids = Vec::new();
+        for (address, tags) in instances {
+            let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+            for (k, v) in tags {
+                spec = spec.tags(Tag::builder().key(k).value(v).build());
+            }
+            let out = c
+                .run_instances()
+                .image_id(&image)
+                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .subnet_id(&subnet)
+                .private_ip_address(address)
+                .tag_specifications(spec.build())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("RunInstances", address, e))?;
+            ids.extend(
+                out.instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_string)),
+            );
+        }
+        Ok(ids)
+    }
+
+    /// A VPC of `cidr` with one subnet `subnet` in `zone`: their ids.
+    async fn vpc_with_subnet(
+        &self,
+        cidr: &str,
+        subnet: &str,
+        zone: &str,
+    ) -> Result<(String, String), AwsError> {
+        let c = self.client();
+        let vpc = c
+            .create_vpc()
+            .cidr_block(cidr)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateVpc", cidr, e))?
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default()
+            .to_string();
+        let subnet = c
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(subnet)
+            .availability_zone(zone)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateSubnet", subnet, e))?
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_string();
+        Ok((vpc, subnet))
     }
 }

@@ -10,6 +10,7 @@
 //! its backoff, and counts every failure in its metrics.
 
 mod error;
+mod instances;
 mod lab;
 
 use std::time::Duration;
@@ -17,9 +18,10 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
+use aws_sdk_ec2::types::AttributeBooleanValue;
 
 pub use error::{AwsError, ErrorKind};
+pub use instances::Instance;
 pub use lab::LabVpc;
 
 /// Where and how to reach EC2.
@@ -34,6 +36,9 @@ pub struct Settings {
     /// Fixed keys instead of the default credential chain (a lab's
     /// emulator; an appliance uses its instance role).
     pub static_credentials: Option<(&'static str, &'static str)>,
+    /// Act in another account: STS AssumeRole into this role (its ARN)
+    /// with the credentials above, renewed before they expire.
+    pub assume_role: Option<String>,
 }
 
 /// A route as EC2 describes it.
@@ -88,7 +93,18 @@ impl Ec2 {
                 key, secret, None, None, "static",
             ));
         }
-        let config = loader.load().await;
+        let mut config = loader.load().await;
+        if let Some(role) = &s.assume_role {
+            let assumed = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+                .session_name("meshgate")
+                .configure(&config)
+                .build()
+                .await;
+            config = config
+                .into_builder()
+                .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(assumed))
+                .build();
+        }
         Ec2 {
             client: aws_sdk_ec2::Client::new(&config),
         }
@@ -111,15 +127,7 @@ impl Ec2 {
     /// The ids of the route tables that carry every tag of `tags`.
     pub async fn find_route_tables(&self, tags: &[(&str, &str)]) -> Result<Vec<String>, AwsError> {
         const API: &str = "DescribeRouteTables";
-        let filters = tags
-            .iter()
-            .map(|(k, v)| {
-                Filter::builder()
-                    .name(format!("tag:{k}"))
-                    .values(*v)
-                    .build()
-            })
-            .collect();
+        let filters = instances::tag_filters(tags);
         let out = self
             .client
             .describe_route_tables()

@@ -496,6 +496,7 @@ fn start_member(
     let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
+    let discovery = discovery_of(&m);
     // The underlay prober: keys from the tunnels' SAs, members from
     // membership, the paths it measures into the policy's view.
     let probe_keys = crate::underlay::SharedProbeKeys::default();
@@ -526,9 +527,7 @@ fn start_member(
     let cfg = NodeConfig {
         creds: m.creds,
         listen: m.signal.listen,
-        discovery: Arc::new(crate::signal::discovery::StaticSeeds(
-            m.signal.seeds.clone(),
-        )),
+        discovery,
         info: m.local.clone(),
         settings: MembershipSettings {
             max_members: m.signal.max_members,
@@ -560,6 +559,23 @@ fn start_member(
         }
     });
     tokio::spawn(node::run(cfg, node_events, node_rx, bound))
+}
+
+/// Where the member finds others to join through: the config's seeds, and
+/// the mesh's EC2 instances if `[signal.discovery]` says so.
+fn discovery_of(m: &MeshStart) -> Arc<dyn crate::signal::discovery::Discovery> {
+    #[cfg(feature = "aws")]
+    if let Some(d) = &m.signal.discovery {
+        return Arc::new(crate::cloud::discovery::Ec2Tags::new(
+            d.clone(),
+            &m.local.id,
+            m.signal.seeds.clone(),
+            crate::config::DEFAULT_SIGNAL_PORT,
+        ));
+    }
+    Arc::new(crate::signal::discovery::StaticSeeds(
+        m.signal.seeds.clone(),
+    ))
 }
 
 /// Sizes the socket buffers past `net.core.[rw]mem_max` where we may

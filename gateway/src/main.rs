@@ -139,6 +139,11 @@ enum Cmd {
         /// and back (implies --dx).
         #[arg(long, num_args = 0..=1, default_missing_value = "5", value_parser = clap::value_parser!(u32).range(1..=1000))]
         cut_dx: Option<u32>,
+        /// With --cloud moto: register each appliance as a tagged EC2
+        /// instance (regions of even number in a second account) and have
+        /// the gateways find each other by tags, with no seed list.
+        #[arg(long)]
+        discovery: bool,
     },
 }
 
@@ -517,6 +522,7 @@ fn main() -> ExitCode {
             leaves,
             dx,
             cut_dx,
+            discovery,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -536,6 +542,7 @@ fn main() -> ExitCode {
                     leaves: usize::from(leaves),
                     dx: dx || cut_dx.is_some(),
                     dx_cuts: cut_dx.unwrap_or(0),
+                    discovery,
                 })
             }),
     };

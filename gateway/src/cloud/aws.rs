@@ -20,6 +20,7 @@ impl AwsCloud {
             endpoint_url,
             call_timeout: super::driver::CALL_TIMEOUT,
             static_credentials: None,
+            assume_role: None,
         })
         .await
     }

@@ -13,6 +13,8 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backend;
+#[cfg(feature = "aws")]
+pub mod discovery;
 pub mod driver;
 pub mod lab;
 pub mod reconcile;

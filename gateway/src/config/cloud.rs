@@ -105,20 +105,7 @@ impl Validator<'_> {
                 else {
                     return self.err(c.backend.span(), "cloud.region", "the aws backend needs the region the appliance runs in (for example \"eu-west-1\")");
                 };
-                let endpoint_url = match &c.endpoint_url {
-                    Some(u)
-                        if !(u.get_ref().starts_with("http://")
-                            || u.get_ref().starts_with("https://")) =>
-                    {
-                        return self.err(
-                            u.span(),
-                            "cloud.endpoint_url",
-                            format!("'{}' is not an http:// or https:// URL", u.get_ref()),
-                        );
-                    }
-                    Some(u) => Some(u.get_ref().clone()),
-                    None => None,
-                };
+                let endpoint_url = self.http_url(c.endpoint_url.as_ref(), "cloud.endpoint_url")?;
                 if !interface.starts_with("eni-") {
                     return self.err(
                         c.interface.span(),

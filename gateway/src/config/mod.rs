@@ -5,6 +5,7 @@
 //! mistypes one value among hundreds should not have to guess which one.
 
 mod cloud;
+mod discovery;
 mod error;
 mod raw;
 mod sa;
@@ -122,6 +123,20 @@ pub struct SignalConfig {
     pub max_members: usize,
     /// How long a member declared down is remembered, then forgotten.
     pub forget_down_after: std::time::Duration,
+    /// Seeds found by EC2 tags, beside (or instead of) `seeds`.
+    pub discovery: Option<TagDiscovery>,
+}
+
+/// Discovery by EC2 tags (`[signal.discovery]`): the running instances
+/// tagged `meshgate:mesh = mesh` in each region, in this account and in
+/// the account of each role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagDiscovery {
+    pub mesh: String,
+    pub regions: Vec<String>,
+    /// Roles (ARNs) in other accounts to look in, through STS AssumeRole.
+    pub roles: Vec<String>,
+    pub endpoint_url: Option<String>,
 }
 
 /// Where epoch keys come from.

@@ -55,6 +55,24 @@ pub(super) struct RawSignal {
     pub(super) max_members: Option<Spanned<u64>>,
     /// Seconds a member declared down is remembered, then forgotten.
     pub(super) forget_down_after: Option<Spanned<u64>>,
+    /// Seeds found by EC2 tags (`[signal.discovery]`).
+    pub(super) discovery: Option<Spanned<RawDiscovery>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    #[serde(default = "default_discovery_backend")]
+    pub(super) backend: Spanned<String>,
+    pub(super) mesh: Spanned<String>,
+    pub(super) regions: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) roles: Vec<Spanned<String>>,
+    pub(super) endpoint_url: Option<Spanned<String>>,
+}
+
+pub(super) fn default_discovery_backend() -> Spanned<String> {
+    Spanned::new(0..0, "ec2-tags".to_string())
 }
 
 #[derive(Deserialize)]

@@ -122,6 +122,10 @@ impl Validator<'_> {
             listen: listen_sig,
             max_members,
             forget_down_after,
+            discovery: match &s.discovery {
+                Some(d) => Some(self.discovery(d)?),
+                None => None,
+            },
             ca: self.relative_path(s.ca.get_ref()),
             cert: self.relative_path(s.cert.get_ref()),
             key: self.relative_path(s.key.get_ref()),

@@ -437,3 +437,61 @@ fn further_underlays_are_advertised_beside_internet_and_their_mistakes() {
         assert!(e.contains("gateway.endpoints."), "names the field: {e}");
     }
 }
+
+/// `[signal.discovery]`: seeds by EC2 tags in the regions and accounts of
+/// the mesh; each mistake named with its line and field.
+#[cfg(feature = "aws")]
+#[test]
+fn discovery_by_tags_and_its_mistakes() {
+    const D: &str = "\n[signal.discovery]\nmesh = \"prod\"\nregions = [\"eu-west-1\", \"us-east-1\", \"eu-west-1\"]\nroles = [\"arn:aws:iam::210987654321:role/meshgate-discovery\"]\n";
+    let with = |section: &str| MESH.replace("\n[keys]", &format!("{section}\n[keys]"));
+    let c = parse(&with(D)).unwrap();
+    let d = c.signal.unwrap().discovery.unwrap();
+    assert_eq!(d.mesh, "prod");
+    assert_eq!(d.regions, ["eu-west-1", "us-east-1"], "each region once");
+    assert_eq!(
+        d.roles,
+        ["arn:aws:iam::210987654321:role/meshgate-discovery"]
+    );
+    assert_eq!(d.endpoint_url, None);
+    let cases = [
+        (
+            D.replace("mesh = \"prod\"", "mesh = \"\""),
+            "signal.discovery.mesh",
+        ),
+        (
+            D.replace("\"us-east-1\"", "\"US East\""),
+            "signal.discovery.regions[1]: 'US East' is not a region name",
+        ),
+        (
+            D.replace(
+                "regions = [\"eu-west-1\", \"us-east-1\", \"eu-west-1\"]",
+                "regions = []",
+            ),
+            "signal.discovery.regions: name the regions",
+        ),
+        (
+            D.replace("210987654321", "2109"),
+            "signal.discovery.roles[0]",
+        ),
+        (
+            D.replace("role/meshgate-discovery", "user/someone"),
+            "is not a role ARN",
+        ),
+        (
+            format!("{D}endpoint_url = \"moto:5000\"\n"),
+            "signal.discovery.endpoint_url: 'moto:5000' is not an http:// or https:// URL",
+        ),
+        (
+            format!("{D}backend = \"consul\"\n"),
+            "unknown discovery backend 'consul'",
+        ),
+        (format!("{D}tags = 1\n"), "unknown field"),
+    ];
+    for (section, expected) in cases {
+        let e = parse(&with(&section)).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+        let line = e.split(':').nth(1).and_then(|l| l.parse::<usize>().ok());
+        assert!(line.is_some_and(|l| l > 15), "the line of the mistake: {e}");
+    }
+}

@@ -15,6 +15,8 @@
 //! ```
 
 mod configs;
+#[cfg(feature = "aws")]
+pub mod discovery;
 pub mod dx;
 pub mod failover;
 pub mod impair;
@@ -134,6 +136,9 @@ pub struct Lab {
     pub policy_params: Vec<(String, String)>,
     /// Every gateway is on the `dx` underlay too ([`Lab::add_dx_underlay`]).
     pub dx: bool,
+    /// The gateways find seeds by EC2 tags in the lab's AWS
+    /// (`Lab::register_instances`), not from a list.
+    pub discovery: bool,
 }
 
 /// A region's place in a topology: its role and redundancy group. With

@@ -268,6 +268,7 @@ async fn client(url: &str, aws_region: &str) -> meshgate_aws::Ec2 {
         endpoint_url: Some(url.to_string()),
         call_timeout: Duration::from_secs(5),
         static_credentials: Some(LAB_CREDENTIALS),
+        assume_role: None,
     })
     .await
 }

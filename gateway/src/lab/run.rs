@@ -44,6 +44,8 @@ pub struct LabOptions {
     pub dx: bool,
     /// Cuts of region 2's dx link under a 10 ms flow (0: none).
     pub dx_cuts: u32,
+    /// Seeds from EC2 tags in the lab's AWS (needs `cloud` moto).
+    pub discovery: bool,
 }
 
 /// How long the lab's policy holds a healed dx back (`--dx`).
@@ -54,6 +56,9 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     check_privileges()?;
     if opts.static_keys && opts.zones > 1 {
         bail!("--static-keys makes a lab of one appliance per region: add --zones 1 (active/passive pairs need the mesh)");
+    }
+    if opts.discovery && opts.cloud != "moto" {
+        bail!("--discovery finds the appliances by EC2 tags in the lab's AWS: add --cloud moto");
     }
     if opts.failover_kills > 0 && opts.zones < 2 {
         bail!("--failover kills the active appliance of a pair: it needs --zones 2");
@@ -98,6 +103,13 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
                 "the lab's AWS: moto at {}, a VPC, route table and two interfaces per region",
                 super::moto::MOTO_IP
             ));
+            if opts.discovery {
+                lab.register_instances()?;
+                say(format!(
+                    "discovery: every appliance a tagged instance (even regions in account {}); the gateways list no seeds and find each other by tags",
+                    super::discovery::SECOND_ACCOUNT
+                ));
+            }
         }
         other => bail!(
             "--cloud {other}: this build knows lab{}",

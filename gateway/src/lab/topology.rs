@@ -57,6 +57,7 @@ impl Lab {
             placement: None,
             policy_params: Vec::new(),
             dx: false,
+            discovery: false,
         };
         for index in 0..n {
             let r = if zones == 1 {

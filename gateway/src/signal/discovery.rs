@@ -1,6 +1,6 @@
 //! Where a member finds others to join through: a trait, so that sources
-//! can be added. The config's seed list ([`StaticSeeds`]) is the one there
-//! is; appliances found by their EC2 tags are to be another. A member asks
+//! can be added: the config's seed list ([`StaticSeeds`]), and the mesh's
+//! EC2 instances found by their tags (`cloud::discovery`). A member asks
 //! at start (the member core's `Output::Discover`), and again whenever
 //! it knows no other member alive (alone at start, or cut off by a
 //! partition), so a source that changes (instances replaced) is followed.
