@@ -107,3 +107,82 @@ impl Lab {
         )
     }
 }
+
+/// What `meshgate lab --discovery` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryRun {
+    /// From the last appliance's start to every member seeing it alive.
+    pub newcomer_known_ms: f64,
+    /// Requests each gateway made to the lab's AWS over a minute of
+    /// steady state, by gateway id (discovery and route claims together).
+    pub calls_per_minute: Vec<(String, usize)>,
+}
+
+impl Lab {
+    /// Starts every gateway but the last, waits for their mesh, then
+    /// starts the last and times until every member sees it alive; then
+    /// counts each gateway's requests to moto over `window`.
+    pub fn discovery_run(
+        &mut self,
+        binary: &std::path::Path,
+        window: std::time::Duration,
+    ) -> Result<DiscoveryRun> {
+        use std::time::{Duration, Instant};
+        let n = self.gateway_count();
+        for g in 0..n - 1 {
+            self.start_gateway(binary, g)?;
+        }
+        let alive = |lab: &Lab, g: usize, want: usize| {
+            lab.metrics(g).is_ok_and(|t| {
+                crate::metrics::sum_samples(&t, "meshgate_members", "state=\"alive\"") as usize
+                    == want
+            })
+        };
+        let start = Instant::now();
+        while !(0..n - 1).all(|g| alive(self, g, n - 2)) {
+            if start.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("the first {} gateways did not find each other by tags within 30 s", n - 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.start_gateway(binary, n - 1)?;
+        let started = Instant::now();
+        while !(0..n).all(|g| alive(self, g, n - 1)) {
+            if started.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("{} was not known to all within 30 s", self.gateway_id(n - 1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let newcomer_known_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Steady state: let the mesh settle, then count a window.
+        std::thread::sleep(Duration::from_secs(5));
+        let before = self.moto_requests_by_ip()?;
+        std::thread::sleep(window);
+        let after = self.moto_requests_by_ip()?;
+        let per_minute = 60.0 / window.as_secs_f64();
+        let calls_per_minute = (0..n)
+            .map(|g| {
+                let ip = self.gateway_underlay_ip(g).to_string();
+                let d = after.get(&ip).unwrap_or(&0) - before.get(&ip).unwrap_or(&0);
+                (self.gateway_id(g), (d as f64 * per_minute).round() as usize)
+            })
+            .collect();
+        Ok(DiscoveryRun {
+            newcomer_known_ms,
+            calls_per_minute,
+        })
+    }
+
+    /// Requests moto has logged so far, by client address (its log has a
+    /// line per request, the client's address first).
+    fn moto_requests_by_ip(&self) -> Result<std::collections::HashMap<String, usize>> {
+        let log = std::fs::read_to_string(self.dir.join("moto.log")).context("reading moto.log")?;
+        let mut out = std::collections::HashMap::new();
+        for line in log.lines().filter(|l| l.contains("\"POST ") || l.contains("\"GET ")) {
+            if let Some(ip) = line.split_whitespace().next() {
+                *out.entry(ip.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+}

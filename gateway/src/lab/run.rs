@@ -141,7 +141,29 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         lab.write_mesh_configs()?;
     }
     check_interrupted()?;
-    lab.start_gateways(&opts.binary)?;
+    // With discovery by tags, the last appliance starts after the others
+    // have found each other, and is timed until all know it.
+    let discovery = match opts.discovery {
+        #[cfg(feature = "aws")]
+        true => {
+            let run = lab.discovery_run(&opts.binary, Duration::from_secs(60))?;
+            say(format!(
+                "discovery: {} (started last) known alive to every member {:.0} ms after its start; requests to the lab's AWS a minute in steady state: {}",
+                lab.gateway_id(lab.gateway_count() - 1),
+                run.newcomer_known_ms,
+                run.calls_per_minute
+                    .iter()
+                    .map(|(id, n)| format!("{id} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            serde_json::to_value(&run)?
+        }
+        _ => {
+            lab.start_gateways(&opts.binary)?;
+            serde_json::Value::Null
+        }
+    };
     say(format!(
         "gateways up: {}",
         (0..lab.gateway_count())
@@ -220,7 +242,9 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         Vec::new()
     };
     if opts.json {
-        println!("{}", json_summary(&lab, formed, &results, &runs, &cuts));
+        let mut summary = json_summary(&lab, formed, &results, &runs, &cuts);
+        summary["discovery"] = discovery;
+        println!("{summary}");
     } else {
         print_summary(&lab, &results);
         if !runs.is_empty() {
