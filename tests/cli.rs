@@ -2,6 +2,7 @@
 //! and the lab's clean-up on Ctrl-C, through the real binary.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -275,4 +276,77 @@ fn policy_test_replays_a_scenario_and_fails_on_a_broken_expectation() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The monitoring the project ships (`deploy/`): the alerting rules pass
+/// `promtool check rules` and their own unit tests (`promtool test
+/// rules`), every query of the Grafana dashboard parses (each is checked
+/// as a recording rule), and every meshgate metric they name is one the
+/// gateway registers.
+#[test]
+fn the_alerting_rules_and_the_dashboard_pass_promtool() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let promtool = |args: &[&str], dir: &Path| {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool must be installed (Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let rules_dir = deploy.join("prometheus");
+    promtool(&["check", "rules", "meshgate-rules.yml"], &rules_dir);
+    promtool(&["test", "rules", "meshgate-rules.test.yml"], &rules_dir);
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana/meshgate.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("each target has an expr").to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{} queries", exprs.len());
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let dir = scratch_dir("dashboard");
+    std::fs::write(dir.join("queries.yml"), rules).unwrap();
+    promtool(&["check", "rules", "queries.yml"], &dir);
+
+    // Every meshgate_ name is registered by the gateway's source.
+    let source: String = ["metrics.rs", "gateway.rs", "underlay/task.rs"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(f))
+                .unwrap()
+        })
+        .collect();
+    let named = std::fs::read_to_string(rules_dir.join("meshgate-rules.yml")).unwrap()
+        + &exprs.join("\n");
+    let mut names: Vec<&str> = named
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("meshgate_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let base = name.trim_end_matches("_bucket");
+        assert!(
+            source.contains(&format!("\"{base}\"")),
+            "{name} is not a metric the gateway registers"
+        );
+    }
 }
