@@ -312,7 +312,12 @@ fn the_alerting_rules_and_the_dashboard_pass_promtool() {
         .expect("panels")
         .iter()
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .map(|t| t["expr"].as_str().expect("each target has an expr").to_string())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("each target has an expr")
+                .to_string()
+        })
         .collect();
     assert!(exprs.len() >= 10, "{} queries", exprs.len());
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
@@ -334,8 +339,8 @@ fn the_alerting_rules_and_the_dashboard_pass_promtool() {
                 .unwrap()
         })
         .collect();
-    let named = std::fs::read_to_string(rules_dir.join("meshgate-rules.yml")).unwrap()
-        + &exprs.join("\n");
+    let named =
+        std::fs::read_to_string(rules_dir.join("meshgate-rules.yml")).unwrap() + &exprs.join("\n");
     let mut names: Vec<&str> = named
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("meshgate_"))

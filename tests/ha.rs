@@ -504,3 +504,77 @@ fn gateways_find_each_other_by_ec2_tags_across_regions_and_accounts() {
         "region 2 is in the second account"
     );
 }
+
+/// How many series Prometheus answers `q` with (0 if it cannot answer).
+fn prometheus_count(lab: &Lab, q: &str) -> usize {
+    let encoded: String = q
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = lab
+        .prometheus_get(&format!("/api/v1/query?query={encoded}"))
+        .unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["data"]["result"]
+        .as_array()
+        .map_or(0, |r| r.len())
+}
+
+/// Prometheus as users run it: the Debian package's server on the lab's
+/// management network scrapes every gateway each second with the
+/// project's alerting rules loaded; through its HTTP API every target is
+/// up, the key series are there for every gateway, the rules loaded
+/// healthy, and a killed gateway's target goes down.
+#[test]
+fn a_real_prometheus_scrapes_every_gateway_and_loads_the_rules() {
+    check();
+    let mut lab = Lab::build_with(2, &tag(), 2).expect("building the lab");
+    lab.add_monitoring().expect("the management network");
+    lab.write_mesh_configs().expect("writing configs");
+    lab.start_gateways(binary()).expect("starting gateways");
+    lab.wait_mesh(Duration::from_secs(30))
+        .expect("the mesh forms");
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/meshgate-rules.yml");
+    lab.start_prometheus(&rules).expect("starting prometheus");
+    let n = lab.gateway_count();
+    common::eventually(
+        Duration::from_secs(30),
+        "every target up in Prometheus",
+        || prometheus_count(&lab, "up{job=\"meshgate\"} == 1") == n,
+    );
+    for series in [
+        "meshgate_build_info",
+        "meshgate_members{state=\"alive\"}",
+        "meshgate_sa_info",
+        "meshgate_peer_packets_total",
+        "meshgate_group_active",
+        "meshgate_underlay_up",
+        "meshgate_peer_underlay",
+    ] {
+        let per_gateway = format!("count by (instance) ({series})");
+        common::eventually(
+            Duration::from_secs(10),
+            &format!("{series} from every gateway"),
+            || prometheus_count(&lab, &per_gateway) == n,
+        );
+    }
+    let claimed = prometheus_count(&lab, "meshgate_cloud_routes{state=\"claimed\"} > 0");
+    assert_eq!(claimed, 2, "one active appliance per region claims");
+    let rules: serde_json::Value =
+        serde_json::from_str(&lab.prometheus_get("/api/v1/rules").unwrap()).unwrap();
+    let group = &rules["data"]["groups"][0];
+    assert_eq!(group["name"], "meshgate", "{rules}");
+    let loaded = group["rules"].as_array().unwrap();
+    assert_eq!(loaded.len(), 8);
+    assert!(loaded.iter().all(|r| r["health"] == "ok"), "{rules}");
+
+    lab.kill_gateway(n - 1);
+    common::eventually(
+        Duration::from_secs(15),
+        "the killed gateway's target down",
+        || prometheus_count(&lab, "up{job=\"meshgate\"} == 0") == 1,
+    );
+}

@@ -141,7 +141,10 @@ impl Lab {
         let start = Instant::now();
         while !(0..n - 1).all(|g| alive(self, g, n - 2)) {
             if start.elapsed() > Duration::from_secs(30) {
-                anyhow::bail!("the first {} gateways did not find each other by tags within 30 s", n - 1);
+                anyhow::bail!(
+                    "the first {} gateways did not find each other by tags within 30 s",
+                    n - 1
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -149,7 +152,10 @@ impl Lab {
         let started = Instant::now();
         while !(0..n).all(|g| alive(self, g, n - 1)) {
             if started.elapsed() > Duration::from_secs(30) {
-                anyhow::bail!("{} was not known to all within 30 s", self.gateway_id(n - 1));
+                anyhow::bail!(
+                    "{} was not known to all within 30 s",
+                    self.gateway_id(n - 1)
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -178,7 +184,10 @@ impl Lab {
     fn moto_requests_by_ip(&self) -> Result<std::collections::HashMap<String, usize>> {
         let log = std::fs::read_to_string(self.dir.join("moto.log")).context("reading moto.log")?;
         let mut out = std::collections::HashMap::new();
-        for line in log.lines().filter(|l| l.contains("\"POST ") || l.contains("\"GET ")) {
+        for line in log
+            .lines()
+            .filter(|l| l.contains("\"POST ") || l.contains("\"GET "))
+        {
             if let Some(ip) = line.split_whitespace().next() {
                 *out.entry(ip.to_string()).or_insert(0) += 1;
             }

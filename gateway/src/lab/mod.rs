@@ -21,6 +21,7 @@ pub mod dx;
 pub mod failover;
 pub mod impair;
 pub mod leaves;
+pub mod monitoring;
 #[cfg(feature = "aws")]
 pub mod moto;
 pub mod probe;
@@ -139,6 +140,8 @@ pub struct Lab {
     /// The gateways find seeds by EC2 tags in the lab's AWS
     /// (`Lab::register_instances`), not from a list.
     pub discovery: bool,
+    /// The management network and its Prometheus ([`Lab::add_monitoring`]).
+    pub monitoring: Option<monitoring::Monitoring>,
 }
 
 /// A region's place in a topology: its role and redundancy group. With

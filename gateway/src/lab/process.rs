@@ -95,7 +95,7 @@ impl Lab {
                     );
                 }
             }
-            if probe::http_get(self.gateway_ns(i), ADMIN, "/healthz").is_ok() {
+            if probe::http_get(self.gateway_ns(i), self.admin_addr(i), "/healthz").is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -118,7 +118,7 @@ impl Lab {
 
     /// The Prometheus text of gateway `i`.
     pub fn metrics(&self, i: usize) -> Result<String> {
-        probe::http_get(self.gateway_ns(i), ADMIN, "/metrics")
+        probe::http_get(self.gateway_ns(i), self.admin_addr(i), "/metrics")
     }
 
     /// Waits until every gateway (mesh members) sees all the others alive

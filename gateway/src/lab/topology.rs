@@ -58,6 +58,7 @@ impl Lab {
             policy_params: Vec::new(),
             dx: false,
             discovery: false,
+            monitoring: None,
         };
         for index in 0..n {
             let r = if zones == 1 {
