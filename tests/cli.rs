@@ -355,3 +355,80 @@ fn the_alerting_rules_and_the_dashboard_pass_promtool() {
         );
     }
 }
+
+/// What an operator deploys: the Debian package built from this binary
+/// by `deploy/debian/build.sh` installs the binary, the hardened systemd
+/// unit (which `systemd-analyze verify` accepts once installed), the
+/// commented example config (which `meshgate check` accepts), the alerting
+/// rules and the dashboard; its script creates the `meshgate` system user;
+/// purging it removes its files.
+#[test]
+fn the_debian_package_installs_a_verified_hardened_unit() {
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "meshgate"]).output();
+        }
+    }
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{program} {args:?}: {text}");
+        text
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = scratch_dir("deb");
+    let script = root.join("deploy/debian/build.sh");
+    let deb = run(
+        "bash",
+        &[script.to_str().unwrap(), BIN, out.to_str().unwrap()],
+    );
+    let deb = deb.trim();
+    let listing = run("dpkg-deb", &["-c", deb]);
+    for path in [
+        "./usr/bin/meshgate",
+        "./lib/systemd/system/meshgate.service",
+        "./etc/meshgate/meshgate.toml.example",
+        "./usr/share/meshgate/prometheus/meshgate-rules.yml",
+        "./usr/share/meshgate/grafana/meshgate.json",
+    ] {
+        assert!(listing.contains(path), "{path} missing:\n{listing}");
+    }
+    let _purge = Purge;
+    run("dpkg", &["-i", deb]);
+    assert!(run("/usr/bin/meshgate", &["--version"]).contains("meshgate"));
+    run("getent", &["passwd", "meshgate"]);
+    let unit = std::fs::read_to_string("/lib/systemd/system/meshgate.service").unwrap();
+    for line in [
+        "User=meshgate",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=meshgate",
+        "DeviceAllow=/dev/net/tun rw",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing from the unit");
+    }
+    let verify = run(
+        "systemd-analyze",
+        &["verify", "/lib/systemd/system/meshgate.service"],
+    );
+    assert!(!verify.contains("meshgate.service:"), "{verify}");
+    let checked = run(
+        "/usr/bin/meshgate",
+        &["check", "--config", "/etc/meshgate/meshgate.toml.example"],
+    );
+    assert!(checked.contains("ok"), "{checked}");
+    run("dpkg", &["--purge", "meshgate"]);
+    assert!(!Path::new("/usr/bin/meshgate").exists());
+    assert!(!Path::new("/lib/systemd/system/meshgate.service").exists());
+}
