@@ -13,6 +13,9 @@ command -v tshark >/dev/null || need+=(tshark)
 command -v promtool >/dev/null || need+=(prometheus)
 # The mesh tests cut and impair the lab's underlay with iptables.
 command -v iptables >/dev/null || need+=(iptables)
+# The package test verifies the installed unit and strips the binary.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strip >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
