@@ -416,7 +416,10 @@ fn the_debian_package_installs_a_verified_hardened_unit() {
         "DeviceAllow=/dev/net/tun rw",
         "Restart=on-failure",
     ] {
-        assert!(unit.lines().any(|l| l == line), "{line} missing from the unit");
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line} missing from the unit"
+        );
     }
     let verify = run(
         "systemd-analyze",
