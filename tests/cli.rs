@@ -435,3 +435,102 @@ fn the_debian_package_installs_a_verified_hardened_unit() {
     assert!(!Path::new("/usr/bin/meshgate").exists());
     assert!(!Path::new("/lib/systemd/system/meshgate.service").exists());
 }
+
+/// The gateway runs as the systemd unit runs it: an unprivileged user
+/// whose only capability is CAP_NET_ADMIN (bounded and ambient, no new
+/// privileges). In a namespace of its own it opens its TUN, routes its
+/// peer's prefix into it, and answers its health check.
+#[test]
+fn the_gateway_runs_unprivileged_with_cap_net_admin_alone() {
+    let dir = scratch_dir("capnetadmin");
+    write_keys(&dir);
+    let config = CONFIG.replace(
+        "[tun]",
+        &format!(
+            "state_dir = \"{d}\"\ncontrol = \"{d}/control.sock\"\n\n[tun]",
+            d = dir.display()
+        ),
+    );
+    std::fs::write(dir.join("gw.toml"), config).unwrap();
+    // Its state directory belongs to it, as StateDirectory= makes it.
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let ns = format!("mgcap{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    struct Cleanup(String, Option<std::process::Child>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(c) = self.1.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let mut cleanup = Cleanup(ns.clone(), None);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns, "setpriv"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+net_admin",
+            "--ambient-caps=-all,+net_admin",
+            "--bounding-set=-all,+net_admin",
+            "--no-new-privs",
+            BIN,
+            "run",
+            "--config",
+        ])
+        .arg(dir.join("gw.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("gw.log")).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux) must be installed");
+    cleanup.1 = Some(child);
+    let netns = meshgate::netns::Netns::attach(&ns);
+    let start = Instant::now();
+    let addr: std::net::SocketAddr = "127.0.0.1:9100".parse().unwrap();
+    while meshgate::lab::probe::http_get(&netns, addr, "/healthz").is_err() {
+        let log = std::fs::read_to_string(dir.join("gw.log")).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no health answer as an unprivileged user with CAP_NET_ADMIN:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let routes = Command::new("ip")
+        .args(["-n", &ns, "route", "show", "dev", "mgcli0"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(routes.contains("10.2.0.0/16"), "the peer's prefix routed into the TUN: {routes}");
+    // `ip netns exec` and setpriv exec into the gateway: same process.
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        cleanup.1.as_ref().unwrap().id()
+    ))
+    .unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert!(field("Uid:").starts_with("65534 65534"), "{status}");
+    // CAP_NET_ADMIN is capability 12: 0x1000, and nothing else.
+    assert_eq!(field("CapEff:"), "0000000000001000", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
+    drop(cleanup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
