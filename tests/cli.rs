@@ -459,6 +459,23 @@ fn the_gateway_runs_unprivileged_with_cap_net_admin_alone() {
         .status()
         .unwrap();
     assert!(chown.success());
+    // The device open to all, as udev makes it on Debian (some container
+    // runtimes leave it 0600); put back as it was afterwards.
+    use std::os::unix::fs::PermissionsExt;
+    let tun_mode = std::fs::metadata("/dev/net/tun")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    struct Restore(u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ =
+                std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(self.0));
+        }
+    }
+    let _restore = Restore(tun_mode);
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
     let ns = format!("mgcap{}", std::process::id() % 100_000);
     let ip = |args: &[&str]| {
         let ok = Command::new("ip").args(args).status().unwrap();
@@ -513,18 +530,24 @@ fn the_gateway_runs_unprivileged_with_cap_net_admin_alone() {
         .output()
         .unwrap();
     let routes = String::from_utf8_lossy(&routes.stdout);
-    assert!(routes.contains("10.2.0.0/16"), "the peer's prefix routed into the TUN: {routes}");
+    assert!(
+        routes.contains("10.2.0.0/16"),
+        "the peer's prefix routed into the TUN: {routes}"
+    );
     // `ip netns exec` and setpriv exec into the gateway: same process.
-    let status = std::fs::read_to_string(format!(
-        "/proc/{}/status",
-        cleanup.1.as_ref().unwrap().id()
-    ))
-    .unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", cleanup.1.as_ref().unwrap().id()))
+            .unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
             .find(|l| l.starts_with(name))
-            .map(|l| l[name.len()..].split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default()
     };
     assert!(field("Uid:").starts_with("65534 65534"), "{status}");

@@ -31,6 +31,8 @@ pub enum TunError {
     NoDevice,
     #[error("opening {TUN_PATH} needs CAP_NET_ADMIN (run as root)")]
     NotPermitted,
+    #[error("{TUN_PATH} is not open to this user (mode {mode:o}, owner uid {owner}): a service user needs CAP_NET_ADMIN and the device open to all (mode 666, as udev makes it on Debian); or run as root")]
+    NoAccess { mode: u32, owner: u32 },
     #[error("opening {TUN_PATH}: {0}")]
     Open(io::Error),
     #[error("creating TUN interface {name}: {err}")]
@@ -83,7 +85,18 @@ impl Tun {
             .open(TUN_PATH)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => TunError::NoDevice,
-                io::ErrorKind::PermissionDenied => TunError::NotPermitted,
+                // Root with CAP_NET_ADMIN is not refused by the mode; a
+                // service user is, whatever its capabilities.
+                io::ErrorKind::PermissionDenied => match std::fs::metadata(TUN_PATH) {
+                    Ok(m) if effective_uid() != 0 => {
+                        use std::os::unix::fs::MetadataExt;
+                        TunError::NoAccess {
+                            mode: m.mode() & 0o7777,
+                            owner: m.uid(),
+                        }
+                    }
+                    _ => TunError::NotPermitted,
+                },
                 _ => TunError::Open(e),
             })?;
         let mut req = IfReq {
@@ -264,4 +277,10 @@ fn ip_output(args: &[&str]) -> Result<String, TunError> {
             msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }
+}
+
+/// This process's effective user id.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }
