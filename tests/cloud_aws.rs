@@ -225,3 +225,141 @@ fn claims_converge_through_throttling_5xx_timeouts_and_refusals() {
         let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
     });
 }
+
+/// KMS epoch keys through the SDK against moto, with the key states and
+/// permissions moto does not enforce injected in front of it: a key the
+/// user disabled or scheduled for deletion, or a role that may no longer
+/// decrypt, withdraws the epoch's key (no new SA; the reason said), an
+/// outage or throttling of KMS does not, and a key decrypts again when
+/// KMS does. A data key decrypts only under its own mesh and epoch.
+#[test]
+fn kms_epoch_keys_fail_closed_on_refusal_and_ride_out_outages() {
+    use meshgate::keys::kms::{encryption_context, KeyState, KmsKeys};
+    use meshgate::keys::KeyProvider;
+
+    let moto = common::moto();
+    let proxy = FaultProxy::start(moto.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let direct = meshgate_aws::Kms::connect(&settings(&format!("http://{}", moto.addr))).await;
+        let key = direct.create_key("meshgate test").await.expect("a KMS key");
+        let made = direct
+            .generate_data_key(&key, &encryption_context("prod", 2))
+            .await
+            .expect("a data key");
+        // The ciphertext is bound to its mesh and epoch.
+        for (mesh, epoch) in [("prod", 3), ("other", 2)] {
+            let e = direct
+                .decrypt(&key, &made.ciphertext, &encryption_context(mesh, epoch))
+                .await
+                .expect_err("another context");
+            assert!(e.to_string().contains("Decrypt"), "{e}");
+        }
+
+        // The gateway's KMS task, through the proxy, rechecking every 5 s.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        let config = meshgate::config::KmsConfig {
+            key: key.clone(),
+            mesh: "prod".into(),
+            wrapped_key: "unused".into(),
+            region: REGION.into(),
+            endpoint_url: Some(proxy.url.clone()),
+            recheck: Duration::from_secs(5),
+        };
+        let kms = meshgate_aws::Kms::connect(&meshgate::cloud::kms::settings(&config)).await;
+        let keys = Arc::new(KmsKeys::default());
+        let metrics = Arc::new(meshgate::metrics::Metrics::new("kms-test"));
+        let (held_tx, held_rx) = tokio::sync::mpsc::unbounded_channel();
+        let readies = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = readies.clone();
+        tokio::spawn(meshgate::cloud::kms::run(
+            config,
+            kms,
+            keys.clone(),
+            held_rx,
+            move || {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+            metrics.clone(),
+        ));
+        let state = |k: &KmsKeys| {
+            k.states()
+                .into_iter()
+                .find(|(e, _)| *e == 2)
+                .map(|(_, s)| s)
+        };
+        let until = |what: &'static str, want: fn(&Option<KeyState>) -> bool| {
+            let keys = keys.clone();
+            async move {
+                let start = Instant::now();
+                while !want(&state(&keys)) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "{what}: {:?}",
+                        state(&keys)
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                start.elapsed()
+            }
+        };
+        held_tx.send(vec![(2, made.ciphertext.clone())]).unwrap();
+        until("decrypted", |s| *s == Some(KeyState::Ready)).await;
+        assert_eq!(keys.epoch_key(2).expect("the key").epoch, 2);
+        assert_eq!(readies.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Throttling, a KMS outage and a hung call keep the key in use.
+        proxy.always("Decrypt", Some(Fault::Code(400, "ThrottlingException")));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        proxy.always("Decrypt", Some(Fault::Code(500, "KMSInternalException")));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            state(&keys),
+            Some(KeyState::Ready),
+            "an outage withdraws nothing"
+        );
+        assert!(proxy.injected("Decrypt", Fault::Code(400, "ThrottlingException")) >= 1);
+        assert!(proxy.injected("Decrypt", Fault::Code(500, "KMSInternalException")) >= 1);
+
+        // Each refusal withdraws the key within the recheck, saying why;
+        // KMS decrypting again brings it back.
+        for code in [
+            "DisabledException",
+            "KMSInvalidStateException",
+            "AccessDeniedException",
+            "NotFoundException",
+        ] {
+            proxy.always("Decrypt", Some(Fault::Code(400, code)));
+            let took = until("refused", |s| matches!(s, Some(KeyState::Refused(_)))).await;
+            let why = keys.epoch_key(2).expect_err("fail closed").to_string();
+            assert!(why.contains(code) && why.contains("Decrypt"), "{why}");
+            eprintln!("{code}: the key withdrawn {took:?} after KMS began refusing (recheck 5 s)");
+            proxy.always("Decrypt", None);
+            until("decrypted again", |s| *s == Some(KeyState::Ready)).await;
+        }
+        let text = metrics.render();
+        for (outcome, at_least) in [
+            ("ok", 5),
+            ("throttled", 1),
+            ("server_error", 1),
+            ("refused", 4),
+        ] {
+            let line =
+                format!("meshgate_cloud_calls_total{{api=\"Decrypt\",outcome=\"{outcome}\"}}");
+            let n: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            assert!(n >= at_least as f64, "{line} {n}\n{text}");
+        }
+        // An epoch the member no longer holds is forgotten.
+        held_tx.send(Vec::new()).unwrap();
+        until("forgotten", |s| s.is_none()).await;
+    });
+}

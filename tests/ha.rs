@@ -578,3 +578,149 @@ fn a_real_prometheus_scrapes_every_gateway_and_loads_the_rules() {
         || prometheus_count(&lab, "up{job=\"meshgate\"} == 0") == 1,
     );
 }
+
+/// SAs of `epoch` at gateway `g`.
+fn sas(lab: &Lab, g: usize, epoch: u32) -> u64 {
+    metric(
+        lab,
+        g,
+        "meshgate_sas_by_epoch",
+        &format!("epoch=\"{epoch}\""),
+    )
+}
+
+/// Each region's host pings the other's.
+fn hosts_reach(lab: &Lab, what: &str) {
+    for r in 0..2 {
+        let to = lab.regions[1 - r].host_ip();
+        ping_ok(&lab.regions[r].host, to.into(), 3, what);
+    }
+}
+
+/// The mesh's epoch keys as KMS data keys in the lab's AWS, found by tags
+/// as on AWS: the gateways decrypt epoch 1's at start and key every pair;
+/// `keys rotate --kms-key` makes epoch 2's data key, whose ciphertext
+/// alone reaches every member with the order, and the mesh moves to it.
+/// When KMS refuses (the key disabled; moto does not enforce key state,
+/// so a proxy in front of it answers as KMS would), the next epoch forms
+/// no SA and says why, the traffic stays on the SAs already keyed, and
+/// the epoch keys itself once KMS decrypts again. A gateway whose KMS
+/// refuses at start does not start, naming the key and KMS's reason.
+#[test]
+fn the_mesh_keys_itself_from_kms_and_fails_closed_when_kms_refuses() {
+    use common::faults::{Fault, FaultProxy};
+    check();
+    let mut lab = Lab::build_with(2, &tag(), 2).expect("building the lab");
+    lab.start_moto()
+        .expect("moto as the lab's AWS (tests/run.sh installs it)");
+    lab.register_instances().expect("tagged instances in moto");
+    lab.use_kms()
+        .expect("a KMS key and epoch 1's data key in moto");
+    // The gateways reach KMS through a proxy beside moto.
+    let moto_addr =
+        std::net::SocketAddr::from((meshgate::lab::moto::MOTO_IP, meshgate::lab::moto::MOTO_PORT));
+    let bind = format!(
+        "{}:{}",
+        meshgate::lab::moto::MOTO_IP,
+        meshgate::lab::moto::MOTO_PORT + 1
+    );
+    let proxy = lab
+        .underlay
+        .run(move || FaultProxy::start_at(&bind, moto_addr))
+        .unwrap();
+    if let Some(k) = lab.kms.as_mut() {
+        k.url = proxy.url.clone();
+    }
+    lab.write_mesh_configs().expect("writing configs");
+    let cfg = std::fs::read_to_string(lab.config_path(0)).unwrap();
+    assert!(
+        cfg.contains("provider = \"kms\"") && !cfg.contains("master_key"),
+        "{cfg}"
+    );
+    let wrapped = std::fs::read_to_string(lab.dir.join("epoch-1.kms")).unwrap();
+    assert!(wrapped.trim().len() >= 64, "a ciphertext, hex: {wrapped}");
+    let n = lab.gateway_count();
+    let all: Vec<usize> = (0..n).collect();
+    for g in 0..n {
+        lab.start_gateway(binary(), g).expect("starting a gateway");
+    }
+    common::wait_meshed(&lab, &all, Duration::from_secs(30));
+    hosts_reach(&lab, "keyed from KMS");
+
+    let rotate = |lab: &Lab| {
+        let out = lab
+            .gateway_ns(0)
+            .command(&binary().to_string_lossy())
+            .args(["keys", "rotate", "--ca-key"])
+            .arg(lab.ca_key_path())
+            .arg("--control")
+            .arg(lab.control_socket(0))
+            .args(lab.kms_args())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("running meshgate");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let out = rotate(&lab);
+    assert!(out.contains("the KMS data key of epoch 2 taken"), "{out}");
+    let took = common::eventually(
+        Duration::from_secs(30),
+        "every member keyed on epoch 2",
+        || all.iter().all(|&g| sas(&lab, g, 2) >= 2 * (n as u64 - 1)),
+    );
+    eprintln!(
+        "rotated to epoch 2 (a KMS data key): every pair keyed on it {took:?} after keys rotate"
+    );
+    hosts_reach(&lab, "on epoch 2");
+
+    // KMS refuses from now on: epoch 3 forms no SA, and says why.
+    proxy.always("Decrypt", Some(Fault::Code(400, "DisabledException")));
+    let out = rotate(&lab);
+    assert!(out.contains("epoch 3"), "{out}");
+    common::eventually(
+        Duration::from_secs(20),
+        "every member refusing epoch 3's key",
+        || {
+            all.iter()
+                .all(|&g| metric(&lab, g, "meshgate_kms_epoch_keys", "state=\"refused\"") >= 1)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for &g in &all {
+        assert_eq!(
+            sas(&lab, g, 3),
+            0,
+            "gateway {g} formed an SA of epoch 3 without its key"
+        );
+        let log = std::fs::read_to_string(lab.log_path(g)).unwrap_or_default();
+        assert!(log.contains("DisabledException"), "gateway {g}: {log}");
+    }
+    hosts_reach(&lab, "on the SAs already keyed while KMS refuses");
+
+    // A gateway started while KMS refuses does not start, and says why.
+    lab.stop_gateway(n - 1);
+    lab.start_gateway(binary(), n - 1).expect("spawning");
+    let e = lab
+        .wait_ready(n - 1, Duration::from_secs(15))
+        .expect_err("no start without its epoch key");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("kms_key") && e.contains("DisabledException"),
+        "{e}"
+    );
+
+    // KMS decrypts again: epoch 3 keys itself, the restarted gateway too.
+    proxy.always("Decrypt", None);
+    lab.start_gateway(binary(), n - 1).expect("restarting");
+    let took = common::eventually(
+        Duration::from_secs(40),
+        "every member keyed on epoch 3",
+        || all.iter().all(|&g| sas(&lab, g, 3) >= 2 * (n as u64 - 1)),
+    );
+    eprintln!("KMS decrypting again: every pair keyed on epoch 3 {took:?} later");
+    hosts_reach(&lab, "on epoch 3");
+}

@@ -80,6 +80,7 @@ fn run_hostile(lab: &Lab, info: MemberInfo, secs: u64) {
             let (_commands, commands) = tokio::sync::mpsc::unbounded_channel();
             let (bound, _) = tokio::sync::oneshot::channel();
             let cfg = NodeConfig {
+                kms: None,
                 creds: Arc::new(creds),
                 listen,
                 discovery: Arc::new(StaticSeeds(seeds)),
@@ -364,6 +365,7 @@ fn a_hostile_member_changes_no_honest_members_routes_or_sas() {
     // 2. A later epoch, and an order signed with its own key.
     let key = lab.dir.join("certs").join(format!("{id}.key"));
     let forged = MeshOrder {
+        wrapped: Vec::new(),
         serial: 1_000,
         current: 7,
         floor: 2,

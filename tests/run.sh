@@ -23,11 +23,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # moto plays AWS for the cloud tests (the official SDK against a local
-# server): a venv of its own, pinned, with only the EC2 parts.
+# server): a venv of its own, pinned, with only the services used.
 MOTO_VENV="${MOTO_VENV:-${CARGO_TARGET_DIR:-$PWD/target}/moto-venv}"
-if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+MOTO_EXTRAS='ec2,kms'
+if [ ! -f "$MOTO_VENV/.extras-$MOTO_EXTRAS" ]; then
   python3 -m venv "$MOTO_VENV"
-  "$MOTO_VENV/bin/pip" install -q 'moto[ec2]==5.2.5' flask flask-cors
+  "$MOTO_VENV/bin/pip" install -q "moto[$MOTO_EXTRAS]==5.2.5" flask flask-cors
+  touch "$MOTO_VENV/.extras-$MOTO_EXTRAS"
 fi
 export MESHGATE_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 

@@ -1,6 +1,7 @@
-//! meshgate's calls to EC2 through the official AWS SDK for Rust: the
-//! VPC route tables an active appliance claims, its network interface's
-//! source/destination check, and the VPCs, route tables and interfaces
+//! meshgate's calls to AWS through the official SDK for Rust: the VPC
+//! route tables an active appliance claims, its network interface's
+//! source/destination check, the instances discovery finds, the KMS data
+//! keys of the mesh's epochs, and the VPCs, route tables and interfaces
 //! the lab creates when a local emulator plays AWS.
 //!
 //! A crate of its own so the gateway's edit-compile loop does not carry
@@ -11,6 +12,7 @@
 
 mod error;
 mod instances;
+mod kms;
 mod lab;
 
 use std::time::Duration;
@@ -22,6 +24,7 @@ use aws_sdk_ec2::types::AttributeBooleanValue;
 
 pub use error::{AwsError, ErrorKind};
 pub use instances::Instance;
+pub use kms::Kms;
 pub use lab::LabVpc;
 
 /// Where and how to reach EC2.
@@ -66,47 +69,55 @@ pub struct Ec2 {
     client: aws_sdk_ec2::Client,
 }
 
-impl Ec2 {
-    /// A client with the default credential chain (environment, profile,
-    /// the instance's role), no SDK retries, and the call timeout.
-    pub async fn connect(s: &Settings) -> Ec2 {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(s.region.clone()))
-            .http_client(http)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(s.call_timeout)
-                    .connect_timeout(s.call_timeout.min(Duration::from_secs(2)))
-                    .build(),
-            );
-        if let Some(url) = &s.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some((key, secret)) = s.static_credentials {
-            loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                key, secret, None, None, "static",
-            ));
-        }
-        let mut config = loader.load().await;
-        if let Some(role) = &s.assume_role {
+/// The SDK's configuration for `s`: the default credential chain
+/// (environment, profile, the instance's role) or fixed keys, no SDK
+/// retries, the call timeout, and AssumeRole into another account.
+pub(crate) async fn sdk_config(s: &Settings) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(s.region.clone()))
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(s.call_timeout)
+                .connect_timeout(s.call_timeout.min(Duration::from_secs(2)))
+                .build(),
+        );
+    if let Some(url) = &s.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some((key, secret)) = s.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            key, secret, None, None, "static",
+        ));
+    }
+    let config = loader.load().await;
+    match &s.assume_role {
+        Some(role) => {
             let assumed = aws_config::sts::AssumeRoleProvider::builder(role.clone())
                 .session_name("meshgate")
                 .configure(&config)
                 .build()
                 .await;
-            config = config
+            config
                 .into_builder()
                 .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(assumed))
-                .build();
+                .build()
         }
+        None => config,
+    }
+}
+
+impl Ec2 {
+    /// A client of the region `s` names (see [`sdk_config`]).
+    pub async fn connect(s: &Settings) -> Ec2 {
         Ec2 {
-            client: aws_sdk_ec2::Client::new(&config),
+            client: aws_sdk_ec2::Client::new(&sdk_config(s).await),
         }
     }
 

@@ -220,26 +220,68 @@ async fn keys_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// `POST /keys/order`: an epoch order signed by the mesh CA (its hex form
-/// as the body), from `keys rotate`, `keys revoke` or `keys apply`.
+/// as the first line of the body), from `keys rotate`, `keys revoke` or
+/// `keys apply`; with KMS epoch keys, lines `wrapped EPOCH HEX` after it
+/// carry the data keys (ciphertext) the order names.
 async fn order_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
-    let order = match SignedOrder::from_hex(&body) {
+    let mut lines = body.lines().filter(|l| !l.trim().is_empty());
+    let order = match SignedOrder::from_hex(lines.next().unwrap_or_default()) {
         Ok(o) => o,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("refused: {e}\n")),
     };
-    match ask(&s, |tx| NodeCommand::Order(order, tx)).await {
-        Ok(Ok(r)) => (
-            StatusCode::OK,
-            format!(
-                "epoch {} in force; revoked: {}; order {}; {} peer(s) rekeying; the mesh follows by gossip\n",
-                r.current,
-                revoked_text(r.floor, &r.revoked),
-                r.serial,
-                r.rekeying
-            ),
-        ),
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
-        Err(e) => e,
+    let mut wrapped = Vec::new();
+    for (i, line) in lines.enumerate() {
+        match parse_wrapped(line) {
+            Some(w) => wrapped.push(w),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("refused: line {} is not `wrapped EPOCH HEX` (a KMS data key's ciphertext, at most {} bytes)\n", i + 2, crate::keys::wrapped::MAX_WRAPPED_LEN),
+                )
+            }
+        }
     }
+    let report = match ask(&s, |tx| NodeCommand::Order(order, tx)).await {
+        Ok(Ok(r)) => format!(
+            "epoch {} in force; revoked: {}; order {}; {} peer(s) rekeying; the mesh follows by gossip\n",
+            r.current,
+            revoked_text(r.floor, &r.revoked),
+            r.serial,
+            r.rekeying
+        ),
+        // The order in force already (a resubmission): its keys may still
+        // be new here.
+        Ok(Err(crate::keys::order::OrderError::Stale { .. })) if !wrapped.is_empty() => {
+            "the order is in force already\n".to_string()
+        }
+        Ok(Err(e)) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
+        Err(e) => return e,
+    };
+    let mut report = report;
+    for (epoch, ciphertext) in wrapped {
+        match ask(&s, |tx| NodeCommand::Wrapped(epoch, ciphertext, tx)).await {
+            Ok(Ok(())) => report.push_str(&format!("the KMS data key of epoch {epoch} taken; the mesh's members receive it from here\n")),
+            Ok(Err(e)) => {
+                return (StatusCode::UNPROCESSABLE_ENTITY, format!("{report}refused the data key of epoch {epoch}: {e}\n"))
+            }
+            Err(e) => return e,
+        }
+    }
+    (StatusCode::OK, report)
+}
+
+/// `wrapped EPOCH HEX`.
+fn parse_wrapped(line: &str) -> Option<(crate::keys::Epoch, Vec<u8>)> {
+    let mut w = line.split_whitespace();
+    let (Some("wrapped"), Some(epoch), Some(hex), None) = (w.next(), w.next(), w.next(), w.next())
+    else {
+        return None;
+    };
+    let epoch = epoch.parse().ok()?;
+    if hex.is_empty() || hex.len() > 2 * crate::keys::wrapped::MAX_WRAPPED_LEN {
+        return None;
+    }
+    Some((epoch, crate::keys::wrapped::from_hex(hex)?))
 }
 
 /// `2 5` and, when a floor is set, `and every epoch below 3`.

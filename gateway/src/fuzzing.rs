@@ -243,6 +243,7 @@ pub mod seeds {
     pub fn order() -> Vec<Vec<u8>> {
         use crate::keys::order::MeshOrder;
         let order = MeshOrder {
+            wrapped: Vec::new(),
             serial: 3,
             current: 4,
             floor: 2,

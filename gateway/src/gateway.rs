@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, PolicySource, SignalConfig};
+use crate::config::{Config, KeySource, PolicySource, SignalConfig};
 use crate::dataplane::Dataplane;
 use crate::esp::SaDefaults;
 use crate::keys::{KeyProvider, LocalKeys};
@@ -144,6 +144,8 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 struct MeshStart {
     creds: Arc<Credentials>,
     keys: Arc<dyn KeyProvider>,
+    /// With KMS epoch keys: what the member and the KMS task start from.
+    kms: Option<KmsStart>,
     signal: SignalConfig,
     slots: SharedSlots,
     local: MemberInfo,
@@ -179,17 +181,112 @@ impl MeshStart {
                 if granted.is_empty() { "none".to_string() } else { granted.join(", ") }
             );
         }
-        let keys = LocalKeys::load(&signal.keys.master_key)
-            .context("loading the epoch keys ([keys] master_key)")?;
-        keys.epoch_key(signal.keys.epoch)
-            .with_context(|| format!("the key of epoch {}", signal.keys.epoch))?;
+        let (keys, kms): (Arc<dyn KeyProvider>, Option<KmsStart>) = match &signal.keys.source {
+            KeySource::Local { master_key } => {
+                let keys = LocalKeys::load(master_key)
+                    .context("loading the epoch keys ([keys] master_key)")?;
+                keys.epoch_key(signal.keys.epoch)
+                    .with_context(|| format!("the key of epoch {}", signal.keys.epoch))?;
+                (Arc::new(keys), None)
+            }
+            KeySource::Kms(k) => {
+                let start = KmsStart::load(k, signal.keys.epoch)?;
+                (start.keys.clone(), Some(start))
+            }
+        };
         Ok(MeshStart {
             creds: Arc::new(creds),
-            keys: Arc::new(keys),
+            keys,
+            kms,
             signal: signal.clone(),
             slots: Slots::starting_at(config.peers.len()),
             local,
         })
+    }
+}
+
+/// The configured epoch's KMS data key, decrypted before anything starts
+/// (KMS's refusal stops the start, and says why).
+#[cfg(feature = "aws")]
+struct KmsStart {
+    config: crate::config::KmsConfig,
+    keys: Arc<crate::keys::kms::KmsKeys>,
+    wrapped: crate::keys::wrapped::WrappedKeys,
+}
+
+#[cfg(feature = "aws")]
+impl KmsStart {
+    fn load(k: &crate::config::KmsConfig, epoch: crate::keys::Epoch) -> Result<KmsStart> {
+        let path = k.wrapped_key.display();
+        let text = std::fs::read_to_string(&k.wrapped_key)
+            .with_context(|| format!("reading keys.wrapped_key {path}"))?;
+        let ciphertext = crate::keys::wrapped::from_hex(text.trim())
+            .filter(|c| !c.is_empty() && c.len() <= crate::keys::wrapped::MAX_WRAPPED_LEN)
+            .with_context(|| format!("keys.wrapped_key {path}: not the hex of a KMS data key's ciphertext (what `meshgate keys init --kms` writes)"))?;
+        let keys = Arc::new(crate::keys::kms::KmsKeys::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for KMS")?;
+        rt.block_on(async {
+            let kms = meshgate_aws::Kms::connect(&crate::cloud::kms::settings(k)).await;
+            crate::cloud::kms::decrypt_into(&kms, k, &keys, epoch, &ciphertext).await
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the epoch keys ([keys] kms_key {}, wrapped_key {path}): {e}",
+                k.key
+            )
+        })?;
+        Ok(KmsStart {
+            config: k.clone(),
+            keys,
+            wrapped: crate::keys::wrapped::WrappedKeys::configured(epoch, ciphertext),
+        })
+    }
+
+    /// The task that keeps the held keys decrypted, and the member's link
+    /// to it.
+    fn spawn(
+        self,
+        node: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
+        metrics: Arc<Metrics>,
+    ) -> node::KmsLink {
+        let (unwrap, held) = tokio::sync::mpsc::unbounded_channel();
+        let KmsStart {
+            config,
+            keys,
+            wrapped,
+        } = self;
+        tokio::spawn(async move {
+            let kms = meshgate_aws::Kms::connect(&crate::cloud::kms::settings(&config)).await;
+            let ready = move || {
+                let _ = node.send(node::NodeCommand::EpochKeyReady);
+            };
+            crate::cloud::kms::run(config, kms, keys, held, ready, metrics).await
+        });
+        node::KmsLink { wrapped, unwrap }
+    }
+}
+
+/// Without the AWS SDK there are no KMS keys (the config refuses them).
+#[cfg(not(feature = "aws"))]
+struct KmsStart {
+    keys: Arc<dyn KeyProvider>,
+}
+
+#[cfg(not(feature = "aws"))]
+impl KmsStart {
+    fn load(_: &crate::config::KmsConfig, _: crate::keys::Epoch) -> Result<KmsStart> {
+        anyhow::bail!("keys.provider: this build has no AWS SDK (built without the aws feature)")
+    }
+
+    fn spawn(
+        self,
+        _: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
+        _: Arc<Metrics>,
+    ) -> node::KmsLink {
+        unreachable!("KmsStart::load refuses KMS keys without the aws feature")
     }
 }
 
@@ -330,7 +427,12 @@ pub fn run(config_path: &Path) -> Result<()> {
                 sa_defaults,
                 notice_rx,
                 &dataplane,
-                (policy.clone(), node_command_rx, member_list.clone()),
+                (
+                    policy.clone(),
+                    node_command_rx,
+                    node_commands.clone(),
+                    member_list.clone(),
+                ),
                 (probe_socket, probe_rx),
                 metrics.clone(),
             )
@@ -485,9 +587,10 @@ fn start_member(
     sa: SaDefaults,
     notices: tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::SaNotice>,
     dataplane: &Dataplane,
-    (policy, node_rx, list): (
+    (policy, node_rx, node_tx, list): (
         PolicyHandle,
         tokio::sync::mpsc::UnboundedReceiver<node::NodeCommand>,
+        tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
         mesh::MemberList,
     ),
     (probe_socket, probe_rx): (UdpSocket, tokio::sync::mpsc::Receiver<Vec<u8>>),
@@ -524,7 +627,9 @@ fn start_member(
     let suite = sa.suite;
     let mut tunnels = Tunnels::new(sa, crate::tunnels::GRACE, m.slots);
     tunnels.share_probe_keys(probe_keys);
+    let kms = m.kms.map(|k| k.spawn(node_tx, metrics.clone()));
     let cfg = NodeConfig {
+        kms,
         creds: m.creds,
         listen: m.signal.listen,
         discovery,

@@ -504,6 +504,7 @@ mod tests {
         init_ca(&theirs, 30).unwrap();
         let (_, appliance_key) = issue(&ours, &claims("region-1"), &ours, 30).unwrap();
         let order = MeshOrder {
+            wrapped: Vec::new(),
             serial: 1,
             current: 2,
             floor: 1,

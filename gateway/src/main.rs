@@ -144,6 +144,10 @@ enum Cmd {
         /// the gateways find each other by tags, with no seed list.
         #[arg(long)]
         discovery: bool,
+        /// With --cloud moto: the mesh's epoch keys are KMS data keys made
+        /// under a KMS key in the lab's AWS, which each gateway decrypts.
+        #[arg(long)]
+        kms: bool,
     },
 }
 
@@ -204,10 +208,18 @@ enum CertCmd {
 enum KeysCmd {
     /// Write a new random master key file (mode 0600; never overwrites), from
     /// which the `local` key provider derives every epoch key. Every
-    /// appliance of the mesh needs the same file.
+    /// appliance of the mesh needs the same file. With --kms-key: instead a
+    /// KMS data key for --epoch, of which only the ciphertext is written
+    /// (the `kms` provider's `wrapped_key`; no secret: only a role allowed
+    /// to decrypt with that KMS key can use it).
     Init {
         #[arg(long)]
         file: PathBuf,
+        #[command(flatten)]
+        kms: KmsArgs,
+        /// The epoch the KMS data key is for ([keys] epoch).
+        #[arg(long, default_value_t = 1, requires = "kms_key")]
+        epoch: u32,
     },
     /// Move the whole mesh to the next key epoch: an order signed with the
     /// mesh CA key, which the gateway puts into force (rekeying every peer
@@ -216,6 +228,8 @@ enum KeysCmd {
     Rotate {
         #[command(flatten)]
         order: OrderArgs,
+        #[command(flatten)]
+        kms: KmsArgs,
     },
     /// Revoke a key epoch mesh-wide: an order signed with the mesh CA key;
     /// every SA derived from EPOCH is torn down at once and renegotiated
@@ -224,6 +238,8 @@ enum KeysCmd {
         epoch: u32,
         #[command(flatten)]
         order: OrderArgs,
+        #[command(flatten)]
+        kms: KmsArgs,
     },
     /// Print the epoch state in force at the gateway (the input of `keys
     /// rotate --state` on a machine that holds the CA key).
@@ -262,11 +278,48 @@ struct OrderArgs {
     out: Option<PathBuf>,
 }
 
+/// With KMS epoch keys: where a new epoch's data key is made.
+#[derive(clap::Args)]
+struct KmsArgs {
+    /// The mesh's epoch keys are KMS data keys: make the new epoch's under
+    /// this KMS key (id, ARN or alias; [keys] kms_key), with your own AWS
+    /// credentials. The order names its digest, and only its ciphertext
+    /// goes to the mesh.
+    #[arg(long, value_name = "KEY")]
+    kms_key: Option<String>,
+    /// The mesh's name in the data key's encryption context ([keys] mesh).
+    #[arg(long, requires = "kms_key")]
+    mesh: Option<String>,
+    /// The KMS key's region ([keys] region).
+    #[arg(long, requires = "kms_key")]
+    region: Option<String>,
+    /// Another KMS endpoint than AWS's ([keys] endpoint_url).
+    #[arg(long, value_name = "URL", requires = "kms_key")]
+    endpoint_url: Option<String>,
+}
+
+impl KmsArgs {
+    /// A new data key for `epoch`: its ciphertext (the plaintext is
+    /// dropped at once, zeroized).
+    fn data_key(&self, epoch: u32) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(key) = &self.kms_key else {
+            return Ok(None);
+        };
+        let (Some(mesh), Some(region)) = (&self.mesh, &self.region) else {
+            anyhow::bail!("--kms-key needs --mesh and --region too (as [keys] mesh and region)");
+        };
+        meshgate::cloud::new_data_key(key, mesh, region, self.endpoint_url.as_deref(), epoch)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 /// `keys rotate`, `keys revoke` and `cert revoke`: the next order from
 /// the state in force, signed with the CA key, then submitted or written
 /// out.
 fn submit_order(
     a: &OrderArgs,
+    kms: Option<&KmsArgs>,
     next: impl FnOnce(
         &meshgate::keys::rotation::EpochState,
     )
@@ -286,13 +339,32 @@ fn submit_order(
         }
     };
     let state: MeshOrder = text.parse()?;
-    let next = next(&state.state())?;
+    let mut next = next(&state.state())?;
+    // With KMS keys, a new current epoch gets its data key here: the order
+    // names its digest, and its ciphertext goes with the order.
+    let mut wrapped = None;
+    if !next.wrapped.iter().any(|(e, _)| *e == next.current) {
+        if let Some(ciphertext) = kms.map(|k| k.data_key(next.current)).transpose()?.flatten() {
+            next.wrapped
+                .retain(|(e, _)| e.saturating_add(1) >= next.current);
+            next.wrapped
+                .push((next.current, meshgate::keys::wrapped::digest(&ciphertext)));
+            wrapped = Some(format!(
+                "\nwrapped {} {}",
+                next.current,
+                meshgate::keys::wrapped::to_hex(&ciphertext)
+            ));
+        } else if !state.wrapped.is_empty() {
+            anyhow::bail!("this mesh's epoch keys are KMS data keys (the state names them): give --kms-key, --mesh and --region so epoch {} gets one", next.current);
+        }
+    }
     let signed = next
         .seal(|m| meshgate::identity::ca_sign(&a.ca_key, m).map_err(|e| e.to_string()))
         .map_err(anyhow::Error::msg)?;
+    let wrapped = wrapped.unwrap_or_default();
     match &a.out {
         Some(f) => {
-            std::fs::write(f, format!("{}\n", signed.to_hex()))
+            std::fs::write(f, format!("{}{wrapped}\n", signed.to_hex()))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             println!(
                 "order {} ({next}) written to {}; submit it with meshgate keys apply",
@@ -301,7 +373,11 @@ fn submit_order(
             );
             Ok(())
         }
-        None => control_post(&a.control, "/keys/order", &signed.to_hex()),
+        None => control_post(
+            &a.control,
+            "/keys/order",
+            &format!("{}{wrapped}", signed.to_hex()),
+        ),
     }
 }
 
@@ -377,6 +453,17 @@ fn shown((status, body): (u16, String)) -> anyhow::Result<()> {
 }
 
 /// POSTs to the control socket; prints the answer, fails unless 200.
+/// Writes `text` and a newline to a new file (never overwrites).
+fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    writeln!(f, "{text}").map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 fn control_post(control: &std::path::Path, path: &str, body: &str) -> anyhow::Result<()> {
     let (status, answer) = meshgate::control::request(control, "POST", path, body)?;
     print!("{answer}");
@@ -466,7 +553,7 @@ fn main() -> ExitCode {
         Cmd::Cert {
             command: CertCmd::Revoke { cert, drop, order },
         } => cert_to_revoke(&cert).and_then(|id| {
-            submit_order(&order, |s| {
+            submit_order(&order, None, |s| {
                 if drop {
                     s.drop_cert(id)
                 } else {
@@ -475,16 +562,26 @@ fn main() -> ExitCode {
             })
         }),
         Cmd::Keys {
-            command: KeysCmd::Init { file },
-        } => meshgate::keys::LocalKeys::generate(&file)
-            .map(|()| println!("master key written: {}", file.display()))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+            command: KeysCmd::Init { file, kms, epoch },
+        } => match kms.data_key(epoch) {
+            Ok(Some(ciphertext)) => write_new(&file, &meshgate::keys::wrapped::to_hex(&ciphertext))
+                .map(|()| {
+                    println!(
+                        "the KMS data key of epoch {epoch} written (ciphertext only): {}",
+                        file.display()
+                    )
+                }),
+            Ok(None) => meshgate::keys::LocalKeys::generate(&file)
+                .map(|()| println!("master key written: {}", file.display()))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+            Err(e) => Err(e),
+        },
         Cmd::Keys {
-            command: KeysCmd::Rotate { order },
-        } => submit_order(&order, |s| s.rotate()),
+            command: KeysCmd::Rotate { order, kms },
+        } => submit_order(&order, Some(&kms), |s| s.rotate()),
         Cmd::Keys {
-            command: KeysCmd::Revoke { epoch, order },
-        } => submit_order(&order, |s| s.revoke(epoch)),
+            command: KeysCmd::Revoke { epoch, order, kms },
+        } => submit_order(&order, Some(&kms), |s| s.revoke(epoch)),
         Cmd::Keys {
             command: KeysCmd::Show { control },
         } => meshgate::control::request(&control, "GET", "/keys", "").and_then(shown),
@@ -523,6 +620,7 @@ fn main() -> ExitCode {
             dx,
             cut_dx,
             discovery,
+            kms,
         } => std::env::current_exe()
             .map_err(Into::into)
             .and_then(|binary| {
@@ -543,6 +641,7 @@ fn main() -> ExitCode {
                     dx: dx || cut_dx.is_some(),
                     dx_cuts: cut_dx.unwrap_or(0),
                     discovery,
+                    kms,
                 })
             }),
     };

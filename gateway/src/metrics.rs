@@ -52,6 +52,9 @@ pub struct CloudMetrics {
     pub group_active: IntGaugeVec,
     /// Changes of a group's active member from one member to another.
     pub failovers: IntCounterVec,
+    /// With KMS epoch keys: the epochs' keys by state (ready, waiting,
+    /// refused).
+    pub kms_keys: IntGaugeVec,
     /// Each group's active member, as last decided (`meshgate status`).
     active: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -91,6 +94,12 @@ impl CloudMetrics {
                 "meshgate_cloud_route_claims_total",
                 "Routes this appliance started (claim) or stopped (release) claiming.",
                 &["change"],
+            ),
+            kms_keys: gauge_vec(
+                registry,
+                "meshgate_kms_epoch_keys",
+                "With KMS epoch keys: the epochs whose data key this appliance holds, by state (ready: decrypted; waiting: KMS not answered yet; refused: KMS refused it, so no new SA of that epoch forms).",
+                &["state"],
             ),
             group_active: gauge_vec(
                 registry,

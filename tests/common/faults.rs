@@ -1,8 +1,9 @@
-//! moto never throttles, fails or hangs; AWS does. A proxy in front of
-//! moto passes every request through unless a fault was injected for its
-//! API (the EC2 query's `Action`), which then gets what AWS would answer:
-//! 503 `RequestLimitExceeded`, 500 `InternalError`, 403
-//! `UnauthorizedOperation`, or no answer at all.
+//! moto never throttles, fails or hangs, and its KMS ignores key state;
+//! AWS does not. A proxy in front of moto passes every request through
+//! unless a fault was injected for its API (the EC2 query's `Action`, or
+//! the JSON protocol's `X-Amz-Target`), which then gets what AWS would
+//! answer: 503 `RequestLimitExceeded`, 500 `InternalError`, 403
+//! `UnauthorizedOperation`, a service's own error code, or no answer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,9 @@ pub enum Fault {
     Forbidden,
     /// No answer for 30 s: the caller times out.
     Hang,
+    /// An error of the service's own, with its HTTP status (KMS's
+    /// `DisabledException`, `AccessDeniedException`, ...).
+    Code(u16, &'static str),
 }
 
 /// Every request's API, with the fault it got if any.
@@ -30,17 +34,28 @@ pub struct FaultProxy {
     plan: Arc<Mutex<Vec<(String, Fault)>>>,
     /// Every request's API, with the fault it got if any.
     pub seen: Seen,
+    /// Faults every request to an API gets, until cleared.
+    always: Always,
 }
+
+type Always = Arc<Mutex<std::collections::HashMap<String, Fault>>>;
 
 impl FaultProxy {
     /// A proxy on 127.0.0.1 in front of `upstream`.
     pub fn start(upstream: SocketAddr) -> FaultProxy {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        Self::start_at("127.0.0.1:0", upstream)
+    }
+
+    /// A proxy listening on `bind` (in the calling thread's network
+    /// namespace: its thread is born there) in front of `upstream`.
+    pub fn start_at(bind: &str, upstream: SocketAddr) -> FaultProxy {
+        let std_listener = std::net::TcpListener::bind(bind).expect("binding the proxy");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", std_listener.local_addr().expect("its address"));
         let plan: Arc<Mutex<Vec<(String, Fault)>>> = Arc::default();
         let seen: Seen = Arc::default();
-        let (p, s) = (plan.clone(), seen.clone());
+        let always: Always = Arc::default();
+        let (p, s, a) = (plan.clone(), seen.clone(), always.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -50,11 +65,25 @@ impl FaultProxy {
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("a listener");
                 while let Ok((conn, _)) = listener.accept().await {
-                    tokio::spawn(serve(conn, upstream, p.clone(), s.clone()));
+                    tokio::spawn(serve(conn, upstream, p.clone(), s.clone(), a.clone()));
                 }
             });
         });
-        FaultProxy { url, plan, seen }
+        FaultProxy {
+            url,
+            plan,
+            seen,
+            always,
+        }
+    }
+
+    /// Every request to `api` gets `fault` from now on (`None`: none).
+    pub fn always(&self, api: &str, fault: Option<Fault>) {
+        let mut always = self.always.lock().unwrap();
+        match fault {
+            Some(f) => always.insert(api.to_string(), f),
+            None => always.remove(api),
+        };
     }
 
     /// The next request to `api` gets `fault` (faults queue in order).
@@ -90,18 +119,26 @@ async fn serve(
     upstream: SocketAddr,
     plan: Arc<Mutex<Vec<(String, Fault)>>>,
     seen: Seen,
+    always: Always,
 ) {
     let mut buf = Vec::new();
     loop {
         let Some((head, body)) = read_request(&mut conn, &mut buf).await else {
             return;
         };
-        let api = form_value(&body, "Action").unwrap_or_default();
+        // The JSON protocol (KMS) names its operation in a header.
+        let json =
+            header(&head, "X-Amz-Target").map(|t| t.rsplit('.').next().unwrap_or(t).to_string());
+        let api = json
+            .clone()
+            .or_else(|| form_value(&body, "Action"))
+            .unwrap_or_default();
         let fault = {
             let mut plan = plan.lock().unwrap();
             let at = plan.iter().position(|(a, _)| *a == api);
             at.map(|i| plan.remove(i).1)
-        };
+        }
+        .or_else(|| always.lock().unwrap().get(&api).copied());
         seen.lock().unwrap().push((api.clone(), fault));
         let reply = match fault {
             Some(Fault::Hang) => {
@@ -119,6 +156,8 @@ async fn serve(
                 "UnauthorizedOperation",
                 "You are not authorized to perform this operation.",
             ),
+            Some(Fault::Code(status, code)) if json.is_some() => json_error(status, code),
+            Some(Fault::Code(status, code)) => error_reply(status, code, "injected"),
             None => match forward(upstream, &head, &body).await {
                 Some(r) => r,
                 None => return,
@@ -207,6 +246,17 @@ fn error_reply(status: u16, code: &str, message: &str) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// An error as the JSON protocol (KMS) answers it.
+fn json_error(status: u16, code: &str) -> Vec<u8> {
+    let body =
+        format!("{{\"__type\":\"{code}\",\"message\":\"{code} (injected in front of moto)\"}}");
+    format!(
+        "HTTP/1.1 {status} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: 00000000-fault-injected\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -106,7 +106,7 @@ fn route_table(t: meshgate_aws::RouteTable) -> RouteTable {
 
 /// EC2's error, with the API, the route and EC2's word, as the
 /// reconciler's kind of error.
-fn cloud_error(e: meshgate_aws::AwsError) -> CloudError {
+pub(crate) fn cloud_error(e: meshgate_aws::AwsError) -> CloudError {
     use meshgate_aws::ErrorKind;
     let text = e.to_string();
     match e.kind {

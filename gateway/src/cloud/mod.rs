@@ -16,12 +16,23 @@ pub mod backend;
 #[cfg(feature = "aws")]
 pub mod discovery;
 pub mod driver;
+#[cfg(feature = "aws")]
+pub mod kms;
 pub mod lab;
 pub mod reconcile;
 #[cfg(test)]
 mod tests;
 
 use crate::prefix::Prefix;
+
+#[cfg(feature = "aws")]
+pub use kms::new_data_key;
+
+/// Without the AWS SDK there is no KMS.
+#[cfg(not(feature = "aws"))]
+pub fn new_data_key(_: &str, _: &str, _: &str, _: Option<&str>, _: u32) -> Result<Vec<u8>, String> {
+    Err("this build has no AWS SDK (built without the aws feature)".into())
+}
 
 /// A route this appliance may claim: `destination` in route table `table`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,6 +7,7 @@
 mod cloud;
 mod discovery;
 mod error;
+mod keys;
 mod raw;
 mod sa;
 mod sections;
@@ -15,6 +16,7 @@ mod tests;
 mod validate;
 
 pub use error::ConfigError;
+pub use keys::{KeySource, KmsConfig, DEFAULT_KMS_RECHECK};
 use raw::*;
 
 use std::collections::HashSet;
@@ -142,8 +144,8 @@ pub struct TagDiscovery {
 /// Where epoch keys come from.
 #[derive(Debug, Clone)]
 pub struct KeysConfig {
-    /// The `local` provider's master key file.
-    pub master_key: PathBuf,
+    /// Where the epoch keys come from.
+    pub source: KeySource,
     /// The epoch new SAs are negotiated under.
     pub epoch: u32,
 }

@@ -83,6 +83,12 @@ pub(super) struct RawKeys {
     pub(super) master_key: Option<Spanned<String>>,
     #[serde(default = "default_epoch")]
     pub(super) epoch: Spanned<u64>,
+    pub(super) kms_key: Option<Spanned<String>>,
+    pub(super) mesh: Option<Spanned<String>>,
+    pub(super) wrapped_key: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) endpoint_url: Option<Spanned<String>>,
+    pub(super) recheck_secs: Option<Spanned<u64>>,
 }
 
 pub(super) fn default_provider() -> Spanned<String> {

@@ -51,35 +51,7 @@ impl Validator<'_> {
             )?;
             seeds.push((sid.to_string(), at));
         }
-        let k = k.get_ref();
-        if k.provider.get_ref() != "local" {
-            return self.err(
-                k.provider.span(),
-                "keys.provider",
-                format!(
-                    "unknown key provider '{}'; expected local",
-                    k.provider.get_ref()
-                ),
-            );
-        }
-        let Some(master) = &k.master_key else {
-            return self.err(
-                raw.keys.as_ref().map_or(0..0, |k| k.span()),
-                "keys.master_key",
-                "the local provider needs master_key, a file made by `meshgate keys init`",
-            );
-        };
-        let epoch = *k.epoch.get_ref();
-        let Ok(epoch) = u32::try_from(epoch) else {
-            return self.err(
-                k.epoch.span(),
-                "keys.epoch",
-                format!("{epoch} is above {}", u32::MAX),
-            );
-        };
-        if epoch == 0 {
-            return self.err(k.epoch.span(), "keys.epoch", "epochs start at 1");
-        }
+        let keys = self.keys(k)?;
         if !crate::membership::valid_id(id) {
             return self.err(
                 raw.gateway.id.span(),
@@ -130,10 +102,7 @@ impl Validator<'_> {
             cert: self.relative_path(s.cert.get_ref()),
             key: self.relative_path(s.key.get_ref()),
             seeds,
-            keys: KeysConfig {
-                master_key: self.relative_path(master.get_ref()),
-                epoch,
-            },
+            keys,
         }))
     }
 

@@ -3,8 +3,8 @@
 //! SAs, and retiring an epoch retires every SA derived from it.
 //!
 //! Where the key comes from is behind [`KeyProvider`]: `local` derives it
-//! from a master key file shared by the mesh's appliances; a later provider
-//! takes AWS KMS data keys under the user's own KMS key.
+//! from a master key file shared by the mesh's appliances; `kms`
+//! (`keys::kms`) takes AWS KMS data keys under the user's own KMS key.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,10 @@ pub struct EpochKey {
 }
 
 impl EpochKey {
+    pub(crate) fn new(epoch: Epoch, key: Zeroizing<[u8; KEY_LEN]>) -> EpochKey {
+        EpochKey { epoch, key }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.key
     }
@@ -42,6 +46,9 @@ pub enum EpochKeyError {
     MasterKey { path: String, reason: String },
     #[error("epoch {0} is revoked")]
     Revoked(Epoch),
+    /// Why KMS gives no key (the key disabled, access denied, not yet).
+    #[error("KMS: {0}")]
+    Kms(String),
 }
 
 /// Where epoch keys come from.

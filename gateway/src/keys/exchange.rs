@@ -392,6 +392,9 @@ impl Negotiator {
             Message::Init(m) => self.on_init(peer, m, bytes, now),
             Message::Response(m) => self.on_response(peer, m),
             Message::Confirm(m) => self.on_confirm(peer, m),
+            // The member takes wrapped keys before the negotiation sees
+            // messages (`member::handle_message`).
+            Message::Wrapped(_) => Err(ExchangeError::Unexpected("wrapped key")),
         }
     }
 

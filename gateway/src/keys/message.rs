@@ -10,18 +10,22 @@
 //!   initiator chose for its inbound SA u32;
 //! - response (2): exchange id u64, nonce (16), public key (32), the SPI the
 //!   responder chose u32, MAC (32);
-//! - confirm (3): exchange id u64, MAC (32).
+//! - confirm (3): exchange id u64, MAC (32);
+//! - wrapped key (4): epoch u32, a KMS ciphertext of 1 to 400 bytes (u16
+//!   length first): an epoch's data key as it travels (`keys::wrapped`).
 
 use crate::esp::CipherSuite;
 use crate::ids::valid_id;
 
 use super::epoch::Epoch;
+use super::wrapped::MAX_WRAPPED_LEN;
 
 const MAGIC: &[u8; 4] = b"MGKX";
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 8;
-/// No message is longer (an init with two 63-byte ids is 201 bytes).
-pub const MAX_MESSAGE_LEN: usize = 256;
+/// No message is longer: a wrapped key of the largest ciphertext (an init
+/// with two 63-byte ids is 201 bytes).
+pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 6 + MAX_WRAPPED_LEN;
 pub const NONCE_LEN: usize = 16;
 pub const PUBLIC_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -53,11 +57,19 @@ pub struct Confirm {
     pub mac: [u8; MAC_LEN],
 }
 
+/// An epoch's KMS data key as KMS encrypted it (never its plaintext).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wrapped {
+    pub epoch: Epoch,
+    pub ciphertext: Vec<u8>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Init(Init),
     Response(Response),
     Confirm(Confirm),
+    Wrapped(Wrapped),
 }
 
 /// Why a message was refused.
@@ -101,6 +113,12 @@ impl Message {
                 body.extend_from_slice(&m.exchange.to_be_bytes());
                 body.extend_from_slice(&m.mac);
                 3
+            }
+            Message::Wrapped(m) => {
+                body.extend_from_slice(&m.epoch.to_be_bytes());
+                body.extend_from_slice(&(m.ciphertext.len() as u16).to_be_bytes());
+                body.extend_from_slice(&m.ciphertext);
+                4
             }
         };
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -172,6 +190,19 @@ impl Message {
                 exchange: r.u64()?,
                 mac: r.array()?,
             }),
+            4 => {
+                let epoch = r.u32()?;
+                let len = u16::from_be_bytes(r.array()?) as usize;
+                if len == 0 || len > MAX_WRAPPED_LEN {
+                    return Err(bad(format!(
+                        "a wrapped key of {len} bytes (1 to {MAX_WRAPPED_LEN})"
+                    )));
+                }
+                Message::Wrapped(Wrapped {
+                    epoch,
+                    ciphertext: r.take(len)?.to_vec(),
+                })
+            }
             k => return Err(bad(format!("unknown message kind {k}"))),
         };
         if !r.bytes.is_empty() {
@@ -258,6 +289,10 @@ mod tests {
                 exchange: 42,
                 mac: [6; MAC_LEN],
             }),
+            Message::Wrapped(Wrapped {
+                epoch: 7,
+                ciphertext: vec![8; MAX_WRAPPED_LEN],
+            }),
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
@@ -288,9 +323,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("the header says"));
-        assert!(Message::decode(&[0; 300])
+        assert!(Message::decode(&[0; 500])
             .unwrap_err()
             .to_string()
-            .contains("300 bytes, more than the 256"));
+            .contains("500 bytes, more than the 414"));
+        // A wrapped key: empty, or longer than it says.
+        let w = |len: usize| {
+            Message::Wrapped(Wrapped {
+                epoch: 2,
+                ciphertext: vec![1; len],
+            })
+            .encode()
+        };
+        assert!(Message::decode(&w(0))
+            .unwrap_err()
+            .to_string()
+            .ends_with("a wrapped key of 0 bytes (1 to 400)"));
+        let mut b = w(10);
+        b[13] = 11;
+        assert!(Message::decode(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

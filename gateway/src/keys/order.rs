@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::rotation::EpochState;
+use super::wrapped::KeyDigest;
 use super::Epoch;
 
 /// Revoked epochs an order lists beside its floor (every epoch below the
@@ -33,6 +34,10 @@ pub const MAX_ORDER_CERTS: usize = 16;
 /// revoked epochs and 16 certificates) and an ECDSA P-256 signature (at
 /// most 72 bytes).
 pub const MAX_SIGNED_ORDER_LEN: usize = 480;
+
+/// Epochs whose KMS data key an order names (the current one and the one
+/// before: a rotation revokes the epoch two back).
+pub const MAX_ORDER_WRAPPED: usize = 2;
 
 /// A certificate as orders name it: the first 128 bits of the SHA-256 of
 /// its DER encoding (see `identity::cert_id`).
@@ -81,6 +86,11 @@ pub struct MeshOrder {
     pub revoked: Vec<Epoch>,
     /// Revoked appliance certificates: their holders are cut off.
     pub certs: Vec<CertId>,
+    /// With KMS epoch keys: the digest of each live epoch's data key as
+    /// KMS encrypted it (`keys::wrapped`). Only the ciphertext travels in
+    /// the mesh; the CA's signature here is what a member checks a
+    /// ciphertext from a peer against before asking KMS to decrypt it.
+    pub wrapped: Vec<(Epoch, KeyDigest)>,
 }
 
 /// An order as it travels: its encoding and the CA's signature over it.
@@ -149,6 +159,12 @@ impl MeshOrder {
         }
         if self.certs.len() > MAX_ORDER_CERTS {
             return Some(format!("{} revoked certificates", self.certs.len()));
+        }
+        if self.wrapped.len() > MAX_ORDER_WRAPPED {
+            return Some(format!("{} wrapped keys", self.wrapped.len()));
+        }
+        if let Some((e, _)) = self.wrapped.iter().find(|(e, _)| *e < self.floor) {
+            return Some(format!("a wrapped key for epoch {e}, below the floor"));
         }
         if self.current < self.floor {
             return Some(format!(
@@ -227,7 +243,16 @@ impl std::fmt::Display for MeshOrder {
             self.floor,
             list(self.revoked.iter().map(|e| e.to_string()).collect()),
             list(self.certs.iter().map(cert_hex).collect()),
-        )
+        )?;
+        // Only with KMS epoch keys, so the local provider's form is as it was.
+        if !self.wrapped.is_empty() {
+            let keys = self
+                .wrapped
+                .iter()
+                .map(|(e, d)| format!("{e}:{}", cert_hex(d)));
+            write!(f, " keys {}", list(keys.collect()))?;
+        }
+        Ok(())
     }
 }
 
@@ -237,8 +262,12 @@ impl std::str::FromStr for MeshOrder {
     fn from_str(s: &str) -> Result<MeshOrder, OrderError> {
         let bad = |why: &str| OrderError::Malformed(format!("'{}': {why}", s.trim()));
         const FORM: &str =
-            "expected: serial N current N floor N revoked none|N,N certs none|HEX,HEX";
+            "expected: serial N current N floor N revoked none|N,N certs none|HEX,HEX [keys EPOCH:HEX,EPOCH:HEX]";
         let words: Vec<&str> = s.split_whitespace().collect();
+        let (words, keys) = match words.len() {
+            12 if words[10] == "keys" => (&words[..10], Some(words[11])),
+            _ => (&words[..], None),
+        };
         let [s0, serial, c0, current, f0, floor, r0, revoked, k0, certs] = words[..] else {
             return Err(bad(FORM));
         };
@@ -271,12 +300,25 @@ impl std::str::FromStr for MeshOrder {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let wrapped = match keys {
+            None | Some("none") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|k| {
+                    let (e, d) = k.split_once(':').unwrap_or((k, ""));
+                    let d = parse_cert_id(d)
+                        .ok_or_else(|| bad(&format!("'{k}' is not EPOCH:DIGEST")))?;
+                    Ok((epoch(e)?, d))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let order = MeshOrder {
             serial: number(serial)?,
             current: epoch(current)?,
             floor: epoch(floor)?,
             revoked,
             certs,
+            wrapped,
         };
         match order.problem() {
             Some(p) => Err(OrderError::Malformed(p)),
@@ -320,6 +362,7 @@ pub mod tests {
             floor: 2,
             revoked: vec![3],
             certs: vec![[0xab; 16]],
+            wrapped: Vec::new(),
         }
     }
 
@@ -357,6 +400,21 @@ pub mod tests {
             .parse::<MeshOrder>()
             .unwrap();
         assert!(none.revoked.is_empty() && none.certs.is_empty());
+        // KMS data keys' digests, when the order names any.
+        let kms = MeshOrder {
+            wrapped: vec![(3, [0x11; 16]), (4, [0x22; 16])],
+            ..order()
+        };
+        let text = kms.to_string();
+        assert!(
+            text.ends_with(&format!(
+                " keys 3:{},4:{}",
+                "11".repeat(16),
+                "22".repeat(16)
+            )),
+            "{text}"
+        );
+        assert_eq!(text.parse::<MeshOrder>().unwrap(), kms);
         for bad in [
             "",
             "serial x current 1 floor 0 revoked none certs none",
@@ -364,6 +422,8 @@ pub mod tests {
             "current 1 serial 1 floor 0 revoked none certs none",
             "serial 1 current 1 floor 0 revoked none certs abc",
             "serial 1 current 1 floor 0 revoked none",
+            "serial 1 current 1 floor 0 revoked none certs none keys 1:zz",
+            "serial 1 current 2 floor 2 revoked none certs none keys 1:00000000000000000000000000000000",
         ] {
             assert!(bad.parse::<MeshOrder>().is_err(), "{bad}");
         }
@@ -380,6 +440,7 @@ pub mod tests {
                 .map(|e| Epoch::MAX - e)
                 .collect(),
             certs: vec![[0xff; 16]; MAX_ORDER_CERTS],
+            wrapped: vec![(Epoch::MAX - 1, [0xff; 16]), (Epoch::MAX, [0xff; 16])],
         };
         // An ECDSA P-256 signature is at most 72 bytes; the test CA's 32.
         let signed = big.seal(|_| Ok(vec![0xff; 72])).expect("fits");

@@ -4,11 +4,12 @@
 //! out the next order from the state a member reports, and adopting an
 //! order says what changed here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::order::{
     cert_hex, CertId, MeshOrder, OrderError, SignedOrder, MAX_ORDER_CERTS, MAX_ORDER_REVOKED,
 };
+use super::wrapped::KeyDigest;
 use super::Epoch;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct EpochState {
     revoked_certs: BTreeSet<CertId>,
     /// The order in force as signed, advertised in this member's record.
     signed: Option<SignedOrder>,
+    /// With KMS epoch keys: the digest of each live epoch's data key.
+    wrapped: BTreeMap<Epoch, KeyDigest>,
 }
 
 /// What adopting an order changed.
@@ -62,6 +65,7 @@ impl EpochState {
             certs: Vec::new(),
             revoked_certs: BTreeSet::new(),
             signed: None,
+            wrapped: BTreeMap::new(),
         }
     }
 
@@ -78,7 +82,13 @@ impl EpochState {
             .collect();
         s.certs = order.certs.clone();
         s.revoked_certs = order.certs.iter().copied().collect();
+        s.wrapped = order.wrapped.iter().copied().collect();
         s
+    }
+
+    /// The digest of `epoch`'s KMS data key the order in force names.
+    pub fn wrapped_digest(&self, epoch: Epoch) -> Option<KeyDigest> {
+        self.wrapped.get(&epoch).copied()
     }
 
     pub fn current(&self) -> Epoch {
@@ -125,6 +135,7 @@ impl EpochState {
             floor: self.floor,
             revoked: self.revoked(),
             certs: self.certs.clone(),
+            wrapped: self.wrapped.iter().map(|(e, d)| (*e, *d)).collect(),
         }
     }
 
@@ -164,8 +175,19 @@ impl EpochState {
                 .copied()
                 .filter(|&e| e >= floor)
                 .collect(),
+            wrapped: self.live_wrapped(floor, &self.revoked),
             ..self.next()
         })
+    }
+
+    /// The data keys' digests an order keeps: live epochs' only (the new
+    /// current one's is added by `keys rotate` when it makes that key).
+    fn live_wrapped(&self, floor: Epoch, revoked: &BTreeSet<Epoch>) -> Vec<(Epoch, KeyDigest)> {
+        self.wrapped
+            .iter()
+            .filter(|(e, _)| **e >= floor && !revoked.contains(e))
+            .map(|(e, d)| (*e, *d))
+            .collect()
     }
 
     /// The order `keys revoke` signs: no SA of `epoch` may live; if it is
@@ -189,6 +211,7 @@ impl EpochState {
         };
         Ok(MeshOrder {
             current,
+            wrapped: self.live_wrapped(self.floor, &revoked),
             revoked: revoked.into_iter().collect(),
             ..self.next()
         })
@@ -253,6 +276,7 @@ impl EpochState {
         let floor = self.floor;
         self.revoked.retain(|&e| e >= floor);
         self.certs = order.certs.clone();
+        self.wrapped = order.wrapped.iter().copied().collect();
         for &c in &order.certs {
             if self.revoked_certs.insert(c) {
                 change.certs.push(c);
@@ -343,6 +367,7 @@ mod tests {
     fn a_revoked_epoch_is_never_adopted_and_is_skipped() {
         let mut a = EpochState::new(1);
         let order = MeshOrder {
+            wrapped: Vec::new(),
             serial: 1,
             current: 2,
             floor: 0,
@@ -362,6 +387,7 @@ mod tests {
         adopt(
             &mut a,
             &MeshOrder {
+                wrapped: Vec::new(),
                 serial: 1,
                 current: 3,
                 floor: 0,
@@ -373,6 +399,7 @@ mod tests {
         let change = adopt(
             &mut a,
             &MeshOrder {
+                wrapped: Vec::new(),
                 serial: 2,
                 current: 2,
                 floor: 0,
@@ -438,6 +465,7 @@ mod tests {
     fn an_epoch_far_below_the_floor_moves_to_the_floor_at_once() {
         let mut a = EpochState::new(1);
         let high = MeshOrder {
+            wrapped: Vec::new(),
             serial: 1,
             current: 4_000_000_000,
             floor: 4_000_000_000,
@@ -447,6 +475,7 @@ mod tests {
         adopt(&mut a, &high);
         assert_eq!(a.current(), 4_000_000_001);
         let low = MeshOrder {
+            wrapped: Vec::new(),
             serial: 2,
             current: 1,
             floor: 0,

@@ -20,6 +20,8 @@ pub mod discovery;
 pub mod dx;
 pub mod failover;
 pub mod impair;
+#[cfg(feature = "aws")]
+pub mod kms;
 pub mod leaves;
 pub mod monitoring;
 #[cfg(feature = "aws")]
@@ -119,6 +121,10 @@ pub struct Lab {
     /// through the SDK rather than in the routers directly.
     #[cfg(feature = "aws")]
     pub moto: Option<moto::MotoCloud>,
+    /// The mesh's epoch keys are KMS data keys in the lab's AWS
+    /// ([`Lab::use_kms`]).
+    #[cfg(feature = "aws")]
+    pub kms: Option<kms::LabKms>,
     /// Leaf VPCs attached to the regions' edges (`--leaves`); their
     /// gateways come after the regions' appliances.
     pub leaves: Vec<leaves::Leaf>,

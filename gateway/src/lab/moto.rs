@@ -84,7 +84,7 @@ fn moto_program() -> Result<String> {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join("moto_server").is_file()))
         .unwrap_or(false);
     if !found {
-        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[ec2]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
+        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[ec2,kms]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
     }
     Ok("moto_server".into())
 }

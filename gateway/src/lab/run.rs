@@ -46,6 +46,8 @@ pub struct LabOptions {
     pub dx_cuts: u32,
     /// Seeds from EC2 tags in the lab's AWS (needs `cloud` moto).
     pub discovery: bool,
+    /// Epoch keys from KMS in the lab's AWS (needs `cloud` moto).
+    pub kms: bool,
 }
 
 /// How long the lab's policy holds a healed dx back (`--dx`).
@@ -59,6 +61,9 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     }
     if opts.discovery && opts.cloud != "moto" {
         bail!("--discovery finds the appliances by EC2 tags in the lab's AWS: add --cloud moto");
+    }
+    if opts.kms && (opts.cloud != "moto" || opts.static_keys) {
+        bail!("--kms makes the mesh's epoch keys in the lab's AWS: add --cloud moto (and drop --static-keys)");
     }
     if opts.failover_kills > 0 && opts.zones < 2 {
         bail!("--failover kills the active appliance of a pair: it needs --zones 2");
@@ -109,6 +114,10 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
                     "discovery: every appliance a tagged instance (even regions in account {}); the gateways list no seeds and find each other by tags",
                     super::discovery::SECOND_ACCOUNT
                 ));
+            }
+            if opts.kms {
+                lab.use_kms()?;
+                say("epoch keys: KMS data keys under a KMS key in the lab's AWS; each gateway decrypts them with its own credentials".to_string());
             }
         }
         other => bail!(

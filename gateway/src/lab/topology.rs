@@ -48,6 +48,8 @@ impl Lab {
             zones,
             #[cfg(feature = "aws")]
             moto: None,
+            #[cfg(feature = "aws")]
+            kms: None,
             leaves: Vec::new(),
             gateways: Vec::new(),
             regions: Vec::new(),

@@ -23,6 +23,12 @@ impl Member {
     /// signed it and it is newer than the one in force.
     pub fn order(&mut self, signed: SignedOrder, now: Instant) -> Result<EpochReport, OrderError> {
         let order = signed.open(self.orders.as_ref())?;
+        if self.wrapped.is_some() && !order.wrapped.iter().any(|(e, _)| *e == order.current) {
+            return Err(OrderError::Malformed(format!(
+                "this mesh's epoch keys are KMS data keys, and the order names none for epoch {} (rotate with --kms-key)",
+                order.current
+            )));
+        }
         let change = self.epochs.adopt(&order, signed)?;
         let rekeying = self.apply_epochs(&change, now);
         tracing::info!(serial = order.serial, current = self.epochs.current(), floor = self.epochs.floor(), revoked = ?self.epochs.revoked(), rekeying, "key epochs changed by the operator's order");
@@ -116,6 +122,7 @@ impl Member {
         if !change.certs.is_empty() {
             self.cut_off_revoked();
         }
+        self.adopt_wrapped();
         self.info.epoch = current;
         self.info.order = self.epochs.signed().cloned();
         self.readvertise(now, "the new epochs");

@@ -105,6 +105,14 @@ impl Keying {
         due
     }
 
+    /// Every member waiting for an attempt is due now (an epoch key they
+    /// waited for is here).
+    pub fn retry_now(&mut self, now: Instant) {
+        for at in self.unkeyed.values_mut() {
+            *at = now;
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.unkeyed.values().min().copied()
     }

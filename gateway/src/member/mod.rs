@@ -19,6 +19,7 @@ mod sas;
 mod sim;
 #[cfg(test)]
 mod tests;
+mod wrapped;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ pub struct MemberConfig {
     pub keys: Option<(Arc<dyn KeyProvider>, keys::Epoch, CipherSuite)>,
     /// Who signs the epoch orders this member takes (the mesh CA).
     pub orders: Arc<dyn OrderAuthority>,
+    /// With KMS epoch keys: the ciphertexts held at start (the configured
+    /// epoch's). `None`: local keys.
+    pub wrapped: Option<keys::wrapped::WrappedKeys>,
     /// Keep the negotiated SAs for a data plane (as [`Output::Outbound`]
     /// and [`Output::Inbound`]). `None`: hand the keys to the owner as
     /// [`NodeEvent::Keys`].
@@ -74,6 +78,7 @@ pub struct Member {
     tunnels: Option<Tunnels>,
     epochs: EpochState,
     orders: Arc<dyn OrderAuthority>,
+    wrapped: Option<keys::wrapped::WrappedKeys>,
     /// Per member, the signature of the last epoch order looked at in its
     /// record (each is checked once).
     orders_seen: HashMap<String, Vec<u8>>,
@@ -129,6 +134,7 @@ impl Member {
             tunnels: cfg.tunnels,
             epochs,
             orders: cfg.orders,
+            wrapped: cfg.wrapped,
             orders_seen: HashMap::new(),
             peer_certs: HashMap::new(),
             cut_off: HashSet::new(),
@@ -144,6 +150,7 @@ impl Member {
             own_sent: 0,
             seeds: HashMap::new(),
         };
+        m.wrapped_changed(&[]);
         m.drive(now);
         m
     }
@@ -166,6 +173,10 @@ impl Member {
     /// A key-exchange message from `from`, whom the channel authenticated.
     pub fn handle_message(&mut self, from: &str, body: &[u8], now: Instant) {
         if self.cut_off.contains(from) {
+            return;
+        }
+        if let Ok(keys::message::Message::Wrapped(w)) = keys::message::Message::decode(body) {
+            self.handle_wrapped(from, w, now);
             return;
         }
         if let Some(n) = self.negotiator.as_mut() {
@@ -205,6 +216,7 @@ impl Member {
             self.next_observe = now;
         }
         self.conns.connected(peer, conn, dialed_here, &mut self.out);
+        self.send_wrapped_to(peer);
         self.drive(now);
     }
 
@@ -391,6 +403,9 @@ impl Member {
     fn cut_off(&mut self, peer: &str, cert: &CertId) {
         self.cut_off.insert(peer.to_string());
         self.conns.drop_peer(peer, &mut self.out);
+        if let Some(w) = self.wrapped.as_mut() {
+            w.forget(peer);
+        }
         self.keying.down(peer);
         if let Some(n) = self.negotiator.as_mut() {
             n.forget(peer);

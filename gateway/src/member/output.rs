@@ -54,6 +54,9 @@ pub enum Output {
     Outbound(OutboundCommand),
     /// A change for the inbound packet thread.
     Inbound(InboundCommand),
+    /// With KMS epoch keys: every data key held here, as ciphertext, by
+    /// epoch (the shell decrypts new ones and forgets those gone).
+    WrappedKeys(Vec<(keys::Epoch, Vec<u8>)>),
 }
 
 impl std::fmt::Debug for Output {
@@ -68,6 +71,10 @@ impl std::fmt::Debug for Output {
             // The commands' own Debug names the SA by SPI, never its keys.
             Output::Outbound(c) => write!(f, "{c:?}"),
             Output::Inbound(c) => write!(f, "{c:?}"),
+            Output::WrappedKeys(held) => {
+                let epochs: Vec<_> = held.iter().map(|(e, _)| e).collect();
+                write!(f, "WrappedKeys({epochs:?})")
+            }
         }
     }
 }

@@ -230,6 +230,7 @@ impl MeshSim {
     pub fn start(&mut self, i: usize) {
         self.generations[i] += 1;
         let cfg = MemberConfig {
+            wrapped: None,
             me: MemberId {
                 id: id(i),
                 addr: addr(i),
@@ -362,6 +363,8 @@ impl MeshSim {
                         self.schedule(self.now + d, Ev::Closed { conn: e.other });
                     }
                 }
+                // Simulated members key with local keys.
+                Output::WrappedKeys(_) => {}
                 Output::Discover => {
                     let d = Duration::from_millis(1);
                     self.schedule(self.now + d, Ev::Seeds { node: i, gen });

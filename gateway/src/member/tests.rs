@@ -174,6 +174,7 @@ fn a_member_cannot_rotate_or_revoke_for_the_mesh() {
         // that revokes the current epoch.
         m.info.epoch = 7;
         m.info.order = Some(TestCa(b"member m03's own key").sign(&MeshOrder {
+            wrapped: Vec::new(),
             serial: 1_000,
             current: 7,
             floor: 6,

@@ -45,6 +45,14 @@ pub struct NodeConfig {
     /// Put the negotiated SAs into a data plane. `None`: hand the keys to
     /// the owner as [`NodeEvent::Keys`].
     pub tunnels: Option<TunnelLink>,
+    /// With KMS epoch keys: the ciphertexts held at start, and where the
+    /// set held goes to be decrypted (`cloud::kms`).
+    pub kms: Option<KmsLink>,
+}
+
+pub struct KmsLink {
+    pub wrapped: crate::keys::wrapped::WrappedKeys,
+    pub unwrap: mpsc::UnboundedSender<Vec<(keys::Epoch, Vec<u8>)>>,
 }
 
 /// The data plane a member keys: the SA bookkeeping, the packet threads'
@@ -75,6 +83,10 @@ pub enum NodeCommand {
         SignedOrder,
         oneshot::Sender<Result<EpochReport, OrderError>>,
     ),
+    /// The operator's KMS data key for an epoch of the order in force.
+    Wrapped(keys::Epoch, Vec<u8>, oneshot::Sender<Result<(), String>>),
+    /// KMS decrypted an epoch's key: waiting exchanges go now.
+    EpochKeyReady,
 }
 
 /// How long one signalling message may take to arrive whole.
@@ -158,6 +170,7 @@ pub async fn run(
             keys: cfg.keys,
             orders: cfg.creds.ca().clone(),
             tunnels,
+            wrapped: cfg.kms.as_ref().map(|k| k.wrapped.clone()),
         },
         Instant::now(),
     );
@@ -193,6 +206,11 @@ pub async fn run(
                         let _ = d.inbound.send(c);
                     }
                 }
+                Output::WrappedKeys(held) => {
+                    if let Some(k) = &cfg.kms {
+                        let _ = k.unwrap.send(held);
+                    }
+                }
             }
         }
         while let Some(e) = member.poll_event() {
@@ -225,6 +243,10 @@ pub async fn run(
                 Some(NodeCommand::Order(order, reply)) => {
                     let _ = reply.send(member.order(order, Instant::now()));
                 }
+                Some(NodeCommand::Wrapped(epoch, ciphertext, reply)) => {
+                    let _ = reply.send(member.operator_wrapped(epoch, ciphertext, Instant::now()));
+                }
+                Some(NodeCommand::EpochKeyReady) => member.epoch_key_ready(Instant::now()),
                 None => commands_open = false,
             },
             input = rx.recv() => match input {

@@ -198,7 +198,16 @@ async fn sas_are_negotiated_over_the_channel() {
     let e = messages::read(conn_b.accept_uni().await.unwrap())
         .await
         .unwrap_err();
-    assert!(matches!(e, MessageError::Oversized { max: 256, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            MessageError::Oversized {
+                max: crate::keys::message::MAX_MESSAGE_LEN,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let mut s = conn_a.open_uni().await.unwrap();
     s.write_all(&[9, 1, 2, 3]).await.unwrap();
     s.finish().unwrap();
@@ -265,6 +274,7 @@ async fn mesh_of(n: usize) {
             ..Default::default()
         };
         let cfg = NodeConfig {
+            kms: None,
             creds: Arc::new(mesh.member(&id)),
             listen: local(),
             discovery: Arc::new(super::discovery::StaticSeeds(
@@ -550,6 +560,7 @@ async fn a_message_never_finished_is_refused_at_its_deadline_and_holds_up_nothin
 
     let mesh = Mesh::new("deadline");
     let cfg = NodeConfig {
+        kms: None,
         creds: Arc::new(mesh.member("m1")),
         listen: local(),
         discovery: Arc::new(super::discovery::StaticSeeds(Vec::new())),
