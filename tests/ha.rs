@@ -579,6 +579,31 @@ fn a_real_prometheus_scrapes_every_gateway_and_loads_the_rules() {
     );
 }
 
+/// Waits for `cond`; panics with the gateways' logs if not `within`.
+fn eventually_or_logs(
+    lab: &Lab,
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > within {
+            for g in 0..lab.gateway_count() {
+                let log = std::fs::read_to_string(lab.log_path(g)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- gateway {g} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!("{what} (waited {within:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
 /// SAs of `epoch` at gateway `g`.
 fn sas(lab: &Lab, g: usize, epoch: u32) -> u64 {
     metric(
@@ -645,6 +670,11 @@ fn the_mesh_keys_itself_from_kms_and_fails_closed_when_kms_refuses() {
         lab.start_gateway(binary(), g).expect("starting a gateway");
     }
     common::wait_meshed(&lab, &all, Duration::from_secs(30));
+    for r in 0..2 {
+        let other = lab.regions[1 - r].prefixes()[0].clone();
+        lab.wait_route(r, &other, Duration::from_secs(20))
+            .expect("the active appliance claims its route table in moto");
+    }
     hosts_reach(&lab, "keyed from KMS");
 
     let rotate = |lab: &Lab| {
@@ -667,7 +697,8 @@ fn the_mesh_keys_itself_from_kms_and_fails_closed_when_kms_refuses() {
     };
     let out = rotate(&lab);
     assert!(out.contains("the KMS data key of epoch 2 taken"), "{out}");
-    let took = common::eventually(
+    let took = eventually_or_logs(
+        &lab,
         Duration::from_secs(30),
         "every member keyed on epoch 2",
         || all.iter().all(|&g| sas(&lab, g, 2) >= 2 * (n as u64 - 1)),
@@ -681,7 +712,8 @@ fn the_mesh_keys_itself_from_kms_and_fails_closed_when_kms_refuses() {
     proxy.always("Decrypt", Some(Fault::Code(400, "DisabledException")));
     let out = rotate(&lab);
     assert!(out.contains("epoch 3"), "{out}");
-    common::eventually(
+    eventually_or_logs(
+        &lab,
         Duration::from_secs(20),
         "every member refusing epoch 3's key",
         || {
@@ -716,7 +748,8 @@ fn the_mesh_keys_itself_from_kms_and_fails_closed_when_kms_refuses() {
     // KMS decrypts again: epoch 3 keys itself, the restarted gateway too.
     proxy.always("Decrypt", None);
     lab.start_gateway(binary(), n - 1).expect("restarting");
-    let took = common::eventually(
+    let took = eventually_or_logs(
+        &lab,
         Duration::from_secs(40),
         "every member keyed on epoch 3",
         || all.iter().all(|&g| sas(&lab, g, 3) >= 2 * (n as u64 - 1)),

@@ -122,8 +122,9 @@ impl WrappedKeys {
                 }
                 match state.wrapped_digest(e) {
                     Some(d) if d == digest(c) => {
-                        if !self.held.contains_key(&e) {
-                            self.held.insert(e, std::mem::take(c));
+                        if let std::collections::btree_map::Entry::Vacant(slot) = self.held.entry(e)
+                        {
+                            slot.insert(std::mem::take(c));
                             new.push(e);
                         }
                         false

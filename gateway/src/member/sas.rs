@@ -61,7 +61,10 @@ impl Member {
                     Action::Rekey(peer) if self.keying.wants(&peer) => {
                         tracing::debug!(peer, "rekeying with {peer}");
                         if let Err(err) = n.initiate(&peer, now) {
-                            tracing::warn!("cannot rekey with {peer}: {err}");
+                            // Tried again with the unkeyed (the epoch's key
+                            // may be on its way: KMS, or a peer's order).
+                            tracing::warn!("cannot rekey with {peer}: {err}; trying again");
+                            self.keying.failed(&peer, true, true, now);
                         }
                     }
                     Action::Rekey(peer) => {
