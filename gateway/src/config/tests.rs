@@ -285,6 +285,57 @@ fn a_mesh_member_config_and_its_mistakes() {
 }
 
 #[test]
+fn kms_epoch_keys_and_their_mistakes() {
+    let local = "[keys]\nmaster_key = \"/etc/meshgate/master.key\"\n";
+    let kms = "[keys]\nprovider = \"kms\"\nkms_key = \"alias/meshgate\"\nmesh = \"prod\"\nwrapped_key = \"epoch-1.kms\"\nregion = \"eu-west-1\"\nrecheck_secs = 30\n";
+    let c = parse(&MESH.replace(local, kms)).unwrap();
+    let KeySource::Kms(k) = &c.signal.as_ref().unwrap().keys.source else {
+        panic!("kms keys");
+    };
+    assert_eq!(
+        (k.key.as_str(), k.mesh.as_str(), k.region.as_str()),
+        ("alias/meshgate", "prod", "eu-west-1")
+    );
+    assert_eq!(k.recheck.as_secs(), 30);
+    assert!(k.wrapped_key.ends_with("epoch-1.kms") && k.endpoint_url.is_none());
+    let cases = [
+        (
+            kms.replace("kms_key = \"alias/meshgate\"\n", ""),
+            "keys.kms_key: the kms provider needs kms_key",
+        ),
+        (
+            kms.replace("mesh = \"prod\"", "mesh = \" \""),
+            "keys.mesh: mesh, the mesh's name",
+        ),
+        (kms.replace("region = \"eu-west-1\"\n", ""), "keys.region"),
+        (
+            kms.replace("recheck_secs = 30", "recheck_secs = 2"),
+            "keys.recheck_secs: 2 is outside 5 to 3600 seconds",
+        ),
+        (
+            format!("{kms}endpoint_url = \"moto:5000\"\n"),
+            "keys.endpoint_url: 'moto:5000' is not an http",
+        ),
+        (
+            format!("{kms}master_key = \"m.key\"\n"),
+            "keys.master_key: the kms provider takes no master key",
+        ),
+        (
+            format!("{local}kms_key = \"alias/x\"\n"),
+            "keys.kms_key: only the kms provider takes this",
+        ),
+        (
+            kms.replace("\"kms\"", "\"vault\""),
+            "unknown key provider 'vault'; expected local or kms",
+        ),
+    ];
+    for (keys, expected) in cases {
+        let e = parse(&MESH.replace(local, &keys)).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+    }
+}
+
+#[test]
 fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
     let lab = MESH.replace(
         "prefixes = [\"10.1.0.0/16\"]",
