@@ -262,11 +262,66 @@ fn through_the_aws_sdk_a_failover_moves_the_labs_traffic() {
         calls(active, "CreateRoute") >= 2,
         "the first claim created the routes through the SDK"
     );
+    // Region 2's name in the private zone follows its active appliance.
+    let record_follows = |lab: &Lab| {
+        let want = lab.gateway_underlay_ip(claimer(lab, 1)).to_string();
+        common::eventually(
+            Duration::from_secs(10),
+            "region-2's record at its active appliance",
+            || dns_record(lab, 1) == Some(vec![want.clone()]),
+        )
+    };
+    record_follows(&lab);
     let runs = lab.failover_runs(binary(), 2).expect("failover runs");
     for run in &runs {
         eprintln!("failover through moto: {run:?}");
         assert!(run.restored && run.took_over.is_some(), "{run:?}");
     }
+    let took = record_follows(&lab);
+    eprintln!("region-2's DNS record at the new active appliance {took:?} after the routes moved");
+    let new_active = claimer(&lab, 1);
+    assert!(
+        metric(
+            &lab,
+            new_active,
+            "meshgate_cloud_calls_total",
+            "api=\"ChangeResourceRecordSets\",outcome=\"ok\""
+        ) >= 1,
+        "the new active appliance wrote the record"
+    );
+}
+
+/// Region `r`'s record (`region-N.<mesh>.internal`, A) in the lab's
+/// private hosted zone, as Route 53 (moto) describes it.
+fn dns_record(lab: &Lab, r: usize) -> Option<Vec<String>> {
+    let moto = lab.moto.as_ref().expect("the lab's AWS");
+    let (url, zone) = (moto.url.clone(), moto.dns_zone.clone());
+    let name = format!(
+        "{}.{}",
+        lab.regions[r].gateway_id(),
+        meshgate::lab::moto::dns_domain(lab)
+    );
+    lab.underlay
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let r53 = meshgate_aws::Route53::connect(&meshgate_aws::Settings {
+                    region: "us-east-1".into(),
+                    endpoint_url: Some(url),
+                    call_timeout: Duration::from_secs(5),
+                    static_credentials: Some(("testing", "testing")),
+                    assume_role: None,
+                })
+                .await;
+                r53.record(&zone, &name, false)
+                    .await
+                    .expect("reading the record")
+            })
+        })
+        .unwrap()
 }
 
 /// `mesh-with-leaves` with real leaf VPCs: a leaf's traffic to another

@@ -25,7 +25,7 @@ fi
 # moto plays AWS for the cloud tests (the official SDK against a local
 # server): a venv of its own, pinned, with only the services used.
 MOTO_VENV="${MOTO_VENV:-${CARGO_TARGET_DIR:-$PWD/target}/moto-venv}"
-MOTO_EXTRAS='ec2,kms'
+MOTO_EXTRAS='ec2,kms,route53'
 if [ ! -f "$MOTO_VENV/.extras-$MOTO_EXTRAS" ]; then
   python3 -m venv "$MOTO_VENV"
   "$MOTO_VENV/bin/pip" install -q "moto[$MOTO_EXTRAS]==5.2.5" flask flask-cors

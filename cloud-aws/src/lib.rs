@@ -14,6 +14,7 @@ mod error;
 mod instances;
 mod kms;
 mod lab;
+mod route53;
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub use error::{AwsError, ErrorKind};
 pub use instances::Instance;
 pub use kms::Kms;
 pub use lab::LabVpc;
+pub use route53::Route53;
 
 /// Where and how to reach EC2.
 #[derive(Clone, Debug)]

@@ -45,6 +45,17 @@ async fn run(
     metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
 ) {
+    // The group's DNS record follows the same decisions, after the same
+    // settling at start.
+    #[cfg(feature = "aws")]
+    if let (Some(record), CloudBackendKind::Aws { endpoint_url, .. }) = (c.dns.clone(), &c.backend)
+    {
+        let (claim, metrics, url) = (claim.clone(), metrics.clone(), endpoint_url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(CLAIM_SETTLE).await;
+            crate::cloud::dns::run(record, url, claim, metrics).await
+        });
+    }
     let backend: Arc<dyn CloudBackend> = match c.backend {
         CloudBackendKind::Lab { routers, addresses } => Arc::new(
             crate::cloud::lab::LabCloud::new(routers).with_interface(&c.interface, addresses),

@@ -15,6 +15,8 @@ pub mod aws;
 pub mod backend;
 #[cfg(feature = "aws")]
 pub mod discovery;
+#[cfg(feature = "aws")]
+pub mod dns;
 pub mod driver;
 #[cfg(feature = "aws")]
 pub mod kms;

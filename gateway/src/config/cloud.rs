@@ -5,10 +5,93 @@
 use super::*;
 
 impl Validator<'_> {
+    /// `cloud.dns_zone` and `dns_name`: the group's record in a private
+    /// hosted zone, pointed at this appliance's address while it is active.
+    fn dns(
+        &self,
+        c: &RawCloud,
+        backend: &CloudBackendKind,
+        advertise: SocketAddr,
+    ) -> Result<Option<DnsRecord>, ConfigError> {
+        let (zone, name) = match (&c.dns_zone, &c.dns_name) {
+            (None, None) => return Ok(None),
+            (Some(z), Some(n)) => (z, n),
+            (Some(z), None) => {
+                return self.err(
+                    z.span(),
+                    "cloud.dns_name",
+                    "a record needs its name too (for example \"region-1.mesh.internal\")",
+                )
+            }
+            (None, Some(n)) => {
+                return self.err(
+                    n.span(),
+                    "cloud.dns_zone",
+                    "a record needs its private hosted zone's id too (Z...)",
+                )
+            }
+        };
+        if !matches!(backend, CloudBackendKind::Aws { .. }) {
+            return self.err(
+                zone.span(),
+                "cloud.dns_zone",
+                "a Route 53 record needs the aws backend",
+            );
+        }
+        let zone_id = zone.get_ref().trim();
+        if zone_id.is_empty() || !zone_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return self.err(
+                zone.span(),
+                "cloud.dns_zone",
+                format!("'{zone_id}' is not a hosted zone id (Z followed by letters and digits)"),
+            );
+        }
+        let record = name.get_ref().trim().trim_end_matches('.');
+        let valid = !record.is_empty()
+            && record.len() <= 253
+            && record.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return self.err(
+                name.span(),
+                "cloud.dns_name",
+                format!("'{record}' is not a DNS name"),
+            );
+        }
+        let ttl = match &c.dns_ttl {
+            None => 10,
+            Some(t) if (1..=86_400).contains(t.get_ref()) => *t.get_ref(),
+            Some(t) => {
+                return self.err(
+                    t.span(),
+                    "cloud.dns_ttl",
+                    format!("{} is outside 1 to 86400 seconds", t.get_ref()),
+                )
+            }
+        };
+        if advertise.ip().is_unspecified() {
+            return self.err(
+                name.span(),
+                "gateway.advertise",
+                "the record points at gateway.advertise: set it to this appliance's address",
+            );
+        }
+        Ok(Some(DnsRecord {
+            zone: zone_id.to_string(),
+            name: record.to_string(),
+            ttl,
+            address: advertise.ip(),
+        }))
+    }
+
     pub(super) fn cloud(
         &self,
         raw: &RawConfig,
         placement: &Placement,
+        advertise: SocketAddr,
     ) -> Result<Option<CloudConfig>, ConfigError> {
         let Some(c) = &raw.cloud else {
             return Ok(None);
@@ -133,7 +216,9 @@ impl Validator<'_> {
                 )
             }
         };
+        let dns = self.dns(c, &backend, advertise)?;
         Ok(Some(CloudConfig {
+            dns,
             backend,
             interface: interface.to_string(),
             route_tables: tables,

@@ -88,6 +88,19 @@ pub struct CloudConfig {
     /// Or, when none are listed, find them by their tags:
     /// `meshgate:mesh` = this, `meshgate:group` = the gateway's group.
     pub mesh: Option<String>,
+    /// The group's name in a private hosted zone, while this is active.
+    pub dns: Option<DnsRecord>,
+}
+
+/// A record the active member of a group points at itself (Route 53).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// The private hosted zone's id.
+    pub zone: String,
+    pub name: String,
+    pub ttl: u64,
+    /// This appliance's address (gateway.advertise).
+    pub address: std::net::IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,9 @@ pub(super) struct RawCloud {
     pub(super) region: Option<Spanned<String>>,
     pub(super) endpoint_url: Option<Spanned<String>>,
     pub(super) mesh: Option<Spanned<String>>,
+    pub(super) dns_zone: Option<Spanned<String>>,
+    pub(super) dns_name: Option<Spanned<String>>,
+    pub(super) dns_ttl: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

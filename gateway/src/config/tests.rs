@@ -372,6 +372,60 @@ fn a_cloud_section_claims_for_a_group_and_its_mistakes() {
     .unwrap();
     assert_eq!(aws.mesh.as_deref(), Some("prod"));
     assert!(aws.route_tables.is_empty());
+    assert!(aws.dns.is_none());
+    // The group's name in a private hosted zone, at gateway.advertise.
+    let aws_text = lab
+        .replace(
+            "backend = \"lab\"",
+            "backend = \"aws\"\nregion = \"eu-west-1\"",
+        )
+        .replace("interface = \"10.1.0.5\"", "interface = \"eni-0abc\"");
+    let dns = parse(&format!(
+        "{aws_text}dns_zone = \"Z0123ABC\"\ndns_name = \"pair.mesh.internal.\"\n"
+    ))
+    .unwrap()
+    .cloud
+    .unwrap()
+    .dns
+    .unwrap();
+    assert_eq!(
+        (dns.zone.as_str(), dns.name.as_str(), dns.ttl),
+        ("Z0123ABC", "pair.mesh.internal", 10)
+    );
+    assert_eq!(
+        dns.address,
+        "198.18.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    for (extra, expected) in [
+        (
+            "dns_zone = \"Z0123ABC\"\n",
+            "cloud.dns_name: a record needs its name",
+        ),
+        (
+            "dns_name = \"pair.mesh.internal\"\n",
+            "cloud.dns_zone: a record needs its private hosted zone",
+        ),
+        (
+            "dns_zone = \"Z 1\"\ndns_name = \"x.internal\"\n",
+            "cloud.dns_zone: 'Z 1' is not a hosted zone id",
+        ),
+        (
+            "dns_zone = \"Z1\"\ndns_name = \"bad_name.internal\"\n",
+            "cloud.dns_name: 'bad_name.internal' is not a DNS name",
+        ),
+        (
+            "dns_zone = \"Z1\"\ndns_name = \"x.internal\"\ndns_ttl = 0\n",
+            "cloud.dns_ttl: 0 is outside 1 to 86400 seconds",
+        ),
+    ] {
+        let e = parse(&format!("{aws_text}{extra}")).unwrap_err();
+        assert!(e.contains(expected), "{expected}: {e}");
+    }
+    let e = parse(&format!(
+        "{lab}dns_zone = \"Z1\"\ndns_name = \"x.internal\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("needs the aws backend"), "{e}");
     assert_eq!(
         aws.backend,
         CloudBackendKind::Aws {

@@ -210,7 +210,7 @@ impl Validator<'_> {
         };
         let endpoints = self.endpoints(&raw, listen)?;
         let signal = self.signal(&raw, &id, listen, advertise)?;
-        let cloud = self.cloud(&raw, &placement)?;
+        let cloud = self.cloud(&raw, &placement, advertise)?;
         let config = Config {
             id,
             listen,

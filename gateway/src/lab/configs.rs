@@ -201,7 +201,10 @@ impl Lab {
         if let Some(m) = &self.moto {
             let region = &m.regions[r.index];
             return format!(
-                "\n[cloud]\nbackend = \"aws\"\nregion = \"{aws}\"\nendpoint_url = \"{url}\"\ninterface = \"{eni}\"\nmesh = \"{mesh}\"\n",
+                "\n[cloud]\nbackend = \"aws\"\nregion = \"{aws}\"\nendpoint_url = \"{url}\"\ninterface = \"{eni}\"\nmesh = \"{mesh}\"\ndns_zone = \"{zone}\"\ndns_name = \"{group}.{domain}\"\n",
+                zone = m.dns_zone,
+                group = r.gateway_id(),
+                domain = super::moto::dns_domain(self),
                 aws = region.aws_region,
                 url = m.url,
                 eni = region.interfaces[g % self.zones],

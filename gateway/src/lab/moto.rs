@@ -47,6 +47,8 @@ pub struct MotoCloud {
     /// Per lab region: its AWS region, route table id, and the interface
     /// id of each appliance (zone a, zone b).
     pub regions: Vec<MotoRegion>,
+    /// The private hosted zone of the groups' names (`<mesh>.internal`).
+    pub dns_zone: String,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -56,6 +58,13 @@ pub struct MotoRegion {
     pub aws_region: String,
     pub route_table: String,
     pub interfaces: Vec<String>,
+    pub vpc: String,
+}
+
+/// The lab's private DNS domain, in which each region's group has a name
+/// (`region-1.<domain>`) that follows its active appliance.
+pub fn dns_domain(lab: &Lab) -> String {
+    format!("{}.internal", mesh_name(lab))
 }
 
 impl Drop for MotoCloud {
@@ -84,7 +93,7 @@ fn moto_program() -> Result<String> {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join("moto_server").is_file()))
         .unwrap_or(false);
     if !found {
-        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[ec2,kms]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
+        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[ec2,kms,route53]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
     }
     Ok("moto_server".into())
 }
@@ -120,6 +129,7 @@ impl Lab {
             server,
             url: url.clone(),
             regions: Vec::new(),
+            dns_zone: String::new(),
             stop: Arc::new(AtomicBool::new(false)),
             follower: None,
         };
@@ -141,34 +151,51 @@ impl Lab {
                 )
             })
             .collect();
-        let made = self.underlay.run(move || -> Result<Vec<MotoRegion>> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                wait_listening(&url).await?;
-                let mut out = Vec::new();
-                for (aws_region, cidr, subnet, addrs, group) in plans {
-                    let ec2 = client(&url, &aws_region).await;
-                    let vpc = ec2
-                        .create_lab_vpc(
-                            &cidr,
-                            &subnet,
-                            &format!("{aws_region}a"),
-                            &addrs,
-                            &[("meshgate:mesh", &mesh), ("meshgate:group", &group)],
-                        )
+        let domain = dns_domain(self);
+        let made = self
+            .underlay
+            .run(move || -> Result<(Vec<MotoRegion>, String)> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    wait_listening(&url).await?;
+                    let mut out = Vec::new();
+                    for (aws_region, cidr, subnet, addrs, group) in plans {
+                        let ec2 = client(&url, &aws_region).await;
+                        let vpc = ec2
+                            .create_lab_vpc(
+                                &cidr,
+                                &subnet,
+                                &format!("{aws_region}a"),
+                                &addrs,
+                                &[("meshgate:mesh", &mesh), ("meshgate:group", &group)],
+                            )
+                            .await?;
+                        out.push(MotoRegion {
+                            aws_region,
+                            route_table: vpc.route_table,
+                            interfaces: vpc.interfaces,
+                            vpc: vpc.vpc,
+                        });
+                    }
+                    // The groups' names, in a private zone of the first VPC.
+                    let route53 = meshgate_aws::Route53::connect(&meshgate_aws::Settings {
+                        region: "us-east-1".into(),
+                        endpoint_url: Some(url.clone()),
+                        call_timeout: Duration::from_secs(5),
+                        static_credentials: Some(LAB_CREDENTIALS),
+                        assume_role: None,
+                    })
+                    .await;
+                    let first = out.first().context("the lab has a region")?;
+                    let zone = route53
+                        .create_private_zone(&domain, &first.vpc, &first.aws_region)
                         .await?;
-                    out.push(MotoRegion {
-                        aws_region,
-                        route_table: vpc.route_table,
-                        interfaces: vpc.interfaces,
-                    });
-                }
-                Ok(out)
-            })
-        })??;
-        cloud.regions = made;
+                    Ok((out, zone))
+                })
+            })??;
+        (cloud.regions, cloud.dns_zone) = made;
         self.start_following(&mut cloud)?;
         self.moto = Some(cloud);
         Ok(())
