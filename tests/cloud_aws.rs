@@ -363,3 +363,125 @@ fn kms_epoch_keys_fail_closed_on_refusal_and_ride_out_outages() {
         until("forgotten", |s| s.is_none()).await;
     });
 }
+
+/// The group's Route 53 record follows the active member through the SDK
+/// against moto, with throttling and 5xx injected in front of it: while
+/// active, the member reads the record and writes it only when it points
+/// elsewhere, retrying until it does; a standby leaves it alone.
+#[test]
+fn the_groups_dns_record_follows_the_active_member_through_faults() {
+    use meshgate::policy::runtime::Claim;
+
+    let moto = common::moto();
+    let proxy = FaultProxy::start(moto.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!("http://{}", moto.addr);
+        let ec2 = meshgate_aws::Ec2::connect(&settings(&url)).await;
+        let vpc = ec2
+            .create_lab_vpc("10.1.0.0/16", "10.1.1.0/24", "eu-west-1a", &[], &[])
+            .await
+            .expect("a VPC in moto");
+        let direct = meshgate_aws::Route53::connect(&settings(&url)).await;
+        let zone = direct
+            .create_private_zone("mesh.internal", &vpc.vpc, REGION)
+            .await
+            .expect("a private hosted zone");
+        let name = "pair.mesh.internal";
+        let (ours, theirs): (std::net::IpAddr, std::net::IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        let record = meshgate::config::DnsRecord {
+            zone: zone.clone(),
+            name: name.into(),
+            ttl: 10,
+            address: ours,
+        };
+        let metrics = Arc::new(meshgate::metrics::Metrics::new("dns-test"));
+        let active = Claim {
+            groups: vec!["pair".into()],
+            prefixes: Vec::new(),
+        };
+        let standby = Claim {
+            groups: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        let (claim_tx, claim_rx) = tokio::sync::watch::channel(active.clone());
+        for fault in [Fault::Throttle, Fault::ServerError, Fault::Throttle] {
+            proxy.inject("ChangeResourceRecordSets", fault);
+        }
+        tokio::spawn(meshgate::cloud::dns::run(
+            record,
+            Some(proxy.url.clone()),
+            claim_rx,
+            metrics.clone(),
+        ));
+        let points = |at: std::net::IpAddr| {
+            let direct = direct.clone();
+            let zone = zone.clone();
+            async move {
+                let start = Instant::now();
+                loop {
+                    let now = direct
+                        .record(&zone, name, false)
+                        .await
+                        .expect("reading the record");
+                    if now == Some(vec![at.to_string()]) {
+                        return start.elapsed();
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "{now:?}, not {at}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let took = points(ours).await;
+        eprintln!("the record written through 2 throttles and a 500 in {took:?}");
+        assert_eq!(
+            proxy.injected("ChangeResourceRecordSets", Fault::Throttle),
+            2
+        );
+        assert_eq!(
+            proxy.injected("ChangeResourceRecordSets", Fault::ServerError),
+            1
+        );
+        let changes = proxy.calls("ChangeResourceRecordSets");
+        assert_eq!(changes, 4, "three failures, then one write");
+
+        // Standby: the new active member's write stands.
+        claim_tx.send(standby).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        direct
+            .upsert(&zone, name, theirs, 10)
+            .await
+            .expect("the partner's write");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            direct.record(&zone, name, false).await.unwrap(),
+            Some(vec![theirs.to_string()])
+        );
+        assert_eq!(
+            proxy.calls("ChangeResourceRecordSets"),
+            changes,
+            "a standby writes nothing"
+        );
+
+        // Active again: it reads, finds the record elsewhere, and writes once.
+        claim_tx.send(active.clone()).unwrap();
+        let took = points(ours).await;
+        eprintln!("active again: the record back here in {took:?}");
+        assert_eq!(proxy.calls("ChangeResourceRecordSets"), changes + 1);
+        // A repeated decision changes nothing: a read, no write.
+        claim_tx.send(active).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(proxy.calls("ChangeResourceRecordSets"), changes + 1);
+    });
+}

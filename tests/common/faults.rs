@@ -129,8 +129,11 @@ async fn serve(
         // The JSON protocol (KMS) names its operation in a header.
         let json =
             header(&head, "X-Amz-Target").map(|t| t.rsplit('.').next().unwrap_or(t).to_string());
+        // Route 53's REST protocol names it by method and path.
+        let rest = rest_api(&head);
         let api = json
             .clone()
+            .or(rest.map(str::to_string))
             .or_else(|| form_value(&body, "Action"))
             .unwrap_or_default();
         let fault = {
@@ -145,6 +148,7 @@ async fn serve(
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return;
             }
+            Some(Fault::Throttle) if rest.is_some() => rest_error(400, "Throttling"),
             Some(Fault::Throttle) => {
                 error_reply(503, "RequestLimitExceeded", "Request limit exceeded.")
             }
@@ -157,6 +161,7 @@ async fn serve(
                 "You are not authorized to perform this operation.",
             ),
             Some(Fault::Code(status, code)) if json.is_some() => json_error(status, code),
+            Some(Fault::Code(status, code)) if rest.is_some() => rest_error(status, code),
             Some(Fault::Code(status, code)) => error_reply(status, code, "injected"),
             None => match forward(upstream, &head, &body).await {
                 Some(r) => r,
@@ -246,6 +251,33 @@ fn error_reply(status: u16, code: &str, message: &str) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Route 53's operations by method and path.
+fn rest_api(head: &str) -> Option<&'static str> {
+    let line = head.lines().next()?;
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next()?, parts.next()?);
+    if !path.starts_with("/2013-04-01/hostedzone/") || !path.contains("/rrset") {
+        return None;
+    }
+    match method {
+        "POST" => Some("ChangeResourceRecordSets"),
+        "GET" => Some("ListResourceRecordSets"),
+        _ => None,
+    }
+}
+
+/// An error as Route 53's REST XML protocol answers it.
+fn rest_error(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\"?>\n<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{code} (injected in front of moto)</Message></Error><RequestId>00000000-fault-injected</RequestId></ErrorResponse>"
+    );
+    format!(
+        "HTTP/1.1 {status} Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -23,7 +23,14 @@ impl Member {
     /// signed it and it is newer than the one in force.
     pub fn order(&mut self, signed: SignedOrder, now: Instant) -> Result<EpochReport, OrderError> {
         let order = signed.open(self.orders.as_ref())?;
-        if self.wrapped.is_some() && !order.wrapped.iter().any(|(e, _)| *e == order.current) {
+        // On a KMS mesh, an order that moves to an epoch whose data key no
+        // one could have is refused (a cert revocation in the configured
+        // epoch, whose ciphertext every member holds, is not).
+        let held =
+            |w: &crate::keys::wrapped::WrappedKeys| w.held().any(|(e, _)| e == order.current);
+        if self.wrapped.as_ref().is_some_and(|w| !held(w))
+            && !order.wrapped.iter().any(|(e, _)| *e == order.current)
+        {
             return Err(OrderError::Malformed(format!(
                 "this mesh's epoch keys are KMS data keys, and the order names none for epoch {} (rotate with --kms-key)",
                 order.current

@@ -18,6 +18,9 @@ use super::*;
 use crate::dataplane::{InboundCommand, OutboundCommand};
 use crate::esp::SaParams;
 use crate::keys::epoch::test_keys;
+use crate::keys::kms::KmsKeys;
+use crate::keys::wrapped::WrappedKeys;
+use crate::keys::Epoch;
 use crate::membership::sim::{EventQueue, VirtualTime};
 
 impl VirtualTime for MeshSim {
@@ -79,6 +82,8 @@ impl Plane {
 pub(crate) struct Node {
     pub member: Member,
     pub plane: Plane,
+    /// With KMS keys: what the virtual KMS decrypted for it.
+    kms: Option<Arc<KmsKeys>>,
     /// Every event the member gave, with when.
     pub events: Vec<(Duration, NodeEvent)>,
 }
@@ -114,7 +119,17 @@ enum Ev {
     Wake {
         node: usize,
     },
+    /// The virtual KMS answers a member's held ciphertexts.
+    Unwrap {
+        node: usize,
+        gen: u64,
+        held: Vec<(Epoch, Vec<u8>)>,
+    },
 }
+
+/// The ciphertext of epoch 1's data key every member is configured with
+/// when [`MeshSim::kms`] is set.
+pub const KMS_EPOCH_1: &[u8] = b"kms ciphertext of epoch 1";
 
 /// One end of a connection: whose, to whom, and the other end's id.
 #[derive(Clone, Copy)]
@@ -127,6 +142,9 @@ struct End {
 
 pub(crate) struct MeshSim {
     pub nodes: Vec<Option<Node>>,
+    /// Epoch keys from a virtual KMS (ciphertext to plaintext, answered
+    /// 20 ms after a member asks) instead of a local master key.
+    pub kms: Option<HashMap<Vec<u8>, [u8; 32]>>,
     generations: Vec<u64>,
     t0: Instant,
     pub now: Duration,
@@ -200,6 +218,7 @@ impl MeshSim {
     /// `n` members, none started; discovery answers the first.
     pub fn new(n: usize, seed: u64) -> MeshSim {
         MeshSim {
+            kms: None,
             nodes: (0..n).map(|_| None).collect(),
             generations: vec![0; n],
             t0: Instant::now(),
@@ -229,8 +248,15 @@ impl MeshSim {
     /// Starts member `i` (again, after a kill: a new generation).
     pub fn start(&mut self, i: usize) {
         self.generations[i] += 1;
+        let kms = self.kms.as_ref().map(|_| Arc::new(KmsKeys::default()));
+        let provider: Arc<dyn crate::keys::KeyProvider> = match &kms {
+            Some(k) => k.clone(),
+            None => Arc::new(test_keys(9)),
+        };
         let cfg = MemberConfig {
-            wrapped: None,
+            wrapped: kms
+                .as_ref()
+                .map(|_| WrappedKeys::configured(1, KMS_EPOCH_1.to_vec())),
             me: MemberId {
                 id: id(i),
                 addr: addr(i),
@@ -241,13 +267,14 @@ impl MeshSim {
             liveness: self.liveness,
             seed: self.rng.random(),
             infos: Infos::default(),
-            keys: Some((Arc::new(test_keys(9)), 1, CipherSuite::Aes128Gcm)),
+            keys: Some((provider, 1, CipherSuite::Aes128Gcm)),
             orders: Arc::new(MESH_CA),
             tunnels: Some(crate::tunnels::tests::tunnels()),
         };
         let member = Member::new(cfg, self.at());
         self.nodes[i] = Some(Node {
             member,
+            kms,
             plane: Plane::default(),
             events: Vec::new(),
         });
@@ -363,8 +390,10 @@ impl MeshSim {
                         self.schedule(self.now + d, Ev::Closed { conn: e.other });
                     }
                 }
-                // Simulated members key with local keys.
-                Output::WrappedKeys(_) => {}
+                Output::WrappedKeys(held) => self.schedule(
+                    self.now + Duration::from_millis(20),
+                    Ev::Unwrap { node: i, gen, held },
+                ),
                 Output::Discover => {
                     let d = Duration::from_millis(1);
                     self.schedule(self.now + d, Ev::Seeds { node: i, gen });
@@ -533,6 +562,24 @@ impl MeshSim {
                     if let Some(n) = self.nodes[node].as_mut() {
                         n.member.handle_seeds(seeds, now);
                     }
+                    vec![node]
+                }
+                Ev::Unwrap { node, gen, held } => {
+                    let Some(n) = self.nodes[node]
+                        .as_mut()
+                        .filter(|_| self.generations[node] == gen)
+                    else {
+                        continue;
+                    };
+                    if let (Some(keys), Some(kms)) = (&n.kms, &self.kms) {
+                        for (epoch, ciphertext) in held {
+                            match kms.get(&ciphertext) {
+                                Some(plain) => keys.ready(epoch, plain),
+                                None => keys.refuse(epoch, "InvalidCiphertextException".into()),
+                            }
+                        }
+                    }
+                    n.member.epoch_key_ready(now);
                     vec![node]
                 }
                 Ev::Wake { node } => {

@@ -155,6 +155,72 @@ fn epoch_rotation_and_revocation_spread_to_every_member() {
     }
 }
 
+/// KMS epoch keys on virtual time: only ciphertexts travel. The operator
+/// gives one member the order for epoch 2, naming its data key's digest,
+/// and the ciphertext; every member receives it from the others, has the
+/// (virtual) KMS decrypt it, and the mesh rekeys onto epoch 2. A member's
+/// own ciphertext for the epoch is refused and counted; an order naming
+/// no data key for a new epoch is refused; a member that starts later,
+/// configured with epoch 1's ciphertext only, gets epoch 2's on connecting
+/// and keys on it.
+#[test]
+fn kms_data_keys_reach_every_member_and_a_forged_one_is_refused() {
+    use crate::keys::message::{Message, Wrapped};
+    use crate::keys::wrapped::digest;
+    let n = 5;
+    let mut sim = MeshSim::new(n + 1, 5);
+    let epoch_2 = b"kms ciphertext of epoch 2".to_vec();
+    sim.kms = Some(
+        [
+            (super::sim::KMS_EPOCH_1.to_vec(), [1; 32]),
+            (epoch_2.clone(), [2; 32]),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    formed(&mut sim, n, S(10));
+    let all: Vec<usize> = (0..n).collect();
+    assert!(all_on_epoch(&sim, &all, 1));
+    let mut rotate = sim
+        .with(2, |m, _| m.epoch_order())
+        .state()
+        .rotate()
+        .unwrap();
+    let e = sim
+        .with(2, |m, now| m.order(MESH_CA.sign(&rotate), now))
+        .expect_err("no data key named");
+    assert!(e.to_string().contains("names none for epoch 2"), "{e}");
+    rotate.wrapped.push((2, digest(&epoch_2)));
+    sim.with(2, |m, now| m.order(MESH_CA.sign(&rotate), now))
+        .expect("rotate");
+    sim.with(2, |m, now| m.operator_wrapped(2, epoch_2.clone(), now))
+        .expect("the operator's data key");
+    let took = sim.run_until_true(S(30), |s| all_on_epoch(s, &all, 2));
+    let took = took.expect("the mesh did not move to epoch 2");
+    eprintln!("KMS rotation: every pair on epoch 2, old SAs retired, after {took:?}");
+
+    let forged = Message::Wrapped(Wrapped {
+        epoch: 2,
+        ciphertext: b"member m04's own".to_vec(),
+    })
+    .encode();
+    sim.with(1, |m, now| m.handle_message(&id(4), &forged, now));
+    assert!(
+        sim.node(1).events.iter().any(|(_, e)| matches!(
+            e,
+            NodeEvent::Refused(r) if r.peer == id(4) && r.what == "wrapped_key" && r.kind == "unauthorized"
+        )),
+        "the forged data key is refused and its sender named"
+    );
+    assert!(all_on_epoch(&sim, &all, 2), "and changes nothing");
+
+    sim.start(n);
+    let everyone: Vec<usize> = (0..=n).collect();
+    let joined = sim.run_until_true(S(30), |s| all_on_epoch(s, &everyone, 2));
+    let joined = joined.expect("the newcomer did not key on epoch 2");
+    eprintln!("a member started with epoch 1's ciphertext only keyed on epoch 2 after {joined:?}");
+}
+
 /// A member holding a valid certificate cannot move the mesh's epochs:
 /// before orders, a member's record that named a later epoch (or listed
 /// the current one revoked) moved every member, a mesh-wide rekey or
