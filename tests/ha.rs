@@ -514,6 +514,49 @@ fn gateways_find_each_other_by_ec2_tags_across_regions_and_accounts() {
         lab.start_gateway(binary(), g).expect("starting a gateway");
     }
     common::wait_meshed(&lab, &first, Duration::from_secs(30));
+    // Hostile tags: an instance whose meshgate:id is no member id (skipped
+    // and counted), and one that claims region-1a's id at another address
+    // (a claim, not a grant: dialing it finds no member there, and the
+    // real region-1a is still reached).
+    let (url, mesh) = (
+        lab.moto.as_ref().unwrap().url.clone(),
+        meshgate::lab::moto::mesh_name(&lab),
+    );
+    lab.underlay
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let ec2 = meshgate_aws::Ec2::connect(&meshgate_aws::Settings {
+                    region: meshgate::lab::moto::aws_region(0),
+                    endpoint_url: Some(url),
+                    call_timeout: Duration::from_secs(5),
+                    static_credentials: Some(("testing", "testing")),
+                    assume_role: None,
+                })
+                .await;
+                let tags = |id: &str| {
+                    vec![
+                        ("meshgate:mesh".to_string(), mesh.clone()),
+                        ("meshgate:id".to_string(), id.to_string()),
+                    ]
+                };
+                ec2.run_lab_instances(
+                    "198.18.0.0/16",
+                    "198.18.0.0/24",
+                    &format!("{}a", meshgate::lab::moto::aws_region(0)),
+                    &[
+                        ("198.18.0.77".into(), tags("not a member!")),
+                        ("198.18.0.78".into(), tags("region-1a")),
+                    ],
+                )
+                .await
+                .expect("hostile instances in moto")
+            })
+        })
+        .unwrap();
     lab.start_gateway(binary(), n - 1)
         .expect("starting the newcomer");
     let took = common::eventually(Duration::from_secs(15), "the newcomer known to all", || {
@@ -523,6 +566,20 @@ fn gateways_find_each_other_by_ec2_tags_across_regions_and_accounts() {
     assert!(took <= Duration::from_secs(5), "{took:?}");
     let log = std::fs::read_to_string(lab.log_path(n - 1)).unwrap_or_default();
     assert!(!log.contains("discovery (ec2-tags) failed"), "{log}");
+    assert!(
+        log.contains("has no valid meshgate:id tag; skipped"),
+        "{log}"
+    );
+    assert!(metric(&lab, n - 1, "meshgate_discovery_skipped_total", "") >= 1);
+    assert!(
+        metric(
+            &lab,
+            n - 1,
+            "meshgate_cloud_calls_total",
+            "api=\"DescribeInstances\",outcome=\"ok\""
+        ) >= 4,
+        "one call per region and account"
+    );
 
     // What discovery itself finds, asked as region-1a: every other
     // appliance; without the role, only those of its own account.

@@ -599,7 +599,7 @@ fn start_member(
     let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
-    let discovery = discovery_of(&m);
+    let discovery = discovery_of(&m, &metrics);
     // The underlay prober: keys from the tunnels' SAs, members from
     // membership, the paths it measures into the policy's view.
     let probe_keys = crate::underlay::SharedProbeKeys::default();
@@ -668,16 +668,24 @@ fn start_member(
 
 /// Where the member finds others to join through: the config's seeds, and
 /// the mesh's EC2 instances if `[signal.discovery]` says so.
-fn discovery_of(m: &MeshStart) -> Arc<dyn crate::signal::discovery::Discovery> {
+fn discovery_of(
+    m: &MeshStart,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn crate::signal::discovery::Discovery> {
     #[cfg(feature = "aws")]
     if let Some(d) = &m.signal.discovery {
-        return Arc::new(crate::cloud::discovery::Ec2Tags::new(
-            d.clone(),
-            &m.local.id,
-            m.signal.seeds.clone(),
-            crate::config::DEFAULT_SIGNAL_PORT,
-        ));
+        return Arc::new(
+            crate::cloud::discovery::Ec2Tags::new(
+                d.clone(),
+                &m.local.id,
+                m.signal.seeds.clone(),
+                crate::config::DEFAULT_SIGNAL_PORT,
+            )
+            .with_metrics(metrics.clone()),
+        );
     }
+    #[cfg(not(feature = "aws"))]
+    let _ = metrics;
     Arc::new(crate::signal::discovery::StaticSeeds(
         m.signal.seeds.clone(),
     ))

@@ -55,6 +55,8 @@ pub struct CloudMetrics {
     /// With KMS epoch keys: the epochs' keys by state (ready, waiting,
     /// refused).
     pub kms_keys: IntGaugeVec,
+    /// Instances tagged with the mesh that discovery skipped.
+    pub discovery_skipped: prometheus::IntCounter,
     /// Each group's active member, as last decided (`meshgate status`).
     active: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -95,6 +97,17 @@ impl CloudMetrics {
                 "Routes this appliance started (claim) or stopped (release) claiming.",
                 &["change"],
             ),
+            discovery_skipped: {
+                let c = prometheus::IntCounter::new(
+                    "meshgate_discovery_skipped_total",
+                    "Instances tagged with the mesh that discovery skipped: no valid meshgate:id, no private address, or a meshgate:signal-port that is not a port.",
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
             kms_keys: gauge_vec(
                 registry,
                 "meshgate_kms_epoch_keys",

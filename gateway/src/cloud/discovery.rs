@@ -44,6 +44,8 @@ pub struct Ec2Tags {
     default_port: u16,
     /// The clients, made at the first call (loading credentials is async).
     sources: OnceCell<Vec<Source>>,
+    /// Its calls and the instances it skipped are counted here.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Ec2Tags {
@@ -54,7 +56,15 @@ impl Ec2Tags {
             seeds,
             default_port,
             sources: OnceCell::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts its calls (`meshgate_cloud_calls_total{api="DescribeInstances"}`)
+    /// and the tagged instances it skips.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Ec2Tags {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn sources(&self) -> &[Source] {
@@ -122,13 +132,28 @@ impl Discovery for Ec2Tags {
                     continue;
                 };
                 let label = &sources[n].label;
+                if let Some(m) = &self.metrics {
+                    let outcome = match &answer {
+                        Ok(_) => "ok",
+                        Err(e) => super::aws::cloud_error(e.clone()).label(),
+                    };
+                    m.cloud
+                        .calls
+                        .with_label_values(&["DescribeInstances", outcome])
+                        .inc();
+                }
                 match answer {
                     Ok(instances) => {
                         for i in &instances {
                             match seed_of(i, self.default_port) {
                                 Ok(seed) if seed.0 == self.me => {}
                                 Ok(seed) => seeds.push(seed),
-                                Err(why) => tracing::warn!("discovery in {label}: {why}; skipped"),
+                                Err(why) => {
+                                    tracing::warn!("discovery in {label}: {why}; skipped");
+                                    if let Some(m) = &self.metrics {
+                                        m.cloud.discovery_skipped.inc();
+                                    }
+                                }
                             }
                         }
                     }
