@@ -680,7 +680,7 @@ fn a_real_prometheus_scrapes_every_gateway_and_loads_the_rules() {
     let group = &rules["data"]["groups"][0];
     assert_eq!(group["name"], "meshgate", "{rules}");
     let loaded = group["rules"].as_array().unwrap();
-    assert_eq!(loaded.len(), 8);
+    assert_eq!(loaded.len(), 9);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{rules}");
 
     lab.kill_gateway(n - 1);
