@@ -58,16 +58,9 @@ pub(crate) fn peer(view: &View, index: MemberIndex) -> Option<Peer> {
 /// first underlay hold-down, whichever comes first.
 pub(crate) fn next_timer(view: &View) -> Option<u32> {
     let hold_ms = view.param_u64("underlay_hold_down_secs", 10) * 1000;
-    let held = view.param("underlay").and_then(|label| {
-        view.others()
-            .filter_map(|(_, m)| {
-                let i = view.endpoint_labelled(m, label)?;
-                view.path_held_for(&view.endpoints_of(m)[i as usize], hold_ms)
-            })
-            .filter(|&ms| ms != u64::MAX)
-            .min()
-    });
-    let held = held.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
+    let held = view
+        .param("underlay")
+        .and_then(|label| view.next_path_release_ms(label, hold_ms));
     [failover::next_change_ms(view), held]
         .into_iter()
         .flatten()

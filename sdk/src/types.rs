@@ -357,6 +357,20 @@ impl View {
         }
     }
 
+    /// In how many milliseconds the first path labelled `label` to another
+    /// member that is held back after a cut may carry tunnels again (for
+    /// a policy's timer); `None` if none is held back for a known time.
+    pub fn next_path_release_ms(&self, label: &str, hold_down_ms: u64) -> Option<u32> {
+        let l = self.name_index(label)?;
+        self.others()
+            .flat_map(|(_, m)| self.endpoints_of(m))
+            .filter(|e| e.label == l)
+            .filter_map(|e| self.path_held_for(e, hold_down_ms))
+            .filter(|&ms| ms != u64::MAX)
+            .min()
+            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX))
+    }
+
     /// The index of the first endpoint of `member` labelled `label`.
     pub fn endpoint_labelled(&self, member: &Member, label: &str) -> Option<u32> {
         let l = self.name_index(label)?;

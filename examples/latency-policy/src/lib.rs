@@ -75,12 +75,7 @@ impl Policy for LatencyAware {
 
     /// Wakes when the first held-down `dx` path may be used again.
     fn on_timer(view: &View) -> Option<u32> {
-        view.others()
-            .flat_map(|(_, m)| view.endpoints_of(m))
-            .filter(|e| view.name(e.label) == "dx")
-            .filter_map(|e| dx_usable(view, e).err().flatten())
-            .min()
-            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX))
+        view.next_path_release_ms("dx", view.param_u64("dx_hold_down_secs", 10) * 1000)
     }
 }
 
@@ -169,24 +164,12 @@ mod tests {
 
     #[test]
     fn prefers_dx_while_it_is_healthy() {
-        let v = view(0);
-        let peers = LatencyAware::peers(&v);
-        let us_a = peers
-            .iter()
-            .find(|p| v.name(v.members[p.member as usize].id) == "us-a")
-            .unwrap();
-        assert_eq!(endpoint_label(&v, us_a), "dx");
+        assert_eq!(us_a_label(&view(0)), "dx");
     }
 
     #[test]
     fn falls_back_to_internet_when_dx_loses_packets() {
-        let v = view(5);
-        let peers = LatencyAware::peers(&v);
-        let us_a = peers
-            .iter()
-            .find(|p| v.name(v.members[p.member as usize].id) == "us-a")
-            .unwrap();
-        assert_eq!(endpoint_label(&v, us_a), "internet");
+        assert_eq!(us_a_label(&view(5)), "internet");
     }
 
     #[test]

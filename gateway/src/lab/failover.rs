@@ -112,9 +112,12 @@ impl Lab {
         for _ in 0..kills {
             check_interrupted()?;
             let active = self.wait_route(dst, &back, Duration::from_secs(10))?;
-            let host = super::Netns::attach(self.regions[src].host.name());
-            let flow =
-                std::thread::spawn(move || probe::ping(&host, dst_ip, FLOW_PACKETS, FLOW_INTERVAL));
+            let flow = probe::Flow::start(
+                self.regions[src].host.name(),
+                dst_ip,
+                FLOW_PACKETS,
+                FLOW_INTERVAL,
+            );
             std::thread::sleep(KILL_AFTER);
             self.kill_gateway(active);
             let killed_at = Instant::now();
@@ -130,9 +133,7 @@ impl Lab {
                     _ => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            let stats = flow
-                .join()
-                .map_err(|_| anyhow::anyhow!("the flow's thread panicked"))??;
+            let stats = flow.finish()?;
             let lost = stats.sent - stats.received;
             let tail = stats.answered.len().saturating_sub(RESTORED_TAIL);
             runs.push(FailoverRun {

@@ -41,6 +41,35 @@ impl PingStats {
     }
 }
 
+/// A flow of echo requests from one namespace in a thread of its own, so
+/// the lab can break something while it runs (`--failover`, `--cut-dx`).
+pub struct Flow {
+    thread: std::thread::JoinHandle<Result<PingStats>>,
+    /// When its first request left (roughly: the thread's start).
+    pub started: Instant,
+}
+
+impl Flow {
+    /// `packets` echo requests from namespace `from` to `dst`, one every
+    /// `interval`.
+    pub fn start(from: &str, dst: IpAddr, packets: u32, interval: Duration) -> Flow {
+        let host = Netns::attach(from);
+        let started = Instant::now();
+        Flow {
+            thread: std::thread::spawn(move || ping(&host, dst, packets, interval)),
+            started,
+        }
+    }
+
+    /// Waits for the flow's end: what was answered.
+    pub fn finish(self) -> Result<PingStats> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the flow's thread panicked"))?
+            .context("the flow")
+    }
+}
+
 /// Sends `count` ICMP (or ICMPv6) echo requests from inside `ns` to
 /// `dst`, one every `interval`, and waits up to one second for the last reply.
 pub fn ping(ns: &Netns, dst: IpAddr, count: u32, interval: Duration) -> Result<PingStats> {

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::failover::FLOW_INTERVAL;
@@ -102,10 +102,13 @@ impl Lab {
                     self.gateway_id(a)
                 );
             }
-            let host = super::Netns::attach(self.regions[src].host.name());
-            let started = Instant::now();
-            let flow =
-                std::thread::spawn(move || probe::ping(&host, dst_ip, packets, FLOW_INTERVAL));
+            let flow = probe::Flow::start(
+                self.regions[src].host.name(),
+                dst_ip,
+                packets,
+                FLOW_INTERVAL,
+            );
+            let started = flow.started;
             std::thread::sleep(CUT_AFTER);
             self.set_dx(b, false)?;
             let cut_at = Instant::now();
@@ -114,10 +117,7 @@ impl Lab {
             self.set_dx(b, true)?;
             let healed_at = Instant::now();
             let to_dx = self.wait_underlay(a, &peer, "dx", hold_down + Duration::from_secs(5))?;
-            let stats = flow
-                .join()
-                .map_err(|_| anyhow::anyhow!("the flow's thread panicked"))?
-                .context("the flow")?;
+            let stats = flow.finish()?;
             // Echo i left at i intervals after the flow started.
             let heal_index = (healed_at.duration_since(started).as_millis()
                 / FLOW_INTERVAL.as_millis()) as usize;
