@@ -28,6 +28,7 @@ pub mod control;
 pub mod dataplane;
 /// The ESP core, a crate of its own (`esp/` in the workspace).
 pub use meshgate_esp as esp;
+pub mod fleet;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -103,7 +103,7 @@ impl Validator<'_> {
 }
 
 /// `arn:<partition>:iam::<12 digits>:role/<path and name>`.
-fn is_role_arn(v: &str) -> bool {
+pub(crate) fn is_role_arn(v: &str) -> bool {
     let parts: Vec<&str> = v.splitn(6, ':').collect();
     matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
         if partition.starts_with("aws")

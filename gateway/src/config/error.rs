@@ -11,7 +11,7 @@ use std::path::Path;
 pub struct ConfigError(pub(super) String);
 
 impl ConfigError {
-    pub(super) fn at(
+    pub(crate) fn at(
         file: &Path,
         text: &str,
         span: Option<Range<usize>>,

@@ -15,8 +15,10 @@ mod sections;
 mod tests;
 mod validate;
 
+pub(crate) use discovery::is_role_arn;
 pub use error::ConfigError;
 pub use keys::{KeySource, KmsConfig, DEFAULT_KMS_RECHECK};
+pub(crate) use raw::parse_toml;
 use raw::*;
 
 use std::collections::HashSet;
@@ -264,7 +266,7 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = parse_raw(path, text)?;
+        let raw: RawConfig = parse_toml(path, text)?;
         Validator {
             file: path,
             text,

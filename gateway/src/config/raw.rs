@@ -227,7 +227,11 @@ pub(super) struct RawSa {
 
 // ---- loading and validation ----------------------------------------------
 
-pub(super) fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+/// Parses TOML into `T`, every error said with file, line and field.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| ConfigError::at(path, text, e.span(), "", e.message()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -1,0 +1,19 @@
+//! Provisioning a fleet from one file: `meshgate plan`, `up` and `down`.
+//! The fleet file says what should exist ([`file`]); [`model`] turns it
+//! into resources; [`plan`] compares them with what the cloud holds and
+//! says what to call. Reading the cloud and making the calls is the
+//! shell's (the AWS SDK); everything here is plain data, tested without a
+//! cloud.
+
+pub mod docs;
+pub mod file;
+pub mod model;
+pub mod plan;
+pub mod user_data;
+
+pub use file::{Fleet, FleetRegion, FleetZone, Market};
+pub use model::{desired, Facts, Kind, Resource, Scope};
+pub use plan::{plan, teardown, Action, Change};
+
+#[cfg(test)]
+mod tests;
