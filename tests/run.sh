@@ -25,13 +25,22 @@ fi
 # moto plays AWS for the cloud tests (the official SDK against a local
 # server): a venv of its own, pinned, with only the services used.
 MOTO_VENV="${MOTO_VENV:-${CARGO_TARGET_DIR:-$PWD/target}/moto-venv}"
-MOTO_EXTRAS='ec2,kms,route53'
+MOTO_EXTRAS='autoscaling,ec2,iam,kms,route53,secretsmanager,sts'
 if [ ! -f "$MOTO_VENV/.extras-$MOTO_EXTRAS" ]; then
   python3 -m venv "$MOTO_VENV"
   "$MOTO_VENV/bin/pip" install -q "moto[$MOTO_EXTRAS]==5.2.5" flask flask-cors
   touch "$MOTO_VENV/.extras-$MOTO_EXTRAS"
 fi
 export MESHGATE_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+
+# cfn-lint checks the fleet's CloudFormation templates (its own venv:
+# its pins and moto's need not agree).
+CFN_VENV="${CFN_VENV:-${CARGO_TARGET_DIR:-$PWD/target}/cfn-venv}"
+if [ ! -x "$CFN_VENV/bin/cfn-lint" ]; then
+  python3 -m venv "$CFN_VENV"
+  "$CFN_VENV/bin/pip" install -q "cfn-lint==1.58.0"
+fi
+export MESHGATE_CFN_LINT="$CFN_VENV/bin/cfn-lint"
 
 # The toolchain and targets rust-toolchain.toml lists: the gateway's build
 # compiles the built-in policies for wasm32-unknown-unknown, and a plain

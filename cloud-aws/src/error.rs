@@ -42,6 +42,21 @@ const THROTTLING: &[&str] = &[
 const STALE: &[&str] = &["InvalidRoute.NotFound", "RouteAlreadyExists"];
 
 impl AwsError {
+    /// An answer without a field the call promises: nothing a retry fixes.
+    pub(crate) fn missing(api: &'static str, what: &str, field: &str) -> AwsError {
+        AwsError::refused(api, what, format!("the answer has no {field}"))
+    }
+
+    /// A call refused (by the service, or before it was sent).
+    pub fn refused(api: &'static str, what: &str, message: String) -> AwsError {
+        AwsError {
+            kind: ErrorKind::Refused,
+            api,
+            what: what.to_string(),
+            message,
+        }
+    }
+
     pub(crate) fn from_sdk<E>(
         api: &'static str,
         what: &str,

@@ -8,7 +8,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use zeroize::Zeroizing;
 
-use crate::{sdk_config, AwsError, ErrorKind, Settings};
+use crate::{sdk_config, AwsError, Settings};
 
 /// A KMS client of one region.
 #[derive(Clone, Debug)]
@@ -52,12 +52,7 @@ impl Kms {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(API, key, e))?;
-        let missing = |what: &str| AwsError {
-            kind: ErrorKind::Refused,
-            api: API,
-            what: key.to_string(),
-            message: format!("the answer has no {what}"),
-        };
+        let missing = |field: &str| AwsError::missing(API, key, field);
         let plaintext = Zeroizing::new(
             out.plaintext()
                 .ok_or_else(|| missing("Plaintext"))?
@@ -97,12 +92,7 @@ impl Kms {
             .map_err(|e| AwsError::from_sdk(API, key, e))?;
         match out.plaintext() {
             Some(p) => Ok(Zeroizing::new(p.as_ref().to_vec())),
-            None => Err(AwsError {
-                kind: ErrorKind::Refused,
-                api: API,
-                what: key.to_string(),
-                message: "the answer has no Plaintext".into(),
-            }),
+            None => Err(AwsError::missing(API, key, "Plaintext")),
         }
     }
 
@@ -118,11 +108,6 @@ impl Kms {
             .map_err(|e| AwsError::from_sdk(API, description, e))?;
         out.key_metadata()
             .map(|m| m.key_id().to_string())
-            .ok_or_else(|| AwsError {
-                kind: ErrorKind::Refused,
-                api: API,
-                what: description.to_string(),
-                message: "the answer has no KeyMetadata".into(),
-            })
+            .ok_or_else(|| AwsError::missing(API, description, "KeyMetadata"))
     }
 }

@@ -70,6 +70,52 @@ impl Ec2 {
         })
     }
 
+    /// Creates a VPC of `cidr` with a subnet per `(cidr, zone)` and one
+    /// route table, untagged (a fleet's `up` tags it): a VPC a fleet file
+    /// joins. Returns the VPC, the subnets in order, and the table.
+    pub async fn create_fleet_vpc(
+        &self,
+        cidr: &str,
+        subnets: &[(&str, &str)],
+    ) -> Result<(String, Vec<String>, String), AwsError> {
+        let c = self.client();
+        let Some(((first, first_zone), rest)) = subnets.split_first() else {
+            return Err(AwsError::refused(
+                "CreateSubnet",
+                cidr,
+                "no subnet asked for".to_string(),
+            ));
+        };
+        let (vpc, subnet) = self.vpc_with_subnet(cidr, first, first_zone).await?;
+        let mut ids = vec![subnet];
+        for (block, zone) in rest {
+            let id = c
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(*block)
+                .availability_zone(*zone)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("CreateSubnet", block, e))?
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .unwrap_or_default()
+                .to_string();
+            ids.push(id);
+        }
+        let table = c
+            .create_route_table()
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateRouteTable", &vpc, e))?
+            .route_table()
+            .and_then(|t| t.route_table_id())
+            .unwrap_or_default()
+            .to_string();
+        Ok((vpc, ids, table))
+    }
+
     /// Whether `interface`'s source/destination check is on.
     pub async fn source_dest_check(&self, interface: &str) -> Result<bool, AwsError> {
         let out = self

@@ -11,6 +11,8 @@
 //! its backoff, and counts every failure in its metrics.
 
 mod error;
+mod fleet;
+mod fleet_ec2;
 mod instances;
 mod kms;
 mod lab;
@@ -24,6 +26,8 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::AttributeBooleanValue;
 
 pub use error::{AwsError, ErrorKind};
+pub use fleet::{FleetClients, GroupSpec, Role, ScalingGroup, Secret};
+pub use fleet_ec2::{LaunchTemplate, SecurityGroup, TemplateData};
 pub use instances::Instance;
 pub use kms::Kms;
 pub use lab::LabVpc;
@@ -118,8 +122,12 @@ pub(crate) async fn sdk_config(s: &Settings) -> aws_config::SdkConfig {
 impl Ec2 {
     /// A client of the region `s` names (see [`sdk_config`]).
     pub async fn connect(s: &Settings) -> Ec2 {
+        Ec2::from_config(&sdk_config(s).await)
+    }
+
+    pub(crate) fn from_config(config: &aws_config::SdkConfig) -> Ec2 {
         Ec2 {
-            client: aws_sdk_ec2::Client::new(&sdk_config(s).await),
+            client: aws_sdk_ec2::Client::new(config),
         }
     }
 

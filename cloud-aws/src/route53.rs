@@ -7,21 +7,12 @@ use aws_sdk_route53::types::{
     Vpc, VpcRegion,
 };
 
-use crate::{sdk_config, AwsError, ErrorKind, Settings};
+use crate::{sdk_config, AwsError, Settings};
 
 /// A Route 53 client (a global service: `Settings.region` only signs).
 #[derive(Clone, Debug)]
 pub struct Route53 {
     client: aws_sdk_route53::Client,
-}
-
-fn refused(api: &'static str, what: &str, message: String) -> AwsError {
-    AwsError {
-        kind: ErrorKind::Refused,
-        api,
-        what: what.to_string(),
-        message,
-    }
 }
 
 /// `A` for an IPv4 address, `AAAA` for IPv6.
@@ -86,7 +77,8 @@ impl Route53 {
         ttl: i64,
     ) -> Result<(), AwsError> {
         const API: &str = "ChangeResourceRecordSets";
-        let bad = |e: aws_sdk_route53::error::BuildError| refused(API, name, e.to_string());
+        let bad =
+            |e: aws_sdk_route53::error::BuildError| AwsError::refused(API, name, e.to_string());
         let set = ResourceRecordSet::builder()
             .name(name)
             .r#type(record_type(address.is_ipv6()))
@@ -146,6 +138,6 @@ impl Route53 {
             .map_err(|e| AwsError::from_sdk(API, domain, e))?;
         out.hosted_zone()
             .map(|z| z.id().trim_start_matches("/hostedzone/").to_string())
-            .ok_or_else(|| refused(API, domain, "the answer has no HostedZone".into()))
+            .ok_or_else(|| AwsError::missing(API, domain, "HostedZone"))
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use meshgate::config::Config;
 use meshgate::esp::CipherSuite;
+use meshgate::fleet::cli::Verb;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,47 @@ enum Cmd {
     Members {
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
+    },
+    /// What `up` would create, change and remove to make the cloud hold
+    /// what the fleet file describes (reads only).
+    Plan {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Write the fleet as CloudFormation templates instead (one per
+        /// account and region, into --out).
+        #[arg(long, value_parser = ["cloudformation"])]
+        output: Option<String>,
+        /// The templates' directory.
+        #[arg(long, value_name = "DIR", default_value = ".", requires = "output")]
+        out: PathBuf,
+    },
+    /// Provision the fleet: create what is missing and change what
+    /// differs (a second `up` makes no change; an interrupted one is
+    /// completed by the next).
+    Up {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Remove everything the fleet's `up` made (what carries its tag or
+    /// lives under its IAM path), and nothing else.
+    Down {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// On an appliance at first boot (the launch template's user data
+    /// runs it): fetch its secret (certificate, key, CA, epoch key) into
+    /// DIR with the instance's role.
+    Bootstrap {
+        /// The secret's name (meshgate/<mesh>/<zone>).
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, default_value = "/etc/meshgate")]
+        dir: PathBuf,
+        /// Another endpoint than AWS's (a test's moto server).
+        #[arg(long, value_name = "URL")]
+        endpoint_url: Option<String>,
     },
     /// Build a multi-region lab in network namespaces, prove every host
     /// reaches every other through the gateways, and remove it (needs root).
@@ -255,6 +297,17 @@ enum KeysCmd {
         #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
         control: PathBuf,
     },
+}
+
+/// The fleet file and how to print.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// The fleet file (TOML; deploy/fleet.toml.example).
+    #[arg(long, value_name = "FILE")]
+    fleet: PathBuf,
+    /// Print the actions and the calls made as one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How an epoch order is made and where it goes.
@@ -486,6 +539,10 @@ fn cert_to_revoke(cert: &str) -> anyhow::Result<meshgate::keys::order::CertId> {
     Ok(meshgate::identity::cert_id(&der))
 }
 
+fn fleet_run(verb: Verb, a: &FleetArgs) -> anyhow::Result<()> {
+    meshgate::fleet::cli::run(verb, &a.fleet, a.json)
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when a reader such as
     // `head` closes the pipe.
@@ -594,6 +651,20 @@ fn main() -> ExitCode {
         Cmd::Members { admin } => {
             meshgate::admin::request(admin, "GET", "/members").and_then(shown)
         }
+        Cmd::Plan {
+            fleet,
+            output: Some(_),
+            out,
+        } => meshgate::fleet::cli::cloudformation(&fleet.fleet, &out),
+        Cmd::Plan { fleet, .. } => fleet_run(Verb::Plan, &fleet),
+        Cmd::Up { fleet } => fleet_run(Verb::Up, &fleet),
+        Cmd::Down { fleet } => fleet_run(Verb::Down, &fleet),
+        Cmd::Bootstrap {
+            secret,
+            region,
+            dir,
+            endpoint_url,
+        } => meshgate::fleet::cli::bootstrap(&secret, &region, &dir, endpoint_url),
         Cmd::Keygen { cipher } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
             let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);

@@ -495,7 +495,7 @@ pub fn moto() -> Moto {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("starting {program}: {e} (tests/run.sh installs moto in a venv; or pip install 'moto[ec2,kms,route53]==5.2.5' flask flask-cors)")
+            panic!("starting {program}: {e} (tests/run.sh installs moto in a venv; or pip install 'moto[autoscaling,ec2,iam,kms,route53,secretsmanager,sts]==5.2.5' flask flask-cors)")
         });
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let moto = Moto { child, addr };

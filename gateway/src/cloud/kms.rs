@@ -219,16 +219,31 @@ pub fn new_data_key(
         .map_err(|e| format!("a runtime for KMS: {e}"))?;
     rt.block_on(async {
         let kms = Kms::connect(&settings).await;
-        let context = encryption_context(mesh, epoch);
-        let data_key = kms.generate_data_key(key, &context).await.map_err(|e| e.to_string())?;
-        if data_key.plaintext.len() != crate::keys::epoch::KEY_LEN || data_key.ciphertext.len() > crate::keys::wrapped::MAX_WRAPPED_LEN {
-            return Err(format!(
-                "KMS made a data key of {} bytes with a ciphertext of {} bytes (expected 32, and at most {})",
-                data_key.plaintext.len(),
-                data_key.ciphertext.len(),
-                crate::keys::wrapped::MAX_WRAPPED_LEN
-            ));
-        }
-        Ok(data_key.ciphertext)
+        make_data_key(&kms, key, mesh, epoch).await
     })
+}
+
+/// A new data key for `epoch` under `key`: its ciphertext only.
+pub async fn make_data_key(
+    kms: &Kms,
+    key: &str,
+    mesh: &str,
+    epoch: Epoch,
+) -> Result<Vec<u8>, String> {
+    let context = encryption_context(mesh, epoch);
+    let data_key = kms
+        .generate_data_key(key, &context)
+        .await
+        .map_err(|e| e.to_string())?;
+    if data_key.plaintext.len() != crate::keys::epoch::KEY_LEN
+        || data_key.ciphertext.len() > crate::keys::wrapped::MAX_WRAPPED_LEN
+    {
+        return Err(format!(
+            "KMS made a data key of {} bytes with a ciphertext of {} bytes (expected 32, and at most {})",
+            data_key.plaintext.len(),
+            data_key.ciphertext.len(),
+            crate::keys::wrapped::MAX_WRAPPED_LEN
+        ));
+    }
+    Ok(data_key.ciphertext)
 }

@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 use super::file::{Fleet, FleetRegion};
 use super::model::{iam_path, FLEET_TAG, MESH_TAG};
 
+/// The inline policy's name on every role of the fleet.
+pub const POLICY_NAME: &str = "meshgate";
+
 /// `value` as canonical JSON: object keys sorted at every depth.
 pub fn canonical(value: &Value) -> String {
     fn sort(v: &Value) -> Value {

@@ -5,10 +5,16 @@
 //! shell's (the AWS SDK); everything here is plain data, tested without a
 //! cloud.
 
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod cfn;
+pub mod cli;
 pub mod docs;
 pub mod file;
 pub mod model;
 pub mod plan;
+#[cfg(feature = "aws")]
+pub mod run;
 pub mod user_data;
 
 pub use file::{Fleet, FleetRegion, FleetZone, Market};

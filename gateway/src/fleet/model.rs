@@ -14,6 +14,9 @@ pub const FLEET_TAG: &str = "meshgate:fleet";
 /// The route tables' tags the gateways find them by.
 pub const MESH_TAG: &str = "meshgate:mesh";
 pub const GROUP_TAG: &str = "meshgate:group";
+/// The security group's description (EC2 takes no apostrophe there).
+pub const GROUP_DESCRIPTION: &str =
+    "meshgate appliances: ESP-in-UDP and signalling between the fleet subnets";
 
 /// Where a resource lives: an account (the caller's, or one reached
 /// through a role) and a region (none for IAM, which is global).
