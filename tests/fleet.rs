@@ -272,7 +272,9 @@ fn a_fleet_of_three_regions_and_two_accounts_comes_up_is_found_and_goes_without_
     let (ok, _, err) = meshgate(&["up", "--fleet", fleet.to_str().unwrap()]);
     assert!(!ok, "up went through a refused CreateAutoScalingGroup");
     assert!(
-        err.contains("CreateAutoScalingGroup") && err.contains("run up again"),
+        err.contains("CreateAutoScalingGroup (meshgate-corp-")
+            && err.contains("need this action")
+            && err.contains("run up again"),
         "{err}"
     );
     proxy.always("CreateAutoScalingGroup", None);
@@ -296,8 +298,14 @@ fn a_fleet_of_three_regions_and_two_accounts_comes_up_is_found_and_goes_without_
         "down left something of the partial up"
     );
 
-    // The whole `up`, then a second that changes nothing.
+    // The whole `up`, through throttling and 5xx on the way (retried),
+    // then a second that changes nothing.
+    proxy.inject("CreateRole", Fault::Throttle);
+    proxy.inject("CreateLaunchTemplate", Fault::ServerError);
+    proxy.inject("CreateAutoScalingGroup", Fault::Throttle);
     let up = fleet_json("up", &fleet);
+    assert_eq!(proxy.injected("CreateRole", Fault::Throttle), 1);
+    assert_eq!(proxy.injected("CreateLaunchTemplate", Fault::ServerError), 1);
     assert_eq!(tally(&up), want);
     eprintln!(
         "up of 3 regions, 2 accounts, 6 appliances on an empty moto: {} s, {} reads, {} writes",
@@ -416,5 +424,42 @@ fn a_fleet_of_three_regions_and_two_accounts_comes_up_is_found_and_goes_without_
             .expect("discovery")
     });
     assert!(seeds.is_empty(), "instances left after down: {seeds:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fleet file whose ids the cloud does not hold, or holds elsewhere, is
+/// refused by `plan` before anything is made, naming the API, the id and
+/// what is wrong.
+#[test]
+fn a_subnet_that_is_missing_or_elsewhere_is_named_before_anything_is_made() {
+    let moto = common::moto();
+    let url = format!("http://{}", moto.addr);
+    let dir = std::env::temp_dir().join(format!("meshgate-fleet-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let regions = rt.block_on(async {
+        vec![make_region(&url, "eu-west-1", 1, None).await, make_region(&url, "us-east-1", 2, None).await]
+    });
+    let (ok, _, err) = meshgate(&["ca", "init", "--dir", dir.join("ca").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let fleet = dir.join("fleet.toml");
+    let good = fleet_file(&url, &regions);
+    let plan = || meshgate(&["plan", "--fleet", fleet.to_str().unwrap()]);
+
+    // Zone b's subnet given for zone a: in the right VPC, the wrong zone.
+    let (a, b) = (&regions[0].subnets[0], &regions[0].subnets[1]);
+    std::fs::write(&fleet, good.replacen(a, "SWAP", 1).replacen(b, a, 1).replacen("SWAP", b, 1)).unwrap();
+    let (ok, _, err) = plan();
+    assert!(!ok);
+    assert!(err.contains("DescribeSubnets") && err.contains(b.as_str()) && err.contains("in eu-west-1a of"), "{err}");
+
+    // Another region's subnet, and one that does not exist.
+    for other in [regions[1].subnets[0].as_str(), "subnet-0123456789abcdef0"] {
+        std::fs::write(&fleet, good.replacen(a, other, 1)).unwrap();
+        let (ok, _, err) = plan();
+        assert!(!ok);
+        assert!(err.contains("DescribeSubnets") && err.contains(other), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,15 @@ use aws_sdk_ec2::types::{
 
 use crate::{AwsError, Ec2};
 
+/// A subnet as EC2 describes it.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: String,
+    pub zone: String,
+}
+
 /// A security group the fleet owns, with its ingress rules as
 /// `(protocol, port, cidr)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,8 +101,8 @@ fn template_request(
 }
 
 impl Ec2 {
-    /// Each subnet's IPv4 CIDR.
-    pub async fn subnet_cidrs(&self, ids: &[String]) -> Result<Vec<(String, String)>, AwsError> {
+    /// Each subnet's VPC, IPv4 CIDR and availability zone.
+    pub async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, AwsError> {
         let out = self
             .client
             .describe_subnets()
@@ -104,7 +113,14 @@ impl Ec2 {
         Ok(out
             .subnets()
             .iter()
-            .filter_map(|s| Some((s.subnet_id()?.to_string(), s.cidr_block()?.to_string())))
+            .filter_map(|s| {
+                Some(Subnet {
+                    id: s.subnet_id()?.to_string(),
+                    vpc: s.vpc_id()?.to_string(),
+                    cidr: s.cidr_block()?.to_string(),
+                    zone: s.availability_zone()?.to_string(),
+                })
+            })
             .collect())
     }
 

@@ -27,7 +27,7 @@ use aws_sdk_ec2::types::AttributeBooleanValue;
 
 pub use error::{AwsError, ErrorKind};
 pub use fleet::{FleetClients, GroupSpec, Role, ScalingGroup, Secret};
-pub use fleet_ec2::{LaunchTemplate, SecurityGroup, TemplateData};
+pub use fleet_ec2::{LaunchTemplate, SecurityGroup, Subnet, TemplateData};
 pub use instances::Instance;
 pub use kms::Kms;
 pub use lab::LabVpc;

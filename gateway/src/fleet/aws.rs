@@ -124,17 +124,26 @@ impl FleetCloud {
             }
             let subnets: Vec<String> = region.zones.iter().map(|z| z.subnet.clone()).collect();
             self.reads += 1;
-            for (id, cidr) in retried(|| c.ec2.subnet_cidrs(&subnets)).await? {
-                facts.subnet_cidrs.insert(id, cidr);
-            }
-            for s in &subnets {
-                if !facts.subnet_cidrs.contains_key(s) {
+            let found = retried(|| c.ec2.subnets(&subnets)).await?;
+            for zone in &region.zones {
+                let Some(s) = found.iter().find(|s| s.id == zone.subnet) else {
                     return Err(AwsError::refused(
                         "DescribeSubnets",
-                        s,
-                        format!("no such subnet in {}", region.name),
+                        &zone.subnet,
+                        format!("no such subnet in {} (zone {} of the fleet file)", region.name, zone.zone),
+                    ));
+                };
+                if s.vpc != region.vpc || s.zone != zone.zone {
+                    return Err(AwsError::refused(
+                        "DescribeSubnets",
+                        &zone.subnet,
+                        format!(
+                            "the fleet file puts it in {} of {}, but it is in {} of {}: name a subnet of the region's VPC in that zone",
+                            zone.zone, region.vpc, s.zone, s.vpc
+                        ),
                     ));
                 }
+                facts.subnet_cidrs.insert(s.id.clone(), s.cidr.clone());
             }
         }
         Ok(facts)

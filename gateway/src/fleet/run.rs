@@ -142,12 +142,31 @@ async fn carry_out(
     for (i, a) in actions.iter().enumerate() {
         cloud.apply(fleet, a, actual, secret).await.map_err(|e| {
             anyhow!(
-                "{e}\n{i} of {} changes made; run up again to carry out the rest",
+                "{e}\n{}{i} of {} changes made; run up again to carry out the rest",
+                hint(&e),
                 actions.len()
             )
         })?;
     }
     Ok(())
+}
+
+/// What to do about a call AWS refused for good, as a line (or nothing).
+fn hint(e: &meshgate_aws::AwsError) -> &'static str {
+    use meshgate_aws::ErrorKind;
+    let m = e.message.as_str();
+    match e.kind {
+        ErrorKind::Throttled => "AWS throttled every try: wait a minute, or ask AWS for a higher API rate.\n",
+        ErrorKind::Server(_) | ErrorKind::Timeout => "AWS failed every try: see the AWS Health Dashboard for the region.\n",
+        _ if m.contains("AccessDenied") || m.contains("Unauthorized") || m.contains("Forbidden") => {
+            "the credentials up runs with (or the region's account_role) need this action: see README, Provisioning a fleet.\n"
+        }
+        _ if m.contains("LimitExceeded") || m.contains("Quota") => {
+            "an account quota is reached: remove unused ones or ask AWS for more (Service Quotas).\n"
+        }
+        _ if m.contains("NotFound") || m.contains("NoSuchEntity") => "check the fleet file's ids for that region and account.\n",
+        _ => "",
+    }
 }
 
 /// The epoch-1 data key of the fleet: the one its appliances already
