@@ -4,7 +4,8 @@
 //! refused call stops it, naming the API and what to do), brought down
 //! from there, brought up whole, brought up again with no change,
 //! discovered by its tags from an appliance's own config, keyed through
-//! KMS from an appliance's secret, and brought down, leaving nothing.
+//! KMS from an appliance's secret, and brought down, leaving nothing; an
+//! `up` interrupted half-way is then completed by the next.
 
 mod common;
 
@@ -70,6 +71,16 @@ fn tally(doc: &Value) -> BTreeMap<String, usize> {
         .or_default() += 1;
     }
     t
+}
+
+/// The requests the proxy passed since the `before`th, by API (retries
+/// and the SDK's own AssumeRole calls included).
+fn requests_since(proxy: &FaultProxy, before: usize) -> BTreeMap<String, usize> {
+    let mut by_api = BTreeMap::new();
+    for (api, _) in proxy.seen.lock().unwrap()[before..].iter() {
+        *by_api.entry(api.clone()).or_default() += 1;
+    }
+    by_api
 }
 
 /// One region of the test's cloud: its VPC, two subnets, a route table and
@@ -303,19 +314,34 @@ fn a_fleet_of_three_regions_and_two_accounts_comes_up_is_found_and_goes_without_
     proxy.inject("CreateRole", Fault::Throttle);
     proxy.inject("CreateLaunchTemplate", Fault::ServerError);
     proxy.inject("CreateAutoScalingGroup", Fault::Throttle);
+    let before = proxy.seen.lock().unwrap().len();
     let up = fleet_json("up", &fleet);
+    let requests = requests_since(&proxy, before);
     assert_eq!(proxy.injected("CreateRole", Fault::Throttle), 1);
-    assert_eq!(proxy.injected("CreateLaunchTemplate", Fault::ServerError), 1);
+    assert_eq!(
+        proxy.injected("CreateLaunchTemplate", Fault::ServerError),
+        1
+    );
     assert_eq!(tally(&up), want);
     eprintln!(
-        "up of 3 regions, 2 accounts, 6 appliances on an empty moto: {} s, {} reads, {} writes",
+        "up of 3 regions, 2 accounts, 6 appliances on an empty moto: {} s, {} reads, {} writes; HTTP requests {requests:?}",
         up["seconds"], up["reads"], up["writes"]
     );
+    let before = proxy.seen.lock().unwrap().len();
     let again = fleet_json("up", &fleet);
+    let requests = requests_since(&proxy, before);
+    assert!(
+        requests
+            .keys()
+            .all(|api| ["Describe", "List", "Get", "AssumeRole"]
+                .iter()
+                .any(|p| api.starts_with(p))),
+        "a second up sent more than reads: {requests:?}"
+    );
     assert_eq!(again["actions"].as_array().unwrap().len(), 0, "{again}");
     assert_eq!(again["writes"], 0, "a second up wrote");
     eprintln!(
-        "second up: {} s, {} reads, 0 writes",
+        "second up: {} s, {} reads, 0 writes; HTTP requests {requests:?}",
         again["seconds"], again["reads"]
     );
     let (ok, text, _) = meshgate(&["plan", "--fleet", fleet.to_str().unwrap()]);
@@ -424,6 +450,34 @@ fn a_fleet_of_three_regions_and_two_accounts_comes_up_is_found_and_goes_without_
             .expect("discovery")
     });
     assert!(seeds.is_empty(), "instances left after down: {seeds:?}");
+
+    // An `up` interrupted half-way (here at the launch templates) is
+    // completed by the next, which makes only what is missing.
+    proxy.always("CreateLaunchTemplate", Some(Fault::Forbidden));
+    let (ok, _, err) = meshgate(&["up", "--fleet", fleet.to_str().unwrap()]);
+    assert!(!ok && err.contains("CreateLaunchTemplate"), "{err}");
+    proxy.always("CreateLaunchTemplate", None);
+    let rest = fleet_json("up", &fleet);
+    let made = rest["actions"].as_array().unwrap().len();
+    assert!(made > 0 && made < all, "the next up made {made} of {all}");
+    assert!(
+        tally(&rest).keys().all(|k| k.starts_with("create")),
+        "{rest}"
+    );
+    let (ok, text, _) = meshgate(&["plan", "--fleet", fleet.to_str().unwrap()]);
+    assert!(ok && text.contains("nothing to do"), "{text}");
+    assert_eq!(
+        fleet_json("down", &fleet)["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        all
+    );
+    assert_eq!(
+        tally(&fleet_json("plan", &fleet)),
+        want,
+        "down left something behind"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -437,9 +491,15 @@ fn a_subnet_that_is_missing_or_elsewhere_is_named_before_anything_is_made() {
     let dir = std::env::temp_dir().join(format!("meshgate-fleet-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let regions = rt.block_on(async {
-        vec![make_region(&url, "eu-west-1", 1, None).await, make_region(&url, "us-east-1", 2, None).await]
+        vec![
+            make_region(&url, "eu-west-1", 1, None).await,
+            make_region(&url, "us-east-1", 2, None).await,
+        ]
     });
     let (ok, _, err) = meshgate(&["ca", "init", "--dir", dir.join("ca").to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -449,17 +509,31 @@ fn a_subnet_that_is_missing_or_elsewhere_is_named_before_anything_is_made() {
 
     // Zone b's subnet given for zone a: in the right VPC, the wrong zone.
     let (a, b) = (&regions[0].subnets[0], &regions[0].subnets[1]);
-    std::fs::write(&fleet, good.replacen(a, "SWAP", 1).replacen(b, a, 1).replacen("SWAP", b, 1)).unwrap();
+    std::fs::write(
+        &fleet,
+        good.replacen(a, "SWAP", 1)
+            .replacen(b, a, 1)
+            .replacen("SWAP", b, 1),
+    )
+    .unwrap();
     let (ok, _, err) = plan();
     assert!(!ok);
-    assert!(err.contains("DescribeSubnets") && err.contains(b.as_str()) && err.contains("in eu-west-1a of"), "{err}");
+    assert!(
+        err.contains("DescribeSubnets")
+            && err.contains(b.as_str())
+            && err.contains("in eu-west-1a of"),
+        "{err}"
+    );
 
     // Another region's subnet, and one that does not exist.
     for other in [regions[1].subnets[0].as_str(), "subnet-0123456789abcdef0"] {
         std::fs::write(&fleet, good.replacen(a, other, 1)).unwrap();
         let (ok, _, err) = plan();
         assert!(!ok);
-        assert!(err.contains("DescribeSubnets") && err.contains(other), "{err}");
+        assert!(
+            err.contains("DescribeSubnets") && err.contains(other),
+            "{err}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -130,7 +130,10 @@ impl FleetCloud {
                     return Err(AwsError::refused(
                         "DescribeSubnets",
                         &zone.subnet,
-                        format!("no such subnet in {} (zone {} of the fleet file)", region.name, zone.zone),
+                        format!(
+                            "no such subnet in {} (zone {} of the fleet file)",
+                            region.name, zone.zone
+                        ),
                     ));
                 };
                 if s.vpc != region.vpc || s.zone != zone.zone {

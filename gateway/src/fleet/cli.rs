@@ -39,7 +39,9 @@ pub fn action_json(a: &Action) -> Value {
     v
 }
 
-/// Runs `verb` on the fleet file and prints the outcome.
+/// Runs `verb` on the fleet file and prints the outcome. `reads` and
+/// `writes` count the fleet code's calls (a listing once, however many
+/// pages or per-item reads it takes); every write is counted.
 #[cfg(feature = "aws")]
 pub fn run(verb: Verb, fleet: &Path, as_json: bool) -> Result<()> {
     let outcome = match verb {

@@ -68,8 +68,8 @@ fn fleet_file_mistakes_name_line_and_field() {
         (EXAMPLE.replace("\"10.2.0.0/16\"", "\"10.2.0.1/16\""), "fleet.toml:36:", "regions[1].prefixes[0]"),
         (
             EXAMPLE.replace("{ zone = \"us-east-1b\"", "{ zone = \"us-east-1a\""),
-            "fleet.toml:41:",
-            "zone us-east-1a is listed twice",
+            "fleet.toml:41:12:",
+            "fleet.toml:41:12: regions[1].zones[1].zone: zone us-east-1a is listed twice",
         ),
         (
             EXAMPLE.replace("{ zone = \"us-east-1b\"", "{ zone = \"eu-west-1c\""),
