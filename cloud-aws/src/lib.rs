@@ -12,6 +12,7 @@
 
 mod error;
 mod fleet;
+mod fleet_asg;
 mod fleet_ec2;
 mod instances;
 mod kms;
@@ -26,7 +27,8 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::AttributeBooleanValue;
 
 pub use error::{AwsError, ErrorKind};
-pub use fleet::{FleetClients, GroupSpec, Role, ScalingGroup, Secret};
+pub use fleet::{FleetClients, Role, Secret};
+pub use fleet_asg::{GroupSpec, ScalingGroup};
 pub use fleet_ec2::{LaunchTemplate, SecurityGroup, Subnet, TemplateData};
 pub use instances::Instance;
 pub use kms::Kms;

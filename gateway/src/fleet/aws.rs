@@ -185,11 +185,13 @@ impl FleetCloud {
             let groups = retried(|| c.ec2.security_groups(FLEET_TAG, mesh)).await?;
             let mut group_names = BTreeMap::new();
             for g in &groups {
-                let ingress: Vec<String> = g
+                // Sorted as text, as the model sorts its rules.
+                let mut ingress: Vec<String> = g
                     .ingress
                     .iter()
                     .map(|(p, port, cidr)| format!("{p} {port} {cidr}"))
                     .collect();
+                ingress.sort();
                 self.group_ids
                     .insert((scope.clone(), g.name.clone()), g.id.clone());
                 group_names.insert(g.id.clone(), g.name.clone());
@@ -351,7 +353,18 @@ impl FleetCloud {
             (Change::Delete, Kind::SecurityGroup) => {
                 let id = self.group_id(&r.scope, name)?;
                 writes += 1;
-                retried(|| c.ec2.delete_security_group(&id)).await
+                // An interface of a terminating instance may hold it a
+                // while longer than its auto-scaling group.
+                let mut tries = 0;
+                loop {
+                    match retried(|| c.ec2.delete_security_group(&id)).await {
+                        Err(e) if e.message.contains("DependencyViolation") && tries < 30 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                        }
+                        other => break other,
+                    }
+                }
             }
             (Change::Create | Change::Update(_), Kind::LaunchTemplate) => {
                 let data = TemplateData {
@@ -383,7 +396,7 @@ impl FleetCloud {
                 let region = r.scope.region.clone().unwrap_or_default();
                 let tags = [(FLEET_TAG, mesh), (MESH_TAG, mesh), (ID_TAG, r.prop("member")), (PORT_TAG, r.prop("signal_port")), (GROUP_TAG, region.as_str())];
                 let spec = GroupSpec { name, subnet: r.prop("subnet"), template: r.prop("launch_template"), spot_types: &spot, tags: &tags };
-                writes += 1;
+                writes += if action.change == Change::Create { 1 } else { 2 };
                 if action.change == Change::Create {
                     retried(|| c.create_scaling_group(&spec)).await
                 } else {
@@ -392,7 +405,22 @@ impl FleetCloud {
             }
             (Change::Delete, Kind::AutoScalingGroup) => {
                 writes += 1;
-                retried(|| c.delete_scaling_group(name)).await
+                retried(|| c.delete_scaling_group(name)).await?;
+                // Its instance must be gone before its security group can
+                // go (every 5 s, up to 15 min: spot or not, EC2 takes
+                // minutes to terminate).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+                while retried(|| c.scaling_group_exists(name)).await? {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AwsError::refused(
+                            "DescribeAutoScalingGroups",
+                            name,
+                            "still being deleted after 15 minutes (its instance terminating): run down again later".to_string(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Ok(())
             }
             (Change::Create | Change::Update(_), Kind::RouteTableTags) => {
                 writes += 1;

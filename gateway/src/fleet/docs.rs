@@ -160,7 +160,7 @@ pub fn appliance_policy(
             "Sid": "OwnSecret",
             "Effect": "Allow",
             "Action": "secretsmanager:GetSecretValue",
-            "Resource": format!("arn:aws:secretsmanager:{r}:{account}:secret:{secret}-*"),
+            "Resource": format!("arn:aws:secretsmanager:{r}:{account}:secret:{secret}-??????"),
         }),
         json!({
             "Sid": "OwnSecretKey",

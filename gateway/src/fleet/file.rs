@@ -244,18 +244,20 @@ impl Check<'_> {
         let s = v.get_ref().trim();
         let parts: Vec<&str> = s.splitn(6, ':').collect();
         match parts.as_slice() {
-            ["arn", partition, "kms", region, account, resource]
-                if partition.starts_with("aws")
-                    && !region.is_empty()
+            // A key, not an alias: IAM's `Resource` for kms:Decrypt must
+            // name the key itself, or the appliances are refused.
+            ["arn", "aws", "kms", region, account, resource]
+                if !region.is_empty()
                     && account.len() == 12
-                    && (resource.starts_with("key/") || resource.starts_with("alias/")) =>
+                    && account.bytes().all(|b| b.is_ascii_digit())
+                    && resource.starts_with("key/") =>
             {
                 Ok((s.to_string(), region.to_string()))
             }
             _ => self.err(
                 v.span(),
                 field,
-                format!("'{s}' is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an ARN names the key's region)"),
+                format!("'{s}' is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID, not an alias: the appliances' IAM policy names the key; the ARN names its region)"),
             ),
         }
     }
@@ -280,6 +282,7 @@ impl Check<'_> {
         let url = raw.package_url.get_ref().trim();
         if !url.starts_with("https://") && !url.starts_with("http://")
             || url.contains(['\'', '"', '\\', '$', '`', ' '])
+            || url.chars().any(char::is_control)
         {
             return self.err(
                 raw.package_url.span(),
@@ -339,13 +342,19 @@ impl Check<'_> {
             None => crate::policy::DEFAULT_POLICY.to_string(),
         };
         let endpoint_url = match &raw.endpoint_url {
+            // It goes into the user data's shell and the appliance's TOML.
             Some(u)
-                if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) =>
+                if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
+                    || u.get_ref().contains(['\'', '"', '\\', '$', '`', ' '])
+                    || u.get_ref().chars().any(char::is_control) =>
             {
                 return self.err(
                     u.span(),
                     "endpoint_url",
-                    format!("'{}' is not an http:// or https:// URL", u.get_ref()),
+                    format!(
+                        "'{}' is not an http(s) URL without quotes, spaces or '$'",
+                        u.get_ref().escape_debug()
+                    ),
                 )
             }
             u => u.as_ref().map(|u| u.get_ref().clone()),

@@ -210,7 +210,12 @@ fn secret_for(fleet: &Fleet, r: &Resource, wrapped: &str) -> Result<Zeroizing<St
         .ok_or_else(|| format!("secret {} names no zone of the fleet", r.name))?;
     let dir =
         std::env::temp_dir().join(format!("meshgate-up-{}-{}", std::process::id(), zone.zone));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Its key passes through here: a directory only we may enter, made
+    // new (one a crashed run left is removed first), removed after.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let claims = crate::identity::Claims {
         id: zone.zone.clone(),
         region: region.name.clone(),

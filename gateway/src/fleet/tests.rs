@@ -91,6 +91,23 @@ fn fleet_file_mistakes_name_line_and_field() {
         (EXAMPLE.replace("signal_port = 4433", "signal_port = 4500"), "fleet.toml:17:", "signal_port"),
         (EXAMPLE.replace("role/meshgate-admin", "user/meshgate-admin"), "fleet.toml:46:", "regions[2].account_role"),
         (EXAMPLE.replace("image = \"ami-0c", "imag = \"ami-0c"), "fleet.toml:", "imag"),
+        // An alias matches no IAM policy's Resource: the appliances would be refused.
+        (
+            EXAMPLE.replace("key/0b7a6d1e-5c1f-4d8e-9a44-1f2e3d4c5b6a", "alias/meshgate"),
+            "fleet.toml:11:",
+            "not an alias",
+        ),
+        // What reaches the user data's shell and the appliance's TOML.
+        (
+            EXAMPLE.replace("policy = \"full-mesh\"", "policy = \"full-mesh\"\nendpoint_url = \"http://x';reboot;'\""),
+            "fleet.toml:19:",
+            "endpoint_url",
+        ),
+        (
+            EXAMPLE.replace("meshgate_0.1.0_amd64.deb", "mesh\\tgate.deb"),
+            "fleet.toml:12:",
+            "package_url",
+        ),
     ];
     for (text, at, what) in cases {
         let e = parse_err(&text);
@@ -215,7 +232,7 @@ fn least_privilege_each_role_reads_its_own_secret_only() {
         .unwrap();
     let policy = role.prop("policy");
     assert!(
-        policy.contains("secret:meshgate/corp/us-east-1b-*"),
+        policy.contains("secret:meshgate/corp/us-east-1b-??????"),
         "{policy}"
     );
     assert!(!policy.contains("us-east-1a"), "{policy}");

@@ -139,13 +139,20 @@ pub fn script(
          address=$(imds local-ipv4)\n\
          curl -fsSL --retry 5 -o /root/meshgate.deb '{url}'\n\
          echo '{sha}  /root/meshgate.deb' | sha256sum -c -\n\
-         apt-get install -y /root/meshgate.deb\n\
+         export DEBIAN_FRONTEND=noninteractive\n\
+         apt-get -o DPkg::Lock::Timeout=600 update -q\n\
+         apt-get -o DPkg::Lock::Timeout=600 install -y -q /root/meshgate.deb\n\
          install -d -m 0750 -o root -g meshgate {CONFIG_DIR}\n\
          cat > {CONFIG_DIR}/meshgate.toml.in <<'MESHGATE_CONFIG'\n\
          {config}\
          MESHGATE_CONFIG\n\
          sed -e \"s/{ADDRESS}/$address/g\" -e \"s/{INTERFACE}/$interface/g\" {CONFIG_DIR}/meshgate.toml.in > {CONFIG_DIR}/meshgate.toml\n\
-         meshgate bootstrap --secret '{secret}' --region '{region}' --dir {CONFIG_DIR}{endpoint}\n\
+         # The role's credentials, IAM's propagation or the secret (made by\n\
+         # `meshgate up` after a CloudFormation stack) may lag the boot.\n\
+         tries=0\n\
+         until meshgate bootstrap --secret '{secret}' --region '{region}' --dir {CONFIG_DIR}{endpoint}; do\n\
+         \x20 tries=$((tries + 1)); [ \"$tries\" -lt 90 ] || exit 1; sleep 10\n\
+         done\n\
          chgrp meshgate {CONFIG_DIR}/*\n\
          systemctl enable --now meshgate\n",
         id = zone.zone,
