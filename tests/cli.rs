@@ -48,8 +48,32 @@ fn a_bad_config_fails_at_start_naming_file_line_and_field() {
     write_keys(&dir);
     let good = dir.join("good.toml");
     std::fs::write(&good, CONFIG).unwrap();
-    let (ok, err) = run(&["check", "--config", good.to_str().unwrap()]);
-    assert!(ok, "a good config is accepted: {err}");
+    let out = Command::new(BIN)
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(": ok") && said.contains("1 configured peer\n"),
+        "a good config is accepted, in words: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A jumbo MTU out of range is refused with the range, not a number it
+    // then calls allowed.
+    let jumbo = dir.join("jumbo.toml");
+    std::fs::write(
+        &jumbo,
+        CONFIG.replace("name = \"mgcli0\"", "name = \"mgcli0\"\nmtu = 9000"),
+    )
+    .unwrap();
+    let (ok, err) = run(&["check", "--config", jumbo.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("tun.mtu")
+            && err.contains("9000 is outside 1280..=8900")
+            && !err.contains("allows 9000"),
+        "{err}"
+    );
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, CONFIG.replace("10.2.0.0/16", "10.2.0.0/40")).unwrap();
@@ -216,6 +240,25 @@ fn policy_check_accepts_the_builtins_and_names_what_it_refuses() {
         !ok && err.contains("junk.wasm") && err.contains("not a valid WebAssembly component"),
         "{err}"
     );
+    // A name that is neither a built-in nor a file lists the built-ins.
+    for args in [
+        &["policy", "check", "fullmesh"][..],
+        &[
+            "policy",
+            "test",
+            "nope",
+            "--scenario",
+            "../examples/scenarios/hub-failover.toml",
+        ],
+    ] {
+        let (ok, err) = run(args);
+        assert!(
+            !ok && err.contains(
+                "neither a built-in policy (full-mesh, hub-spoke, mesh-with-leaves) nor a file"
+            ),
+            "{args:?}: {err}"
+        );
+    }
     let looping = concat!(env!("OUT_DIR"), "/test-loop.wasm");
     let (ok, err) = run(&["policy", "check", looping]);
     assert!(
@@ -365,8 +408,18 @@ fn the_alerting_rules_and_the_dashboard_pass_promtool() {
 #[test]
 fn the_debian_package_installs_a_verified_hardened_unit() {
     struct Purge;
+    /// The files the example names, which the test puts in place.
+    const NAMED: [&str; 4] = [
+        "/etc/meshgate/ca.pem",
+        "/etc/meshgate/appliance.pem",
+        "/etc/meshgate/appliance.key",
+        "/etc/meshgate/master.key",
+    ];
     impl Drop for Purge {
         fn drop(&mut self) {
+            for f in NAMED {
+                let _ = std::fs::remove_file(f);
+            }
             let _ = Command::new("dpkg").args(["--purge", "meshgate"]).output();
         }
     }
@@ -426,11 +479,57 @@ fn the_debian_package_installs_a_verified_hardened_unit() {
         &["verify", "/lib/systemd/system/meshgate.service"],
     );
     assert!(!verify.contains("meshgate.service:"), "{verify}");
-    let checked = run(
-        "/usr/bin/meshgate",
-        &["check", "--config", "/etc/meshgate/meshgate.toml.example"],
+    // The example names its CA, certificate, key and master key: `check`
+    // refuses it, naming the field and its line, until they are there,
+    // and then accepts it whole (as `run` would).
+    let example = "/etc/meshgate/meshgate.toml.example";
+    let refused = Command::new("/usr/bin/meshgate")
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("meshgate.toml.example:32:")
+            && err.contains("signal.ca")
+            && err.contains("/etc/meshgate/ca.pem"),
+        "{err}"
     );
-    assert!(checked.contains("ok"), "{checked}");
+    let ca = out.join("ca");
+    let mg = "/usr/bin/meshgate";
+    run(mg, &["ca", "init", "--dir", ca.to_str().unwrap()]);
+    let issued = [
+        "cert",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        "eu-west-1a",
+        "--region",
+        "eu-west-1",
+        "--role",
+        "edge",
+        "--prefix",
+        "10.1.0.0/16",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    run(mg, &issued);
+    for (from, to) in [
+        (ca.join("ca.pem"), NAMED[0]),
+        (out.join("eu-west-1a.pem"), NAMED[1]),
+        (out.join("eu-west-1a.key"), NAMED[2]),
+    ] {
+        std::fs::copy(&from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+    run(mg, &["keys", "init", "--file", NAMED[3]]);
+    let checked = run(mg, &["check", "--config", example]);
+    assert!(
+        checked.contains(": ok")
+            && checked.contains("its key matches")
+            && checked.contains("full-mesh"),
+        "{checked}"
+    );
     run("dpkg", &["--purge", "meshgate"]);
     assert!(!Path::new("/usr/bin/meshgate").exists());
     assert!(!Path::new("/lib/systemd/system/meshgate.service").exists());
@@ -555,5 +654,109 @@ fn the_gateway_runs_unprivileged_with_cap_net_admin_alone() {
     assert_eq!(field("CapEff:"), "0000000000001000", "{status}");
     assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
     drop(cleanup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `meshgate check` refuses what `meshgate run` would, before anything
+/// starts, naming file, line and field: a missing CA, a missing master
+/// key, another member's certificate, a key that is not the
+/// certificate's, a policy file that does not exist. `run` refuses the
+/// same with the same words, and never says `gateway up` first.
+#[test]
+fn check_refuses_what_run_would_naming_file_line_and_field() {
+    let dir = scratch_dir("checkall");
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    let ok = |args: &[&str]| {
+        let (ok, err) = run(args);
+        assert!(ok, "{args:?}: {err}");
+    };
+    ok(&["ca", "init", "--dir", &d("ca")]);
+    for id in ["a", "b"] {
+        ok(&[
+            "cert",
+            "issue",
+            "--ca",
+            &d("ca"),
+            "--id",
+            id,
+            "--region",
+            "r1",
+            "--role",
+            "edge",
+            "--prefix",
+            "10.1.0.0/16",
+            "--out",
+            &d(""),
+        ]);
+    }
+    ok(&["keys", "init", "--file", &d("master.key")]);
+    let config = "[gateway]\nid = \"a\"\nlisten = \"127.0.0.1:45100\"\nregion = \"r1\"\nrole = \"edge\"\nprefixes = [\"10.1.0.0/16\"]\n\n[tun]\nname = \"mgchk0\"\n\n[policy]\nmodule = \"full-mesh\"\n\n[signal]\nlisten = \"127.0.0.1:45101\"\nca = \"ca/ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\n[keys]\nprovider = \"local\"\nmaster_key = \"master.key\"\n";
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains("certificate:")
+            && said.contains("its key matches")
+            && said.contains("epoch 1 obtainable"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let at = |line: usize| format!("{}:{line}:", file.display());
+    let cases = [
+        (
+            config.replace("ca/ca.pem", "ca/none.pem"),
+            at(16),
+            "signal.ca",
+            "none.pem",
+        ),
+        (
+            config.replace("\"master.key\"", "\"gone.key\""),
+            at(22),
+            "keys.master_key",
+            "gone.key",
+        ),
+        (
+            config
+                .replace("\"a.pem\"", "\"b.pem\"")
+                .replace("\"a.key\"", "\"b.key\""),
+            at(2),
+            "gateway.id",
+            "certifies b",
+        ),
+        (
+            config.replace("\"a.key\"", "\"b.key\""),
+            at(18),
+            "signal.key",
+            "is not the key of",
+        ),
+        (
+            config.replace("\"full-mesh\"", "\"nope.wasm\""),
+            at(12),
+            "policy.module",
+            "nope.wasm",
+        ),
+    ];
+    for (text, line, field, what) in &cases {
+        std::fs::write(&file, text).unwrap();
+        let (ok, err) = run(&["check", "--config", file.to_str().unwrap()]);
+        assert!(
+            !ok && err.contains(line.as_str()) && err.contains(field) && err.contains(what),
+            "check: wanted {line} {field} ... {what}, got: {err}"
+        );
+    }
+    // `run` (as root) refuses the key of another certificate the same way,
+    // before it says it is up.
+    std::fs::write(&file, &cases[3].0).unwrap();
+    let (ok, err) = run(&["run", "--config", file.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(&at(18)) && err.contains("signal.key") && !err.contains("gateway up"),
+        "run: {err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

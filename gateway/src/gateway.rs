@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, KeySource, PolicySource, SignalConfig};
+use crate::config::{Config, PolicySource};
 use crate::dataplane::Dataplane;
 use crate::esp::SaDefaults;
-use crate::keys::{KeyProvider, LocalKeys};
-use crate::membership::info::MemberInfo;
 use crate::membership::liveness::LivenessSettings;
 use crate::membership::Settings as MembershipSettings;
 use crate::mesh;
@@ -20,9 +18,9 @@ use crate::policy::driver::PolicyHandle;
 use crate::policy::runtime::PolicyRuntime;
 use crate::policy::{self, Limits, PolicyEngine};
 use crate::signal::node::{self, NodeConfig};
-use crate::signal::transport::Credentials;
+use crate::start::MeshStart;
 use crate::tun::Tun;
-use crate::tunnels::{SharedSlots, Slots, Tunnels};
+use crate::tunnels::Tunnels;
 
 /// The policy's kernel routes go into the TUN device.
 impl crate::policy::runtime::KernelRoutes for Tun {
@@ -139,157 +137,6 @@ async fn watch_files(
 /// Socket buffers sized for bursts of a few thousand full-size packets.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
-/// What a mesh member needs besides its config: its credentials and
-/// epoch keys, checked before anything starts.
-struct MeshStart {
-    creds: Arc<Credentials>,
-    keys: Arc<dyn KeyProvider>,
-    /// With KMS epoch keys: what the member and the KMS task start from.
-    kms: Option<KmsStart>,
-    signal: SignalConfig,
-    slots: SharedSlots,
-    local: MemberInfo,
-}
-
-impl MeshStart {
-    /// Loads and checks the credentials and the epoch key. The certificate
-    /// must be this gateway's (id, region and role as configured), and the
-    /// current epoch's key must be obtainable: otherwise the gateway does
-    /// not start (fail closed, and said at once rather than by silence).
-    fn load(config: &Config, signal: &SignalConfig) -> Result<MeshStart> {
-        let creds = Credentials::load(&signal.ca, &signal.cert, &signal.key)
-            .context("loading the mesh credentials ([signal] ca, cert, key)")?;
-        let mut local = mesh::local_info(config);
-        // A restart is a new generation; the same start time in this
-        // gateway's SWIM identity, its record and its own view.
-        local.generation = crate::time::unix_ms();
-        crate::membership::info::check_fits(&local).map_err(anyhow::Error::msg)?;
-        let c = &creds.claims;
-        if c.id != config.id || c.region != local.region || c.role != local.role {
-            anyhow::bail!(
-                "{} certifies {} (region {}, role {}), but this gateway is {} (region {}, role {}): issue it a certificate of its own",
-                signal.cert.display(), c.id, c.region, c.role, config.id, local.region, local.role
-            );
-        }
-        // Every member would refuse a record with a prefix the certificate
-        // does not grant: say so here, not by silence there.
-        if let Some(p) = config.prefixes.iter().find(|p| !c.grants(p)) {
-            let granted: Vec<String> = c.prefixes.iter().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "gateway.prefixes: {p} is not granted by {} (it grants {}); issue the certificate with --prefix {p}",
-                signal.cert.display(),
-                if granted.is_empty() { "none".to_string() } else { granted.join(", ") }
-            );
-        }
-        let (keys, kms): (Arc<dyn KeyProvider>, Option<KmsStart>) = match &signal.keys.source {
-            KeySource::Local { master_key } => {
-                let keys = LocalKeys::load(master_key)
-                    .context("loading the epoch keys ([keys] master_key)")?;
-                keys.epoch_key(signal.keys.epoch)
-                    .with_context(|| format!("the key of epoch {}", signal.keys.epoch))?;
-                (Arc::new(keys), None)
-            }
-            KeySource::Kms(k) => {
-                let start = KmsStart::load(k, signal.keys.epoch)?;
-                (start.keys.clone(), Some(start))
-            }
-        };
-        Ok(MeshStart {
-            creds: Arc::new(creds),
-            keys,
-            kms,
-            signal: signal.clone(),
-            slots: Slots::starting_at(config.peers.len()),
-            local,
-        })
-    }
-}
-
-/// The configured epoch's KMS data key, decrypted before anything starts
-/// (KMS's refusal stops the start, and says why).
-#[cfg(feature = "aws")]
-struct KmsStart {
-    config: crate::config::KmsConfig,
-    keys: Arc<crate::keys::kms::KmsKeys>,
-    wrapped: crate::keys::wrapped::WrappedKeys,
-}
-
-#[cfg(feature = "aws")]
-impl KmsStart {
-    fn load(k: &crate::config::KmsConfig, epoch: crate::keys::Epoch) -> Result<KmsStart> {
-        let path = k.wrapped_key.display();
-        let text = std::fs::read_to_string(&k.wrapped_key)
-            .with_context(|| format!("reading keys.wrapped_key {path}"))?;
-        let ciphertext = crate::keys::wrapped::from_hex(text.trim())
-            .filter(|c| !c.is_empty() && c.len() <= crate::keys::wrapped::MAX_WRAPPED_LEN)
-            .with_context(|| format!("keys.wrapped_key {path}: not the hex of a KMS data key's ciphertext (what `meshgate keys init --kms` writes)"))?;
-        let keys = Arc::new(crate::keys::kms::KmsKeys::default());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("a runtime for KMS")?;
-        rt.block_on(async {
-            let kms = meshgate_aws::Kms::connect(&crate::cloud::kms::settings(k)).await;
-            crate::cloud::kms::decrypt_into(&kms, k, &keys, epoch, &ciphertext).await
-        })
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "the epoch keys ([keys] kms_key {}, wrapped_key {path}): {e}",
-                k.key
-            )
-        })?;
-        Ok(KmsStart {
-            config: k.clone(),
-            keys,
-            wrapped: crate::keys::wrapped::WrappedKeys::configured(epoch, ciphertext),
-        })
-    }
-
-    /// The task that keeps the held keys decrypted, and the member's link
-    /// to it.
-    fn spawn(
-        self,
-        node: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
-        metrics: Arc<Metrics>,
-    ) -> node::KmsLink {
-        let (unwrap, held) = tokio::sync::mpsc::unbounded_channel();
-        let KmsStart {
-            config,
-            keys,
-            wrapped,
-        } = self;
-        tokio::spawn(async move {
-            let kms = meshgate_aws::Kms::connect(&crate::cloud::kms::settings(&config)).await;
-            let ready = move || {
-                let _ = node.send(node::NodeCommand::EpochKeyReady);
-            };
-            crate::cloud::kms::run(config, kms, keys, held, ready, metrics).await
-        });
-        node::KmsLink { wrapped, unwrap }
-    }
-}
-
-/// Without the AWS SDK there are no KMS keys (the config refuses them).
-#[cfg(not(feature = "aws"))]
-struct KmsStart {
-    keys: Arc<dyn KeyProvider>,
-}
-
-#[cfg(not(feature = "aws"))]
-impl KmsStart {
-    fn load(_: &crate::config::KmsConfig, _: crate::keys::Epoch) -> Result<KmsStart> {
-        anyhow::bail!("keys.provider: this build has no AWS SDK (built without the aws feature)")
-    }
-
-    fn spawn(
-        self,
-        _: tokio::sync::mpsc::UnboundedSender<node::NodeCommand>,
-        _: Arc<Metrics>,
-    ) -> node::KmsLink {
-        unreachable!("KmsStart::load refuses KMS keys without the aws feature")
-    }
-}
-
 /// Runs the gateway described by `config_path` until SIGINT or SIGTERM.
 pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
@@ -303,16 +150,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     // The policy decides the routes before any packet moves; a policy that
     // fails or answers nonsense stops the start (fail closed). A mesh
     // member starts alone in its view; membership fills it in.
-    let view = match &mesh_start {
-        Some(m) => policy::view::from_observed(
-            &m.local,
-            &[],
-            &config.policy.params,
-            std::time::Instant::now(),
-            crate::time::unix_ms(),
-        ),
-        None => config.policy_view(crate::time::unix_ms()),
-    };
+    let view = crate::start::first_view(&config, mesh_start.as_ref());
     let (mut runtime, tables) = PolicyRuntime::start(
         PolicyEngine::new(Limits::default())?.with_cache_dir(config.state_dir.join("policy-cache")),
         config.policy.module.clone(),
@@ -320,7 +158,8 @@ pub fn run(config_path: &Path) -> Result<()> {
         metrics.clone(),
         tun.clone(),
         mesh_start.as_ref().map(|m| m.slots.clone()),
-    )?;
+    )
+    .map_err(|e| config.origin.error("policy.module", format!("{e:#}")))?;
     tracing::info!(policy = %runtime.name(), hash = %runtime.hash(), routes = tables.prefixes.len(), "policy in force");
     for prefix in &tables.prefixes {
         tun.add_route(prefix)

@@ -47,6 +47,7 @@ pub mod prefix;
 pub mod seqstate;
 pub mod sessions;
 pub mod signal;
+pub mod start;
 pub mod time;
 pub mod tun;
 pub mod tunnels;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use meshgate::config::Config;
 use meshgate::esp::CipherSuite;
 use meshgate::fleet::cli::Verb;
 
@@ -28,7 +27,9 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a config file (and the keys it names) without starting anything.
+    /// Check a config file and everything `run` would refuse (the mesh
+    /// CA, certificate and key, the epoch key, the policy) without
+    /// starting anything.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -557,9 +558,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run { config } => meshgate::gateway::run(&config),
-        Cmd::Check { config } => Config::load(&config)
-            .map(|c| println!("{}: ok ({} peers)", config.display(), c.peers.len()))
-            .map_err(Into::into),
+        Cmd::Check { config } => meshgate::start::check(&config),
         Cmd::Policy {
             command: PolicyCmd::Check { file },
         } => meshgate::policy::check::run(&file),

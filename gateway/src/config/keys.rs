@@ -82,6 +82,7 @@ impl Validator<'_> {
                         "the local provider needs master_key, a file made by `meshgate keys init`",
                     );
                 };
+                self.note("keys.master_key", master.span());
                 KeySource::Local {
                     master_key: self.relative_path(master.get_ref()),
                 }
@@ -135,6 +136,9 @@ impl Validator<'_> {
                         )
                     }
                 };
+                if let Some(w) = &k.wrapped_key {
+                    self.note("keys.wrapped_key", w.span());
+                }
                 KeySource::Kms(KmsConfig {
                     key,
                     mesh,

@@ -44,9 +44,35 @@ pub const MAX_MTU: u32 = 8900;
 /// The smallest anti-replay window we accept; the issue asks for at least 1,024.
 pub const MIN_REPLAY_WINDOW: usize = 1024;
 
+/// Where the config's fields stand in its file, for what is found wrong
+/// after parsing (a file a field names, a certificate of another member):
+/// such errors name file, line and field as parse errors do.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// Field to (line, column).
+    places: std::collections::BTreeMap<String, (usize, usize)>,
+}
+
+impl Origin {
+    /// `file:line:col: field: msg` (without line and column when the
+    /// field is not in the file: a default).
+    pub fn error(&self, field: &str, msg: impl std::fmt::Display) -> ConfigError {
+        match self.places.get(field) {
+            Some((line, col)) => ConfigError(format!(
+                "{}:{line}:{col}: {field}: {msg}",
+                self.file.display()
+            )),
+            None => ConfigError(format!("{}: {field}: {msg}", self.file.display())),
+        }
+    }
+}
+
 /// The validated configuration of one gateway.
 #[derive(Debug)]
 pub struct Config {
+    /// The file it came from, and where its fields are.
+    pub origin: Origin,
     pub id: String,
     pub listen: SocketAddr,
     /// The read-only admin listener (metrics, health, what is in force).
@@ -271,6 +297,7 @@ impl Config {
             file: path,
             text,
             env,
+            places: Default::default(),
         }
         .validate(raw)
     }
@@ -280,4 +307,6 @@ struct Validator<'a> {
     file: &'a Path,
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// The fields later checks name (see [`Origin`]), as met.
+    places: std::cell::RefCell<std::collections::BTreeMap<String, (usize, usize)>>,
 }

@@ -90,6 +90,9 @@ impl Validator<'_> {
                 )
             }
         };
+        self.note("signal.ca", s.ca.span());
+        self.note("signal.cert", s.cert.span());
+        self.note("signal.key", s.key.span());
         Ok(Some(SignalConfig {
             listen: listen_sig,
             max_members,
@@ -145,7 +148,10 @@ impl Validator<'_> {
         let module = match &p.module {
             None => PolicySource::Builtin(DEFAULT_POLICY.to_string()),
             Some(m) => match PolicySource::parse(m.get_ref(), &self.relative_path("")) {
-                Ok(source) => source,
+                Ok(source) => {
+                    self.note("policy.module", m.span());
+                    source
+                }
                 Err(e) => return self.err(m.span(), "policy.module", e),
             },
         };
@@ -178,7 +184,7 @@ impl Validator<'_> {
             return self.err(
                 t.mtu.span(),
                 "tun.mtu",
-                format!("{mtu} is outside {MIN_MTU}..={MAX_MTU} (IPv6 needs 1280; a jumbo-frame underlay allows 9000)"),
+                format!("{mtu} is outside {MIN_MTU}..={MAX_MTU} (IPv6 needs {MIN_MTU}; on a 9001-byte jumbo-frame underlay, ESP in UDP leaves room for {MAX_MTU})"),
             );
         }
         let mut addresses = Vec::new();

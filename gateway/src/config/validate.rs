@@ -31,7 +31,14 @@ impl Validator<'_> {
         Err(ConfigError::at(self.file, self.text, span, field, msg))
     }
 
+    /// Notes where `field` is, for the errors of later checks.
+    pub(super) fn note(&self, field: &str, span: Range<usize>) {
+        let place = super::error::line_col(self.text, span.start);
+        self.places.borrow_mut().insert(field.to_string(), place);
+    }
+
     pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        self.note("gateway.id", raw.gateway.id.span());
         let id = raw.gateway.id.get_ref().trim().to_string();
         if id.is_empty() {
             return self.err(raw.gateway.id.span(), "gateway.id", "must not be empty");
@@ -182,11 +189,19 @@ impl Validator<'_> {
             return self.err(raw.gateway.id.span(), "gateway.id", format!("'{id}' may hold only letters, digits, '-', '_' and '.' (it names the state file)"));
         }
         let g = &raw.gateway;
+        for (field, value) in [("gateway.region", &g.region), ("gateway.role", &g.role)] {
+            if let Some(v) = value {
+                self.note(field, v.span());
+            }
+        }
         let placement = self.placement(
             "gateway.", &g.region, &g.zone, &g.account, &g.role, &g.group,
         )?;
         let policy = self.policy(&raw.policy)?;
         let mut prefixes = Vec::new();
+        if let Some(first) = g.prefixes.first() {
+            self.note("gateway.prefixes", first.span());
+        }
         for (j, p) in g.prefixes.iter().enumerate() {
             let prefix = self.prefix(p, &format!("gateway.prefixes[{j}]"))?;
             if prefix.contains(listen.ip()) {
@@ -212,6 +227,10 @@ impl Validator<'_> {
         let signal = self.signal(&raw, &id, listen, advertise)?;
         let cloud = self.cloud(&raw, &placement, advertise)?;
         let config = Config {
+            origin: super::Origin {
+                file: self.file.to_path_buf(),
+                places: self.places.take(),
+            },
             id,
             listen,
             admin,

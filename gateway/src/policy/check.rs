@@ -31,14 +31,28 @@ pub(crate) fn sample_view() -> View {
         .build()
 }
 
+/// A policy named on the command line: a built-in by name, else a
+/// component file; a name that is neither lists the built-ins.
+pub fn read_named(file: &str) -> Result<(String, Vec<u8>)> {
+    if let Some(b) = builtin(file) {
+        return Ok((format!("built-in {file}"), b.to_vec()));
+    }
+    let looks_like_name = !file.contains('/') && !file.ends_with(".wasm");
+    match std::fs::read(file) {
+        Ok(bytes) => Ok((file.to_string(), bytes)),
+        Err(e) if looks_like_name && e.kind() == std::io::ErrorKind::NotFound => {
+            let names: Vec<&str> = super::BUILTIN.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "'{file}' is neither a built-in policy ({}) nor a file",
+                names.join(", ")
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {file}")),
+    }
+}
+
 pub fn run(file: &str) -> Result<()> {
-    let (name, bytes) = match builtin(file) {
-        Some(b) => (format!("built-in {file}"), b.to_vec()),
-        None => (
-            file.to_string(),
-            std::fs::read(file).with_context(|| format!("reading {file}"))?,
-        ),
-    };
+    let (name, bytes) = read_named(file)?;
     let limits = Limits::default();
     let engine = PolicyEngine::new(limits)?;
     let mut module = engine.load(&name, &bytes)?;

@@ -209,6 +209,23 @@ fn prepare(
     Ok((module, decisions, took))
 }
 
+/// What `meshgate check` asks of the policy `run` would start: it loads,
+/// passes the contract check, and answers valid decisions on `view`.
+/// Returns a line saying so.
+pub fn preflight(source: &PolicySource, view: &View) -> Result<String, String> {
+    let engine = PolicyEngine::new(super::Limits::default()).map_err(|e| e.to_string())?;
+    let (name, bytes) = source.read()?;
+    let (module, decisions, took) =
+        prepare(&engine, &name, &bytes, view).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{name} (hash {}) loads, and its first decisions are valid ({} peers, {} routes, in {:.1} ms)",
+        module.hash,
+        decisions.peers.len(),
+        decisions.routes.len(),
+        took.as_secs_f64() * 1e3
+    ))
+}
+
 impl PolicyRuntime {
     /// The first policy: evaluated and validated before the data plane
     /// starts (fail closed). Returns the runtime and the initial tables.

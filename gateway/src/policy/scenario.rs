@@ -33,7 +33,7 @@ use meshgate_sdk::testing::{active_ids, peer_ids, route_table, ViewBuilder};
 use meshgate_sdk::{Group, Role, State, View};
 use serde::Deserialize;
 
-use super::{builtin, validate, Limits, PolicyEngine};
+use super::{validate, Limits, PolicyEngine};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,10 +153,7 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
     let s: Scenario =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", scenario.display()))?;
     let mut view = build(&s).with_context(|| format!("{}", scenario.display()))?;
-    let bytes = match builtin(file) {
-        Some(b) => b.to_vec(),
-        None => std::fs::read(file).with_context(|| format!("reading {file}"))?,
-    };
+    let (_, bytes) = super::check::read_named(file)?;
     let engine = PolicyEngine::new(Limits::default())?;
     let mut module = engine.load(file, &bytes)?;
     let mut failures = Vec::new();

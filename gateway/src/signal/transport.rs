@@ -90,6 +90,21 @@ impl Credentials {
         })
     }
 
+    /// Whether the key is the certificate's (their public keys agree):
+    /// a mismatch would otherwise surface only as a failed TLS set-up.
+    pub fn keys_match(&self) -> Result<(), String> {
+        let signer =
+            rustls::crypto::ring::sign::any_supported_type(&self.key).map_err(|e| e.to_string())?;
+        rustls::sign::CertifiedKey::new(vec![self.cert.clone()], signer)
+            .keys_match()
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "their public keys differ".to_string()
+                }
+                other => other.to_string(),
+            })
+    }
+
     pub fn ca(&self) -> &Arc<MeshCa> {
         &self.ca
     }
