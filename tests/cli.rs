@@ -760,3 +760,60 @@ fn check_refuses_what_run_would_naming_file_line_and_field() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Words for what a person gets wrong: a lab that would measure nothing,
+/// an admin listener that is not there, and something other than
+/// meshgate answering where it should be.
+#[test]
+fn the_tools_say_what_is_wrong_and_where_to_look() {
+    for (args, want) in [
+        (&["lab", "--pings", "0"][..], "--pings"),
+        (
+            &["lab", "--transfer-secs", "0"][..],
+            "outside 0.1 to 600 seconds",
+        ),
+    ] {
+        let (ok, err) = run(args);
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
+
+    // Nothing listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, err) = run(&["status", "--admin", &closed.to_string()]);
+    assert!(
+        !ok && err.contains("cannot reach the admin listener")
+            && err.contains("inside the appliance's namespace"),
+        "{err}"
+    );
+
+    // A web server that is not meshgate.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = other.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in other.incoming().take(2) {
+            let Ok(mut c) = conn else { continue };
+            // The whole request, then the answer, as a web server does.
+            let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(b"HTTP/1.0 404 Not Found\r\nServer: nginx\r\n\r\nnot found\n");
+            let _ = c.shutdown(std::net::Shutdown::Write);
+        }
+    });
+    for cmd in ["status", "members"] {
+        let (ok, err) = run(&[cmd, "--admin", &addr.to_string()]);
+        assert!(
+            !ok && err.contains("something other than meshgate answers")
+                && err.contains("HTTP 404"),
+            "{cmd}: {err}"
+        );
+    }
+}

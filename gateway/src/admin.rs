@@ -91,8 +91,15 @@ pub async fn serve(
         members,
         cloud,
     };
-    let tcp_app = reads.clone().merge(elsewhere).with_state(state.clone());
-    let control_app = reads.merge(changes).with_state(state);
+    let tcp_app = reads
+        .clone()
+        .merge(elsewhere)
+        .with_state(state.clone())
+        .layer(axum::middleware::map_response(signed));
+    let control_app = reads
+        .merge(changes)
+        .with_state(state)
+        .layer(axum::middleware::map_response(signed));
     let group = match &at.control_group {
         None => None,
         Some(name) => Some(crate::control::group_id(name).ok_or_else(|| {
@@ -105,6 +112,15 @@ pub async fn serve(
         r = axum::serve(tcp, tcp_app) => r,
         r = axum::serve(control, control_app) => r,
     }
+}
+
+/// Marks an answer as meshgate's (see [`crate::control::SIGNATURE`]).
+async fn signed(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        crate::control::SIGNATURE,
+        axum::http::HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
+    r
 }
 
 /// The unsigned epoch commands of before: refused, saying what replaced them.
@@ -372,7 +388,11 @@ pub fn request_with_body(
 ) -> anyhow::Result<(u16, String)> {
     let timeout = std::time::Duration::from_secs(30);
     let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
-        .map_err(|e| anyhow::anyhow!("cannot reach the admin listener at {addr}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin listener at {addr}: {e} (is the gateway running? --admin is its gateway.admin; in the lab, run the command inside the appliance's namespace: ip netns exec NS meshgate ...)"
+            )
+        })?;
     s.set_read_timeout(Some(timeout))?;
     crate::control::exchange(s, &format!("the admin listener {addr}"), method, path, body)
 }

@@ -175,6 +175,11 @@ impl axum::serve::Listener for ControlListener {
 
 /// One HTTP/1.0 exchange over `stream`: the status and the body. `to`
 /// names the far side in errors.
+/// The header every answer of the admin listener and the control socket
+/// carries (the gateway's version), so a client can tell when something
+/// other than meshgate answers there.
+pub const SIGNATURE: &str = "x-meshgate";
+
 pub fn exchange(
     mut stream: impl Read + Write,
     to: &str,
@@ -211,6 +216,15 @@ pub fn exchange(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("malformed HTTP status from {to}: is it meshgate?"))?;
+    let ours = head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(SIGNATURE))
+    });
+    if !ours {
+        anyhow::bail!(
+            "something other than meshgate answers at {to} (HTTP {status}): give the address of gateway.admin (--admin), or the path of gateway.control (--control)"
+        );
+    }
     Ok((status, body.to_string()))
 }
 

@@ -119,11 +119,11 @@ enum Cmd {
         /// Number of regions (appliance + VPC host each).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]
         regions: u16,
-        /// ICMP echo requests per pair.
-        #[arg(long, default_value_t = 20)]
+        /// ICMP echo requests per pair (1 or more: the reachability check).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         pings: u32,
-        /// Seconds of TCP transfer per pair.
-        #[arg(long, default_value_t = 2.0)]
+        /// Seconds of TCP transfer per pair (0.1 to 600).
+        #[arg(long, default_value_t = 2.0, value_parser = transfer_secs)]
         transfer_secs: f64,
         /// Keep the lab running after the checks, until Ctrl-C.
         #[arg(long)]
@@ -468,6 +468,17 @@ enum PolicyCmd {
     },
 }
 
+/// `--transfer-secs`: a measurement needs some time, and ends.
+fn transfer_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.1..=600.0).contains(&s) => Ok(s),
+        Ok(s) => Err(format!(
+            "{s} is outside 0.1 to 600 seconds (a transfer of no time measures nothing)"
+        )),
+        Err(_) => Err(format!("'{text}' is not a number of seconds")),
+    }
+}
+
 /// The built-in policies' names, for the lab's options.
 fn builtin_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(meshgate::policy::BUILTIN.iter().map(|(n, _)| *n))
@@ -697,7 +708,7 @@ fn main() -> ExitCode {
                 meshgate::lab::run_lab(&meshgate::lab::LabOptions {
                     regions: usize::from(regions),
                     pings,
-                    transfer: Duration::from_secs_f64(transfer_secs.clamp(0.1, 600.0)),
+                    transfer: Duration::from_secs_f64(transfer_secs),
                     keep,
                     binary,
                     policy,
