@@ -633,6 +633,12 @@ fn the_gateway_runs_unprivileged_with_cap_net_admin_alone() {
         routes.contains("10.2.0.0/16"),
         "the peer's prefix routed into the TUN: {routes}"
     );
+    // Its log, a file here, holds words, not terminal colour codes.
+    let log = std::fs::read_to_string(dir.join("gw.log")).unwrap_or_default();
+    assert!(
+        log.contains("policy in force") && !log.contains('\x1b'),
+        "{log}"
+    );
     // `ip netns exec` and setpriv exec into the gateway: same process.
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", cleanup.1.as_ref().unwrap().id()))
