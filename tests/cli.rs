@@ -823,3 +823,58 @@ fn the_tools_say_what_is_wrong_and_where_to_look() {
         );
     }
 }
+
+/// Every option of every command says what it is for (`-h`).
+#[test]
+fn every_option_has_help_text() {
+    let commands: &[&[&str]] = &[
+        &["run"],
+        &["check"],
+        &["policy", "check"],
+        &["policy", "test"],
+        &["policy", "reload"],
+        &["ca", "init"],
+        &["cert", "issue"],
+        &["cert", "revoke"],
+        &["keys", "init"],
+        &["keys", "rotate"],
+        &["keys", "revoke"],
+        &["keys", "show"],
+        &["keys", "apply"],
+        &["keygen"],
+        &["status"],
+        &["members"],
+        &["plan"],
+        &["up"],
+        &["down"],
+        &["bootstrap"],
+        &["lab"],
+    ];
+    let mut bare = Vec::new();
+    for cmd in commands {
+        let out = Command::new(BIN).args(*cmd).arg("-h").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Options:"),
+            "{cmd:?}: {text}"
+        );
+        let options = text.split("Options:").nth(1).unwrap_or_default();
+        for line in options.lines().filter(|l| l.trim_start().starts_with('-')) {
+            // `--name <VALUE>`, two or more spaces, then its help.
+            let help = line
+                .trim()
+                .splitn(2, "  ")
+                .nth(1)
+                .unwrap_or_default()
+                .trim();
+            if help.is_empty() || help.starts_with('[') {
+                bare.push(format!("{} {}", cmd.join(" "), line.trim()));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "options without help:\n{}",
+        bare.join("\n")
+    );
+}

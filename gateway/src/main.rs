@@ -24,6 +24,7 @@ struct Cli {
 enum Cmd {
     /// Run the gateway described by a config file.
     Run {
+        /// The gateway's config file (TOML; see README, Configuration reference).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -31,6 +32,7 @@ enum Cmd {
     /// CA, certificate and key, the epoch key, the policy) without
     /// starting anything.
     Check {
+        /// The gateway's config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -56,6 +58,7 @@ enum Cmd {
     },
     /// Print fresh random key material (key and salt, hex) for a manual SA.
     Keygen {
+        /// The SA's cipher suite (sets the key material's length).
         #[arg(long, default_value = "aes128gcm16", value_parser = clap::builder::PossibleValuesParser::new(CipherSuite::ALL.map(CipherSuite::name)))]
         cipher: String,
     },
@@ -69,6 +72,7 @@ enum Cmd {
     /// The members this gateway sees: state, since when, round-trip time
     /// and loss of the path, and what each advertises.
     Members {
+        /// The gateway's admin listener (run inside its namespace).
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
     },
@@ -105,8 +109,10 @@ enum Cmd {
         /// The secret's name (meshgate/<mesh>/<zone>).
         #[arg(long)]
         secret: String,
+        /// The secret's region (the appliance's).
         #[arg(long)]
         region: String,
+        /// Where the config the user data wrote expects the files.
         #[arg(long, default_value = "/etc/meshgate")]
         dir: PathBuf,
         /// Another endpoint than AWS's (a test's moto server).
@@ -199,6 +205,7 @@ enum CaCmd {
     /// Create a new mesh CA: DIR/ca.pem (give it to every appliance) and
     /// DIR/ca.key (keep it offline; mode 0600). Never overwrites.
     Init {
+        /// Where to write ca.pem and ca.key (made if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Validity in days.
@@ -215,10 +222,13 @@ enum CertCmd {
         /// The directory `meshgate ca init` wrote.
         #[arg(long)]
         ca: PathBuf,
+        /// The member id it certifies (its config's gateway.id).
         #[arg(long)]
         id: String,
+        /// The region it certifies (gateway.region).
         #[arg(long)]
         region: String,
+        /// The role it certifies (gateway.role).
         #[arg(long, value_parser = ["edge", "leaf", "hub"])]
         role: String,
         /// A prefix the appliance may advertise to the mesh (CIDR, no host
@@ -226,6 +236,7 @@ enum CertCmd {
         /// outside these.
         #[arg(long = "prefix", value_name = "CIDR")]
         prefixes: Vec<meshgate::prefix::Prefix>,
+        /// Where to write <id>.pem and <id>.key.
         #[arg(long, default_value = ".")]
         out: PathBuf,
         /// Validity in days.
@@ -256,6 +267,7 @@ enum KeysCmd {
     /// (the `kms` provider's `wrapped_key`; no secret: only a role allowed
     /// to decrypt with that KMS key can use it).
     Init {
+        /// The file to write (never overwritten).
         #[arg(long)]
         file: PathBuf,
         #[command(flatten)]
@@ -450,6 +462,8 @@ enum PolicyCmd {
     Test {
         /// A .wasm component, or the name of a built-in policy.
         file: String,
+        /// The scenario (TOML: members, events, expectations; see
+        /// examples/scenarios).
         #[arg(long)]
         scenario: PathBuf,
     },
