@@ -147,6 +147,15 @@ fn build(s: &Scenario) -> Result<View> {
 }
 
 /// Runs `scenario` against the policy in `file` (or a built-in name).
+/// A list as a person reads it: `a, b`, or `none`.
+fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
 pub fn run(file: &str, scenario: &Path) -> Result<()> {
     let text = std::fs::read_to_string(scenario)
         .with_context(|| format!("reading {}", scenario.display()))?;
@@ -208,9 +217,11 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             want.sort();
             if want != peers {
                 failures.push(format!(
-                    "step {} ({}): peers are {peers:?}, expected {want:?}",
+                    "step {} ({}): peers are {}, expected {}",
                     n + 1,
-                    step.name
+                    step.name,
+                    listed(&peers),
+                    listed(&want)
                 ));
             }
         }
@@ -218,9 +229,11 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             let got = routes.get(prefix);
             if got != Some(want) {
                 failures.push(format!(
-                    "step {} ({}): route {prefix} goes {got:?}, expected {want:?}",
+                    "step {} ({}): route {prefix} goes {}, expected {}",
                     n + 1,
-                    step.name
+                    step.name,
+                    got.map_or("nowhere".to_string(), |g| format!("via {}", listed(g))),
+                    format_args!("via {}", listed(want))
                 ));
             }
         }
@@ -228,9 +241,10 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             let got = active.get(group).cloned().flatten();
             if got.as_deref() != Some(want.as_str()) {
                 failures.push(format!(
-                    "step {} ({}): active in {group} is {got:?}, expected {want}",
+                    "step {} ({}): active in {group} is {}, expected {want}",
                     n + 1,
-                    step.name
+                    step.name,
+                    got.as_deref().unwrap_or("none")
                 ));
             }
         }
