@@ -59,6 +59,21 @@ fn a_bad_config_fails_at_start_naming_file_line_and_field() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A value of the wrong type, in words rather than serde's.
+    let typed = dir.join("typed.toml");
+    std::fs::write(
+        &typed,
+        CONFIG.replace("name = \"mgcli0\"", "name = \"mgcli0\"\nmtu = \"big\""),
+    )
+    .unwrap();
+    let (ok, err) = run(&["check", "--config", typed.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("tun.mtu")
+            && err.contains("found the string \"big\", expected a whole number")
+            && !err.contains("invalid type"),
+        "{err}"
+    );
+
     // A jumbo MTU out of range is refused with the range, not a number it
     // then calls allowed.
     let jumbo = dir.join("jumbo.toml");

@@ -240,6 +240,42 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
         // Spanned<T> shows up in the path as a private key; hide it.
         let field = field.replace(".$__serde_spanned_private_value", "");
         let field = if field == "." { String::new() } else { field };
-        ConfigError::at(path, text, inner.span(), &field, inner.message())
+        ConfigError::at(path, text, inner.span(), &field, in_words(inner.message()))
     })
+}
+
+/// serde's type errors (`invalid type: string "big", expected u32`) as a
+/// person says them (`found the string "big", expected a whole number`);
+/// other messages as they are.
+fn in_words(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_string();
+    };
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+        return message.to_string();
+    };
+    let found = match found.split_once(' ') {
+        Some(("string", v)) => format!("the string {v}"),
+        Some(("integer" | "floating", v)) => format!(
+            "the number {}",
+            v.trim_start_matches("point ").trim_matches('`')
+        ),
+        Some(("boolean", v)) => format!("{}", v.trim_matches('`')),
+        _ => match found {
+            "sequence" => "a list".to_string(),
+            "map" => "a table".to_string(),
+            other => other.to_string(),
+        },
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "a whole number"
+        }
+        "f32" | "f64" => "a number",
+        "a sequence" => "a list",
+        "a map" | "struct" => "a table",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    format!("found {found}, expected {expected}")
 }
