@@ -895,3 +895,45 @@ fn every_option_has_help_text() {
         bare.join("\n")
     );
 }
+
+/// A lab that fails keeps its configs and logs and says where; its
+/// namespaces go as always.
+#[test]
+fn a_failed_lab_keeps_its_files_and_says_where() {
+    let out = Command::new(BIN)
+        .args(["lab", "--regions", "2", "--cloud", "moto"])
+        .env("MESHGATE_MOTO_SERVER", "/nonexistent/moto_server")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/moto_server"),
+        "{err}"
+    );
+    let kept = err
+        .lines()
+        .find_map(|l| {
+            l.split_once("its configs and logs are kept in ")
+                .map(|(_, d)| d.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("the lab did not say where its files are: {err}"));
+    assert!(Path::new(&kept).is_dir(), "{kept} is not there");
+    // meshgate-lab-<tag>-<suffix>; the namespaces are <tag>-*.
+    let name = Path::new(&kept)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let tag = name
+        .strip_prefix("meshgate-lab-")
+        .and_then(|t| t.split('-').next())
+        .map(|t| format!("{t}-"))
+        .unwrap_or_else(|| panic!("{name} is not a lab's directory"));
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(
+        !namespaces.lines().any(|l| l.contains(&tag)),
+        "namespaces of {tag} left behind:\n{namespaces}"
+    );
+    let _ = std::fs::remove_dir_all(&kept);
+}

@@ -148,6 +148,11 @@ pub struct Lab {
     pub discovery: bool,
     /// The management network and its Prometheus ([`Lab::add_monitoring`]).
     pub monitoring: Option<monitoring::Monitoring>,
+    /// Keep the configs and logs when the lab ends before [`Lab::finished`]
+    /// is set (a failed `meshgate lab`), and say where; an interrupted or
+    /// finished lab removes them.
+    pub keep_on_failure: bool,
+    pub finished: bool,
 }
 
 /// A region's place in a topology: its role and redundancy group. With

@@ -87,13 +87,16 @@ pub fn aws_region(index: usize) -> String {
 /// on the PATH.
 fn moto_program() -> Result<String> {
     if let Ok(p) = std::env::var("MESHGATE_MOTO_SERVER") {
+        if !std::path::Path::new(&p).is_file() {
+            bail!("MESHGATE_MOTO_SERVER={p}: no such file (the moto_server of a venv with moto installed)");
+        }
         return Ok(p);
     }
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join("moto_server").is_file()))
         .unwrap_or(false);
     if !found {
-        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[ec2,kms,route53]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
+        bail!("moto_server not found: install it (python3 -m venv V && V/bin/pip install 'moto[autoscaling,ec2,iam,kms,route53,secretsmanager,sts]==5.2.5' flask flask-cors) and put V/bin on the PATH, or set MESHGATE_MOTO_SERVER");
     }
     Ok("moto_server".into())
 }

@@ -194,7 +194,13 @@ impl Drop for Lab {
             self.stop_gateway(i);
         }
         // Regions and the underlay delete their namespaces as they drop.
-        if std::env::var_os("MESHGATE_LAB_KEEP_FILES").is_none() {
+        let failed = self.keep_on_failure && !self.finished && !INTERRUPTED.load(Ordering::SeqCst);
+        if failed {
+            eprintln!(
+                "meshgate lab: it failed; its configs and logs are kept in {}",
+                self.dir.display()
+            );
+        } else if std::env::var_os("MESHGATE_LAB_KEEP_FILES").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

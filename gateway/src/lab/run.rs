@@ -92,6 +92,7 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
         );
     }
     let mut lab = Lab::build_with(opts.regions, &tag, opts.zones)?;
+    lab.keep_on_failure = true;
     if opts.leaves > 0 {
         lab.add_leaves(opts.leaves)?;
         say(format!(
@@ -305,15 +306,23 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    let failure = if !failed.is_empty() {
+        Some(format!("no connectivity for: {}", failed.join(", ")))
+    } else if super::failover::summary(&runs).is_some_and(|s| !s.all_restored) {
+        Some(
+            "a failover did not restore the flow or claim the routes (see the runs above)"
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    lab.finished = failure.is_none();
     drop(lab);
-    say("lab removed".into());
-    if !failed.is_empty() {
-        bail!("no connectivity for: {}", failed.join(", "));
-    }
-    if let Some(s) = super::failover::summary(&runs) {
-        if !s.all_restored {
-            bail!("a failover did not restore the flow or claim the routes (see the runs above)");
+    match failure {
+        Some(why) => bail!(why),
+        None => {
+            say("lab removed".into());
+            Ok(())
         }
     }
-    Ok(())
 }

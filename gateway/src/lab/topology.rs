@@ -61,6 +61,8 @@ impl Lab {
             dx: false,
             discovery: false,
             monitoring: None,
+            keep_on_failure: false,
+            finished: false,
         };
         for index in 0..n {
             let r = if zones == 1 {
