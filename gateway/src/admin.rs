@@ -396,3 +396,18 @@ pub fn request_with_body(
     s.set_read_timeout(Some(timeout))?;
     crate::control::exchange(s, &format!("the admin listener {addr}"), method, path, body)
 }
+
+/// As [`request_with_body`], to any HTTP server (the lab's Prometheus as
+/// well as its gateways).
+pub fn request_any(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    crate::control::exchange_any(s, &addr.to_string(), method, path, body)
+        .map(|(status, _, body)| (status, body))
+}

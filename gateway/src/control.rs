@@ -180,13 +180,34 @@ impl axum::serve::Listener for ControlListener {
 /// other than meshgate answers there.
 pub const SIGNATURE: &str = "x-meshgate";
 
+/// One request to meshgate's admin listener or control socket: the
+/// status and the body; an answer without [`SIGNATURE`] is refused as
+/// something else's.
 pub fn exchange(
-    mut stream: impl Read + Write,
+    stream: impl Read + Write,
     to: &str,
     method: &str,
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    let (status, ours, body) = exchange_any(stream, to, method, path, body)?;
+    if !ours {
+        anyhow::bail!(
+            "something other than meshgate answers at {to} (HTTP {status}): give the address of gateway.admin (--admin), or the path of gateway.control (--control)"
+        );
+    }
+    Ok((status, body))
+}
+
+/// One HTTP/1.0 request to any server (the lab asks Prometheus too): the
+/// status, whether meshgate answered, and the body.
+pub fn exchange_any(
+    mut stream: impl Read + Write,
+    to: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, bool, String)> {
     let unanswered = || {
         anyhow::anyhow!("{to} closed the connection without an answer (on the control socket: this user may not use it)")
     };
@@ -220,12 +241,7 @@ pub fn exchange(
         l.split_once(':')
             .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(SIGNATURE))
     });
-    if !ours {
-        anyhow::bail!(
-            "something other than meshgate answers at {to} (HTTP {status}): give the address of gateway.admin (--admin), or the path of gateway.control (--control)"
-        );
-    }
-    Ok((status, body.to_string()))
+    Ok((status, ours, body.to_string()))
 }
 
 /// A request to the control socket at `socket`: the status and the body.

@@ -312,7 +312,7 @@ pub fn http_with_body(
 ) -> Result<String> {
     let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
     let (status, body) =
-        ns.run(move || crate::admin::request_with_body(addr, &method, &path, &body))??;
+        ns.run(move || crate::admin::request_any(addr, &method, &path, &body))??;
     if status != 200 {
         bail!("{status}: {}", body.trim());
     }
