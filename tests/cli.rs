@@ -781,6 +781,72 @@ fn check_refuses_what_run_would_naming_file_line_and_field() {
         !ok && err.contains(&at(18)) && err.contains("signal.key") && !err.contains("gateway up"),
         "run: {err}"
     );
+    // An admin address in use stops the start after the data plane is
+    // built: still no `gateway up`, and the address named.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = held.local_addr().unwrap();
+    let busy = config.replace(
+        "role = \"edge\"\n",
+        &format!(
+            "role = \"edge\"\nadmin = \"{admin}\"\ncontrol = \"{}\"\nstate_dir = \"{}\"\n",
+            d("control.sock"),
+            d("state")
+        ),
+    );
+    std::fs::write(&file, &busy).unwrap();
+    let (ok, err) = run(&["run", "--config", file.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(&format!("binding the admin listener {admin}"))
+            && !err.contains("gateway up"),
+        "run with its admin address taken: {err}"
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `check` compares the routes the policy's first decisions make with
+/// the host's: a route another put there for one of them is named (run
+/// would leave it, and the prefix would never reach the tunnel).
+#[test]
+fn check_names_a_route_the_host_already_has_elsewhere() {
+    let dir = scratch_dir("hostroute");
+    write_keys(&dir);
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, CONFIG).unwrap();
+    let ns = format!("mgchkr{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    let check = || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, BIN, "check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let clean = out.status.success() && said.contains("routes: 1 into mgcli0, none taken");
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&["-n", &ns, "route", "add", "10.2.0.0/16", "dev", "lo"]);
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ip(&["netns", "del", &ns]);
+    assert!(
+        clean,
+        "a host without the route: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success()
+            && err.contains(&format!("{}:", file.display()))
+            && err.contains("policy.module")
+            && err.contains("10.2.0.0/16: the host's main table routes it elsewhere")
+            && err.contains("dev lo"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

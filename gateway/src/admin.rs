@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -49,11 +49,46 @@ struct AppState {
     members: Option<crate::mesh::MemberList>,
     /// How this gateway's route claims on the cloud stand (with `[cloud]`).
     cloud: Option<tokio::sync::watch::Receiver<crate::cloud::reconcile::Status>>,
+    /// What this gateway is (`GET /status`).
+    identity: Arc<crate::status::Identity>,
+}
+
+/// The admin listener and the control socket, bound: a gateway says it
+/// is up only once both are (an address in use stops the start first).
+pub struct Bound {
+    tcp: tokio::net::TcpListener,
+    control: crate::control::ControlListener,
+    control_path: PathBuf,
+}
+
+impl Bound {
+    /// Binds both listeners (within the control runtime).
+    pub async fn bind(at: &Listeners) -> std::io::Result<Bound> {
+        let group = match &at.control_group {
+            None => None,
+            Some(name) => Some(crate::control::group_id(name).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no group {name}"))
+            })?),
+        };
+        let control = crate::control::ControlListener::bind(&at.control, group)?;
+        let tcp = tokio::net::TcpListener::bind(at.admin).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding the admin listener {}: {e}", at.admin),
+            )
+        })?;
+        Ok(Bound {
+            tcp,
+            control,
+            control_path: at.control.clone(),
+        })
+    }
 }
 
 /// Serves the admin API until the task is dropped, or one listener fails.
 pub async fn serve(
-    at: Listeners,
+    at: Bound,
+    identity: crate::status::Identity,
     configured: ConfiguredPolicy,
     metrics: Arc<Metrics>,
     policy: PolicyHandle,
@@ -86,10 +121,11 @@ pub async fn serve(
         metrics,
         policy,
         configured,
-        control: at.control.clone(),
+        control: at.control_path.clone(),
         node,
         members,
         cloud,
+        identity: Arc::new(identity),
     };
     let tcp_app = reads
         .clone()
@@ -100,18 +136,54 @@ pub async fn serve(
         .merge(changes)
         .with_state(state)
         .layer(axum::middleware::map_response(signed));
-    let group = match &at.control_group {
-        None => None,
-        Some(name) => Some(crate::control::group_id(name).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no group {name}"))
-        })?),
-    };
-    let control = crate::control::ControlListener::bind(&at.control, group)?;
-    let tcp = tokio::net::TcpListener::bind(at.admin).await?;
     tokio::select! {
-        r = axum::serve(tcp, tcp_app) => r,
-        r = axum::serve(control, control_app) => r,
+        r = axum::serve(at.tcp, tcp_app) => r,
+        r = axum::serve(at.control, control_app) => r,
     }
+}
+
+/// Whether the request asked for JSON (`Accept: application/json`).
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/json")))
+}
+
+/// An answer in the form asked for: `text`, or `value` as JSON. A
+/// refusal in JSON is `{"error": "..."}` with the same status.
+fn answer<T: serde::Serialize>(
+    json: bool,
+    status: StatusCode,
+    text: String,
+    value: &T,
+) -> Response {
+    if !json {
+        return (status, text).into_response();
+    }
+    let body = if status.is_success() {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string_pretty(&serde_json::json!({ "error": text.trim_end() }))
+    };
+    match body {
+        Ok(b) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            b + "\n",
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding JSON: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// A refusal in the form asked for.
+fn refusal(json: bool, (status, text): (StatusCode, String)) -> Response {
+    answer(json, status, text, &())
 }
 
 /// Marks an answer as meshgate's (see [`crate::control::SIGNATURE`]).
@@ -142,12 +214,31 @@ async fn on_control_socket(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
+/// `GET /policy`: the policy in force and the one the config names.
+async fn policy_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let p = s.policy.in_force();
-    (
-        StatusCode::OK,
-        format!("policy {} ({}) in force\n", p.name, p.hash),
-    )
+    let configured = configured_now(&s.configured);
+    let mut text = format!("policy {} ({}) in force\n", p.name, p.hash);
+    if p.name != configured {
+        text.push_str(&format!(
+            "the config names {configured}, which a restart loads (or now: meshgate policy reload --module {configured})\n"
+        ));
+    }
+    let value = serde_json::json!({
+        "running": p.name,
+        "hash": p.hash,
+        "configured": configured,
+        "differs": p.name != configured,
+    });
+    answer(wants_json(&headers), StatusCode::OK, text, &value)
+}
+
+/// The policy source the config names now, as text.
+fn configured_now(configured: &ConfiguredPolicy) -> String {
+    match configured.read() {
+        Ok(c) => c.to_string(),
+        Err(p) => p.into_inner().to_string(),
+    }
 }
 
 /// Reloads the policy from its configured source, or from the built-in
@@ -155,7 +246,15 @@ async fn policy_handler(State(s): State<AppState>) -> impl IntoResponse {
 /// 200 with what changed, or 422 with why the new one was refused (the
 /// old one stays in force). No other file is read: the gateway runs as
 /// root, and the file a reload may load is the one its config names.
-async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
+async fn reload_handler(
+    State(s): State<AppState>,
+    uri: axum::http::Uri,
+    body: String,
+) -> impl IntoResponse {
+    // `?force`: load it even if it withdraws every route.
+    let force = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force" || kv == "force=1"));
     use crate::policy::PolicySource;
     let policy = s.policy.clone();
     let configured = match s.configured.read() {
@@ -185,7 +284,7 @@ async fn reload_handler(State(s): State<AppState>, body: String) -> impl IntoRes
     };
     // The engine's thread compiles and swaps; this task only waits for
     // its answer.
-    match policy.reload(source).await {
+    match policy.reload(source, force).await {
         Ok(Ok(report)) => (StatusCode::OK, report.to_string()),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -228,10 +327,24 @@ async fn ask<T>(
 
 /// `GET /keys`: the epoch state in force, as `keys show` prints it and
 /// `keys rotate --state` reads it.
-async fn keys_handler(State(s): State<AppState>) -> impl IntoResponse {
+async fn keys_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let json = wants_json(&headers);
     match ask(&s, NodeCommand::Epochs).await {
-        Ok(order) => (StatusCode::OK, format!("{order}\n")),
-        Err(e) => e,
+        Ok(order) => {
+            let value = serde_json::json!({
+                "serial": order.serial,
+                "current": order.current,
+                "floor": order.floor,
+                "revoked": order.revoked,
+                "revoked_certs": order.certs.iter().map(crate::keys::order::cert_hex).collect::<Vec<_>>(),
+                "kms_data_keys": order.wrapped.iter().map(|(e, d)| serde_json::json!({
+                    "epoch": e,
+                    "digest": crate::keys::wrapped::to_hex(d),
+                })).collect::<Vec<_>>(),
+            });
+            answer(json, StatusCode::OK, format!("{order}\n"), &value)
+        }
+        Err(e) => refusal(json, e),
     }
 }
 
@@ -239,7 +352,20 @@ async fn keys_handler(State(s): State<AppState>) -> impl IntoResponse {
 /// as the first line of the body), from `keys rotate`, `keys revoke` or
 /// `keys apply`; with KMS epoch keys, lines `wrapped EPOCH HEX` after it
 /// carry the data keys (ciphertext) the order names.
-async fn order_handler(State(s): State<AppState>, body: String) -> impl IntoResponse {
+async fn order_handler(State(s): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    let json = wants_json(&headers);
+    let mut taken = serde_json::json!({});
+    let (status, text) = put_in_force(&s, &body, &mut taken).await;
+    answer(json, status, text, &taken)
+}
+
+/// Puts an order (and its data keys) in force: the answer's status and
+/// text, and its JSON form in `taken`.
+async fn put_in_force(
+    s: &AppState,
+    body: &str,
+    taken: &mut serde_json::Value,
+) -> (StatusCode, String) {
     let mut lines = body.lines().filter(|l| !l.trim().is_empty());
     let order = match SignedOrder::from_hex(lines.next().unwrap_or_default()) {
         Ok(o) => o,
@@ -257,17 +383,29 @@ async fn order_handler(State(s): State<AppState>, body: String) -> impl IntoResp
             }
         }
     }
-    let report = match ask(&s, |tx| NodeCommand::Order(order, tx)).await {
-        Ok(Ok(r)) => format!(
-            "epoch {} in force; revoked: {}; order {}; {} peer(s) rekeying; the mesh follows by gossip\n",
-            r.current,
-            revoked_text(r.floor, &r.revoked),
-            r.serial,
-            r.rekeying
-        ),
+    let report = match ask(s, |tx| NodeCommand::Order(order, tx)).await {
+        Ok(Ok(r)) => {
+            *taken = serde_json::json!({
+                "serial": r.serial,
+                "current": r.current,
+                "floor": r.floor,
+                "revoked": r.revoked,
+                "rekeying": r.rekeying,
+                "kms_data_keys_taken": [],
+            });
+            format!(
+                "epoch {} in force; revoked: {}; order {}; {} {} rekeying; the mesh follows by gossip\n",
+                r.current,
+                revoked_text(r.floor, &r.revoked),
+                r.serial,
+                r.rekeying,
+                if r.rekeying == 1 { "peer" } else { "peers" }
+            )
+        }
         // The order in force already (a resubmission): its keys may still
         // be new here.
         Ok(Err(crate::keys::order::OrderError::Stale { .. })) if !wrapped.is_empty() => {
+            *taken = serde_json::json!({ "already_in_force": true, "kms_data_keys_taken": [] });
             "the order is in force already\n".to_string()
         }
         Ok(Err(e)) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
@@ -275,10 +413,21 @@ async fn order_handler(State(s): State<AppState>, body: String) -> impl IntoResp
     };
     let mut report = report;
     for (epoch, ciphertext) in wrapped {
-        match ask(&s, |tx| NodeCommand::Wrapped(epoch, ciphertext, tx)).await {
-            Ok(Ok(())) => report.push_str(&format!("the KMS data key of epoch {epoch} taken; the mesh's members receive it from here\n")),
+        match ask(s, |tx| NodeCommand::Wrapped(epoch, ciphertext, tx)).await {
+            Ok(Ok(())) => {
+                if let Some(list) = taken
+                    .get_mut("kms_data_keys_taken")
+                    .and_then(|v| v.as_array_mut())
+                {
+                    list.push(epoch.into());
+                }
+                report.push_str(&format!("the KMS data key of epoch {epoch} taken; the mesh's members receive it from here\n"))
+            }
             Ok(Err(e)) => {
-                return (StatusCode::UNPROCESSABLE_ENTITY, format!("{report}refused the data key of epoch {epoch}: {e}\n"))
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{report}refused the data key of epoch {epoch}: {e}\n"),
+                )
             }
             Err(e) => return e,
         }
@@ -312,53 +461,65 @@ fn revoked_text(floor: crate::keys::Epoch, revoked: &[crate::keys::Epoch]) -> St
 }
 
 /// The members this one sees: state, since when, path health, record.
-async fn members_handler(State(s): State<AppState>) -> impl IntoResponse {
-    match s
-        .members
-        .as_ref()
-        .and_then(|m| m.lock().ok().map(|l| l.clone()))
-    {
-        Some(list) => (StatusCode::OK, list),
-        None => (
-            StatusCode::CONFLICT,
-            "this gateway is not a mesh member ([signal] is not configured)\n".into(),
+async fn members_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let json = wants_json(&headers);
+    match member_rows(&s) {
+        Some(rows) => answer(json, StatusCode::OK, crate::mesh::render(&rows), &rows),
+        None => refusal(
+            json,
+            (
+                StatusCode::CONFLICT,
+                "this gateway is not a mesh member ([signal] is not configured): `meshgate status` shows its configured peers\n".into(),
+            ),
         ),
     }
+}
+
+/// The members as last observed, on a mesh member.
+fn member_rows(s: &AppState) -> Option<Vec<crate::mesh::MemberRow>> {
+    s.members.as_ref().map(|m| {
+        m.lock()
+            .map_or_else(|p| p.into_inner().clone(), |l| l.clone())
+    })
 }
 
 /// How the route claims on the cloud stand: claimed, converged, and what
 /// still fails.
-async fn cloud_handler(State(s): State<AppState>) -> impl IntoResponse {
+async fn cloud_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let json = wants_json(&headers);
     match &s.cloud {
-        Some(status) => (StatusCode::OK, status.borrow().to_string()),
-        None => (
-            StatusCode::CONFLICT,
-            "this gateway claims no routes on a cloud ([cloud] is not configured)\n".into(),
+        Some(status) => {
+            let status = status.borrow().clone();
+            answer(json, StatusCode::OK, status.to_string(), &status)
+        }
+        None => refusal(
+            json,
+            (
+                StatusCode::CONFLICT,
+                "this gateway claims no routes on a cloud ([cloud] is not configured)\n".into(),
+            ),
         ),
     }
 }
 
-/// Per redundancy group who is active (as this gateway's policy decides),
-/// and whether this gateway's route claims on the cloud have converged.
-async fn status_handler(State(s): State<AppState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let groups = s.metrics.cloud.active_members();
-    if groups.is_empty() {
-        out.push_str("redundancy groups: none in this gateway's view\n");
-    } else {
-        out.push_str("redundancy groups (as this gateway's policy decides):\n");
-        for (group, active) in groups {
-            out.push_str(&format!(
-                "  {group:<20} active: {}\n",
-                active.as_deref().unwrap_or("none (no member present)")
-            ));
-        }
-    }
-    match &s.cloud {
-        Some(status) => out.push_str(&format!("cloud routes: {}", *status.borrow())),
-        None => out.push_str("cloud routes: none ([cloud] is not configured)\n"),
-    }
-    (StatusCode::OK, out)
+/// `GET /status`: this gateway, its peers (SAs, traffic, underlay), its
+/// drops and its redundancy groups (see [`crate::status`]).
+async fn status_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let in_force = s.policy.in_force();
+    let status = crate::status::collect(crate::status::Sources {
+        identity: &s.identity,
+        metrics: &s.metrics,
+        members: member_rows(&s),
+        running: (in_force.name.clone(), in_force.hash.clone()),
+        configured: configured_now(&s.configured),
+        cloud: s.cloud.as_ref().map(|c| c.borrow().clone()),
+    });
+    answer(
+        wants_json(&headers),
+        StatusCode::OK,
+        status.to_string(),
+        &status,
+    )
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -379,6 +540,32 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u1
     request_with_body(addr, method, path, "")
 }
 
+/// A read of the admin listener at `addr`, its answer in `format`.
+pub fn read(
+    addr: SocketAddr,
+    path: &str,
+    format: crate::control::Format,
+) -> anyhow::Result<(u16, String)> {
+    let s = connect(addr)?;
+    crate::control::exchange_in(
+        s,
+        &format!("the admin listener {addr}"),
+        ("GET", path, ""),
+        format,
+    )
+}
+
+fn connect(addr: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin listener at {addr}: {e} (is the gateway running? --admin is its gateway.admin; in the lab, run the command inside the appliance's namespace: ip netns exec NS meshgate ...)"
+            )
+        })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    Ok(s)
+}
+
 /// As [`request`], with a plain-text body.
 pub fn request_with_body(
     addr: SocketAddr,
@@ -386,14 +573,7 @@ pub fn request_with_body(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let timeout = std::time::Duration::from_secs(30);
-    let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the admin listener at {addr}: {e} (is the gateway running? --admin is its gateway.admin; in the lab, run the command inside the appliance's namespace: ip netns exec NS meshgate ...)"
-            )
-        })?;
-    s.set_read_timeout(Some(timeout))?;
+    let s = connect(addr)?;
     crate::control::exchange(s, &format!("the admin listener {addr}"), method, path, body)
 }
 

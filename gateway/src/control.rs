@@ -190,7 +190,41 @@ pub fn exchange(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let (status, ours, body) = exchange_any(stream, to, method, path, body)?;
+    exchange_in(stream, to, (method, path, body), Format::Text)
+}
+
+/// What a request asks the answer to be: text for a person, or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    pub fn json(json: bool) -> Format {
+        if json {
+            Format::Json
+        } else {
+            Format::Text
+        }
+    }
+
+    fn accept(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// As [`exchange`], asking for the answer in `format`.
+pub fn exchange_in(
+    stream: impl Read + Write,
+    to: &str,
+    (method, path, body): (&str, &str, &str),
+    format: Format,
+) -> anyhow::Result<(u16, String)> {
+    let (status, ours, body) = send(stream, to, (method, path, body), format)?;
     if !ours {
         anyhow::bail!(
             "something other than meshgate answers at {to} (HTTP {status}): give the address of gateway.admin (--admin), or the path of gateway.control (--control)"
@@ -202,11 +236,20 @@ pub fn exchange(
 /// One HTTP/1.0 request to any server (the lab asks Prometheus too): the
 /// status, whether meshgate answered, and the body.
 pub fn exchange_any(
-    mut stream: impl Read + Write,
+    stream: impl Read + Write,
     to: &str,
     method: &str,
     path: &str,
     body: &str,
+) -> anyhow::Result<(u16, bool, String)> {
+    send(stream, to, (method, path, body), Format::Text)
+}
+
+fn send(
+    mut stream: impl Read + Write,
+    to: &str,
+    (method, path, body): (&str, &str, &str),
+    format: Format,
 ) -> anyhow::Result<(u16, bool, String)> {
     let unanswered = || {
         anyhow::anyhow!("{to} closed the connection without an answer (on the control socket: this user may not use it)")
@@ -219,7 +262,8 @@ pub fn exchange_any(
     };
     let sent = write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: meshgate\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: meshgate\r\nAccept: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        format.accept(),
         body.len()
     );
     let mut resp = String::new();
@@ -251,6 +295,15 @@ pub fn request(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    request_in(socket, (method, path, body), Format::Text)
+}
+
+/// As [`request`], asking for the answer in `format`.
+pub fn request_in(
+    socket: &Path,
+    (method, path, body): (&str, &str, &str),
+    format: Format,
+) -> anyhow::Result<(u16, String)> {
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => anyhow::anyhow!(
             "{}: permission denied; the control socket is for root and the members of the group gateway.control_group names",
@@ -262,12 +315,11 @@ pub fn request(
         ),
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    exchange(
+    exchange_in(
         stream,
         &format!("the control socket {}", socket.display()),
-        method,
-        path,
-        body,
+        (method, path, body),
+        format,
     )
 }
 

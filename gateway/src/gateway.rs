@@ -208,14 +208,40 @@ pub fn run(config_path: &Path) -> Result<()> {
         tables,
         mesh_start.as_ref().map(|_| notices),
     )?;
-    tracing::info!(
-        id = %config.id,
-        listen = %config.listen,
-        tun = %config.tun.name,
-        peers = config.peers.len(),
-        mesh = mesh_start.is_some(),
-        "gateway up"
+    // Said once the admin listener, the control socket and the signalling
+    // socket are bound too (below): a start that fails never says it.
+    let (id, listen, tun_name, peer_count, is_member) = (
+        config.id.clone(),
+        config.listen,
+        config.tun.name.clone(),
+        config.peers.len(),
+        mesh_start.is_some(),
     );
+    let identity = crate::status::Identity {
+        id: config.id.clone(),
+        region: config.placement.region.clone(),
+        zone: Some(config.placement.zone.clone()).filter(|z| !z.is_empty()),
+        role: config.placement.role.as_str().into(),
+        mode: if mesh_start.is_some() {
+            "mesh"
+        } else {
+            "configured"
+        },
+        tun: config.tun.name.clone(),
+        mtu: config.tun.mtu,
+        listen: config.listen,
+        endpoints: std::iter::once(("internet".to_string(), config.advertise))
+            .chain(config.endpoints.iter().cloned())
+            .map(|(label, address)| crate::status::Endpoint { label, address })
+            .collect(),
+        offloads: dataplane.offloads(),
+        configured_peers: config
+            .peers
+            .iter()
+            .map(|p| (p.id.clone(), p.endpoint))
+            .collect(),
+        started: std::time::SystemTime::now(),
+    };
     let sa_defaults = config.sa.clone();
     // The sessions hold the pre-shared keys now; the config's are wiped.
     drop(dataplane_settings);
@@ -260,7 +286,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     let result = rt.block_on(async {
         let (node_commands, node_command_rx) = tokio::sync::mpsc::unbounded_channel();
         let member_list = mesh::MemberList::default();
-        let member = mesh_start.map(|m| {
+        let started = mesh_start.map(|m| {
             start_member(
                 m,
                 sa_defaults,
@@ -276,6 +302,10 @@ pub fn run(config_path: &Path) -> Result<()> {
                 metrics.clone(),
             )
         });
+        let (mut member, signal_bound) = match started {
+            Some((task, bound)) => (Some(task), Some(bound)),
+            None => (None, None),
+        };
         let node_commands = member.as_ref().map(|_| node_commands);
         if let Some(node) = node_commands.clone() {
             tokio::spawn(advertise_updates(node.clone(), policy.clone()));
@@ -323,20 +353,38 @@ pub fn run(config_path: &Path) -> Result<()> {
                 metrics.clone(),
             ));
         }
+        let admin_bound = crate::admin::Bound::bind(&listeners)
+            .await
+            .context("the admin listener or the control socket")?;
+        if let Some(bound) = signal_bound {
+            match bound.await {
+                Ok(addr) => tracing::info!(%addr, "signalling channel listening"),
+                // The member stopped before it listened: its error says why.
+                Err(_) => {
+                    return match member.take() {
+                        Some(task) => member_outcome(task.await),
+                        None => Err(anyhow::anyhow!("the signalling member stopped")),
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            %id,
+            %listen,
+            tun = %tun_name,
+            peers = peer_count,
+            mesh = is_member,
+            "gateway up"
+        );
         let member = async {
             match member {
-                Some(task) => match task.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => {
-                        Err(anyhow::Error::new(e).context("the signalling member stopped"))
-                    }
-                    Err(e) => Err(anyhow::anyhow!("the signalling member failed: {e}")),
-                },
+                Some(task) => member_outcome(task.await),
                 None => std::future::pending().await,
             }
         };
         let listener = crate::admin::serve(
-            listeners,
+            admin_bound,
+            identity,
             configured.clone(),
             metrics.clone(),
             policy.clone(),
@@ -369,6 +417,17 @@ pub fn run(config_path: &Path) -> Result<()> {
     tracing::info!("shutting down");
     dataplane.stop();
     result
+}
+
+/// What the signalling member's task ended with.
+fn member_outcome(
+    r: Result<Result<(), crate::signal::transport::TransportError>, tokio::task::JoinError>,
+) -> Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the signalling member stopped")),
+        Err(e) => Err(anyhow::anyhow!("the signalling member failed: {e}")),
+    }
 }
 
 /// How often this member measures its load for its record.
@@ -420,7 +479,8 @@ async fn advertise_updates(
 }
 
 /// Starts the signalling member and the task that joins it to the data
-/// plane and the policy; returns the member's task.
+/// plane and the policy; returns the member's task, and where it listens
+/// once bound.
 fn start_member(
     m: MeshStart,
     sa: SaDefaults,
@@ -434,7 +494,10 @@ fn start_member(
     ),
     (probe_socket, probe_rx): (UdpSocket, tokio::sync::mpsc::Receiver<Vec<u8>>),
     metrics: Arc<Metrics>,
-) -> tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>> {
+) -> (
+    tokio::task::JoinHandle<Result<(), crate::signal::transport::TransportError>>,
+    tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+) {
     let (node_events, node_event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (bound, bound_rx) = tokio::sync::oneshot::channel();
     metrics.mesh.epoch.set(i64::from(m.signal.keys.epoch));
@@ -497,12 +560,10 @@ fn start_member(
         metrics,
         (list, Some(underlay)),
     ));
-    tokio::spawn(async move {
-        if let Ok(addr) = bound_rx.await {
-            tracing::info!(%addr, "signalling channel listening");
-        }
-    });
-    tokio::spawn(node::run(cfg, node_events, node_rx, bound))
+    (
+        tokio::spawn(node::run(cfg, node_events, node_rx, bound)),
+        bound_rx,
+    )
 }
 
 /// Where the member finds others to join through: the config's seeds, and

@@ -14,8 +14,9 @@
 //!   carrying a member's datagrams and messages), [`mesh`] (what a member
 //!   reports, into metrics and policy events).
 //! - The rest: [`config`] (the TOML file, validated with spans),
-//!   [`metrics`], [`admin`] (the admin API: reads on TCP, changes on the
-//!   [`control`] socket), [`identity`] (the mesh CA and
+//!   [`metrics`] (with the [`sa_book`] of installed SAs), [`status`]
+//!   (what `meshgate status` shows), [`admin`] (the admin API: reads on
+//!   TCP, changes on the [`control`] socket), [`identity`] (the mesh CA and
 //!   certificates), [`seqstate`] (sequence numbers across restarts),
 //!   [`ids`] (what may name a member), [`prefix`], [`time`], and at the top [`gateway`] (`meshgate run`) and
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
@@ -44,10 +45,12 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod prefix;
+pub mod sa_book;
 pub mod seqstate;
 pub mod sessions;
 pub mod signal;
 pub mod start;
+pub mod status;
 pub mod time;
 pub mod tun;
 pub mod tunnels;

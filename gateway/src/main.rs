@@ -62,12 +62,17 @@ enum Cmd {
         #[arg(long, default_value = "aes128gcm16", value_parser = clap::builder::PossibleValuesParser::new(CipherSuite::ALL.map(CipherSuite::name)))]
         cipher: String,
     },
-    /// This gateway's high availability: per redundancy group who is
-    /// active, and whether its route claims on the cloud have converged.
+    /// This gateway (policy running and configured, key epoch, underlays,
+    /// offloads), each peer (state, SAs with SPI, age and next rekey,
+    /// traffic each way, underlay), the drops, and per redundancy group
+    /// who is active and whether the cloud routes converged.
     Status {
         /// The gateway's admin listener (run inside its namespace).
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
+        /// Print it as one JSON document (README, Status and JSON output).
+        #[arg(long)]
+        json: bool,
     },
     /// The members this gateway sees: state, since when, round-trip time
     /// and loss of the path, and what each advertises.
@@ -75,6 +80,9 @@ enum Cmd {
         /// The gateway's admin listener (run inside its namespace).
         #[arg(long, default_value = "127.0.0.1:9100")]
         admin: std::net::SocketAddr,
+        /// Print them as one JSON array (README, Status and JSON output).
+        #[arg(long)]
+        json: bool,
     },
     /// What `up` would create, change and remove to make the cloud hold
     /// what the fleet file describes (reads only).
@@ -302,6 +310,9 @@ enum KeysCmd {
         /// The gateway's control socket (gateway.control).
         #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
         control: PathBuf,
+        /// Print the state as JSON (then not an input of --state).
+        #[arg(long)]
+        json: bool,
     },
     /// Submit an order written by `keys rotate --out` or `keys revoke --out`.
     Apply {
@@ -342,6 +353,10 @@ struct OrderArgs {
     /// instead of submitting it.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Print the result (the state now in force, or the order written) as
+    /// one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 /// With KMS epoch keys: where a new epoch's data key is made.
@@ -432,18 +447,34 @@ fn submit_order(
         Some(f) => {
             std::fs::write(f, format!("{}{wrapped}\n", signed.to_hex()))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            println!(
-                "order {} ({next}) written to {}; submit it with meshgate keys apply",
-                next.serial,
-                f.display()
-            );
+            if a.json {
+                let doc = serde_json::json!({
+                    "written": f.display().to_string(),
+                    "serial": next.serial,
+                    "current": next.current,
+                    "floor": next.floor,
+                    "revoked": next.revoked,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!(
+                    "order {} ({next}) written to {}; submit it with meshgate keys apply",
+                    next.serial,
+                    f.display()
+                );
+            }
             Ok(())
         }
-        None => control_post(
+        None => meshgate::control::request_in(
             &a.control,
-            "/keys/order",
-            &format!("{}{wrapped}", signed.to_hex()),
-        ),
+            (
+                "POST",
+                "/keys/order",
+                &format!("{}{wrapped}", signed.to_hex()),
+            ),
+            meshgate::control::Format::json(a.json),
+        )
+        .and_then(shown),
     }
 }
 
@@ -455,6 +486,9 @@ enum PolicyCmd {
     Check {
         /// A .wasm component, or the name of a built-in policy.
         file: String,
+        /// Print the report as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Replay a scenario of membership and health events (TOML) against a
     /// policy, print its decisions after each step, and fail when an
@@ -466,6 +500,10 @@ enum PolicyCmd {
         /// examples/scenarios).
         #[arg(long)]
         scenario: PathBuf,
+        /// Print every step's decisions and the failures as one JSON
+        /// document (a failed expectation still fails the command).
+        #[arg(long)]
+        json: bool,
     },
     /// Reload the policy of the running gateway (from its configured
     /// module) through its control socket; prints what changed, or why the
@@ -479,6 +517,10 @@ enum PolicyCmd {
         /// file but the configured one is ever loaded.
         #[arg(long)]
         module: Option<String>,
+        /// Load it even if its decisions withdraw every route this
+        /// gateway has (otherwise refused, and the policy in force stays).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -499,7 +541,7 @@ fn builtin_names() -> clap::builder::PossibleValuesParser {
 }
 
 /// `meshgate policy reload`: asks the control socket, prints its answer.
-fn reload(control: &std::path::Path, module: Option<String>) -> anyhow::Result<()> {
+fn reload(control: &std::path::Path, module: Option<String>, force: bool) -> anyhow::Result<()> {
     let module = match module {
         // A built-in by name, or a file, sent as an absolute path (the
         // gateway runs elsewhere).
@@ -514,20 +556,27 @@ fn reload(control: &std::path::Path, module: Option<String>) -> anyhow::Result<(
         }
         None => String::new(),
     };
-    let (status, body) = meshgate::control::request(control, "POST", "/policy/reload", &module)?;
-    print!("{body}");
-    if status != 200 {
-        anyhow::bail!("reload refused (HTTP {status})");
-    }
-    Ok(())
+    let path = if force {
+        "/policy/reload?force"
+    } else {
+        "/policy/reload"
+    };
+    let answer = meshgate::control::request(control, "POST", path, &module)?;
+    shown(answer)
 }
 
-/// Prints what a read answered; fails unless 200.
+/// Prints what the gateway answered on stdout; unless 200, its reason is
+/// the error (on stderr, with the exit code), not split across the two.
 fn shown((status, body): (u16, String)) -> anyhow::Result<()> {
-    print!("{body}");
     if status != 200 {
-        anyhow::bail!("HTTP {status}");
+        // A refusal asked for as JSON is {"error": "..."}: said in words.
+        let said = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(String::from))
+            .unwrap_or(body);
+        anyhow::bail!("{} (HTTP {status})", said.trim_end());
     }
+    print!("{body}");
     Ok(())
 }
 
@@ -544,12 +593,7 @@ fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn control_post(control: &std::path::Path, path: &str, body: &str) -> anyhow::Result<()> {
-    let (status, answer) = meshgate::control::request(control, "POST", path, body)?;
-    print!("{answer}");
-    if status != 200 {
-        anyhow::bail!("refused (HTTP {status})");
-    }
-    Ok(())
+    meshgate::control::request(control, "POST", path, body).and_then(shown)
 }
 
 /// A certificate's id, from its hex form or its file.
@@ -587,14 +631,24 @@ fn main() -> ExitCode {
         Cmd::Run { config } => meshgate::gateway::run(&config),
         Cmd::Check { config } => meshgate::start::check(&config),
         Cmd::Policy {
-            command: PolicyCmd::Check { file },
-        } => meshgate::policy::check::run(&file),
+            command: PolicyCmd::Check { file, json },
+        } => meshgate::policy::check::run(&file, json),
         Cmd::Policy {
-            command: PolicyCmd::Test { file, scenario },
-        } => meshgate::policy::scenario::run(&file, &scenario),
+            command:
+                PolicyCmd::Test {
+                    file,
+                    scenario,
+                    json,
+                },
+        } => meshgate::policy::scenario::run(&file, &scenario, json),
         Cmd::Policy {
-            command: PolicyCmd::Reload { control, module },
-        } => reload(&control, module),
+            command:
+                PolicyCmd::Reload {
+                    control,
+                    module,
+                    force,
+                },
+        } => reload(&control, module, force),
         Cmd::Ca {
             command: CaCmd::Init { dir, days },
         } => meshgate::identity::init_ca(&dir, days)
@@ -666,16 +720,25 @@ fn main() -> ExitCode {
             command: KeysCmd::Revoke { epoch, order, kms },
         } => submit_order(&order, Some(&kms), |s| s.revoke(epoch)),
         Cmd::Keys {
-            command: KeysCmd::Show { control },
-        } => meshgate::control::request(&control, "GET", "/keys", "").and_then(shown),
+            command: KeysCmd::Show { control, json },
+        } => meshgate::control::request_in(
+            &control,
+            ("GET", "/keys", ""),
+            meshgate::control::Format::json(json),
+        )
+        .and_then(shown),
         Cmd::Keys {
             command: KeysCmd::Apply { order, control },
         } => std::fs::read_to_string(&order)
             .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))
             .and_then(|hex| control_post(&control, "/keys/order", hex.trim())),
-        Cmd::Status { admin } => meshgate::admin::request(admin, "GET", "/status").and_then(shown),
-        Cmd::Members { admin } => {
-            meshgate::admin::request(admin, "GET", "/members").and_then(shown)
+        Cmd::Status { admin, json } => {
+            meshgate::admin::read(admin, "/status", meshgate::control::Format::json(json))
+                .and_then(shown)
+        }
+        Cmd::Members { admin, json } => {
+            meshgate::admin::read(admin, "/members", meshgate::control::Format::json(json))
+                .and_then(shown)
         }
         Cmd::Plan {
             fleet,

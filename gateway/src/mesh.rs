@@ -132,14 +132,78 @@ struct Seen {
 /// How often a refusal of one kind is logged at most.
 const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The members as `GET /members` shows them, rendered at each look.
-pub type MemberList = Arc<std::sync::Mutex<String>>;
+/// The members as `GET /members` shows them, as of the last observation.
+pub type MemberList = Arc<std::sync::Mutex<Vec<MemberRow>>>;
 
-/// One line per member: what the operator asks first (is it up, since
-/// when, how is the path from here: `rtt` and `loss`; what does it
-/// advertise: `med-rtt`, the median round trip of its own paths, its
-/// region, role, policy version, load, epoch, endpoint and prefixes).
-fn render(observed: &[Observed], now: Instant) -> String {
+/// One member as this one sees it: what the operator asks first (is it
+/// up, since when, how is the path from here: `rtt_ms` and `loss`), and
+/// what it advertises (`median_rtt_ms`, the median round trip of its own
+/// paths, its region, role, policy version, load, epoch, endpoints and
+/// prefixes). The JSON form of `meshgate members --json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberRow {
+    pub id: String,
+    /// alive, suspect or dead.
+    pub state: &'static str,
+    /// Seconds in this state.
+    pub for_secs: u64,
+    pub rtt_ms: Option<f64>,
+    /// Inbound loss, 0 to 1.
+    pub loss: f64,
+    pub median_rtt_ms: f64,
+    pub region: String,
+    pub role: String,
+    pub policy_version: String,
+    pub load_permille: u32,
+    pub epoch: u32,
+    /// Its underlays.
+    pub endpoints: Vec<MemberEndpoint>,
+    pub prefixes: Vec<String>,
+}
+
+/// Where a member takes ESP on one underlay.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberEndpoint {
+    pub label: String,
+    pub address: String,
+}
+
+/// The rows of `observed`, by member id.
+fn rows(observed: &[Observed], now: Instant) -> Vec<MemberRow> {
+    let mut rows: Vec<MemberRow> = observed
+        .iter()
+        .map(|o| {
+            let i = &o.info;
+            MemberRow {
+                id: i.id.clone(),
+                state: state_name(o.state),
+                for_secs: now.saturating_duration_since(o.since).as_secs(),
+                rtt_ms: o.rtt.map(|r| r.as_secs_f64() * 1e3),
+                loss: o.loss,
+                median_rtt_ms: f64::from(i.rtt_us) / 1e3,
+                region: i.region.clone(),
+                role: i.role.clone(),
+                policy_version: format!("{:08x}", i.policy_version),
+                load_permille: i.load_permille,
+                epoch: i.epoch,
+                endpoints: i
+                    .endpoints
+                    .iter()
+                    .map(|(l, a)| MemberEndpoint {
+                        label: l.clone(),
+                        address: a.to_string(),
+                    })
+                    .collect(),
+                prefixes: i.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows
+}
+
+/// One line per member, under a header.
+pub fn render(rows: &[MemberRow]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "{:<20} {:<8} {:>8} {:>9} {:>6} {:>9} {:<16} {:<5} {:>8} {:>5} {:>5}  {:<22} prefixes\n",
@@ -156,34 +220,23 @@ fn render(observed: &[Observed], now: Instant) -> String {
         "epoch",
         "endpoint"
     );
-    let mut rows: Vec<&Observed> = observed.iter().collect();
-    rows.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-    for o in rows {
-        let i = &o.info;
-        let prefixes: Vec<String> = i.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect();
-        let endpoint = i
-            .endpoints
-            .first()
-            .map_or("-".to_string(), |(_, a)| a.to_string());
+    for r in rows {
         let _ = writeln!(
             out,
-            "{:<20} {:<8} {:>7.0}s {:>9} {:>5.1}% {:>9} {:<16} {:<5} {:>08x} {:>4}‰ {:>5}  {:<22} {}",
-            i.id,
-            state_name(o.state),
-            now.saturating_duration_since(o.since).as_secs_f64(),
-            o.rtt.map_or("-".to_string(), |r| format!(
-                "{:.1} ms",
-                r.as_secs_f64() * 1e3
-            )),
-            o.loss * 100.0,
-            format!("{:.1} ms", f64::from(i.rtt_us) / 1e3),
-            i.region,
-            i.role,
-            i.policy_version,
-            i.load_permille,
-            i.epoch,
-            endpoint,
-            prefixes.join(",")
+            "{:<20} {:<8} {:>7}s {:>9} {:>5.1}% {:>9} {:<16} {:<5} {:>8} {:>4}‰ {:>5}  {:<22} {}",
+            r.id,
+            r.state,
+            r.for_secs,
+            r.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1} ms")),
+            r.loss * 100.0,
+            format!("{:.1} ms", r.median_rtt_ms),
+            r.region,
+            r.role,
+            r.policy_version,
+            r.load_permille,
+            r.epoch,
+            r.endpoints.first().map_or("-", |e| e.address.as_str()),
+            r.prefixes.join(",")
         );
     }
     out
@@ -363,7 +416,7 @@ fn on_observed(
     };
     let now = Instant::now();
     if let Ok(mut l) = seen.list.lock() {
-        *l = render(&observed, now);
+        *l = rows(&observed, now);
     }
     // The prober probes the members that are up, at the endpoints their
     // records give; what it measured goes into the view below.

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub sessions: SessionMetrics,
     /// Route claims on the cloud (high availability).
     pub cloud: CloudMetrics,
+    /// The SAs installed, with their age and rekey time (`meshgate status`).
+    pub sas: crate::sa_book::SaBook,
 }
 
 /// Calls to the cloud and the routes claimed there.
@@ -533,6 +535,7 @@ impl Metrics {
         let sessions = SessionMetrics::new(&registry);
         let cloud = CloudMetrics::new(&registry);
         Metrics {
+            sas: crate::sa_book::SaBook::default(),
             mesh,
             sessions,
             cloud,
@@ -557,7 +560,17 @@ impl Metrics {
     }
 
     /// Resolves the counters of `peer`'s SA `spi` in `dir` and marks the SA installed.
-    pub fn flow(&self, peer: &str, spi: u32, dir: Direction, cipher: &str) -> FlowCounters {
+    /// Also notes the SA in [`Metrics::sas`] with when it was installed
+    /// and when its rekey is due (`rekey_after`, its soft time limit).
+    pub fn flow(
+        &self,
+        peer: &str,
+        spi: u32,
+        dir: Direction,
+        cipher: &'static str,
+        rekey_after: Option<std::time::Duration>,
+    ) -> FlowCounters {
+        self.sas.installed(peer, spi, dir, cipher, rekey_after);
         let spi = format!("{spi:#010x}");
         let d = dir.as_str();
         self.sa_info
@@ -575,6 +588,7 @@ impl Metrics {
     /// down), so a gateway that rekeys all day keeps a bounded number of
     /// series. The peer's totals stay.
     pub fn sa_retired(&self, peer: &str, spi: u32, dir: Direction, cipher: &str) {
+        self.sas.retired(peer, spi, dir);
         let spi = format!("{spi:#010x}");
         let d = dir.as_str();
         let _ = self.sa_info.remove_label_values(&[peer, &spi, d, cipher]);

@@ -103,8 +103,40 @@ pub fn check(config_path: &std::path::Path) -> Result<()> {
         );
         println!("  epoch key: epoch {} obtainable", m.signal.keys.epoch);
     }
-    println!("  policy: {policy}");
-    Ok(())
+    println!("  policy: {}", policy.summary);
+    // A route another put there for a prefix the policy routes wins: run
+    // leaves it (and says so), so the prefix never reaches the tunnel.
+    let mut foreign = Vec::new();
+    for prefix in &policy.routes {
+        match crate::tun::foreign_route(prefix, &config.tun.name) {
+            Ok(Some(route)) => foreign.push(format!(
+                "{prefix}: the host's main table routes it elsewhere ({route}); run leaves that route, so {prefix} is not routed into {}: remove it, or stop advertising {prefix} to this gateway",
+                config.tun.name
+            )),
+            Ok(None) => {}
+            Err(e) => foreign.push(format!("{prefix}: cannot read the host's routes: {e}")),
+        }
+    }
+    if foreign.is_empty() {
+        println!(
+            "  routes: {} into {}, none taken by another route of the host",
+            policy.routes.len(),
+            config.tun.name
+        );
+        return Ok(());
+    }
+    Err(anyhow::Error::new(config.origin.error(
+        "policy.module",
+        format!(
+            "the first decisions route {} that the host routes elsewhere:\n  {}",
+            if foreign.len() == 1 {
+                "a prefix"
+            } else {
+                "prefixes"
+            },
+            foreign.join("\n  ")
+        ),
+    )))
 }
 
 /// What a mesh member needs besides its config: its credentials and

@@ -52,6 +52,20 @@ pub enum TunError {
 /// a route an operator or another daemon put there.
 pub const ROUTE_PROTO: &str = "147";
 
+/// A route for exactly `prefix` in the host's main table that this
+/// gateway did not install into `dev` (`meshgate check` asks too: the
+/// gateway would leave it and not route `prefix`).
+pub fn foreign_route(prefix: &Prefix, dev: &str) -> Result<Option<String>, TunError> {
+    let p = prefix.to_string();
+    let family = if prefix.is_ipv4() { "-4" } else { "-6" };
+    let existing = ip_output(&[family, "route", "show", "exact", &p, "table", "main"])?;
+    Ok(existing
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !installed_by_us(l, dev))
+        .map(str::to_string))
+}
+
 /// Whether a line of `ip route show` is a route this gateway installed
 /// into `dev`.
 fn installed_by_us(line: &str, dev: &str) -> bool {
@@ -176,20 +190,14 @@ impl Tun {
     /// Routes `prefix` into this device (idempotent), unless a route for
     /// exactly `prefix` that the gateway did not install is there.
     pub fn add_route(&self, prefix: &Prefix) -> Result<(), TunError> {
-        let p = prefix.to_string();
-        let family = if prefix.is_ipv4() { "-4" } else { "-6" };
-        let existing = ip_output(&[family, "route", "show", "exact", &p, "table", "main"])?;
-        if let Some(route) = existing
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !installed_by_us(l, &self.name))
-        {
+        if let Some(route) = foreign_route(prefix, &self.name)? {
             return Err(TunError::ForeignRoute {
                 prefix: *prefix,
-                route: route.to_string(),
+                route,
                 tun: self.name.clone(),
             });
         }
+        let p = prefix.to_string();
         ip(&[
             "route",
             "replace",

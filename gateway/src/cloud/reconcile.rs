@@ -48,7 +48,7 @@ impl Default for Settings {
 pub type CallId = u64;
 
 /// How the claims stand.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     /// Routes claimed.
     pub claimed: usize,

@@ -83,7 +83,13 @@ impl Inbound {
         for (i, p) in configured.iter().enumerate() {
             let s = &p.inbound;
             let sa = InboundSa::new(s.clone(), now)?;
-            let counters = metrics.flow(&p.id, s.spi, Direction::In, s.suite.name());
+            let counters = metrics.flow(
+                &p.id,
+                s.spi,
+                Direction::In,
+                s.suite.name(),
+                s.lifetime.soft.time,
+            );
             sas.insert(
                 s.spi,
                 Sa {
@@ -143,14 +149,17 @@ impl Inbound {
                     );
                     return;
                 };
-                let (spi, cipher) = (params.spi, params.suite.name());
+                let (spi, cipher, rekey) =
+                    (params.spi, params.suite.name(), params.lifetime.soft.time);
                 if self.sas.contains_key(&spi) {
                     tracing::error!(peer = %peer.id, "inbound SPI {spi:#010x} is in use; the new SA is refused");
                     return;
                 }
                 match InboundSa::new(params, now) {
                     Ok(sa) => {
-                        let counters = self.metrics.flow(&peer.id, spi, Direction::In, cipher);
+                        let counters =
+                            self.metrics
+                                .flow(&peer.id, spi, Direction::In, cipher, rekey);
                         self.sas.insert(
                             spi,
                             Sa {

@@ -58,12 +58,24 @@ pub enum StartError {
     State(#[from] StateError),
 }
 
+/// The data plane's offloads, as the kernel granted them.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Offloads {
+    /// TCP segmentation from the TUN device (we segment before sealing).
+    pub tso: bool,
+    /// UDP segmentation offload on the ESP socket.
+    pub gso: bool,
+    /// UDP receive coalescing on the ESP socket.
+    pub gro: bool,
+}
+
 /// The running data-plane threads.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     control: DataplaneControl,
+    offloads: Offloads,
 }
 
 /// Raises `failed` when a data-plane thread ends (returns or panics)
@@ -182,12 +194,18 @@ impl Dataplane {
                 outbound: out_tx,
                 inbound: in_tx,
             },
+            offloads: Offloads { tso, gso, gro },
         })
     }
 
     /// Where the control plane sends SA changes.
     pub fn control(&self) -> DataplaneControl {
         self.control.clone()
+    }
+
+    /// The offloads the kernel granted.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     /// Whether a data-plane thread has died.

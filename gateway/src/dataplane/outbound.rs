@@ -79,7 +79,13 @@ impl Outbound {
         for p in configured {
             let s = &p.outbound;
             let sa = OutboundSa::new(s.clone(), now)?;
-            let counters = metrics.flow(&p.id, s.spi, Direction::Out, s.suite.name());
+            let counters = metrics.flow(
+                &p.id,
+                s.spi,
+                Direction::Out,
+                s.suite.name(),
+                s.lifetime.soft.time,
+            );
             peers.push(Some(Peer {
                 id: p.id.clone(),
                 sa: Some(Sa {
@@ -147,10 +153,13 @@ impl Outbound {
                     );
                     return;
                 };
-                let (spi, cipher) = (params.spi, params.suite.name());
+                let (spi, cipher, rekey) =
+                    (params.spi, params.suite.name(), params.lifetime.soft.time);
                 match OutboundSa::new(params, now) {
                     Ok(sa) => {
-                        let counters = self.metrics.flow(&peer.id, spi, Direction::Out, cipher);
+                        let counters =
+                            self.metrics
+                                .flow(&peer.id, spi, Direction::Out, cipher, rekey);
                         let old = peer.sa.replace(Sa {
                             sa,
                             fingerprint: None,

@@ -26,6 +26,7 @@ pub mod leaves;
 pub mod monitoring;
 #[cfg(feature = "aws")]
 pub mod moto;
+mod plan;
 pub mod probe;
 mod process;
 mod report;

@@ -167,16 +167,21 @@ pub(super) fn json_summary(
             })
         })
         .collect();
+    let plan = lab.plan();
     let gateways: Vec<_> = (0..lab.gateway_count())
         .map(|g| {
             let text = lab.metrics(g).unwrap_or_default();
             let sum = |name: &str, filter: &str| sum_samples(&text, name, filter) as u64;
+            let a = &plan[g];
             json!({
-                "id": lab.gateway_id(g),
-                "region": lab.region_of(g).gateway_id(),
-                "zone": lab.zone_of(g).map(String::from),
-                "underlay": lab.gateway_underlay_ip(g).to_string(),
-                "dx": lab.dx.then(|| lab.gateway_dx_ip(g).to_string()),
+                "id": a.id,
+                "region": a.region,
+                "zone": a.zone,
+                "role": a.role,
+                "group": a.group,
+                "prefixes": a.prefixes,
+                "underlay": a.underlay,
+                "dx": a.dx,
                 "packets_out": sum("meshgate_peer_packets_total", "direction=\"out\""),
                 "packets_in": sum("meshgate_peer_packets_total", "direction=\"in\""),
                 "drops": sum("meshgate_drops_total", ""),

@@ -150,6 +150,10 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
     } else {
         lab.write_mesh_configs()?;
     }
+    say(format!(
+        "address plan:\n{}",
+        super::plan::render(&lab.plan()).trim_end()
+    ));
     check_interrupted()?;
     // With discovery by tags, the last appliance starts after the others
     // have found each other, and is timed until all know it.

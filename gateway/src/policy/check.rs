@@ -51,48 +51,76 @@ pub fn read_named(file: &str) -> Result<(String, Vec<u8>)> {
     }
 }
 
-pub fn run(file: &str) -> Result<()> {
+pub fn run(file: &str, json: bool) -> Result<()> {
     let (name, bytes) = read_named(file)?;
     let limits = Limits::default();
     let engine = PolicyEngine::new(limits)?;
     let mut module = engine.load(&name, &bytes)?;
-    println!("{name}: a {} component", meshgate_sdk::CONTRACT);
-    println!(
-        "  hash {}  size {} bytes  compiled in {:.1} ms",
-        module.hash,
-        module.size,
-        module.compile_time.as_secs_f64() * 1e3
-    );
-    println!(
-        "  limits: {} MiB of memory, {} ms per call",
-        limits.memory_bytes >> 20,
-        limits.call_timeout.as_millis()
-    );
     let view = sample_view();
     let started = Instant::now();
     let d = module.evaluate(&view)?;
     let took = started.elapsed();
-    println!("  sample view of {} members (as edge-a): first evaluation, instantiation included, {:.1} µs", view.members.len(), took.as_secs_f64() * 1e6);
-    println!(
-        "  peers: {}",
-        meshgate_sdk::testing::peer_ids(&view, &d.peers).join(", ")
-    );
-    for (prefix, hops) in meshgate_sdk::testing::route_table(&view, &d.to_sdk().routes) {
-        println!("  route {prefix} -> {}", hops.join(", "));
-    }
-    for (group, active) in meshgate_sdk::testing::active_ids(&view, &d.failover) {
-        println!(
-            "  group {group}: active {}",
-            active.as_deref().unwrap_or("none")
-        );
-    }
+    let peers = meshgate_sdk::testing::peer_ids(&view, &d.peers);
+    let routes = meshgate_sdk::testing::route_table(&view, &d.to_sdk().routes);
+    let groups = meshgate_sdk::testing::active_ids(&view, &d.failover);
     let problems = validate::problems(&view, &d);
+    if json {
+        let doc = serde_json::json!({
+            "policy": file,
+            "builtin": crate::policy::builtin(file).is_some(),
+            "contract": meshgate_sdk::CONTRACT,
+            "hash": module.hash,
+            "size_bytes": module.size,
+            "compile_ms": module.compile_time.as_secs_f64() * 1e3,
+            "limits": {
+                "memory_bytes": limits.memory_bytes,
+                "call_timeout_ms": limits.call_timeout.as_millis() as u64,
+            },
+            "sample": {
+                "members": view.members.len(),
+                "as": "edge-a",
+                "first_evaluation_us": took.as_secs_f64() * 1e6,
+                "peers": peers,
+                "routes": routes,
+                "active": groups,
+            },
+            "problems": problems,
+            "valid": problems.is_empty(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{name}: a {} component", meshgate_sdk::CONTRACT);
+        println!(
+            "  hash {}  size {} bytes  compiled in {:.1} ms",
+            module.hash,
+            module.size,
+            module.compile_time.as_secs_f64() * 1e3
+        );
+        println!(
+            "  limits: {} MiB of memory, {} ms per call",
+            limits.memory_bytes >> 20,
+            limits.call_timeout.as_millis()
+        );
+        println!("  sample view of {} members (as edge-a): first evaluation, instantiation included, {:.1} µs", view.members.len(), took.as_secs_f64() * 1e6);
+        println!("  peers: {}", peers.join(", "));
+        for (prefix, hops) in &routes {
+            println!("  route {prefix} -> {}", hops.join(", "));
+        }
+        for (group, active) in &groups {
+            println!(
+                "  group {group}: active {}",
+                active.as_deref().unwrap_or("none")
+            );
+        }
+    }
     if !problems.is_empty() {
         bail!(
             "{name} returned invalid decisions:\n  {}",
             problems.join("\n  ")
         );
     }
-    println!("  decisions valid");
+    if !json {
+        println!("  decisions valid");
+    }
     Ok(())
 }

@@ -44,6 +44,8 @@ enum Request {
     /// goes to `reply` if given (else only to the log).
     Reload {
         source: Option<PolicySource>,
+        /// Load it even if it withdraws every route.
+        force: bool,
         reply: Option<oneshot::Sender<Result<ReloadReport, RuntimeError>>>,
     },
 }
@@ -83,11 +85,13 @@ impl PolicyHandle {
     pub async fn reload(
         &self,
         source: Option<PolicySource>,
+        force: bool,
     ) -> Result<Result<ReloadReport, RuntimeError>, Stopped> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request::Reload {
                 source,
+                force,
                 reply: Some(reply),
             })
             .map_err(|_| Stopped)?;
@@ -100,6 +104,7 @@ impl PolicyHandle {
         self.tx
             .send(Request::Reload {
                 source,
+                force: false,
                 reply: None,
             })
             .map_err(|_| Stopped)
@@ -174,8 +179,12 @@ impl Engine {
                     (e.update)(self.runtime.view_mut());
                     self.scheduler.event(e.trigger, Instant::now());
                 }
-                Ok(Request::Reload { source, reply }) => {
-                    let result = self.runtime.reload_from(source);
+                Ok(Request::Reload {
+                    source,
+                    force,
+                    reply,
+                }) => {
+                    let result = self.runtime.reload_from(source, force);
                     if result.is_ok() {
                         // A new policy is in force: its timer, not the old one's.
                         self.in_force.store(Arc::new(InForce {

@@ -96,6 +96,14 @@ pub enum RuntimeError {
         hash: String,
         problems: Vec<String>,
     },
+    /// A reload whose decisions would withdraw every route in force,
+    /// without `force`.
+    #[error("{name} ({hash}) would withdraw every route this gateway has ({}), and no traffic would reach its peers: if that is meant, reload with --force", routes.join(", "))]
+    WithdrawsEverything {
+        name: String,
+        hash: String,
+        routes: Vec<String>,
+    },
     /// The kernel refused a route the decisions need.
     #[error("routing {prefix} into {tun}: {source}")]
     Route {
@@ -212,18 +220,29 @@ fn prepare(
 /// What `meshgate check` asks of the policy `run` would start: it loads,
 /// passes the contract check, and answers valid decisions on `view`.
 /// Returns a line saying so.
-pub fn preflight(source: &PolicySource, view: &View) -> Result<String, String> {
+pub fn preflight(source: &PolicySource, view: &View) -> Result<Preflight, String> {
     let engine = PolicyEngine::new(super::Limits::default()).map_err(|e| e.to_string())?;
     let (name, bytes) = source.read()?;
     let (module, decisions, took) =
         prepare(&engine, &name, &bytes, view).map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{name} (hash {}) loads, and its first decisions are valid ({} peers, {} routes, in {:.1} ms)",
-        module.hash,
-        decisions.peers.len(),
-        decisions.routes.len(),
-        took.as_secs_f64() * 1e3
-    ))
+    let routes = view::tables(view, &decisions, None).prefixes;
+    Ok(Preflight {
+        summary: format!(
+            "{name} (hash {}) loads, and its first decisions are valid ({} peers, {} routes, in {:.1} ms)",
+            module.hash,
+            decisions.peers.len(),
+            decisions.routes.len(),
+            took.as_secs_f64() * 1e3
+        ),
+        routes,
+    })
+}
+
+/// What [`preflight`] found: a line for the operator, and the prefixes
+/// the first decisions route into the TUN device.
+pub struct Preflight {
+    pub summary: String,
+    pub routes: Vec<crate::prefix::Prefix>,
 }
 
 impl PolicyRuntime {
@@ -370,17 +389,20 @@ impl PolicyRuntime {
     /// Reads the configured source again and replaces the policy in force
     /// if the new one compiles, runs and answers validly.
     pub fn reload(&mut self) -> Result<ReloadReport, RuntimeError> {
-        self.reload_from(None)
+        self.reload_from(None, false)
     }
 
     /// As [`reload`](Self::reload), from `source` when given; once that
-    /// module is in force, later reloads read it.
+    /// module is in force, later reloads read it. A policy that would
+    /// withdraw every route this gateway has is refused unless `force`
+    /// (a reload of the wrong module must not stop all traffic quietly).
     pub fn reload_from(
         &mut self,
         source: Option<PolicySource>,
+        force: bool,
     ) -> Result<ReloadReport, RuntimeError> {
         let previous = source.map(|s| std::mem::replace(&mut self.source, s));
-        let result = self.try_reload();
+        let result = self.try_reload(force);
         if let (Err(_), Some(p)) = (&result, previous) {
             self.source = p;
         }
@@ -396,7 +418,7 @@ impl PolicyRuntime {
         result
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, RuntimeError> {
+    fn try_reload(&mut self, force: bool) -> Result<ReloadReport, RuntimeError> {
         let (name, bytes) = self.source.read().map_err(RuntimeError::Source)?;
         let started = Instant::now();
         let (module, decisions, took) = prepare(&self.engine, &name, &bytes, &self.view)
@@ -407,7 +429,7 @@ impl PolicyRuntime {
             })?;
         let compile = started.elapsed().saturating_sub(took);
         self.metrics.policy_evaluated(took);
-        let changes = self.apply(&decisions)?;
+        let changes = self.apply(&decisions, (!force).then_some(&module))?;
         self.module = module;
         self.hold(decisions);
         self.metrics
@@ -430,9 +452,24 @@ impl PolicyRuntime {
     /// Puts validated decisions into force: new kernel routes first, so
     /// nothing the new tables route is dropped by the kernel; the atomic
     /// swap of the data plane's tables; then the withdrawals.
-    fn apply(&mut self, decisions: &Decisions) -> Result<Changes, RuntimeError> {
+    /// With `guard` (the module a reload brings), decisions that withdraw
+    /// every route in force are refused before anything changes.
+    fn apply(
+        &mut self,
+        decisions: &Decisions,
+        guard: Option<&PolicyModule>,
+    ) -> Result<Changes, RuntimeError> {
         let new = view::tables(&self.view, decisions, self.slots.as_ref());
         let old = self.tables.load_full();
+        if let Some(m) = guard.filter(|_| new.prefixes.is_empty() && !old.prefixes.is_empty()) {
+            let mut routes: Vec<String> = old.prefixes.iter().map(ToString::to_string).collect();
+            routes.sort();
+            return Err(RuntimeError::WithdrawsEverything {
+                name: m.name.clone(),
+                hash: m.hash.clone(),
+                routes,
+            });
+        }
         let (old_set, new_set): (BTreeSet<Prefix>, BTreeSet<Prefix>) = (
             old.prefixes.iter().copied().collect(),
             new.prefixes.iter().copied().collect(),
@@ -574,7 +611,7 @@ impl PolicyRuntime {
             self.metrics.policy_event_evaluation("failed");
             tracing::warn!("policy evaluation failed, the last good tables stay in force: {e}");
         })?;
-        let changes = self.apply(&decisions)?;
+        let changes = self.apply(&decisions, None)?;
         self.hold(decisions);
         self.metrics.policy_event_evaluation("ok");
         Ok(changes)

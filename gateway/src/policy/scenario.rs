@@ -156,7 +156,9 @@ fn listed(items: &[String]) -> String {
     }
 }
 
-pub fn run(file: &str, scenario: &Path) -> Result<()> {
+/// With `json`, the steps' decisions and the failures are one JSON
+/// document on stdout (failures still fail the command).
+pub fn run(file: &str, scenario: &Path, json: bool) -> Result<()> {
     let text = std::fs::read_to_string(scenario)
         .with_context(|| format!("reading {}", scenario.display()))?;
     let s: Scenario =
@@ -166,6 +168,7 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
     let engine = PolicyEngine::new(Limits::default())?;
     let mut module = engine.load(file, &bytes)?;
     let mut failures = Vec::new();
+    let mut steps = Vec::new();
     for (n, step) in s.steps.iter().enumerate() {
         view.now_ms = step.at_ms;
         for e in &step.events {
@@ -192,18 +195,29 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             }
         }
         let d = module.evaluate(&view)?;
-        println!("== step {}: {} (t={} ms)", n + 1, step.name, step.at_ms);
         let peers = peer_ids(&view, &d.peers);
-        for p in &peers {
-            println!("peer {p}");
-        }
         let routes = route_table(&view, &d.to_sdk().routes);
-        for (prefix, hops) in &routes {
-            println!("route {prefix} -> {}", hops.join(" "));
-        }
         let active = active_ids(&view, &d.failover);
-        for (group, a) in &active {
-            println!("active {group} {}", a.as_deref().unwrap_or("none"));
+        if json {
+            steps.push(serde_json::json!({
+                "step": n + 1,
+                "name": step.name,
+                "at_ms": step.at_ms,
+                "peers": peers,
+                "routes": routes,
+                "active": active,
+            }));
+        } else {
+            println!("== step {}: {} (t={} ms)", n + 1, step.name, step.at_ms);
+            for p in &peers {
+                println!("peer {p}");
+            }
+            for (prefix, hops) in &routes {
+                println!("route {prefix} -> {}", hops.join(" "));
+            }
+            for (group, a) in &active {
+                println!("active {group} {}", a.as_deref().unwrap_or("none"));
+            }
         }
         for p in validate::problems(&view, &d) {
             failures.push(format!(
@@ -259,6 +273,16 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             })
             .collect();
     }
+    if json {
+        let doc = serde_json::json!({
+            "policy": file,
+            "scenario": scenario.display().to_string(),
+            "steps": steps,
+            "failures": failures,
+            "passed": failures.is_empty(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
     if !failures.is_empty() {
         bail!(
             "{} expectation(s) failed:\n  {}",
@@ -266,6 +290,8 @@ pub fn run(file: &str, scenario: &Path) -> Result<()> {
             failures.join("\n  ")
         );
     }
-    println!("all {} steps as expected", s.steps.len());
+    if !json {
+        println!("all {} steps as expected", s.steps.len());
+    }
     Ok(())
 }
