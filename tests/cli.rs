@@ -468,12 +468,50 @@ fn the_debian_package_installs_a_verified_hardened_unit() {
         "./etc/meshgate/meshgate.toml.example",
         "./usr/share/meshgate/prometheus/meshgate-rules.yml",
         "./usr/share/meshgate/grafana/meshgate.json",
+        "./usr/share/bash-completion/completions/meshgate",
+        "./usr/share/zsh/vendor-completions/_meshgate",
+        "./usr/share/fish/vendor_completions.d/meshgate.fish",
+        "./usr/share/man/man1/meshgate.1.gz",
+        "./usr/share/man/man1/meshgate-status.1.gz",
+        "./usr/share/man/man1/meshgate-policy-reload.1.gz",
     ] {
         assert!(listing.contains(path), "{path} missing:\n{listing}");
     }
     let _purge = Purge;
     run("dpkg", &["-i", deb]);
     assert!(run("/usr/bin/meshgate", &["--version"]).contains("meshgate"));
+    // The installed bash completion completes commands and options.
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        run(
+            "bash",
+            &[
+                "-c",
+                &format!(
+                    "source /usr/share/bash-completion/completions/meshgate; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; _meshgate meshgate '{}' '{}'; echo \"${{COMPREPLY[@]}}\"",
+                    words.join(" "),
+                    words.len() - 1,
+                    line.len(),
+                    words[words.len() - 1],
+                    words[words.len() - 2],
+                ),
+            ],
+        )
+    };
+    let commands = complete("meshgate sta");
+    assert!(
+        commands.split_whitespace().any(|w| w == "status"),
+        "{commands}"
+    );
+    let options = complete("meshgate status --");
+    assert!(
+        options.contains("--json") && options.contains("--admin"),
+        "{options}"
+    );
+    // The man pages are roff, one per command.
+    let page = run("zcat", &["/usr/share/man/man1/meshgate-status.1.gz"]);
+    assert!(page.contains(".TH meshgate-status 1"), "{page}");
+    assert!(page.contains(r"\-\-json"), "{page}");
     run("getent", &["passwd", "meshgate"]);
     let unit = std::fs::read_to_string("/lib/systemd/system/meshgate.service").unwrap();
     for line in [
@@ -1002,4 +1040,144 @@ fn a_failed_lab_keeps_its_files_and_says_where() {
         "namespaces of {tag} left behind:\n{namespaces}"
     );
     let _ = std::fs::remove_dir_all(&kept);
+}
+
+/// `cert show` says what a certificate grants, and `keygen --pair` gives
+/// both sides of a configured pair keys and `[[peers]]` sections that
+/// `check` accepts as they are.
+#[test]
+fn cert_show_and_keygen_pair_give_what_a_person_needs() {
+    let dir = scratch_dir("certshow");
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    let stdout = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    stdout(&["ca", "init", "--dir", &d("ca")]);
+    let issued = stdout(&[
+        "cert",
+        "issue",
+        "--ca",
+        &d("ca"),
+        "--id",
+        "edge-1",
+        "--region",
+        "eu-west-1",
+        "--role",
+        "edge",
+        "--prefix",
+        "10.1.0.0/16",
+        "--prefix",
+        "fd00:1::/48",
+        "--out",
+        &d(""),
+        "--days",
+        "30",
+    ]);
+    let id = issued
+        .split("(id ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout(&["cert", "show", "--json", &d("edge-1.pem")])).unwrap();
+    assert_eq!(doc["kind"], "appliance");
+    assert_eq!(doc["member"], "edge-1");
+    assert_eq!(doc["region"], "eu-west-1");
+    assert_eq!(doc["role"], "edge");
+    assert_eq!(
+        doc["prefixes"],
+        serde_json::json!(["10.1.0.0/16", "fd00:1::/48"])
+    );
+    assert_eq!(doc["cert_id"], id, "the id cert revoke takes");
+    let days = doc["expires_in_days"].as_i64().unwrap();
+    assert!((29..=30).contains(&days), "{doc}");
+    assert!(doc["issuer"].as_str().unwrap().contains("mesh CA"), "{doc}");
+    let text = stdout(&["cert", "show", &d("edge-1.pem")]);
+    assert!(
+        text.contains("member:   edge-1 (region eu-west-1, role edge)")
+            && text.contains("grants:   10.1.0.0/16, fd00:1::/48")
+            && text.contains("expires in "),
+        "{text}"
+    );
+    let ca = stdout(&["cert", "show", &d("ca/ca.pem")]);
+    assert!(ca.contains("a CA certificate"), "{ca}");
+    let (ok, err) = run(&["cert", "show", &d("edge-1.key")]);
+    assert!(
+        !ok && err.contains("edge-1.key: no certificate in it"),
+        "{err}"
+    );
+
+    let sections = stdout(&[
+        "keygen",
+        "--pair",
+        "a",
+        "b",
+        "--dir",
+        &d("pair"),
+        "--a-endpoint",
+        "127.0.0.1:45300",
+        "--a-prefix",
+        "10.1.0.0/16",
+        "--b-endpoint",
+        "127.0.0.2:45300",
+        "--b-prefix",
+        "10.2.0.0/16",
+    ]);
+    let (for_a, for_b) = sections
+        .split_once("# In b's config")
+        .expect("two sections");
+    let for_a = for_a.split_once("# In a's config").expect("a's section").1;
+    let spis = |section: &str| -> (String, String) {
+        let spi = |dir: &str| {
+            section
+                .lines()
+                .find(|l| l.starts_with(dir))
+                .unwrap()
+                .split("spi = ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        (spi("outbound"), spi("inbound"))
+    };
+    let ((a_out, a_in), (b_out, b_in)) = (spis(for_a), spis(for_b));
+    assert!(
+        a_out == b_in && a_in == b_out && a_out != a_in,
+        "{sections}"
+    );
+    for (id, listen, section) in [("a", "127.0.0.1", for_a), ("b", "127.0.0.2", for_b)] {
+        let config = dir.join("pair").join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"{id}\"\nlisten = \"{listen}:45300\"\n\n[tun]\nname = \"mgpair0\"\n\n# {}",
+                section.trim_start_matches(|c| c != '\n')
+            ),
+        )
+        .unwrap();
+        let out = stdout(&["check", "--config", config.to_str().unwrap()]);
+        assert!(out.contains("1 configured peer\n"), "{id}: {out}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["a-to-b.hex", "b-to-a.hex"] {
+        let mode = std::fs::metadata(dir.join("pair").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let (ok, err) = run(&["keygen", "--pair", "a", "b", "--dir", &d("pair")]);
+    assert!(!ok && err.contains("not overwriting a key"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

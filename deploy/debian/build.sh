@@ -2,7 +2,8 @@
 # Builds the Debian package from a built binary:
 #   deploy/debian/build.sh [BINARY] [OUT_DIR]
 # (defaults: target/release/meshgate, target/debian). Installs the binary,
-# the hardened systemd unit, a commented example config and the README;
+# the hardened systemd unit, a commented example config, the README, the
+# shell completions (bash, zsh, fish) and the man pages;
 # the package's scripts create the system user and enable nothing until
 # /etc/meshgate/meshgate.toml exists.
 set -euo pipefail
@@ -23,6 +24,14 @@ install -D -m 0644 "$root/deploy/meshgate.toml.example" "$stage/etc/meshgate/mes
 install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/meshgate/README.md"
 install -D -m 0644 "$root/deploy/prometheus/meshgate-rules.yml" "$stage/usr/share/meshgate/prometheus/meshgate-rules.yml"
 install -D -m 0644 "$root/deploy/grafana/meshgate.json" "$stage/usr/share/meshgate/grafana/meshgate.json"
+# Completions and man pages, generated from the binary's own CLI
+# definition (so they never drift from it).
+"$bin" completions bash | install -D -m 0644 /dev/stdin "$stage/usr/share/bash-completion/completions/meshgate"
+"$bin" completions zsh | install -D -m 0644 /dev/stdin "$stage/usr/share/zsh/vendor-completions/_meshgate"
+"$bin" completions fish | install -D -m 0644 /dev/stdin "$stage/usr/share/fish/vendor_completions.d/meshgate.fish"
+"$bin" manpages --dir "$stage/usr/share/man/man1" >/dev/null
+chmod 0644 "$stage"/usr/share/man/man1/*.1
+gzip -9n "$stage"/usr/share/man/man1/*.1
 install -d -m 0755 "$stage/DEBIAN"
 size="$(du -sk "$stage" | cut -f1)"
 cat > "$stage/DEBIAN/control" <<CONTROL

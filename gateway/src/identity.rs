@@ -275,7 +275,13 @@ pub fn issue(
 /// The first certificate of a PEM file, as DER.
 pub fn load_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::from_pem_file(path).map_err(|e| file_err(path, e))
+    CertificateDer::from_pem_file(path).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => file_err(
+            path,
+            "no certificate in it (a PEM block BEGIN CERTIFICATE; is it a key?)",
+        ),
+        e => file_err(path, e),
+    })
 }
 
 /// The mesh CA as a trust anchor.
@@ -312,19 +318,9 @@ impl MeshCa {
             None,
         )
         .map_err(untrusted)?;
-        let under = |suffix: &str| -> Vec<String> {
-            ee.valid_dns_names()
-                .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
-                .collect()
-        };
-        let (ids, regions, roles) = (
-            under(".member.meshgate"),
-            under(".region.meshgate"),
-            under(".role.meshgate"),
-        );
-        let ([id], [region], [role]) = (&ids[..], &regions[..], &roles[..]) else {
-            return Err(IdentityError::NoClaims);
-        };
+        let names: Vec<&str> = ee.valid_dns_names().collect();
+        let claims = claims_of_names(&names).ok_or(IdentityError::NoClaims)?;
+        let id = &claims.id;
         if let Some(c) = claimed {
             let name =
                 ServerName::try_from(member_name(c)).map_err(|_| IdentityError::Impersonation {
@@ -338,14 +334,38 @@ impl MeshCa {
                 });
             }
         }
-        let prefixes = ee.valid_dns_names().filter_map(parse_prefix_name).collect();
-        Ok(Claims {
-            id: id.clone(),
-            region: region.clone(),
-            role: role.clone(),
-            prefixes,
-        })
+        Ok(claims)
     }
+}
+
+/// What the DNS names of an appliance certificate claim: exactly one
+/// member id, region and role, and the prefixes it grants; `None` for a
+/// certificate that is not an appliance's of a mesh.
+pub fn claims_of_names(names: &[&str]) -> Option<Claims> {
+    let under = |suffix: &str| -> Vec<String> {
+        names
+            .iter()
+            .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
+            .collect()
+    };
+    let (ids, regions, roles) = (
+        under(".member.meshgate"),
+        under(".region.meshgate"),
+        under(".role.meshgate"),
+    );
+    let ([id], [region], [role]) = (&ids[..], &regions[..], &roles[..]) else {
+        return None;
+    };
+    Some(Claims {
+        id: id.clone(),
+        region: region.clone(),
+        role: role.clone(),
+        prefixes: names
+            .iter()
+            .copied()
+            .filter_map(parse_prefix_name)
+            .collect(),
+    })
 }
 
 /// How orders name a certificate: the first 128 bits of the SHA-256 of

@@ -22,6 +22,7 @@
 //!   [`lab`] (a multi-region lab in network namespaces, [`netns`]).
 
 pub mod admin;
+pub mod certinfo;
 pub mod claims;
 pub mod cloud;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
+pub mod keygen;
 pub mod keys;
 pub mod lab;
 pub mod member;

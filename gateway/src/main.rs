@@ -56,11 +56,33 @@ enum Cmd {
         #[command(subcommand)]
         command: KeysCmd,
     },
-    /// Print fresh random key material (key and salt, hex) for a manual SA.
+    /// Print fresh random key material (key and salt, hex) for a manual
+    /// SA; with --pair A B, write both directions' keys of a pair of
+    /// configured peers and print each side's [[peers]] section.
     Keygen {
         /// The SA's cipher suite (sets the key material's length).
         #[arg(long, default_value = "aes128gcm16", value_parser = clap::builder::PossibleValuesParser::new(CipherSuite::ALL.map(CipherSuite::name)))]
         cipher: String,
+        /// The two gateways' ids (their gateway.id).
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        pair: Option<Vec<String>>,
+        /// Where the pair's key files go (A-to-B.hex, B-to-A.hex; never
+        /// overwritten).
+        #[arg(long, default_value = ".", requires = "pair")]
+        dir: PathBuf,
+        /// A's ESP-in-UDP address, as B sends to it (else a placeholder
+        /// to edit).
+        #[arg(long, value_name = "ADDR:PORT", requires = "pair")]
+        a_endpoint: Option<std::net::SocketAddr>,
+        /// A prefix behind A (repeat for each).
+        #[arg(long = "a-prefix", value_name = "CIDR", requires = "pair")]
+        a_prefixes: Vec<meshgate::prefix::Prefix>,
+        /// B's ESP-in-UDP address, as A sends to it.
+        #[arg(long, value_name = "ADDR:PORT", requires = "pair")]
+        b_endpoint: Option<std::net::SocketAddr>,
+        /// A prefix behind B (repeat for each).
+        #[arg(long = "b-prefix", value_name = "CIDR", requires = "pair")]
+        b_prefixes: Vec<meshgate::prefix::Prefix>,
     },
     /// This gateway (policy running and configured, key epoch, underlays,
     /// offloads), each peer (state, SAs with SPI, age and next rekey,
@@ -126,6 +148,18 @@ enum Cmd {
         /// Another endpoint than AWS's (a test's moto server).
         #[arg(long, value_name = "URL")]
         endpoint_url: Option<String>,
+    },
+    /// Print the completion script of SHELL for meshgate's commands and
+    /// options (the package installs bash's, zsh's and fish's).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (meshgate.1 and one per command) into DIR.
+    Manpages {
+        /// Where to write them (made if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Build a multi-region lab in network namespaces, prove every host
     /// reaches every other through the gateways, and remove it (needs root).
@@ -208,6 +242,32 @@ enum Cmd {
     },
 }
 
+/// Man pages, from the CLI's definition: meshgate.1 and one per command
+/// (meshgate-status.1, meshgate-policy-reload.1, ...), as git has them.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    // After build(), a subcommand's display name is its full one.
+    fn write(cmd: clap::Command, dir: &std::path::Path, n: &mut usize) -> anyhow::Result<()> {
+        let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_string();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        let file = dir.join(format!("{name}.1"));
+        std::fs::write(&file, page).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        *n += 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write(sub.clone(), dir, n)?;
+        }
+        Ok(())
+    }
+    let mut n = 0;
+    let mut cli = Cli::command();
+    cli.build();
+    write(cli, dir, &mut n)?;
+    println!("{n} man pages written to {}", dir.display());
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum CaCmd {
     /// Create a new mesh CA: DIR/ca.pem (give it to every appliance) and
@@ -250,6 +310,15 @@ enum CertCmd {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+    /// Show what a certificate grants: member id, region, role, prefixes,
+    /// validity, issuer, and the id `cert revoke` takes.
+    Show {
+        /// The certificate (PEM), e.g. what `cert issue` wrote.
+        file: PathBuf,
+        /// Print it as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke an appliance certificate mesh-wide: an order signed with the
     /// mesh CA key lists it, and every member cuts its holder off
@@ -688,6 +757,9 @@ fn main() -> ExitCode {
         })
         .map_err(Into::into),
         Cmd::Cert {
+            command: CertCmd::Show { file, json },
+        } => meshgate::certinfo::show(&file, json),
+        Cmd::Cert {
             command: CertCmd::Revoke { cert, drop, order },
         } => cert_to_revoke(&cert).and_then(|id| {
             submit_order(&order, None, |s| {
@@ -740,6 +812,17 @@ fn main() -> ExitCode {
             meshgate::admin::read(admin, "/members", meshgate::control::Format::json(json))
                 .and_then(shown)
         }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "meshgate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Manpages { dir } => write_man_pages(&dir),
         Cmd::Plan {
             fleet,
             output: Some(_),
@@ -754,15 +837,37 @@ fn main() -> ExitCode {
             dir,
             endpoint_url,
         } => meshgate::fleet::cli::bootstrap(&secret, &region, &dir, endpoint_url),
-        Cmd::Keygen { cipher } => {
+        Cmd::Keygen {
+            cipher,
+            pair,
+            dir,
+            a_endpoint,
+            a_prefixes,
+            b_endpoint,
+            b_prefixes,
+        } => {
             let suite = CipherSuite::from_name(&cipher).unwrap_or(CipherSuite::Aes128Gcm);
-            let mut key = zeroize::Zeroizing::new(vec![0u8; suite.key_material_len()]);
-            rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
-            println!(
-                "{}",
-                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
-            Ok(())
+            match pair.as_deref() {
+                Some([a, b]) => meshgate::keygen::pair(
+                    &meshgate::keygen::Side {
+                        id: a.clone(),
+                        endpoint: a_endpoint,
+                        prefixes: a_prefixes,
+                    },
+                    &meshgate::keygen::Side {
+                        id: b.clone(),
+                        endpoint: b_endpoint,
+                        prefixes: b_prefixes,
+                    },
+                    suite,
+                    &dir,
+                )
+                .map(|text| print!("{text}")),
+                _ => {
+                    println!("{}", *meshgate::keygen::key_hex(suite));
+                    Ok(())
+                }
+            }
         }
         Cmd::Lab {
             regions,
