@@ -1181,3 +1181,141 @@ fn cert_show_and_keygen_pair_give_what_a_person_needs() {
     assert!(!ok && err.contains("not overwriting a key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The configs a person copies from: the README's configuration
+/// reference (a mesh member, a configured pair) and the commented
+/// production examples (`examples/configs/`: an edge, a hub, a leaf).
+/// Each is given the files it names (a CA, its certificate for the id,
+/// region, role and prefixes it states, a master key, key files and key
+/// variables) and must pass `meshgate check` as it is written.
+#[test]
+fn the_readme_and_example_configs_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut configs: Vec<(String, String)> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|block| {
+            let block = block.split("```").next()?;
+            let name = block.lines().next()?.strip_prefix("# readme-example: ")?;
+            Some((format!("README.md {name}"), block.to_string()))
+        })
+        .collect();
+    let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["README.md mesh-member", "README.md configured-pair"],
+        "the README's examples"
+    );
+    for f in ["edge", "hub", "leaf"] {
+        let path = root.join(format!("examples/configs/{f}.toml"));
+        configs.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    let ns = format!("mgex{}", std::process::id());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let mut failures = Vec::new();
+    for (i, (name, text)) in configs.iter().enumerate() {
+        let dir = scratch_dir(&format!("example{i}"));
+        let config: toml::Value = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let get = |path: &[&str]| -> Option<String> {
+            let mut v = &config;
+            for p in path {
+                v = v.get(*p)?;
+            }
+            v.as_str().map(String::from)
+        };
+        let at = |rel: &str| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            p
+        };
+        let make = |args: &[&str]| {
+            let out = Command::new(BIN).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let mut env = Vec::new();
+        if let Some(ca) = get(&["signal", "ca"]) {
+            let gen = dir.join("ca-gen");
+            make(&["ca", "init", "--dir", gen.to_str().unwrap()]);
+            std::fs::copy(gen.join("ca.pem"), at(&ca)).unwrap();
+            let mut args: Vec<String> = [
+                "cert",
+                "issue",
+                "--ca",
+                gen.to_str().unwrap(),
+                "--out",
+                gen.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec();
+            let id = get(&["gateway", "id"]).unwrap();
+            for (flag, value) in [
+                ("--id", Some(id.clone())),
+                ("--region", get(&["gateway", "region"])),
+                ("--role", get(&["gateway", "role"]).or(Some("edge".into()))),
+            ] {
+                args.extend([flag.to_string(), value.unwrap()]);
+            }
+            for p in config["gateway"]["prefixes"].as_array().unwrap() {
+                args.extend(["--prefix".to_string(), p.as_str().unwrap().to_string()]);
+            }
+            make(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            std::fs::rename(
+                gen.join(format!("{id}.pem")),
+                at(&get(&["signal", "cert"]).unwrap()),
+            )
+            .unwrap();
+            std::fs::rename(
+                gen.join(format!("{id}.key")),
+                at(&get(&["signal", "key"]).unwrap()),
+            )
+            .unwrap();
+        }
+        if let Some(master) = get(&["keys", "master_key"]) {
+            make(&["keys", "init", "--file", at(&master).to_str().unwrap()]);
+        }
+        for peer in config
+            .get("peers")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            for dir_ in ["outbound", "inbound"] {
+                let sa = &peer[dir_];
+                let key = make(&["keygen"]);
+                if let Some(file) = sa.get("key_file").and_then(|f| f.as_str()) {
+                    std::fs::write(at(file), &key).unwrap();
+                }
+                if let Some(var) = sa.get("key_env").and_then(|f| f.as_str()) {
+                    env.push((var.to_string(), key.trim().to_string()));
+                }
+            }
+        }
+        let file = dir.join("config.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, BIN, "check", "--config"])
+            .arg(&file)
+            .envs(env)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            failures.push(format!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

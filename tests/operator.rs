@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -136,6 +137,8 @@ fn status_shows_the_gateway_its_peers_and_their_sas_as_text_and_json() {
     eventually(Duration::from_secs(10), "a measured rtt", || {
         json(&at(&lab, 0, &["members", "--json"]), "members --json")[0]["rtt_ms"].is_f64()
     });
+
+    readme_lists_every_metric_and_endpoint(&lab);
 
     // The epoch state, then a rotation's result, as JSON.
     let control = lab.control_socket(0);
@@ -339,4 +342,97 @@ fn policy_check_and_test_answer_json() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A section of README.md, from its heading to the next of its level.
+fn readme_section(heading: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let level = heading.split(' ').next().unwrap().to_string() + " ";
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("{heading}"));
+    let rest = &readme[start + heading.len() + 2..];
+    let end = rest.find(&format!("\n{level}")).unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+/// README's metrics table against the names the gateway's source
+/// registers (equal) and a scrape of gateway 0 (every family listed);
+/// README's admin API table against what gateway 0 answers.
+fn readme_lists_every_metric_and_endpoint(lab: &Lab) {
+    let listed: BTreeSet<String> = readme_section("## Metrics")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(String::from))
+        .collect();
+    let mut registered = BTreeSet::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if path.is_dir() {
+                // The lab and the status view only read metrics.
+                if name != "lab" && name != "status" {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".rs") && name != "tests.rs" {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                for piece in code.split('"').skip(1).step_by(2) {
+                    if piece.starts_with("meshgate_")
+                        && piece.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        registered.insert(piece.to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        listed, registered,
+        "README's Metrics table and the metrics the gateway registers"
+    );
+    let scrape = lab.metrics(0).expect("a scrape");
+    for family in scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+    {
+        assert!(
+            listed.contains(family),
+            "{family} is served but not in README's Metrics"
+        );
+    }
+
+    let table = readme_section("### The admin API");
+    let rows: Vec<(String, String, String)> = table
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let endpoint = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let (method, path) = endpoint.split_once(' ')?;
+            Some((method.into(), path.into(), cells.get(3)?.to_string()))
+        })
+        .collect();
+    assert!(rows.len() >= 9, "{table}");
+    let admin = lab.admin_addr(0);
+    for (method, path, what) in rows {
+        let path = path.replace("[?force]", "");
+        let (m, p) = (method.clone(), path.clone());
+        let (status, body) = lab
+            .gateway_ns(0)
+            .run(move || meshgate::admin::request(admin, &m, &p))
+            .expect("entering the namespace")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        let expected: &[u16] = match (method.as_str(), what.contains("409")) {
+            ("GET", false) => &[200],
+            ("GET", true) => &[200, 409],
+            _ => &[403],
+        };
+        assert!(
+            expected.contains(&status),
+            "{method} {path}: HTTP {status}: {body}"
+        );
+    }
 }

@@ -80,11 +80,18 @@ pub fn check(config_path: &std::path::Path) -> Result<()> {
         .map_err(|e| config.origin.error("policy.module", e))?;
     let n = config.peers.len();
     println!("{}: ok", config_path.display());
-    println!(
-        "  config: gateway {}, {n} configured {}",
-        config.id,
-        if n == 1 { "peer" } else { "peers" }
-    );
+    if mesh_start.is_some() {
+        println!(
+            "  config: gateway {}, a mesh member (its peers come from membership)",
+            config.id
+        );
+    } else {
+        println!(
+            "  config: gateway {}, {n} configured {}",
+            config.id,
+            if n == 1 { "peer" } else { "peers" }
+        );
+    }
     if let Some(m) = &mesh_start {
         let c = &m.creds.claims;
         let granted: Vec<String> = c.prefixes.iter().map(ToString::to_string).collect();

@@ -228,14 +228,19 @@ pub fn preflight(source: &PolicySource, view: &View) -> Result<Preflight, String
     let routes = view::tables(view, &decisions, None).prefixes;
     Ok(Preflight {
         summary: format!(
-            "{name} (hash {}) loads, and its first decisions are valid ({} peers, {} routes, in {:.1} ms)",
+            "{name} (hash {}) loads, and its first decisions are valid ({}, {}, in {:.1} ms)",
             module.hash,
-            decisions.peers.len(),
-            decisions.routes.len(),
+            counted(decisions.peers.len(), "peer"),
+            counted(decisions.routes.len(), "route"),
             took.as_secs_f64() * 1e3
         ),
         routes,
     })
+}
+
+/// `1 peer`, `2 peers`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// What [`preflight`] found: a line for the operator, and the prefixes
