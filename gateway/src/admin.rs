@@ -51,6 +51,14 @@ struct AppState {
     cloud: Option<tokio::sync::watch::Receiver<crate::cloud::reconcile::Status>>,
     /// What this gateway is (`GET /status`).
     identity: Arc<crate::status::Identity>,
+    /// Echoes through the SAs (`GET /ping`, control socket).
+    pinger: Arc<crate::ping::Pinger>,
+}
+
+/// This gateway as the admin API shows it, and its echo sender.
+pub struct ThisGateway {
+    pub identity: crate::status::Identity,
+    pub pinger: crate::ping::Pinger,
 }
 
 /// The admin listener and the control socket, bound: a gateway says it
@@ -88,7 +96,7 @@ impl Bound {
 /// Serves the admin API until the task is dropped, or one listener fails.
 pub async fn serve(
     at: Bound,
-    identity: crate::status::Identity,
+    this: ThisGateway,
     configured: ConfiguredPolicy,
     metrics: Arc<Metrics>,
     policy: PolicyHandle,
@@ -108,11 +116,13 @@ pub async fn serve(
         .route("/cloud", get(cloud_handler))
         .route("/status", get(status_handler));
     let changes = Router::new()
+        .route("/ping", get(ping_handler))
         .route("/policy/reload", post(reload_handler))
         .route("/keys/order", post(order_handler))
         .route("/keys/rotate", post(needs_an_order))
         .route("/keys/revoke", post(needs_an_order));
     let elsewhere = Router::new()
+        .route("/ping", get(on_control_socket))
         .route("/policy/reload", post(on_control_socket))
         .route("/keys/order", post(on_control_socket))
         .route("/keys/rotate", post(on_control_socket))
@@ -125,7 +135,8 @@ pub async fn serve(
         node,
         members,
         cloud,
-        identity: Arc::new(identity),
+        identity: Arc::new(this.identity),
+        pinger: Arc::new(this.pinger),
     };
     let tcp_app = reads
         .clone()
@@ -208,7 +219,7 @@ async fn on_control_socket(State(s): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::FORBIDDEN,
         format!(
-            "changes go over the control socket {} (root and gateway.control_group only); the admin listener only reads\n",
+            "changes and pings go over the control socket {} (root and gateway.control_group only); the admin listener only reads\n",
             s.control.display()
         ),
     )
@@ -520,6 +531,139 @@ async fn status_handler(State(s): State<AppState>, headers: HeaderMap) -> Respon
         status.to_string(),
         &status,
     )
+}
+
+/// `GET /ping?member=ID[&count=N][&interval_ms=MS]` (control socket):
+/// echoes through the SAs to the member, and the signalling path as
+/// membership measures it.
+async fn ping_handler(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let json = wants_json(&headers);
+    let query: Vec<(&str, &str)> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let arg = |k: &str| query.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let number = |k: &str, default: u64, range: std::ops::RangeInclusive<u64>| match arg(k) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| format!("{k}={v} is outside {}..={}\n", range.start(), range.end())),
+    };
+    let (member, count, interval) = match (
+        arg("member"),
+        number("count", 5, 1..=u64::from(crate::ping::MAX_COUNT)),
+        number("interval_ms", 200, 10..=10_000),
+    ) {
+        (Some(m), Ok(c), Ok(i)) => (m.to_string(), c as u32, i),
+        (None, _, _) => return refusal(json, (StatusCode::BAD_REQUEST, "give member=ID\n".into())),
+        (_, Err(e), _) | (_, _, Err(e)) => return refusal(json, (StatusCode::BAD_REQUEST, e)),
+    };
+    let in_force = s.policy.in_force();
+    let status = crate::status::collect(crate::status::Sources {
+        identity: &s.identity,
+        metrics: &s.metrics,
+        members: member_rows(&s),
+        running: (in_force.name.clone(), in_force.hash.clone()),
+        configured: configured_now(&s.configured),
+        cloud: None,
+    });
+    let Some(peer) = status.peers.iter().find(|p| p.id == member) else {
+        let known: Vec<&str> = status.peers.iter().map(|p| p.id.as_str()).collect();
+        return refusal(
+            json,
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no peer or member {member} here (known: {})\n",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ),
+        );
+    };
+    if !peer.sas.iter().any(|sa| sa.direction == "out") {
+        return refusal(
+            json,
+            (
+                StatusCode::CONFLICT,
+                format!("this gateway holds no SA with {member} (its policy does not connect them, or they are not keyed yet): no tunnel path to measure\n"),
+            ),
+        );
+    }
+    let tunnel = match s
+        .pinger
+        .tunnel(&member, count, std::time::Duration::from_millis(interval))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return refusal(json, (StatusCode::CONFLICT, format!("{e}\n"))),
+    };
+    let signalling = member_rows(&s)
+        .and_then(|rows| rows.into_iter().find(|r| r.id == member))
+        .map(|r| serde_json::json!({ "state": r.state, "rtt_ms": r.rtt_ms, "loss": r.loss }));
+    let text = ping_text(&member, peer, &tunnel, signalling.as_ref());
+    let value = serde_json::json!({
+        "member": member,
+        "underlay": peer.underlay,
+        "endpoint": peer.endpoint,
+        "tunnel": tunnel,
+        "signalling": signalling,
+    });
+    answer(json, StatusCode::OK, text, &value)
+}
+
+/// `meshgate ping` for a person.
+fn ping_text(
+    member: &str,
+    peer: &crate::status::PeerStatus,
+    t: &crate::ping::TunnelPath,
+    signalling: Option<&serde_json::Value>,
+) -> String {
+    let mut out = format!(
+        "tunnel path to {member}, over {} to {}: requests on SPI {}, replies on SPI {}\n",
+        peer.underlay.as_deref().unwrap_or("its endpoint"),
+        peer.endpoint.as_deref().unwrap_or("-"),
+        t.request_spi.as_deref().unwrap_or("-"),
+        t.reply_spi.as_deref().unwrap_or("- (no reply)"),
+    );
+    for (i, rtt) in t.rtt_ms.iter().enumerate() {
+        match rtt {
+            Some(ms) => out.push_str(&format!("  echo {}: {ms:.3} ms\n", i + 1)),
+            None => out.push_str(&format!("  echo {}: no reply within 1 s\n", i + 1)),
+        }
+    }
+    let lost = t.sent - t.answered;
+    out.push_str(&format!(
+        "  {} sent, {} answered, {:.0}% lost",
+        t.sent,
+        t.answered,
+        100.0 * f64::from(lost) / f64::from(t.sent.max(1))
+    ));
+    if let (Some(min), Some(avg), Some(max)) = (t.min_ms, t.avg_ms, t.max_ms) {
+        out.push_str(&format!("; rtt min/avg/max {min:.3}/{avg:.3}/{max:.3} ms"));
+    }
+    out.push('\n');
+    match signalling {
+        Some(sig) => out.push_str(&format!(
+            "signalling path (QUIC, membership's liveness probes, smoothed): {}, rtt {}, loss {:.1}%\n",
+            sig["state"].as_str().unwrap_or("-"),
+            sig["rtt_ms"].as_f64().map_or("not measured yet".into(), |r| format!("{r:.3} ms")),
+            sig["loss"].as_f64().unwrap_or(0.0) * 100.0
+        )),
+        None => out.push_str("signalling path: none (a configured peer: no signalling channel)\n"),
+    }
+    out
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

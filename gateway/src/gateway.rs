@@ -242,6 +242,20 @@ pub fn run(config_path: &Path) -> Result<()> {
             .collect(),
         started: std::time::SystemTime::now(),
     };
+    // Echoes find a peer's slot as the tables do: a configured peer's is
+    // its place in the config, a member's the mesh's.
+    let pinger = {
+        let configured: Vec<String> = config.peers.iter().map(|p| p.id.clone()).collect();
+        let slots = mesh_start.as_ref().map(|m| m.slots.clone());
+        crate::ping::Pinger::new(
+            dataplane.control().outbound,
+            dataplane.echo_waiters(),
+            Box::new(move |id: &str| match &slots {
+                Some(s) => s.lock().ok()?.find(id),
+                None => configured.iter().position(|p| p == id),
+            }),
+        )
+    };
     let sa_defaults = config.sa.clone();
     // The sessions hold the pre-shared keys now; the config's are wiped.
     drop(dataplane_settings);
@@ -384,7 +398,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         };
         let listener = crate::admin::serve(
             admin_bound,
-            identity,
+            crate::admin::ThisGateway { identity, pinger },
             configured.clone(),
             metrics.clone(),
             policy.clone(),

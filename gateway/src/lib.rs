@@ -45,6 +45,7 @@ pub mod membership;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
+pub mod ping;
 pub mod policy;
 pub mod prefix;
 pub mod sa_book;

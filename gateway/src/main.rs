@@ -96,6 +96,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the tunnel path to MEMBER (echoes through the SAs each way,
+    /// with the SPIs and the underlay used) and show the signalling path
+    /// (membership's liveness probes) beside it.
+    Ping {
+        /// The member's (or configured peer's) id.
+        member: String,
+        /// Echoes to send (1-100).
+        #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+        /// Milliseconds between echoes (10-10000).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+        interval_ms: u64,
+        /// The gateway's control socket (gateway.control).
+        #[arg(long, default_value = meshgate::config::DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the result as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// The members this gateway sees: state, since when, round-trip time
     /// and loss of the path, and what each advertises.
     Members {
@@ -807,6 +826,28 @@ fn main() -> ExitCode {
         Cmd::Status { admin, json } => {
             meshgate::admin::read(admin, "/status", meshgate::control::Format::json(json))
                 .and_then(shown)
+        }
+        Cmd::Ping {
+            member,
+            count,
+            interval_ms,
+            control,
+            json,
+        } => {
+            if !meshgate::ids::valid_id(&member) {
+                Err(anyhow::anyhow!("'{member}' is not a member id"))
+            } else {
+                meshgate::control::request_in(
+                    &control,
+                    (
+                        "GET",
+                        &format!("/ping?member={member}&count={count}&interval_ms={interval_ms}"),
+                        "",
+                    ),
+                    meshgate::control::Format::json(json),
+                )
+                .and_then(shown)
+            }
         }
         Cmd::Members { admin, json } => {
             meshgate::admin::read(admin, "/members", meshgate::control::Format::json(json))

@@ -45,6 +45,11 @@ impl Slots {
         }))
     }
 
+    /// The slot of `id`, if it has one.
+    pub fn find(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
     /// The slot of `id`, given one if it has none yet.
     pub fn slot(&mut self, id: &str) -> usize {
         if let Some(&s) = self.by_id.get(id) {

@@ -12,6 +12,7 @@
 //! theirs from [`crate::tunnels::Slots`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::esp::Direction;
 use crate::esp::{LifetimeEvent, SaParams};
@@ -35,6 +36,12 @@ pub enum OutboundCommand {
     ClearSa { slot: usize },
     /// Forget the peer in `slot` and its SA.
     Remove { slot: usize },
+    /// Send this echo (`meshgate ping`) to the peer in `slot` through its
+    /// SA, writing the SA's SPI into it.
+    Echo {
+        slot: usize,
+        echo: super::echo::Echo,
+    },
 }
 
 /// A change to the inbound thread's SAs.
@@ -66,6 +73,9 @@ impl std::fmt::Debug for OutboundCommand {
             }
             OutboundCommand::ClearSa { slot } => write!(f, "Outbound::ClearSa({slot})"),
             OutboundCommand::Remove { slot } => write!(f, "Outbound::Remove({slot})"),
+            OutboundCommand::Echo { slot, echo } => {
+                write!(f, "Outbound::Echo({slot}, {:?} {})", echo.kind, echo.id)
+            }
         }
     }
 }
@@ -97,8 +107,65 @@ pub enum SaNotice {
 /// The control plane's ends of the threads' command channels.
 #[derive(Clone)]
 pub struct DataplaneControl {
-    pub outbound: std::sync::mpsc::Sender<OutboundCommand>,
+    pub outbound: OutboundSender,
     pub inbound: std::sync::mpsc::Sender<InboundCommand>,
+}
+
+/// Commands to the outbound thread, which is woken to take them at once
+/// (an idle thread would otherwise wait for its next tick): an SA is in
+/// place, and an echo on its way, without waiting for traffic.
+#[derive(Clone)]
+pub struct OutboundSender {
+    tx: std::sync::mpsc::Sender<OutboundCommand>,
+    wake: Arc<Wake>,
+}
+
+impl OutboundSender {
+    pub(super) fn new(tx: std::sync::mpsc::Sender<OutboundCommand>, wake: Arc<Wake>) -> Self {
+        OutboundSender { tx, wake }
+    }
+
+    pub fn send(
+        &self,
+        c: OutboundCommand,
+    ) -> Result<(), std::sync::mpsc::SendError<OutboundCommand>> {
+        self.tx.send(c)?;
+        self.wake.wake();
+        Ok(())
+    }
+}
+
+/// An eventfd a thread polls beside its device: written to wake it.
+pub(super) struct Wake(std::os::fd::OwnedFd);
+
+impl Wake {
+    pub(super) fn new() -> std::io::Result<Wake> {
+        // SAFETY: eventfd with flags only; a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor we own.
+        Ok(Wake(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 we own; a full counter (never
+        // here) only means the thread is woken already.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears the wake-up (the thread then drains its commands).
+    pub(super) fn clear(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a u64 we own; EAGAIN when not woken.
+        unsafe { libc::read(self.fd(), (&mut n as *mut u64).cast(), 8) };
+    }
 }
 
 /// Where the threads send their notices (never blocks them).

@@ -60,6 +60,10 @@ pub struct Inbound {
     hellos: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     /// Where non-ESP datagrams of other magics go (underlay probes).
     by_magic: Vec<([u8; 4], tokio::sync::mpsc::Sender<Vec<u8>>)>,
+    /// Echoes (`meshgate ping`): where replies to requests go, who waits
+    /// for replies, and how many replies may go this second.
+    echo: Option<(super::control::OutboundSender, super::echo::EchoWaiters)>,
+    echo_budget: super::echo::ReplyBudget,
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -118,6 +122,8 @@ impl Inbound {
             notices: None,
             hellos: None,
             by_magic: Vec::new(),
+            echo: None,
+            echo_budget: super::echo::ReplyBudget::default(),
         })
     }
 
@@ -235,6 +241,16 @@ impl Inbound {
         self.hellos = Some(hellos);
     }
 
+    /// Answers echo requests through `out`, and hands replies to their
+    /// waiters.
+    pub fn attach_echo(
+        &mut self,
+        out: super::control::OutboundSender,
+        waiters: super::echo::EchoWaiters,
+    ) {
+        self.echo = Some((out, waiters));
+    }
+
     /// Hands non-ESP datagrams with `magic` after the marker to `to`.
     pub fn attach_magic(&mut self, magic: [u8; 4], to: tokio::sync::mpsc::Sender<Vec<u8>>) {
         self.by_magic.push((magic, to));
@@ -298,7 +314,29 @@ impl Inbound {
             );
         }
         if opened.next_header == NEXT_HEADER_NONE {
-            // A dummy packet (RFC 4303 §2.6, traffic flow confidentiality).
+            // A dummy packet (RFC 4303 §2.6, traffic flow confidentiality),
+            // or an echo (opened, so from this peer and no replay).
+            let slot = sa.peer;
+            if let (Some(echo), Some((out, waiters))) = (
+                super::echo::Echo::decode(&datagram[opened.inner.clone()]),
+                &self.echo,
+            ) {
+                match echo.kind {
+                    super::echo::EchoKind::Request if self.echo_budget.take(now) => {
+                        let _ = out.send(super::control::OutboundCommand::Echo {
+                            slot,
+                            echo: echo.reply(),
+                        });
+                    }
+                    super::echo::EchoKind::Request => {}
+                    super::echo::EchoKind::Reply => {
+                        let waiter = waiters.lock().ok().and_then(|mut w| w.remove(&echo.id));
+                        if let Some(w) = waiter {
+                            let _ = w.send(super::echo::EchoReply { echo, spi, at: now });
+                        }
+                    }
+                }
+            }
             return Ok(Delivery::Nothing);
         }
         let payload = &datagram[opened.inner.clone()];

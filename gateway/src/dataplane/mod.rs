@@ -9,6 +9,7 @@
 mod batch;
 pub mod checksum;
 pub mod control;
+pub mod echo;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod fuzz;
 mod inbound;
@@ -56,6 +57,8 @@ pub enum StartError {
     Sa(#[from] SaError),
     #[error("sequence-number state: {0}")]
     State(#[from] StateError),
+    #[error("the outbound thread's wake-up (eventfd): {0}")]
+    Wake(io::Error),
 }
 
 /// The data plane's offloads, as the kernel granted them.
@@ -76,6 +79,7 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     control: DataplaneControl,
     offloads: Offloads,
+    echo_waiters: echo::EchoWaiters,
 }
 
 /// Raises `failed` when a data-plane thread ends (returns or panics)
@@ -125,6 +129,10 @@ impl Dataplane {
         }
         let (out_tx, out_rx) = mpsc::channel();
         let (in_tx, in_rx) = mpsc::channel();
+        let wake = Arc::new(control::Wake::new().map_err(StartError::Wake)?);
+        let out_tx = control::OutboundSender::new(out_tx, wake.clone());
+        let echo_waiters = echo::EchoWaiters::default();
+        inbound.attach_echo(out_tx.clone(), echo_waiters.clone());
         let state_file = config.state_file.clone();
         if let Some(dir) = state_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -176,7 +184,7 @@ impl Dataplane {
                 (tun.clone(), socket.clone(), stop.clone(), guard("outbound"));
             threads.push(spawn("mg-outbound", move || {
                 let _g = g;
-                outbound::run(outbound, &tun, &socket, &stop, gso, out_rx)
+                outbound::run(outbound, &tun, &socket, &stop, gso, (out_rx, &wake))
             }));
         }
         {
@@ -195,12 +203,18 @@ impl Dataplane {
                 inbound: in_tx,
             },
             offloads: Offloads { tso, gso, gro },
+            echo_waiters,
         })
     }
 
     /// Where the control plane sends SA changes.
     pub fn control(&self) -> DataplaneControl {
         self.control.clone()
+    }
+
+    /// Where `meshgate ping` waits for its echoes' replies.
+    pub fn echo_waiters(&self) -> echo::EchoWaiters {
+        self.echo_waiters.clone()
     }
 
     /// The offloads the kernel granted.
@@ -231,13 +245,20 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 
 /// Waits until `fd` is readable or `TICK` passes; true if readable.
 fn wait_readable(fd: RawFd) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
+    wait_readable_or(fd, None)
+}
+
+/// As [`wait_readable`], also returning when `wake` is written to.
+fn wait_readable_or(fd: RawFd, wake: Option<RawFd>) -> io::Result<bool> {
+    let poll = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as i32) };
+    let mut pfds = [poll(fd), poll(wake.unwrap_or(-1))];
+    let count = if wake.is_some() { 2 } else { 1 };
+    // SAFETY: `count` valid pollfds.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, TICK.as_millis() as i32) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {

@@ -11,7 +11,7 @@ use super::offload::{complete_checksum, plan_segments, write_segment, VnetHdr, V
 use super::persist::StateMsg;
 use super::tables::SharedTables;
 use super::StaticPeer;
-use super::{inner, wait_readable, TICK};
+use super::{inner, wait_readable_or, TICK};
 use crate::esp::Direction;
 use crate::esp::{
     DropReason, OutboundSa, SaError, SealError, ESP_HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN,
@@ -66,6 +66,8 @@ pub struct Outbound {
     state: Option<StateLink>,
     /// Where lifetime events go, once attached.
     notices: Option<NoticeSender>,
+    /// Echoes to send (`meshgate ping`), by peer slot.
+    echoes: Vec<(usize, super::echo::Echo)>,
 }
 
 impl Outbound {
@@ -106,6 +108,7 @@ impl Outbound {
             metrics: metrics.clone(),
             state: None,
             notices: None,
+            echoes: Vec::new(),
         })
     }
 
@@ -185,6 +188,57 @@ impl Outbound {
                 if let Some(p) = self.peers.get_mut(slot).and_then(Option::take) {
                     self.retire(&p.id, p.sa);
                 }
+            }
+            OutboundCommand::Echo { slot, echo } => {
+                // Bounded like the replies that cause them.
+                if self.echoes.len() < super::echo::REPLIES_PER_SEC as usize {
+                    self.echoes.push((slot, echo));
+                }
+            }
+        }
+    }
+
+    /// Seals each echo waiting as a dummy packet (next header 59) on its
+    /// peer's SA, with that SA's SPI written in, and sends it at once.
+    pub(super) fn send_echoes(&mut self, socket: &UdpSocket, now: Instant) {
+        use super::echo::{EchoKind, ECHO_LEN};
+        for (slot, mut echo) in std::mem::take(&mut self.echoes) {
+            let Some(Some(Peer {
+                id,
+                sa: Some(s),
+                endpoint,
+                ..
+            })) = self.peers.get_mut(slot)
+            else {
+                continue;
+            };
+            match echo.kind {
+                EchoKind::Request => echo.request_spi = s.sa.spi(),
+                EchoKind::Reply => echo.reply_spi = s.sa.spi(),
+            }
+            let mut buf = [0u8; ESP_HEADER_LEN + ECHO_LEN + MAX_TRAILER_LEN];
+            buf[ESP_HEADER_LEN..ESP_HEADER_LEN + ECHO_LEN].copy_from_slice(&echo.encode());
+            match s
+                .sa
+                .seal(now, &mut buf, ECHO_LEN, crate::esp::NEXT_HEADER_NONE)
+            {
+                Ok(sealed) => {
+                    // A lifetime crossed by an echo counts like any other.
+                    if let Some(ev) = sealed.event {
+                        super::control::report(
+                            &self.metrics,
+                            self.notices.as_ref(),
+                            Direction::Out,
+                            slot,
+                            id,
+                            &ev,
+                        );
+                    }
+                    if socket.send_to(&buf[..sealed.len], *endpoint).is_err() {
+                        self.drops.count(DropReason::SendFailed);
+                    }
+                }
+                Err(_) => self.drops.count(DropReason::NoSa),
             }
         }
     }
@@ -464,7 +518,7 @@ pub(super) fn run(
     socket: &UdpSocket,
     stop: &AtomicBool,
     mut gso: bool,
-    commands: Receiver<OutboundCommand>,
+    (commands, wake): (Receiver<OutboundCommand>, &super::control::Wake),
 ) {
     if let Err(e) = tun.set_nonblocking(true) {
         tracing::error!("outbound: cannot make the TUN non-blocking: {e}");
@@ -480,6 +534,7 @@ pub(super) fn run(
         while let Ok(c) = commands.try_recv() {
             out.apply(c, now);
         }
+        out.send_echoes(socket, now);
         let mut used = 0;
         let mut reads = 0;
         while reads < BATCH {
@@ -517,10 +572,13 @@ pub(super) fn run(
             last_tick = now;
         }
         if reads == 0 {
-            if let Err(e) = wait_readable(tun.fd()) {
+            if let Err(e) = wait_readable_or(tun.fd(), Some(wake.fd())) {
                 tracing::error!("outbound: poll: {e}; the data plane stops");
                 return;
             }
+            // Woken or not, the commands are drained next: one read
+            // clears the wake-up, only on this idle path.
+            wake.clear();
         }
     }
 }
