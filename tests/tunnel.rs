@@ -722,8 +722,10 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
             "kind=\"out_of_memory\""
         ) >= 1
     );
-    // A good module again is taken.
-    std::fs::write(&policy, meshgate::policy::builtin("hub-spoke").unwrap()).unwrap();
+    // A good module again is taken (another than the one in force, and
+    // one that keeps the routes: a module withdrawing them all needs
+    // --force).
+    std::fs::write(&policy, meshgate::policy::builtin("mesh-with-leaves").unwrap()).unwrap();
     let report = meshgate::lab::probe::control(&control, "/policy/reload", "").unwrap();
     assert!(report.contains("in force"), "{report}");
 }
@@ -901,9 +903,10 @@ fn a_policy_file_replaced_while_being_written_is_taken_once_whole() {
     let in_force =
         || meshgate::lab::probe::http_get(&a.appliance, meshgate::lab::ADMIN, "/policy").unwrap();
     let hash = |bytes: &[u8]| meshgate::policy::host::hash_of(bytes);
-    // Half of hub-spoke, written in place: the watch reads it and refuses it.
-    let hub_spoke = meshgate::policy::builtin("hub-spoke").unwrap();
-    std::fs::write(&policy, &hub_spoke[..hub_spoke.len() / 2]).unwrap();
+    // Half of another module (one that keeps the routes), written in
+    // place: the watch reads it and refuses it.
+    let other = meshgate::policy::builtin("mesh-with-leaves").unwrap();
+    std::fs::write(&policy, &other[..other.len() / 2]).unwrap();
     eventually(
         Duration::from_secs(10),
         "the half-written file was not tried",
@@ -917,11 +920,11 @@ fn a_policy_file_replaced_while_being_written_is_taken_once_whole() {
         "forwarding while the file is half written",
     );
     // The rest arrives: the whole file is taken.
-    std::fs::write(&policy, hub_spoke).unwrap();
+    std::fs::write(&policy, other).unwrap();
     eventually(
         Duration::from_secs(10),
         "the completed file was not taken",
-        || in_force().contains(&hash(hub_spoke)),
+        || in_force().contains(&hash(other)),
     );
     // An atomic rename over it: taken too.
     let next = lab.dir.join("policy.wasm.new");

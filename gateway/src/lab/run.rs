@@ -288,16 +288,22 @@ pub fn run_lab(opts: &LabOptions) -> Result<()> {
             lab.regions[0].host.name(),
             lab.regions[1].host_ip()
         );
-        println!(
-            "  ip netns exec {} curl -s http://{}/metrics | grep meshgate_",
-            lab.regions[0].appliance.name(),
-            super::ADMIN
-        );
         let me = std::env::args().next().unwrap_or_else(|| "meshgate".into());
         println!(
-            "  {me} policy reload --module hub-spoke --control {}",
+            "  ip netns exec {} {me} status",
+            lab.regions[0].appliance.name(),
+        );
+        println!(
+            "  {me} ping {} --control {}",
+            lab.gateway_id(lab.zones),
             lab.control_socket(0).display()
         );
+        if lab.placed_as() == "hub-spoke" && lab.policy != "hub-spoke" {
+            println!(
+                "  {me} policy reload --module hub-spoke --control {}",
+                lab.control_socket(0).display()
+            );
+        }
         if !opts.static_keys {
             println!(
                 "  {me} keys rotate --ca-key {} --control {}",
