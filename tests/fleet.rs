@@ -535,5 +535,37 @@ fn a_subnet_that_is_missing_or_elsewhere_is_named_before_anything_is_made() {
             "{err}"
         );
     }
+
+    // A secret of that name that is not a meshgate appliance's bundle:
+    // bootstrap names it and writes nothing.
+    rt.block_on(async {
+        meshgate_aws::FleetClients::connect(&settings(&url, "eu-west-1", None))
+            .await
+            .create_secret(
+                "meshgate/corp/eu-west-1a",
+                &regions[0].key_arn,
+                "{\"user\": \"db\"}",
+                &[],
+            )
+            .await
+            .expect("a foreign secret in moto");
+    });
+    let etc = dir.join("etc");
+    let (ok, _, err) = meshgate(&[
+        "bootstrap",
+        "--secret",
+        "meshgate/corp/eu-west-1a",
+        "--region",
+        "eu-west-1",
+        "--dir",
+        etc.to_str().unwrap(),
+        "--endpoint-url",
+        &url,
+    ]);
+    assert!(
+        !ok && err.contains("secret meshgate/corp/eu-west-1a is not a meshgate appliance's"),
+        "{err}"
+    );
+    assert!(!etc.join("appliance.key").exists(), "nothing written");
     let _ = std::fs::remove_dir_all(&dir);
 }

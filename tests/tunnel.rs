@@ -725,7 +725,11 @@ fn a_bad_policy_file_is_refused_and_the_old_one_keeps_forwarding() {
     // A good module again is taken (another than the one in force, and
     // one that keeps the routes: a module withdrawing them all needs
     // --force).
-    std::fs::write(&policy, meshgate::policy::builtin("mesh-with-leaves").unwrap()).unwrap();
+    std::fs::write(
+        &policy,
+        meshgate::policy::builtin("mesh-with-leaves").unwrap(),
+    )
+    .unwrap();
     let report = meshgate::lab::probe::control(&control, "/policy/reload", "").unwrap();
     assert!(report.contains("in force"), "{report}");
 }

@@ -27,6 +27,9 @@ pub struct AwsError {
     pub api: &'static str,
     pub what: String,
     pub message: String,
+    /// AWS's error code (`DependencyViolation`, `AccessDenied`, ...), for
+    /// callers to match on rather than on the message's words.
+    pub code: Option<String>,
 }
 
 /// Error codes EC2 and the AWS APIs use for their rate limits.
@@ -54,6 +57,7 @@ impl AwsError {
             api,
             what: what.to_string(),
             message,
+            code: None,
         }
     }
 
@@ -80,10 +84,10 @@ impl AwsError {
             (SdkError::ResponseError(_), _, _) => ErrorKind::Server(status.unwrap_or(0)),
             _ => ErrorKind::Refused,
         };
-        let message = match (&e, code, e.message()) {
+        let message = match (&e, code.as_deref(), e.message()) {
             (SdkError::TimeoutError(_), _, _) => "no answer within the call's timeout".to_string(),
             (_, Some(c), Some(m)) => format!("{c}: {m}"),
-            (_, Some(c), None) => c,
+            (_, Some(c), None) => c.to_string(),
             _ => DisplayErrorContext(&e).to_string(),
         };
         AwsError {
@@ -91,6 +95,7 @@ impl AwsError {
             api,
             what: what.to_string(),
             message,
+            code,
         }
     }
 }

@@ -52,6 +52,20 @@ pub struct Settings {
     pub assume_role: Option<String>,
 }
 
+impl Settings {
+    /// AWS's endpoints (or `endpoint_url`) in `region`, with the default
+    /// credential chain, calls timed out after 20 s.
+    pub fn new(region: &str, endpoint_url: Option<String>) -> Settings {
+        Settings {
+            region: region.to_string(),
+            endpoint_url,
+            call_timeout: Duration::from_secs(20),
+            static_credentials: None,
+            assume_role: None,
+        }
+    }
+}
+
 /// A route as EC2 describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {

@@ -228,6 +228,27 @@ pub fn issue(
     out_dir: &Path,
     days: u32,
 ) -> Result<(PathBuf, PathBuf), IdentityError> {
+    let issued = issue_pem(ca_dir, claims, days)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| file_err(out_dir, e))?;
+    let (cert_path, key_path) = (
+        out_dir.join(format!("{}.pem", claims.id)),
+        out_dir.join(format!("{}.key", claims.id)),
+    );
+    write_new(&key_path, &issued.key, true)?;
+    write_new(&cert_path, &issued.cert, false)?;
+    Ok((cert_path, key_path))
+}
+
+/// A certificate issued in memory: its PEM and its key's (zeroized when
+/// dropped), for what hands them on without a file (`meshgate up` puts
+/// them in the appliance's secret).
+pub struct IssuedPem {
+    pub cert: String,
+    pub key: zeroize::Zeroizing<String>,
+}
+
+/// As [`issue`], in memory.
+pub fn issue_pem(ca_dir: &Path, claims: &Claims, days: u32) -> Result<IssuedPem, IdentityError> {
     label("member id", &claims.id)?;
     label("region", &claims.region)?;
     if !ROLES.contains(&claims.role.as_str()) {
@@ -262,14 +283,10 @@ pub fn issue(
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|e| IdentityError::Generate(e.to_string()))?;
-    std::fs::create_dir_all(out_dir).map_err(|e| file_err(out_dir, e))?;
-    let (cert_path, key_path) = (
-        out_dir.join(format!("{}.pem", claims.id)),
-        out_dir.join(format!("{}.key", claims.id)),
-    );
-    write_new(&key_path, &key.serialize_pem(), true)?;
-    write_new(&cert_path, &cert.pem(), false)?;
-    Ok((cert_path, key_path))
+    Ok(IssuedPem {
+        cert: cert.pem(),
+        key: zeroize::Zeroizing::new(key.serialize_pem()),
+    })
 }
 
 /// The first certificate of a PEM file, as DER.
@@ -294,6 +311,11 @@ impl MeshCa {
         Ok(MeshCa {
             der: load_cert(path)?,
         })
+    }
+
+    /// The CA's certificate, as loaded.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
     }
 
     /// Checks `cert` chains to this CA for mutual TLS, at `now`, and returns

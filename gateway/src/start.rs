@@ -23,22 +23,24 @@ use crate::tunnels::{SharedSlots, Slots};
 /// The credentials of `signal`, each file checked in turn so an error
 /// names the field that points at it.
 fn credentials(config: &Config, signal: &SignalConfig) -> Result<Credentials> {
+    use crate::signal::transport::CredentialPart;
     let o = &config.origin;
-    let ca = crate::identity::MeshCa::load(&signal.ca).map_err(|e| o.error("signal.ca", e))?;
-    let cert = crate::identity::load_cert(&signal.cert).map_err(|e| o.error("signal.cert", e))?;
-    ca.verify(&cert, None, rustls_pki_types::UnixTime::now())
-        .map_err(|e| {
-            o.error(
-                "signal.cert",
-                format!(
-                    "{}: {e} (the mesh CA is {})",
-                    signal.cert.display(),
-                    signal.ca.display()
+    let creds =
+        Credentials::load_each(&signal.ca, &signal.cert, &signal.key).map_err(|(part, e)| {
+            match part {
+                CredentialPart::Ca => o.error("signal.ca", e),
+                CredentialPart::Cert => o.error("signal.cert", e),
+                CredentialPart::Chain => o.error(
+                    "signal.cert",
+                    format!(
+                        "{}: {e} (the mesh CA is {})",
+                        signal.cert.display(),
+                        signal.ca.display()
+                    ),
                 ),
-            )
+                CredentialPart::Key => o.error("signal.key", e),
+            }
         })?;
-    let creds = Credentials::load(&signal.ca, &signal.cert, &signal.key)
-        .map_err(|e| o.error("signal.key", e))?;
     creds.keys_match().map_err(|e| {
         o.error(
             "signal.key",

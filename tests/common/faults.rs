@@ -143,6 +143,10 @@ async fn serve(
         }
         .or_else(|| always.lock().unwrap().get(&api).copied());
         seen.lock().unwrap().push((api.clone(), fault));
+        // The query protocol: EC2's own error document, or the one Auto
+        // Scaling, IAM and STS answer with.
+        let ec2 = form_value(&body, "Version").is_none_or(|v| v == "2016-11-15");
+        let error_reply = |status, code, message| error_reply(ec2, status, code, message);
         let reply = match fault {
             Some(Fault::Hang) => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -157,7 +161,11 @@ async fn serve(
             }
             Some(Fault::Forbidden) => error_reply(
                 403,
-                "UnauthorizedOperation",
+                if ec2 {
+                    "UnauthorizedOperation"
+                } else {
+                    "AccessDenied"
+                },
                 "You are not authorized to perform this operation.",
             ),
             Some(Fault::Code(status, code)) if json.is_some() => json_error(status, code),
@@ -240,10 +248,16 @@ async fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> Option<Vec<u8
     Some(bytes)
 }
 
-fn error_reply(status: u16, code: &str, message: &str) -> Vec<u8> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>00000000-fault-injected</RequestID></Response>"
-    );
+fn error_reply(ec2: bool, status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = if ec2 {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>00000000-fault-injected</RequestID></Response>"
+        )
+    } else {
+        format!(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>00000000-fault-injected</RequestId></ErrorResponse>"
+        )
+    };
     let reason = match status {
         403 => "Forbidden",
         500 => "Internal Server Error",

@@ -28,11 +28,8 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// The settings of `cfg`'s KMS client.
 pub fn settings(cfg: &KmsConfig) -> Settings {
     Settings {
-        region: cfg.region.clone(),
-        endpoint_url: cfg.endpoint_url.clone(),
         call_timeout: CALL_TIMEOUT,
-        static_credentials: None,
-        assume_role: None,
+        ..Settings::new(&cfg.region, cfg.endpoint_url.clone())
     }
 }
 

@@ -29,11 +29,8 @@ pub struct FleetCloud {
 
 fn settings(fleet: &Fleet, region: &str, role: &Option<String>) -> Settings {
     Settings {
-        region: region.to_string(),
-        endpoint_url: fleet.endpoint_url.clone(),
-        call_timeout: Duration::from_secs(20),
-        static_credentials: None,
         assume_role: role.clone(),
+        ..Settings::new(region, fleet.endpoint_url.clone())
     }
 }
 
@@ -358,7 +355,7 @@ impl FleetCloud {
                 let mut tries = 0;
                 loop {
                     match retried(|| c.ec2.delete_security_group(&id)).await {
-                        Err(e) if e.message.contains("DependencyViolation") && tries < 30 => {
+                        Err(e) if e.code.as_deref() == Some("DependencyViolation") && tries < 30 => {
                             tries += 1;
                             tokio::time::sleep(Duration::from_secs(10)).await;
                         }

@@ -154,7 +154,9 @@ async fn carry_out(
 /// What to do about a call AWS refused for good, as a line (or nothing).
 fn hint(e: &meshgate_aws::AwsError) -> &'static str {
     use meshgate_aws::ErrorKind;
-    let m = e.message.as_str();
+    // AWS's error code: AccessDenied, UnauthorizedOperation,
+    // VpcLimitExceeded, InvalidSubnetID.NotFound, NoSuchEntity, ...
+    let m = e.code.as_deref().unwrap_or_default();
     match e.kind {
         ErrorKind::Throttled => "AWS throttled every try: wait a minute, or ask AWS for a higher API rate.\n",
         ErrorKind::Server(_) | ErrorKind::Timeout => "AWS failed every try: see the AWS Health Dashboard for the region.\n",
@@ -179,13 +181,10 @@ async fn epoch_key(fleet: &Fleet, cloud: &FleetCloud, actual: &[Resource]) -> Re
         return Ok(bundle.wrapped_key);
     }
     let region = fleet.kms_key.split(':').nth(3).unwrap_or_default();
-    let kms = meshgate_aws::Kms::connect(&meshgate_aws::Settings {
-        region: region.to_string(),
-        endpoint_url: fleet.endpoint_url.clone(),
-        call_timeout: Duration::from_secs(20),
-        static_credentials: None,
-        assume_role: None,
-    })
+    let kms = meshgate_aws::Kms::connect(&meshgate_aws::Settings::new(
+        region,
+        fleet.endpoint_url.clone(),
+    ))
     .await;
     let ciphertext = crate::cloud::kms::make_data_key(&kms, &fleet.kms_key, &fleet.mesh, 1)
         .await
@@ -208,38 +207,27 @@ fn secret_for(fleet: &Fleet, r: &Resource, wrapped: &str) -> Result<Zeroizing<St
                 .map(|z| (reg, z))
         })
         .ok_or_else(|| format!("secret {} names no zone of the fleet", r.name))?;
-    let dir =
-        std::env::temp_dir().join(format!("meshgate-up-{}-{}", std::process::id(), zone.zone));
-    // Its key passes through here: a directory only we may enter, made
-    // new (one a crashed run left is removed first), removed after.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let claims = crate::identity::Claims {
         id: zone.zone.clone(),
         region: region.name.clone(),
         role: "edge".into(),
         prefixes: region.prefixes.clone(),
     };
-    let issued = crate::identity::issue(&fleet.ca, &claims, &dir, 365).map_err(|e| {
+    // In memory: the key goes into the secret and nowhere else.
+    let issued = crate::identity::issue_pem(&fleet.ca, &claims, 365).map_err(|e| {
         format!(
             "issuing {}'s certificate with the CA in {}: {e}",
             zone.zone,
             fleet.ca.display()
         )
-    });
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
-    let bundle = issued.and_then(|(cert, key)| {
-        Ok(Bundle {
-            ca: read(&fleet.ca.join("ca.pem"))?,
-            cert: read(&cert)?,
-            key: read(&key)?,
-            wrapped_key: wrapped.to_string(),
-        })
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    let bundle = bundle?;
+    })?;
+    let ca = fleet.ca.join("ca.pem");
+    let bundle = Bundle {
+        ca: std::fs::read_to_string(&ca).map_err(|e| format!("{}: {e}", ca.display()))?,
+        cert: issued.cert,
+        key: issued.key.to_string(),
+        wrapped_key: wrapped.to_string(),
+    };
     let json = serde_json::to_string(&bundle).map_err(|e| e.to_string());
     let Bundle { key, .. } = bundle;
     drop(Zeroizing::new(key));
@@ -256,14 +244,9 @@ pub fn bootstrap(
 ) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let value = runtime()?.block_on(async {
-        let c = meshgate_aws::FleetClients::connect(&meshgate_aws::Settings {
-            region: region.to_string(),
-            endpoint_url,
-            call_timeout: Duration::from_secs(20),
-            static_credentials: None,
-            assume_role: None,
-        })
-        .await;
+        let c =
+            meshgate_aws::FleetClients::connect(&meshgate_aws::Settings::new(region, endpoint_url))
+                .await;
         c.secret_value(secret).await
     })?;
     let bundle: Bundle = serde_json::from_str(&value)

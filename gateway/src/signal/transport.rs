@@ -68,18 +68,48 @@ pub struct Credentials {
     ca_der: CertificateDer<'static>,
 }
 
+/// Which part of the credentials a load failed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialPart {
+    /// The CA file.
+    Ca,
+    /// The certificate file.
+    Cert,
+    /// The certificate does not chain to the CA (or names no member).
+    Chain,
+    /// The key file.
+    Key,
+}
+
 impl Credentials {
     /// Loads them and checks that our own certificate chains to the CA
     /// (a misissued certificate is a start-up error, not a silent outage).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials, TransportError> {
+        Credentials::load_each(ca, cert, key).map_err(|(_, e)| e)
+    }
+
+    /// As [`load`](Self::load), each file read once, an error saying which
+    /// part it concerns (so the config can name the field).
+    pub fn load_each(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Credentials, (CredentialPart, TransportError)> {
         use rustls_pki_types::pem::PemObject;
-        let ca_der = load_cert(ca)?;
-        let mesh_ca = MeshCa::load(ca)?;
-        let cert_der = load_cert(cert)?;
-        let claims = mesh_ca.verify(&cert_der, None, UnixTime::now())?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TransportError::Key {
-            path: key.display().to_string(),
-            reason: e.to_string(),
+        let mesh_ca = MeshCa::load(ca).map_err(|e| (CredentialPart::Ca, e.into()))?;
+        let ca_der = mesh_ca.der().clone();
+        let cert_der = load_cert(cert).map_err(|e| (CredentialPart::Cert, e.into()))?;
+        let claims = mesh_ca
+            .verify(&cert_der, None, UnixTime::now())
+            .map_err(|e| (CredentialPart::Chain, e.into()))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            (
+                CredentialPart::Key,
+                TransportError::Key {
+                    path: key.display().to_string(),
+                    reason: e.to_string(),
+                },
+            )
         })?;
         Ok(Credentials {
             claims,
