@@ -179,6 +179,18 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
         || drops(&lab, 1, "icv") - icv_before >= 2,
     );
     assert_eq!(drops(&lab, 1, "icv") - icv_before, 2);
+    // `meshgate status` lays them at the SA's door: region-1's.
+    let out = lab
+        .gateway_ns(1)
+        .command(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let peer = &status["peers"][0];
+    assert_eq!(peer["id"], "region-1", "{status}");
+    assert_eq!(peer["drops"]["replay"], to_b.len() as u64, "{status}");
+    assert_eq!(peer["drops"]["icv"], 2, "{status}");
     // Had the window jumped to 1,000,000, these would now be "replays".
     ping_ok(
         &a.host,

@@ -346,6 +346,8 @@ pub struct FlowCounters {
     pub peer_bytes: IntCounter,
     pub sa_packets: IntCounter,
     pub sa_bytes: IntCounter,
+    /// Drops on this SA, by reason (`meshgate status`).
+    pub drops: std::sync::Arc<crate::sa_book::SaDrops>,
 }
 
 impl FlowCounters {
@@ -570,7 +572,7 @@ impl Metrics {
         cipher: &'static str,
         rekey_after: Option<std::time::Duration>,
     ) -> FlowCounters {
-        self.sas.installed(peer, spi, dir, cipher, rekey_after);
+        let drops = self.sas.installed(peer, spi, dir, cipher, rekey_after);
         let spi = format!("{spi:#010x}");
         let d = dir.as_str();
         self.sa_info
@@ -581,6 +583,7 @@ impl Metrics {
             peer_bytes: self.peer_bytes.with_label_values(&[peer, d]),
             sa_packets: self.sa_packets.with_label_values(&[peer, &spi, d]),
             sa_bytes: self.sa_bytes.with_label_values(&[peer, &spi, d]),
+            drops,
         }
     }
 

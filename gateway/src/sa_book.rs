@@ -6,10 +6,33 @@
 //! counters of each SA stay in the metrics registry.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::esp::Direction;
+use crate::esp::{Direction, DropReason};
+
+/// Packets dropped on one SA, by reason: what can be laid at a peer's door
+/// once its SA is known (a replay, a failed ICV, a spoofed source, an
+/// expired SA, a send that failed). The packet thread adds; status reads.
+#[derive(Default, Debug)]
+pub struct SaDrops([AtomicU64; DropReason::ALL.len()]);
+
+impl SaDrops {
+    #[inline]
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The reasons with drops, and how many.
+    pub fn counted(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.0[r.index()].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
 
 /// One installed SA.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +45,16 @@ pub struct SaEntry {
     pub installed: SystemTime,
     /// Its soft time limit: when a rekey replaces it.
     pub rekey_after: Option<Duration>,
+    pub drops: Arc<SaDrops>,
 }
+
+impl PartialEq for SaDrops {
+    fn eq(&self, other: &SaDrops) -> bool {
+        self.counted() == other.counted()
+    }
+}
+
+impl Eq for SaDrops {}
 
 /// The SAs installed now, by peer, direction and SPI.
 #[derive(Default)]
@@ -36,7 +68,8 @@ impl SaBook {
         dir: Direction,
         cipher: &'static str,
         rekey_after: Option<Duration>,
-    ) {
+    ) -> Arc<SaDrops> {
+        let drops = Arc::new(SaDrops::default());
         let entry = SaEntry {
             peer: peer.to_string(),
             spi,
@@ -44,9 +77,11 @@ impl SaBook {
             cipher,
             installed: SystemTime::now(),
             rekey_after,
+            drops: drops.clone(),
         };
         self.lock()
             .insert((peer.to_string(), dir.as_str(), spi), entry);
+        drops
     }
 
     pub fn retired(&self, peer: &str, spi: u32, dir: Direction) {
@@ -74,17 +109,20 @@ mod tests {
     fn an_sa_is_listed_from_install_until_retired() {
         let book = SaBook::default();
         book.installed("b", 0x1000, Direction::Out, "aes128gcm16", None);
-        book.installed(
+        let drops = book.installed(
             "a",
             0x2000,
             Direction::In,
             "aes128gcm16",
             Some(Duration::from_secs(60)),
         );
+        drops.count(DropReason::Replay);
+        drops.count(DropReason::Replay);
         let all = book.all();
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].peer.as_str(), all[0].spi), ("a", 0x2000));
         assert_eq!(all[0].rekey_after, Some(Duration::from_secs(60)));
+        assert_eq!(all[0].drops.counted(), [("replay", 2)]);
         book.retired("a", 0x2000, Direction::In);
         book.retired("a", 0x1000, Direction::Out);
         assert_eq!(book.all().len(), 1, "only the SA named goes");

@@ -302,7 +302,12 @@ impl Inbound {
         let Some(Some(peer)) = self.peers.get(sa.peer) else {
             return Err(DropReason::UnknownSpi);
         };
-        let opened = sa.sa.open(now, datagram)?;
+        let opened = sa.sa.open(now, datagram).map_err(|e| {
+            // Laid at this SA's door as well as counted for the gateway.
+            let reason = DropReason::from(e);
+            sa.counters.drops.count(reason);
+            reason
+        })?;
         if let Some(ev) = opened.event {
             super::control::report(
                 &self.metrics,
@@ -340,15 +345,19 @@ impl Inbound {
             return Ok(Delivery::Nothing);
         }
         let payload = &datagram[opened.inner.clone()];
-        let hdr = inner::parse(payload).ok_or(DropReason::Malformed)?;
-        if hdr.next_header != opened.next_header {
-            return Err(DropReason::Malformed);
-        }
+        let dropped = |reason| {
+            sa.counters.drops.count(reason);
+            Err(reason)
+        };
+        let Some(hdr) = inner::parse(payload).filter(|h| h.next_header == opened.next_header)
+        else {
+            return dropped(DropReason::Malformed);
+        };
         // Anti-spoofing: a peer may send from the prefixes behind it, or
         // from those our routes reach through it (transit).
         let own = peer.prefixes.iter().any(|p| p.contains(hdr.src));
         if !own && !self.tables.load().source_allowed(hdr.src, sa.peer) {
-            return Err(DropReason::Spoofed);
+            return dropped(DropReason::Spoofed);
         }
         sa.counters.count(hdr.len);
         let start = opened.inner.start;

@@ -362,9 +362,16 @@ impl Outbound {
                 }
                 Ok(sealed.len)
             }
-            Err(SealError::BufferTooSmall | SealError::TooLong) => Err(DropReason::TooBig),
-            Err(SealError::NotReserved) => Err(DropReason::SeqNotReserved),
-            Err(_) => Err(DropReason::Expired),
+            Err(e) => {
+                let reason = match e {
+                    SealError::BufferTooSmall | SealError::TooLong => DropReason::TooBig,
+                    SealError::NotReserved => DropReason::SeqNotReserved,
+                    _ => DropReason::Expired,
+                };
+                // Laid at this SA's door as well as counted for the gateway.
+                s.counters.drops.count(reason);
+                Err(reason)
+            }
         }
     }
 

@@ -102,6 +102,10 @@ pub struct PeerStatus {
     pub packets_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Packets dropped on its SAs installed now, by reason (replay, icv,
+    /// spoofed, expired, ...): the drops that can be laid at this peer's
+    /// door. The gateway's `drops` count every drop.
+    pub drops: BTreeMap<String, u64>,
     pub sas: Vec<SaStatus>,
 }
 
@@ -245,6 +249,13 @@ pub fn collect(src: Sources<'_>) -> Status {
                 packets_out: traffic("meshgate_peer_packets_total", "out"),
                 bytes_in: traffic("meshgate_peer_bytes_total", "in"),
                 bytes_out: traffic("meshgate_peer_bytes_total", "out"),
+                drops: mine.iter().flat_map(|e| e.drops.counted()).fold(
+                    BTreeMap::new(),
+                    |mut all, (reason, n)| {
+                        *all.entry(reason.to_string()).or_insert(0) += n;
+                        all
+                    },
+                ),
                 sas: mine
                     .iter()
                     .map(|e| {

@@ -153,6 +153,10 @@ impl Display for PeerStatus {
             count(self.packets_in, "packet", "packets"),
             bytes(self.bytes_in)
         )?;
+        if !self.drops.is_empty() {
+            let drops: Vec<String> = self.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            writeln!(f, "  dropped on its SAs: {}", drops.join(", "))?;
+        }
         for sa in &self.sas {
             let rekey = match sa.rekey_in_secs {
                 Some(0) => ", rekey due".to_string(),
