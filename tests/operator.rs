@@ -538,3 +538,56 @@ fn readme_lists_every_metric_and_endpoint(lab: &Lab) {
         );
     }
 }
+
+/// The lab says what it builds before it starts it: its address plan
+/// (region, zone, role, group, prefixes and underlay address of each
+/// appliance), on stderr with --json, and the same in the JSON summary.
+#[test]
+fn the_lab_prints_its_address_plan_and_its_json_summary_carries_it() {
+    common::check();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "lab",
+            "--regions",
+            "2",
+            "--pings",
+            "2",
+            "--transfer-secs",
+            "0.2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    let doc = json(&out, "lab --json");
+    let plan = err
+        .split("address plan:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address plan: {err}"));
+    let rows: Vec<&str> = plan.lines().skip(1).take(4).collect();
+    for (row, (id, zone, prefix)) in rows.iter().zip([
+        ("region-1a", "region-1a", "10.1.0.0/16"),
+        ("region-1b", "region-1b", "10.1.0.0/16"),
+        ("region-2a", "region-2a", "10.2.0.0/16"),
+        ("region-2b", "region-2b", "10.2.0.0/16"),
+    ]) {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], id, "{plan}");
+        assert_eq!(cells[2], zone, "{plan}");
+        assert_eq!(cells[3], "edge", "{plan}");
+        assert!(row.contains(prefix), "{plan}");
+    }
+    let gateways = doc["gateways"].as_array().expect("gateways");
+    assert_eq!(gateways.len(), 4, "{doc}");
+    let g = &gateways[2];
+    assert_eq!(g["id"], "region-2a");
+    assert_eq!(g["region"], "region-2");
+    assert_eq!(g["zone"], "region-2a");
+    assert_eq!(g["role"], "edge");
+    assert_eq!(g["group"], "region-2");
+    assert_eq!(g["prefixes"][0], "10.2.0.0/16");
+    assert!(
+        doc["pairs"].as_array().is_some_and(|p| !p.is_empty()),
+        "{doc}"
+    );
+}
