@@ -988,8 +988,8 @@ fn every_option_has_help_text() {
             // `--name <VALUE>`, two or more spaces, then its help.
             let help = line
                 .trim()
-                .splitn(2, "  ")
-                .nth(1)
+                .split_once("  ")
+                .map(|(_, h)| h)
                 .unwrap_or_default()
                 .trim();
             if help.is_empty() || help.starts_with('[') {

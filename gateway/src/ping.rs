@@ -15,11 +15,14 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most echoes one ping sends.
 pub const MAX_COUNT: u32 = 100;
 
+/// A peer's slot in the data plane's tables, by id.
+pub type SlotOf = Box<dyn Fn(&str) -> Option<usize> + Send + Sync>;
+
 /// Sends echoes to peers by id.
 pub struct Pinger {
     outbound: OutboundSender,
     waiters: EchoWaiters,
-    slot_of: Box<dyn Fn(&str) -> Option<usize> + Send + Sync>,
+    slot_of: SlotOf,
     /// One ping at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -41,11 +44,7 @@ pub struct TunnelPath {
 }
 
 impl Pinger {
-    pub fn new(
-        outbound: OutboundSender,
-        waiters: EchoWaiters,
-        slot_of: Box<dyn Fn(&str) -> Option<usize> + Send + Sync>,
-    ) -> Pinger {
+    pub fn new(outbound: OutboundSender, waiters: EchoWaiters, slot_of: SlotOf) -> Pinger {
         Pinger {
             outbound,
             waiters,

@@ -260,7 +260,7 @@ fn in_words(message: &str) -> String {
             "the number {}",
             v.trim_start_matches("point ").trim_matches('`')
         ),
-        Some(("boolean", v)) => format!("{}", v.trim_matches('`')),
+        Some(("boolean", v)) => v.trim_matches('`').to_string(),
         _ => match found {
             "sequence" => "a list".to_string(),
             "map" => "a table".to_string(),

@@ -125,15 +125,16 @@ impl OutboundSender {
         OutboundSender { tx, wake }
     }
 
-    pub fn send(
-        &self,
-        c: OutboundCommand,
-    ) -> Result<(), std::sync::mpsc::SendError<OutboundCommand>> {
-        self.tx.send(c)?;
+    pub fn send(&self, c: OutboundCommand) -> Result<(), ThreadGone> {
+        self.tx.send(c).map_err(|_| ThreadGone)?;
         self.wake.wake();
         Ok(())
     }
 }
+
+/// The packet thread a command was for has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadGone;
 
 /// An eventfd a thread polls beside its device: written to wake it.
 pub(super) struct Wake(std::os::fd::OwnedFd);

@@ -302,12 +302,12 @@ impl Inbound {
         let Some(Some(peer)) = self.peers.get(sa.peer) else {
             return Err(DropReason::UnknownSpi);
         };
-        let opened = sa.sa.open(now, datagram).map_err(|e| {
-            // Laid at this SA's door as well as counted for the gateway.
-            let reason = DropReason::from(e);
-            sa.counters.drops.count(reason);
-            reason
-        })?;
+        // A refusal is laid at this SA's door as well as counted for the
+        // gateway.
+        let opened = sa
+            .sa
+            .open(now, datagram)
+            .inspect_err(|reason| sa.counters.drops.count(*reason))?;
         if let Some(ev) = opened.event {
             super::control::report(
                 &self.metrics,

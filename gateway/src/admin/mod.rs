@@ -19,7 +19,9 @@ use axum::Router;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::keys::order::SignedOrder;
+mod keys;
+mod ping;
+
 use crate::metrics::Metrics;
 use crate::policy::driver::PolicyHandle;
 use crate::signal::node::NodeCommand;
@@ -112,13 +114,13 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/policy", get(policy_handler))
         .route("/members", get(members_handler))
-        .route("/keys", get(keys_handler))
+        .route("/keys", get(keys::keys_handler))
         .route("/cloud", get(cloud_handler))
         .route("/status", get(status_handler));
     let changes = Router::new()
-        .route("/ping", get(ping_handler))
+        .route("/ping", get(ping::ping_handler))
         .route("/policy/reload", post(reload_handler))
-        .route("/keys/order", post(order_handler))
+        .route("/keys/order", post(keys::order_handler))
         .route("/keys/rotate", post(needs_an_order))
         .route("/keys/revoke", post(needs_an_order));
     let elsewhere = Router::new()
@@ -336,141 +338,6 @@ async fn ask<T>(
     rx.await.map_err(|_| stopped())
 }
 
-/// `GET /keys`: the epoch state in force, as `keys show` prints it and
-/// `keys rotate --state` reads it.
-async fn keys_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let json = wants_json(&headers);
-    match ask(&s, NodeCommand::Epochs).await {
-        Ok(order) => {
-            let value = serde_json::json!({
-                "serial": order.serial,
-                "current": order.current,
-                "floor": order.floor,
-                "revoked": order.revoked,
-                "revoked_certs": order.certs.iter().map(crate::keys::order::cert_hex).collect::<Vec<_>>(),
-                "kms_data_keys": order.wrapped.iter().map(|(e, d)| serde_json::json!({
-                    "epoch": e,
-                    "digest": crate::keys::wrapped::to_hex(d),
-                })).collect::<Vec<_>>(),
-            });
-            answer(json, StatusCode::OK, format!("{order}\n"), &value)
-        }
-        Err(e) => refusal(json, e),
-    }
-}
-
-/// `POST /keys/order`: an epoch order signed by the mesh CA (its hex form
-/// as the first line of the body), from `keys rotate`, `keys revoke` or
-/// `keys apply`; with KMS epoch keys, lines `wrapped EPOCH HEX` after it
-/// carry the data keys (ciphertext) the order names.
-async fn order_handler(State(s): State<AppState>, headers: HeaderMap, body: String) -> Response {
-    let json = wants_json(&headers);
-    let mut taken = serde_json::json!({});
-    let (status, text) = put_in_force(&s, &body, &mut taken).await;
-    answer(json, status, text, &taken)
-}
-
-/// Puts an order (and its data keys) in force: the answer's status and
-/// text, and its JSON form in `taken`.
-async fn put_in_force(
-    s: &AppState,
-    body: &str,
-    taken: &mut serde_json::Value,
-) -> (StatusCode, String) {
-    let mut lines = body.lines().filter(|l| !l.trim().is_empty());
-    let order = match SignedOrder::from_hex(lines.next().unwrap_or_default()) {
-        Ok(o) => o,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("refused: {e}\n")),
-    };
-    let mut wrapped = Vec::new();
-    for (i, line) in lines.enumerate() {
-        match parse_wrapped(line) {
-            Some(w) => wrapped.push(w),
-            None => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!("refused: line {} is not `wrapped EPOCH HEX` (a KMS data key's ciphertext, at most {} bytes)\n", i + 2, crate::keys::wrapped::MAX_WRAPPED_LEN),
-                )
-            }
-        }
-    }
-    let report = match ask(s, |tx| NodeCommand::Order(order, tx)).await {
-        Ok(Ok(r)) => {
-            *taken = serde_json::json!({
-                "serial": r.serial,
-                "current": r.current,
-                "floor": r.floor,
-                "revoked": r.revoked,
-                "rekeying": r.rekeying,
-                "kms_data_keys_taken": [],
-            });
-            format!(
-                "epoch {} in force; revoked: {}; order {}; {} {} rekeying; the mesh follows by gossip\n",
-                r.current,
-                revoked_text(r.floor, &r.revoked),
-                r.serial,
-                r.rekeying,
-                if r.rekeying == 1 { "peer" } else { "peers" }
-            )
-        }
-        // The order in force already (a resubmission): its keys may still
-        // be new here.
-        Ok(Err(crate::keys::order::OrderError::Stale { .. })) if !wrapped.is_empty() => {
-            *taken = serde_json::json!({ "already_in_force": true, "kms_data_keys_taken": [] });
-            "the order is in force already\n".to_string()
-        }
-        Ok(Err(e)) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n")),
-        Err(e) => return e,
-    };
-    let mut report = report;
-    for (epoch, ciphertext) in wrapped {
-        match ask(s, |tx| NodeCommand::Wrapped(epoch, ciphertext, tx)).await {
-            Ok(Ok(())) => {
-                if let Some(list) = taken
-                    .get_mut("kms_data_keys_taken")
-                    .and_then(|v| v.as_array_mut())
-                {
-                    list.push(epoch.into());
-                }
-                report.push_str(&format!("the KMS data key of epoch {epoch} taken; the mesh's members receive it from here\n"))
-            }
-            Ok(Err(e)) => {
-                return (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("{report}refused the data key of epoch {epoch}: {e}\n"),
-                )
-            }
-            Err(e) => return e,
-        }
-    }
-    (StatusCode::OK, report)
-}
-
-/// `wrapped EPOCH HEX`.
-fn parse_wrapped(line: &str) -> Option<(crate::keys::Epoch, Vec<u8>)> {
-    let mut w = line.split_whitespace();
-    let (Some("wrapped"), Some(epoch), Some(hex), None) = (w.next(), w.next(), w.next(), w.next())
-    else {
-        return None;
-    };
-    let epoch = epoch.parse().ok()?;
-    if hex.is_empty() || hex.len() > 2 * crate::keys::wrapped::MAX_WRAPPED_LEN {
-        return None;
-    }
-    Some((epoch, crate::keys::wrapped::from_hex(hex)?))
-}
-
-/// `2 5` and, when a floor is set, `and every epoch below 3`.
-fn revoked_text(floor: crate::keys::Epoch, revoked: &[crate::keys::Epoch]) -> String {
-    let listed: Vec<String> = revoked.iter().map(ToString::to_string).collect();
-    match (listed.is_empty(), floor) {
-        (true, 0) => "none".into(),
-        (true, f) => format!("every epoch below {f}"),
-        (false, 0) => listed.join(" "),
-        (false, f) => format!("{} and every epoch below {f}", listed.join(" ")),
-    }
-}
-
 /// The members this one sees: state, since when, path health, record.
 async fn members_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let json = wants_json(&headers);
@@ -531,139 +398,6 @@ async fn status_handler(State(s): State<AppState>, headers: HeaderMap) -> Respon
         status.to_string(),
         &status,
     )
-}
-
-/// `GET /ping?member=ID[&count=N][&interval_ms=MS]` (control socket):
-/// echoes through the SAs to the member, and the signalling path as
-/// membership measures it.
-async fn ping_handler(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let json = wants_json(&headers);
-    let query: Vec<(&str, &str)> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let arg = |k: &str| query.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-    let number = |k: &str, default: u64, range: std::ops::RangeInclusive<u64>| match arg(k) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| format!("{k}={v} is outside {}..={}\n", range.start(), range.end())),
-    };
-    let (member, count, interval) = match (
-        arg("member"),
-        number("count", 5, 1..=u64::from(crate::ping::MAX_COUNT)),
-        number("interval_ms", 200, 10..=10_000),
-    ) {
-        (Some(m), Ok(c), Ok(i)) => (m.to_string(), c as u32, i),
-        (None, _, _) => return refusal(json, (StatusCode::BAD_REQUEST, "give member=ID\n".into())),
-        (_, Err(e), _) | (_, _, Err(e)) => return refusal(json, (StatusCode::BAD_REQUEST, e)),
-    };
-    let in_force = s.policy.in_force();
-    let status = crate::status::collect(crate::status::Sources {
-        identity: &s.identity,
-        metrics: &s.metrics,
-        members: member_rows(&s),
-        running: (in_force.name.clone(), in_force.hash.clone()),
-        configured: configured_now(&s.configured),
-        cloud: None,
-    });
-    let Some(peer) = status.peers.iter().find(|p| p.id == member) else {
-        let known: Vec<&str> = status.peers.iter().map(|p| p.id.as_str()).collect();
-        return refusal(
-            json,
-            (
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no peer or member {member} here (known: {})\n",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ),
-        );
-    };
-    if !peer.sas.iter().any(|sa| sa.direction == "out") {
-        return refusal(
-            json,
-            (
-                StatusCode::CONFLICT,
-                format!("this gateway holds no SA with {member} (its policy does not connect them, or they are not keyed yet): no tunnel path to measure\n"),
-            ),
-        );
-    }
-    let tunnel = match s
-        .pinger
-        .tunnel(&member, count, std::time::Duration::from_millis(interval))
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => return refusal(json, (StatusCode::CONFLICT, format!("{e}\n"))),
-    };
-    let signalling = member_rows(&s)
-        .and_then(|rows| rows.into_iter().find(|r| r.id == member))
-        .map(|r| serde_json::json!({ "state": r.state, "rtt_ms": r.rtt_ms, "loss": r.loss }));
-    let text = ping_text(&member, peer, &tunnel, signalling.as_ref());
-    let value = serde_json::json!({
-        "member": member,
-        "underlay": peer.underlay,
-        "endpoint": peer.endpoint,
-        "tunnel": tunnel,
-        "signalling": signalling,
-    });
-    answer(json, StatusCode::OK, text, &value)
-}
-
-/// `meshgate ping` for a person.
-fn ping_text(
-    member: &str,
-    peer: &crate::status::PeerStatus,
-    t: &crate::ping::TunnelPath,
-    signalling: Option<&serde_json::Value>,
-) -> String {
-    let mut out = format!(
-        "tunnel path to {member}, over {} to {}: requests on SPI {}, replies on SPI {}\n",
-        peer.underlay.as_deref().unwrap_or("its endpoint"),
-        peer.endpoint.as_deref().unwrap_or("-"),
-        t.request_spi.as_deref().unwrap_or("-"),
-        t.reply_spi.as_deref().unwrap_or("- (no reply)"),
-    );
-    for (i, rtt) in t.rtt_ms.iter().enumerate() {
-        match rtt {
-            Some(ms) => out.push_str(&format!("  echo {}: {ms:.3} ms\n", i + 1)),
-            None => out.push_str(&format!("  echo {}: no reply within 1 s\n", i + 1)),
-        }
-    }
-    let lost = t.sent - t.answered;
-    out.push_str(&format!(
-        "  {} sent, {} answered, {:.0}% lost",
-        t.sent,
-        t.answered,
-        100.0 * f64::from(lost) / f64::from(t.sent.max(1))
-    ));
-    if let (Some(min), Some(avg), Some(max)) = (t.min_ms, t.avg_ms, t.max_ms) {
-        out.push_str(&format!("; rtt min/avg/max {min:.3}/{avg:.3}/{max:.3} ms"));
-    }
-    out.push('\n');
-    match signalling {
-        Some(sig) => out.push_str(&format!(
-            "signalling path (QUIC, membership's liveness probes, smoothed): {}, rtt {}, loss {:.1}%\n",
-            sig["state"].as_str().unwrap_or("-"),
-            sig["rtt_ms"].as_f64().map_or("not measured yet".into(), |r| format!("{r:.3} ms")),
-            sig["loss"].as_f64().unwrap_or(0.0) * 100.0
-        )),
-        None => out.push_str("signalling path: none (a configured peer: no signalling channel)\n"),
-    }
-    out
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
