@@ -380,18 +380,23 @@ async fn cloud_handler(State(s): State<AppState>, headers: HeaderMap) -> Respons
     }
 }
 
-/// `GET /status`: this gateway, its peers (SAs, traffic, underlay), its
-/// drops and its redundancy groups (see [`crate::status`]).
-async fn status_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+/// The status as of now.
+fn status_now(s: &AppState) -> crate::status::Status {
     let in_force = s.policy.in_force();
-    let status = crate::status::collect(crate::status::Sources {
+    crate::status::collect(crate::status::Sources {
         identity: &s.identity,
         metrics: &s.metrics,
-        members: member_rows(&s),
+        members: member_rows(s),
         running: (in_force.name.clone(), in_force.hash.clone()),
         configured: configured_now(&s.configured),
         cloud: s.cloud.as_ref().map(|c| c.borrow().clone()),
-    });
+    })
+}
+
+/// `GET /status`: this gateway, its peers (SAs, traffic, underlay), its
+/// drops and its redundancy groups (see [`crate::status`]).
+async fn status_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let status = status_now(&s);
     answer(
         wants_json(&headers),
         StatusCode::OK,

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::{answer, refusal, wants_json, AppState};
-use super::{configured_now, member_rows};
+use super::{member_rows, status_now};
 
 /// `GET /ping?member=ID[&count=N][&interval_ms=MS]` (control socket):
 /// echoes through the SAs to the member, and the signalling path as
@@ -41,15 +41,7 @@ pub(super) async fn ping_handler(
         (None, _, _) => return refusal(json, (StatusCode::BAD_REQUEST, "give member=ID\n".into())),
         (_, Err(e), _) | (_, _, Err(e)) => return refusal(json, (StatusCode::BAD_REQUEST, e)),
     };
-    let in_force = s.policy.in_force();
-    let status = crate::status::collect(crate::status::Sources {
-        identity: &s.identity,
-        metrics: &s.metrics,
-        members: member_rows(&s),
-        running: (in_force.name.clone(), in_force.hash.clone()),
-        configured: configured_now(&s.configured),
-        cloud: None,
-    });
+    let status = status_now(&s);
     let Some(peer) = status.peers.iter().find(|p| p.id == member) else {
         let known: Vec<&str> = status.peers.iter().map(|p| p.id.as_str()).collect();
         return refusal(

@@ -224,16 +224,7 @@ impl Outbound {
             {
                 Ok(sealed) => {
                     // A lifetime crossed by an echo counts like any other.
-                    if let Some(ev) = sealed.event {
-                        super::control::report(
-                            &self.metrics,
-                            self.notices.as_ref(),
-                            Direction::Out,
-                            slot,
-                            id,
-                            &ev,
-                        );
-                    }
+                    lifetime_crossed(&self.metrics, self.notices.as_ref(), slot, id, sealed.event);
                     if socket.send_to(&buf[..sealed.len], *endpoint).is_err() {
                         self.drops.count(DropReason::SendFailed);
                     }
@@ -350,16 +341,7 @@ impl Outbound {
         match s.sa.seal(now, buf, len, next_header) {
             Ok(sealed) => {
                 s.counters.count(len);
-                if let Some(ev) = sealed.event {
-                    super::control::report(
-                        &self.metrics,
-                        self.notices.as_ref(),
-                        Direction::Out,
-                        slot,
-                        id,
-                        &ev,
-                    );
-                }
+                lifetime_crossed(&self.metrics, self.notices.as_ref(), slot, id, sealed.event);
                 Ok(sealed.len)
             }
             Err(e) => {
@@ -587,6 +569,19 @@ pub(super) fn run(
             // clears the wake-up, only on this idle path.
             wake.clear();
         }
+    }
+}
+
+/// Reports a lifetime limit a seal crossed, if it did.
+fn lifetime_crossed(
+    metrics: &Metrics,
+    notices: Option<&NoticeSender>,
+    slot: usize,
+    peer: &str,
+    event: Option<crate::esp::LifetimeEvent>,
+) {
+    if let Some(ev) = event {
+        super::control::report(metrics, notices, Direction::Out, slot, peer, &ev);
     }
 }
 
