@@ -201,6 +201,24 @@ fn status_shows_the_gateway_its_peers_and_their_sas_as_text_and_json() {
             && said.contains("signalling path (QUIC"),
         "{said}"
     );
+    // Straight at the control socket, bad parameters are refused by name.
+    for (query, said) in [
+        (
+            "/ping?member=region-2&count=0",
+            "count=0 is outside 1..=100",
+        ),
+        (
+            "/ping?member=region-2&interval_ms=soon",
+            "interval_ms=soon is outside 10..=10000",
+        ),
+        ("/ping?count=2", "give member=ID"),
+    ] {
+        let (status, body) = meshgate::control::request(&control, "GET", query, "").unwrap();
+        assert!(
+            status == 400 && body.contains(said),
+            "{query}: {status} {body}"
+        );
+    }
     let out = at(
         &lab,
         0,

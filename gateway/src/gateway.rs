@@ -230,8 +230,9 @@ pub fn run(config_path: &Path) -> Result<()> {
         tun: config.tun.name.clone(),
         mtu: config.tun.mtu,
         listen: config.listen,
-        endpoints: std::iter::once(("internet".to_string(), config.advertise))
-            .chain(config.endpoints.iter().cloned())
+        endpoints: config
+            .labelled_endpoints()
+            .into_iter()
             .map(|(label, address)| crate::status::Endpoint { label, address })
             .collect(),
         offloads: dataplane.offloads(),

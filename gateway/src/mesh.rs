@@ -44,9 +44,7 @@ pub fn local_info(config: &Config) -> MemberInfo {
             .iter()
             .map(|p| (p.addr(), p.prefix_len()))
             .collect(),
-        endpoints: std::iter::once(("internet".to_string(), config.advertise))
-            .chain(config.endpoints.iter().cloned())
-            .collect(),
+        endpoints: config.labelled_endpoints(),
         policy_version: 0,
         load_permille: 0,
         rtt_us: 0,

@@ -19,6 +19,7 @@ pub struct Metrics {
     drops: IntCounterVec,
     lifetime_events: IntCounterVec,
     udp_control: IntCounterVec,
+    echo_requests: IntCounterVec,
     sa_info: IntGaugeVec,
     pub peers: IntGauge,
     policy_evaluations: IntCounter,
@@ -438,6 +439,15 @@ impl Metrics {
             "Non-ESP datagrams on the ESP-in-UDP port (RFC 3948).",
             &["kind"],
         );
+        let echo_requests = counter_vec(
+            &registry,
+            "meshgate_echo_requests_total",
+            "Tunnel echo requests from peers (meshgate ping), by outcome (answered; over_budget: beyond 100 a second, unanswered).",
+            &["outcome"],
+        );
+        for o in ["answered", "over_budget"] {
+            echo_requests.with_label_values(&[o]);
+        }
         let sa_info = IntGaugeVec::new(
             Opts::new("meshgate_sa_info", "Installed SAs (value 1)."),
             &["peer", "spi", "direction", "cipher"],
@@ -556,6 +566,7 @@ impl Metrics {
             drops,
             lifetime_events,
             udp_control,
+            echo_requests,
             sa_info,
             peers,
         }
@@ -612,6 +623,11 @@ impl Metrics {
 
     pub fn drops(&self) -> DropCounters {
         DropCounters(DropReason::ALL.map(|r| self.drops.with_label_values(&[r.as_str()])))
+    }
+
+    /// Echo requests answered, and refused over the budget.
+    pub fn echo_requests(&self) -> [IntCounter; 2] {
+        ["answered", "over_budget"].map(|o| self.echo_requests.with_label_values(&[o]))
     }
 
     pub fn udp_control(&self) -> UdpControlCounters {

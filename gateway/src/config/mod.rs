@@ -197,6 +197,14 @@ impl Config {
         self.state_dir.join(format!("{}.seq", self.id))
     }
 
+    /// Where peers send ESP to this gateway, by underlay label: its
+    /// `internet` endpoint (`advertise`), then `gateway.endpoints`.
+    pub fn labelled_endpoints(&self) -> Vec<(String, SocketAddr)> {
+        std::iter::once(("internet".to_string(), self.advertise))
+            .chain(self.endpoints.iter().cloned())
+            .collect()
+    }
+
     /// What the data plane is built from.
     pub fn dataplane(&self) -> crate::dataplane::DataplaneSettings {
         crate::dataplane::DataplaneSettings {

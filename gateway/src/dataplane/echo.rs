@@ -105,6 +105,8 @@ pub type EchoWaiters = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<EchoR
 pub struct ReplyBudget {
     second: Option<Instant>,
     left: u32,
+    /// This second's refusals have been said.
+    said: bool,
 }
 
 impl Default for ReplyBudget {
@@ -112,6 +114,7 @@ impl Default for ReplyBudget {
         ReplyBudget {
             second: None,
             left: REPLIES_PER_SEC,
+            said: false,
         }
     }
 }
@@ -125,12 +128,18 @@ impl ReplyBudget {
         {
             self.second = Some(now);
             self.left = REPLIES_PER_SEC;
+            self.said = false;
         }
         if self.left == 0 {
             return false;
         }
         self.left -= 1;
         true
+    }
+
+    /// True for this second's first refusal (to be said), false after.
+    pub fn first_refusal(&mut self) -> bool {
+        !std::mem::replace(&mut self.said, true)
     }
 }
 

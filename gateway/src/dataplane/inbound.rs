@@ -64,6 +64,8 @@ pub struct Inbound {
     /// for replies, and how many replies may go this second.
     echo: Option<(super::control::OutboundSender, super::echo::EchoWaiters)>,
     echo_budget: super::echo::ReplyBudget,
+    /// Echo requests answered and refused over the budget.
+    echo_counts: [prometheus::IntCounter; 2],
 }
 
 /// What a datagram on the ESP port turned out to be.
@@ -124,6 +126,7 @@ impl Inbound {
             by_magic: Vec::new(),
             echo: None,
             echo_budget: super::echo::ReplyBudget::default(),
+            echo_counts: metrics.echo_requests(),
         })
     }
 
@@ -328,12 +331,23 @@ impl Inbound {
             ) {
                 match echo.kind {
                     super::echo::EchoKind::Request if self.echo_budget.take(now) => {
+                        self.echo_counts[0].inc();
                         let _ = out.send(super::control::OutboundCommand::Echo {
                             slot,
                             echo: echo.reply(),
                         });
                     }
-                    super::echo::EchoKind::Request => {}
+                    super::echo::EchoKind::Request => {
+                        self.echo_counts[1].inc();
+                        // Said once a second at most, naming the peer.
+                        if self.echo_budget.first_refusal() {
+                            tracing::warn!(
+                                peer = %peer.id,
+                                "echo requests beyond {} a second: the rest of this second unanswered",
+                                super::echo::REPLIES_PER_SEC
+                            );
+                        }
+                    }
                     super::echo::EchoKind::Reply => {
                         let waiter = waiters.lock().ok().and_then(|mut w| w.remove(&echo.id));
                         if let Some(w) = waiter {

@@ -198,38 +198,55 @@ impl Outbound {
         }
     }
 
-    /// Seals each echo waiting as a dummy packet (next header 59) on its
-    /// peer's SA, with that SA's SPI written in, and sends it at once.
+    /// Sends each echo waiting, sealed by [`Outbound::seal_echo`].
     pub(super) fn send_echoes(&mut self, socket: &UdpSocket, now: Instant) {
-        use super::echo::{EchoKind, ECHO_LEN};
-        for (slot, mut echo) in std::mem::take(&mut self.echoes) {
-            let Some(Some(Peer {
-                id,
-                sa: Some(s),
-                endpoint,
-                ..
-            })) = self.peers.get_mut(slot)
-            else {
-                continue;
-            };
-            match echo.kind {
-                EchoKind::Request => echo.request_spi = s.sa.spi(),
-                EchoKind::Reply => echo.reply_spi = s.sa.spi(),
-            }
-            let mut buf = [0u8; ESP_HEADER_LEN + ECHO_LEN + MAX_TRAILER_LEN];
-            buf[ESP_HEADER_LEN..ESP_HEADER_LEN + ECHO_LEN].copy_from_slice(&echo.encode());
-            match s
-                .sa
-                .seal(now, &mut buf, ECHO_LEN, crate::esp::NEXT_HEADER_NONE)
-            {
-                Ok(sealed) => {
-                    // A lifetime crossed by an echo counts like any other.
-                    lifetime_crossed(&self.metrics, self.notices.as_ref(), slot, id, sealed.event);
-                    if socket.send_to(&buf[..sealed.len], *endpoint).is_err() {
-                        self.drops.count(DropReason::SendFailed);
-                    }
+        for (slot, echo) in std::mem::take(&mut self.echoes) {
+            if let Some((datagram, to)) = self.seal_echo(slot, echo, now) {
+                if socket.send_to(&datagram, to).is_err() {
+                    self.drops.count(DropReason::SendFailed);
                 }
-                Err(_) => self.drops.count(DropReason::NoSa),
+            }
+        }
+    }
+
+    /// `echo` as a dummy packet (next header 59) on the SA to the peer in
+    /// `slot`, with that SA's SPI written in; the datagram and where it
+    /// goes, or `None` without an SA.
+    pub(super) fn seal_echo(
+        &mut self,
+        slot: usize,
+        mut echo: super::echo::Echo,
+        now: Instant,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
+        use super::echo::{EchoKind, ECHO_LEN};
+        let Some(Some(Peer {
+            id,
+            sa: Some(s),
+            endpoint,
+            ..
+        })) = self.peers.get_mut(slot)
+        else {
+            return None;
+        };
+        match echo.kind {
+            EchoKind::Request => echo.request_spi = s.sa.spi(),
+            EchoKind::Reply => echo.reply_spi = s.sa.spi(),
+        }
+        let mut buf = vec![0u8; ESP_HEADER_LEN + ECHO_LEN + MAX_TRAILER_LEN];
+        buf[ESP_HEADER_LEN..ESP_HEADER_LEN + ECHO_LEN].copy_from_slice(&echo.encode());
+        match s
+            .sa
+            .seal(now, &mut buf, ECHO_LEN, crate::esp::NEXT_HEADER_NONE)
+        {
+            Ok(sealed) => {
+                // A lifetime crossed by an echo counts like any other.
+                lifetime_crossed(&self.metrics, self.notices.as_ref(), slot, id, sealed.event);
+                buf.truncate(sealed.len);
+                Some((buf, *endpoint))
+            }
+            Err(_) => {
+                self.drops.count(DropReason::NoSa);
+                None
             }
         }
     }

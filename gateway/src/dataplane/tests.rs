@@ -287,3 +287,71 @@ fn random_input_never_panics() {
     }
     let _ = gro.flush(&mut sink);
 }
+
+/// Echoes (`meshgate ping`) from a peer are read only once its SA opened
+/// them: a flood of requests is answered 100 a second and the rest
+/// counted over budget; a tampered one is dropped as an ICV failure and
+/// answered not at all; a reply reaches the one waiting for its id, with
+/// the SA it came on, and a reply nobody waits for is ignored.
+#[test]
+fn echoes_are_answered_after_authentication_and_within_a_budget() {
+    use super::echo::{Echo, EchoKind, EchoWaiters, REPLIES_PER_SEC};
+    let (mut a_out, mut b_in, metrics) = pair();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wake = Arc::new(control::Wake::new().unwrap());
+    let waiters = EchoWaiters::default();
+    b_in.attach_echo(control::OutboundSender::new(tx, wake), waiters.clone());
+    let now = Instant::now();
+    let flood = REPLIES_PER_SEC + 50;
+    for id in 0..u64::from(flood) {
+        let (datagram, _) = a_out
+            .seal_echo(0, Echo::request(id), now)
+            .expect("an SA to b");
+        assert_eq!(
+            deliver(&mut b_in, datagram),
+            Ok(Vec::new()),
+            "nothing to the TUN"
+        );
+    }
+    let replies: Vec<OutboundCommand> = rx.try_iter().collect();
+    assert_eq!(replies.len(), REPLIES_PER_SEC as usize);
+    match &replies[0] {
+        OutboundCommand::Echo { slot: 0, echo } => {
+            assert_eq!(echo.kind, EchoKind::Reply);
+            assert_eq!(
+                (echo.id, echo.request_spi),
+                (0, 0x1001),
+                "the request's SPI carried back"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = metrics.render();
+    let count = |outcome: &str| {
+        crate::metrics::sum_samples(
+            &text,
+            "meshgate_echo_requests_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(count("answered"), f64::from(REPLIES_PER_SEC));
+    assert_eq!(count("over_budget"), 50.0);
+
+    // Tampered: an ICV failure like any other packet, and no answer.
+    let (mut forged, _) = a_out.seal_echo(0, Echo::request(7), now).unwrap();
+    let mid = forged.len() / 2;
+    forged[mid] ^= 1;
+    assert_eq!(deliver(&mut b_in, forged), Err(DropReason::Icv));
+    assert_eq!(rx.try_iter().count(), 0);
+
+    // A reply: to its waiter only.
+    let (waiting, mut answer) = tokio::sync::oneshot::channel();
+    waiters.lock().unwrap().insert(42, waiting);
+    for id in [41, 42] {
+        let (reply, _) = a_out.seal_echo(0, Echo::request(id).reply(), now).unwrap();
+        assert_eq!(deliver(&mut b_in, reply), Ok(Vec::new()));
+    }
+    let got = answer.try_recv().expect("the reply reached its waiter");
+    assert_eq!((got.echo.id, got.spi), (42, 0x1001));
+    assert!(waiters.lock().unwrap().is_empty(), "the waiter is taken");
+}
